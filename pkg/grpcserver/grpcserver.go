@@ -1,0 +1,426 @@
+// Package grpcserver builds the gRPC server every service runs, with the
+// same interceptor chain everywhere: tracing, request ids, metrics, error
+// mapping, panic recovery, authentication and an access log. It also always
+// registers grpc.health.v1 and server reflection (so grpcurl works) and
+// implements the shutdown order: health NOT_SERVING, then GracefulStop
+// bounded by a grace period, then Stop.
+//
+// Interceptor order, outermost first (the same for unary and streams):
+//
+//	otelgrpc stats handler  (spans, trace ids in the context)
+//	request id              (x-request-id in, out and in the context)
+//	prometheus metrics      (sees the mapped gRPC code, not "Unknown")
+//	error mapping + access log (apperr.ToStatus; unknown errors logged)
+//	panic recovery          (a panic becomes an Internal error)
+//	auth hook               (skipped for health and reflection)
+//	Options.ExtraUnary / ExtraStream
+//	handler
+package grpcserver
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/biobridge/bridge/pkg/apperr"
+	"github.com/biobridge/bridge/pkg/config"
+	"github.com/biobridge/bridge/pkg/logging"
+)
+
+// RequestIDHeader is the metadata key carrying the request id both ways.
+const RequestIDHeader = "x-request-id"
+
+// Defaults applied by New to zero Config fields.
+const (
+	DefaultMaxMsgBytes = 64 << 20
+	DefaultGracePeriod = 10 * time.Second
+)
+
+// Config is the server's deployment configuration.
+type Config struct {
+	// Addr is the listen address, for example ":9101" (":0" in tests).
+	Addr string
+	// TLS: cert+key enable TLS; with CAFile as well, client certificates
+	// are required and verified (mutual TLS). All empty: plaintext.
+	TLS config.TLSFiles
+	// MaxRecvMsgBytes and MaxSendMsgBytes default to 64 MiB: batch RPCs
+	// carry more than gRPC's 4 MiB default.
+	MaxRecvMsgBytes, MaxSendMsgBytes int
+	// GracePeriod bounds GracefulStop before in-flight RPCs are cut (default 10s).
+	GracePeriod time.Duration
+}
+
+// Options are the server's code-level dependencies.
+type Options struct {
+	// Service names the service in logs.
+	Service string
+	// Logger defaults to a discarding logger.
+	Logger *slog.Logger
+	// Registry receives the RPC metrics; nil means no metrics.
+	Registry *prometheus.Registry
+	// Auth authenticates a call and returns the context carrying the
+	// identity (auth.WithCaller / auth.WithUser); nil means no auth. It is
+	// not called for health checks and reflection.
+	Auth func(ctx context.Context, fullMethod string) (context.Context, error)
+	// ExtraUnary and ExtraStream run after auth, innermost.
+	ExtraUnary  []grpc.UnaryServerInterceptor
+	ExtraStream []grpc.StreamServerInterceptor
+}
+
+// Server is a configured gRPC server.
+type Server struct {
+	cfg    Config
+	opts   Options
+	logger *slog.Logger
+	srv    *grpc.Server
+	health *health.Server
+	ln     net.Listener
+
+	metrics *grpcprom.ServerMetrics
+}
+
+// New builds the server. Register services on Registrar before Serve.
+func New(cfg Config, opts Options) (*Server, error) {
+	if cfg.MaxRecvMsgBytes <= 0 {
+		cfg.MaxRecvMsgBytes = DefaultMaxMsgBytes
+	}
+	if cfg.MaxSendMsgBytes <= 0 {
+		cfg.MaxSendMsgBytes = DefaultMaxMsgBytes
+	}
+	if cfg.GracePeriod <= 0 {
+		cfg.GracePeriod = DefaultGracePeriod
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	logger = logger.With("component", "grpc")
+	s := &Server{cfg: cfg, opts: opts, logger: logger}
+
+	serverOpts := []grpc.ServerOption{
+		grpc.StatsHandler(otelgrpc.NewServerHandler()),
+		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgBytes),
+		grpc.MaxSendMsgSize(cfg.MaxSendMsgBytes),
+		// Clients ping idle connections (see grpcclient); allow it so the
+		// server does not answer with GOAWAY "too_many_pings".
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             10 * time.Second,
+			PermitWithoutStream: true,
+		}),
+	}
+	if cfg.TLS.CertFile != "" || cfg.TLS.KeyFile != "" {
+		tc, err := ServerTLSConfig(cfg.TLS)
+		if err != nil {
+			return nil, err
+		}
+		serverOpts = append(serverOpts, grpc.Creds(credentials.NewTLS(tc)))
+	} else if cfg.TLS.CAFile != "" {
+		return nil, errors.New("grpc server tls: TLS_CA_FILE set without TLS_CERT_FILE and TLS_KEY_FILE")
+	}
+
+	unary := []grpc.UnaryServerInterceptor{s.requestIDUnary}
+	stream := []grpc.StreamServerInterceptor{s.requestIDStream}
+	if opts.Registry != nil {
+		m, err := serverMetrics(opts.Registry)
+		if err != nil {
+			return nil, err
+		}
+		unary = append(unary, m.UnaryServerInterceptor())
+		stream = append(stream, m.StreamServerInterceptor())
+		s.metrics = m
+	}
+	rec := recovery.WithRecoveryHandlerContext(s.recovered)
+	unary = append(unary, s.mapErrorsUnary, recovery.UnaryServerInterceptor(rec), s.authUnary)
+	stream = append(stream, s.mapErrorsStream, recovery.StreamServerInterceptor(rec), s.authStream)
+	unary = append(unary, opts.ExtraUnary...)
+	stream = append(stream, opts.ExtraStream...)
+	serverOpts = append(serverOpts, grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...))
+
+	s.srv = grpc.NewServer(serverOpts...)
+	s.health = health.NewServer()
+	// Health answers NOT_SERVING until Serve starts.
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	healthpb.RegisterHealthServer(s.srv, s.health)
+	reflection.Register(s.srv)
+	return s, nil
+}
+
+// serverMetrics registers the RPC metrics on reg, reusing the ones already
+// there so several servers (devstack) can share one registry.
+func serverMetrics(reg *prometheus.Registry) (*grpcprom.ServerMetrics, error) {
+	m := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
+		grpcprom.WithHistogramBuckets([]float64{0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}),
+	))
+	if err := reg.Register(m); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(*grpcprom.ServerMetrics); ok {
+				return existing, nil
+			}
+		}
+		return nil, fmt.Errorf("register grpc server metrics: %w", err)
+	}
+	return m, nil
+}
+
+// ServerTLSConfig builds the server TLS configuration from files: TLS with
+// cert+key, mutual TLS when CAFile is set as well.
+func ServerTLSConfig(files config.TLSFiles) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(files.CertFile, files.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load tls key pair: %w", err)
+	}
+	tc := &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		MinVersion:   tls.VersionTLS12,
+	}
+	if files.CAFile != "" {
+		pool, err := loadCertPool(files.CAFile)
+		if err != nil {
+			return nil, err
+		}
+		tc.ClientCAs = pool
+		tc.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return tc, nil
+}
+
+func loadCertPool(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read tls ca file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("tls ca file %s: no PEM certificates", path)
+	}
+	return pool, nil
+}
+
+// Registrar returns the grpc.Server to register services on.
+func (s *Server) Registrar() *grpc.Server { return s.srv }
+
+// Health returns the health server, for per-service statuses.
+func (s *Server) Health() *health.Server { return s.health }
+
+// Listen binds the address so Addr is known before Serve.
+func (s *Server) Listen() error {
+	if s.ln != nil {
+		return nil
+	}
+	ln, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen grpc on %s: %w", s.cfg.Addr, err)
+	}
+	s.ln = ln
+	return nil
+}
+
+// Addr returns the bound address once Listen succeeded, else the configured one.
+func (s *Server) Addr() string {
+	if s.ln != nil {
+		return s.ln.Addr().String()
+	}
+	return s.cfg.Addr
+}
+
+// Serve serves until ctx is done, then sets health NOT_SERVING, stops
+// gracefully within the grace period, stops hard after it and returns nil.
+func (s *Server) Serve(ctx context.Context) error {
+	if err := s.Listen(); err != nil {
+		return err
+	}
+	if s.metrics != nil {
+		// Pre-create every method's series (at zero) now that services are
+		// registered, so dashboards and rate() see them before the first call.
+		s.metrics.InitializeMetrics(s.srv)
+	}
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	for name := range s.srv.GetServiceInfo() {
+		s.health.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- s.srv.Serve(s.ln) }()
+	s.logger.Info("grpc server listening", "addr", s.Addr(), "tls", s.cfg.TLS.CertFile != "", "mtls", s.cfg.TLS.CAFile != "")
+
+	select {
+	case err := <-errc:
+		s.health.Shutdown()
+		if err != nil {
+			return fmt.Errorf("serve grpc: %w", err)
+		}
+		return nil
+	case <-ctx.Done():
+	}
+	// NOT_SERVING first so load balancers stop routing new calls here.
+	s.health.Shutdown()
+	stopped := make(chan struct{})
+	go func() {
+		s.srv.GracefulStop()
+		close(stopped)
+	}()
+	timer := time.NewTimer(s.cfg.GracePeriod)
+	defer timer.Stop()
+	select {
+	case <-stopped:
+	case <-timer.C:
+		s.logger.Warn("grpc graceful stop timed out, closing remaining calls", "grace_period", s.cfg.GracePeriod)
+		s.srv.Stop()
+		<-stopped
+	}
+	if err := <-errc; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return fmt.Errorf("serve grpc: %w", err)
+	}
+	return nil
+}
+
+// --- request id ---
+
+// validRequestID accepts client ids that are safe to log and echo.
+func validRequestID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_.:", r)) {
+			return false
+		}
+	}
+	return true
+}
+
+// NewRequestID returns a random 128-bit hex id.
+func NewRequestID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func requestIDFrom(ctx context.Context) string {
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if v := md.Get(RequestIDHeader); len(v) > 0 && validRequestID(v[0]) {
+			return v[0]
+		}
+	}
+	return NewRequestID()
+}
+
+func (s *Server) requestIDUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	id := requestIDFrom(ctx)
+	_ = grpc.SetHeader(ctx, metadata.Pairs(RequestIDHeader, id))
+	return handler(logging.WithRequestID(ctx, id), req)
+}
+
+func (s *Server) requestIDStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	id := requestIDFrom(ss.Context())
+	_ = ss.SetHeader(metadata.Pairs(RequestIDHeader, id))
+	return handler(srv, &ctxStream{ServerStream: ss, ctx: logging.WithRequestID(ss.Context(), id)})
+}
+
+type ctxStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (c *ctxStream) Context() context.Context { return c.ctx }
+
+// --- error mapping and access log ---
+
+func (s *Server) finish(ctx context.Context, method string, start time.Time, err error) error {
+	st, unknown := apperr.ToStatus(err)
+	if unknown {
+		// The cause stays here; the client only sees the status message.
+		s.logger.ErrorContext(ctx, "rpc failed", "method", method, "code", st.Code().String(), "err", err)
+	}
+	s.logger.DebugContext(ctx, "rpc", "method", method, "code", st.Code().String(),
+		"duration_ms", float64(time.Since(start).Microseconds())/1000)
+	if err == nil {
+		return nil
+	}
+	return st.Err()
+}
+
+func (s *Server) mapErrorsUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	if err = s.finish(ctx, info.FullMethod, start, err); err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+func (s *Server) mapErrorsStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	start := time.Now()
+	return s.finish(ss.Context(), info.FullMethod, start, handler(srv, ss))
+}
+
+// --- panic recovery ---
+
+// recovered logs a panic with its stack. The panic value is logged only for
+// runtime errors (nil dereference, index out of range): an arbitrary value
+// passed to panic could hold request data, i.e. PHI.
+func (s *Server) recovered(ctx context.Context, p any) error {
+	attrs := []any{"panic_type", fmt.Sprintf("%T", p), "stack", string(debug.Stack())}
+	if re, ok := p.(runtime.Error); ok {
+		attrs = append(attrs, "panic", re.Error())
+	}
+	s.logger.ErrorContext(ctx, "panic in rpc handler", attrs...)
+	return apperr.Wrap(errPanic, apperr.Internal, "panic", "internal error")
+}
+
+var errPanic = errors.New("handler panicked")
+
+// --- auth ---
+
+// skipAuth lists the infrastructure services that are never authenticated:
+// orchestrators probe health and operators use reflection without tokens.
+func skipAuth(fullMethod string) bool {
+	return strings.HasPrefix(fullMethod, "/grpc.health.v1.Health/") ||
+		strings.HasPrefix(fullMethod, "/grpc.reflection.v1.ServerReflection/") ||
+		strings.HasPrefix(fullMethod, "/grpc.reflection.v1alpha.ServerReflection/")
+}
+
+func (s *Server) authUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if s.opts.Auth == nil || skipAuth(info.FullMethod) {
+		return handler(ctx, req)
+	}
+	ctx, err := s.opts.Auth(ctx, info.FullMethod)
+	if err != nil {
+		return nil, err
+	}
+	return handler(ctx, req)
+}
+
+func (s *Server) authStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if s.opts.Auth == nil || skipAuth(info.FullMethod) {
+		return handler(srv, ss)
+	}
+	ctx, err := s.opts.Auth(ss.Context(), info.FullMethod)
+	if err != nil {
+		return err
+	}
+	return handler(srv, &ctxStream{ServerStream: ss, ctx: ctx})
+}
