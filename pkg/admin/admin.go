@@ -38,7 +38,9 @@ type Server struct {
 	checks []Check
 	mux    *http.ServeMux
 	srv    *http.Server
-	ln     net.Listener
+
+	mu sync.Mutex // guards ln: Addr may be called while Serve starts
+	ln net.Listener
 }
 
 // New returns a server for addr (":0" picks a free port) exposing reg.
@@ -72,19 +74,28 @@ func (s *Server) Handle(pattern string, h http.Handler) {
 
 // Listen binds the address, so Addr is known before Serve (":0" in tests).
 func (s *Server) Listen() error {
+	_, err := s.listener()
+	return err
+}
+
+func (s *Server) listener() (net.Listener, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.ln != nil {
-		return nil
+		return s.ln, nil
 	}
 	ln, err := net.Listen("tcp", s.addr)
 	if err != nil {
-		return fmt.Errorf("listen admin on %s: %w", s.addr, err)
+		return nil, fmt.Errorf("listen admin on %s: %w", s.addr, err)
 	}
 	s.ln = ln
-	return nil
+	return ln, nil
 }
 
 // Addr returns the bound address once Listen succeeded, else the configured one.
 func (s *Server) Addr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.ln != nil {
 		return s.ln.Addr().String()
 	}
@@ -94,11 +105,12 @@ func (s *Server) Addr() string {
 // Serve serves until ctx is done, then shuts down gracefully (bounded) and
 // returns nil. It calls Listen if needed.
 func (s *Server) Serve(ctx context.Context) error {
-	if err := s.Listen(); err != nil {
+	ln, err := s.listener()
+	if err != nil {
 		return err
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- s.srv.Serve(s.ln) }()
+	go func() { errc <- s.srv.Serve(ln) }()
 	s.logger.Info("admin server listening", "addr", s.Addr())
 	select {
 	case err := <-errc:
