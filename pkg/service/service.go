@@ -62,6 +62,8 @@ type Spec[C any] struct {
 	Run func(ctx context.Context, cfg C, logger *slog.Logger) error
 	// HealthAddr returns the gRPC address `<binary> healthcheck` probes.
 	HealthAddr func(cfg C) string
+	// Probe, when set, replaces the gRPC probe (for HTTP-only binaries).
+	Probe func(ctx context.Context, cfg C) error
 }
 
 // Main is the whole of a service's run function: `healthcheck` as the first
@@ -73,6 +75,9 @@ func Main[C any](ctx context.Context, args []string, getenv func(string) string,
 		return fmt.Errorf("invalid configuration for %s:\n%w", spec.Name, indent(err))
 	}
 	if len(args) > 1 && args[1] == "healthcheck" {
+		if spec.Probe != nil {
+			return spec.Probe(ctx, cfg)
+		}
 		return HealthCheck(ctx, spec.HealthAddr(cfg))
 	}
 	logger := common.Logger(stdout, spec.Name)

@@ -1,0 +1,54 @@
+package server
+
+import (
+	"time"
+
+	"github.com/biobridge/bridge/pkg/config"
+	"github.com/biobridge/bridge/pkg/service"
+)
+
+// Config is the gateway's configuration. Each field names its environment
+// variable and default.
+type Config struct {
+	// HTTPAddr is GATEWAY_HTTP_ADDR (default ":8080"): the public REST port.
+	HTTPAddr string
+	// AdminAddr is GATEWAY_ADMIN_ADDR (default ":9200"): /metrics, /healthz, /readyz.
+	AdminAddr string
+	// IngestTarget is INGEST_TARGET (default "127.0.0.1:9101").
+	IngestTarget string
+	// TokenBrokerTarget is TOKENBROKER_TARGET (default "127.0.0.1:9102").
+	TokenBrokerTarget string
+	// PersistenceTarget is PERSISTENCE_TARGET (default "127.0.0.1:9103").
+	PersistenceTarget string
+	// MaxBodyBytes is GATEWAY_MAX_BODY_BYTES (default 32 MiB): the cap on
+	// request bodies (HealthKit pushes); past it the answer is 413.
+	MaxBodyBytes int
+	// MaxWebhookBodyBytes is GATEWAY_MAX_WEBHOOK_BODY_BYTES (default 1 MiB):
+	// the cap on vendor webhook bodies.
+	MaxWebhookBodyBytes int
+	// RequestTimeout is GATEWAY_REQUEST_TIMEOUT (default 30s): the deadline
+	// given to each backend call.
+	RequestTimeout time.Duration
+	// TLS is TLS_CERT_FILE, TLS_KEY_FILE, TLS_CA_FILE (used for the backend
+	// connections; terminate public TLS at the ingress).
+	TLS config.TLSFiles
+}
+
+// LoadConfig reads and validates the whole configuration, reporting every
+// problem at once.
+func LoadConfig(getenv func(string) string) (Config, service.Common, error) {
+	l := config.New(getenv)
+	c := Config{
+		HTTPAddr:            l.String("GATEWAY_HTTP_ADDR", ":8080"),
+		AdminAddr:           l.String("GATEWAY_ADMIN_ADDR", ":9200"),
+		IngestTarget:        l.String("INGEST_TARGET", "127.0.0.1:9101"),
+		TokenBrokerTarget:   l.String("TOKENBROKER_TARGET", "127.0.0.1:9102"),
+		PersistenceTarget:   l.String("PERSISTENCE_TARGET", "127.0.0.1:9103"),
+		MaxBodyBytes:        l.Int("GATEWAY_MAX_BODY_BYTES", 32<<20, 1<<10, 256<<20),
+		MaxWebhookBodyBytes: l.Int("GATEWAY_MAX_WEBHOOK_BODY_BYTES", 1<<20, 1<<10, 16<<20),
+		RequestTimeout:      l.Duration("GATEWAY_REQUEST_TIMEOUT", 30*time.Second),
+		TLS:                 l.TLS(),
+	}
+	common := service.LoadCommon(l)
+	return c, common, l.Err()
+}
