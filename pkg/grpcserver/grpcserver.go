@@ -31,6 +31,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -97,7 +98,9 @@ type Server struct {
 	logger *slog.Logger
 	srv    *grpc.Server
 	health *health.Server
-	ln     net.Listener
+
+	mu sync.Mutex // guards ln: Addr may be called while Serve starts
+	ln net.Listener
 
 	metrics *grpcprom.ServerMetrics
 }
@@ -228,19 +231,28 @@ func (s *Server) Health() *health.Server { return s.health }
 
 // Listen binds the address so Addr is known before Serve.
 func (s *Server) Listen() error {
+	_, err := s.listener()
+	return err
+}
+
+func (s *Server) listener() (net.Listener, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.ln != nil {
-		return nil
+		return s.ln, nil
 	}
 	ln, err := net.Listen("tcp", s.cfg.Addr)
 	if err != nil {
-		return fmt.Errorf("listen grpc on %s: %w", s.cfg.Addr, err)
+		return nil, fmt.Errorf("listen grpc on %s: %w", s.cfg.Addr, err)
 	}
 	s.ln = ln
-	return nil
+	return ln, nil
 }
 
 // Addr returns the bound address once Listen succeeded, else the configured one.
 func (s *Server) Addr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.ln != nil {
 		return s.ln.Addr().String()
 	}
@@ -250,7 +262,8 @@ func (s *Server) Addr() string {
 // Serve serves until ctx is done, then sets health NOT_SERVING, stops
 // gracefully within the grace period, stops hard after it and returns nil.
 func (s *Server) Serve(ctx context.Context) error {
-	if err := s.Listen(); err != nil {
+	ln, err := s.listener()
+	if err != nil {
 		return err
 	}
 	if s.metrics != nil {
@@ -263,7 +276,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.health.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- s.srv.Serve(s.ln) }()
+	go func() { errc <- s.srv.Serve(ln) }()
 	s.logger.Info("grpc server listening", "addr", s.Addr(), "tls", s.cfg.TLS.CertFile != "", "mtls", s.cfg.TLS.CAFile != "")
 
 	select {

@@ -26,9 +26,9 @@ func main() {
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	return service.Main(ctx, args, getenv, stdout, service.Spec[server.Config]{
-		Name:       "gateway",
-		Load:       server.LoadConfig,
-		Run:        server.Run,
-		Probe:      server.Probe,
+		Name:  "gateway",
+		Load:  server.LoadConfig,
+		Run:   server.Run,
+		Probe: server.Probe,
 	})
 }
