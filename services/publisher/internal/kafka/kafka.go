@@ -1,0 +1,166 @@
+// Package kafka is the publisher's adapter to Kafka, built on IBM/sarama: the
+// producer configuration the contract demands (idempotent, acks=all, one
+// request in flight), topic creation, the CloudEvents binary-mode message
+// layout, the dead-letter message layout and the classification of produce
+// errors into transient, permanent and unknown.
+package kafka
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/IBM/sarama"
+)
+
+// Topics of the Kafka contract (DESIGN.md §5).
+const (
+	TopicEvents      = "biometrics.events.v1"
+	TopicConnections = "biometrics.connections.v1"
+	TopicDeadLetters = "biometrics.events.v1.dlq"
+)
+
+// Config configures the connection to the brokers.
+type Config struct {
+	// Brokers are the bootstrap addresses.
+	Brokers []string
+	// Version is the lowest broker version in the cluster; it selects the
+	// protocol versions sarama speaks (idempotence needs >= 0.11).
+	Version sarama.KafkaVersion
+	// ClientID names the client in broker logs and quotas.
+	ClientID string
+	// TLS, when not nil, encrypts the broker connections.
+	TLS *tls.Config
+	// MaxMessageBytes is the largest message the producer sends to the
+	// event topics. Keep it at or below the brokers' message.max.bytes:
+	// sarama also uses it as the size limit of a partition's record batch.
+	MaxMessageBytes int
+	// DeadLetterMaxMessageBytes is the largest message sent to the
+	// dead-letter topic, which is created with that max.message.bytes so
+	// a message too large for the event topic still fits.
+	DeadLetterMaxMessageBytes int
+	// Partitions and ReplicationFactor apply to topics created at start.
+	Partitions        int32
+	ReplicationFactor int16
+	// CreateTopics creates missing topics at start.
+	CreateTopics bool
+}
+
+// Conn holds the clients and producers of one publisher instance. Two
+// clients exist because sarama's message size limit is per client: the
+// dead-letter producer must accept messages the event producer refuses.
+type Conn struct {
+	Client           sarama.Client
+	Producer         sarama.SyncProducer
+	DeadLetterClient sarama.Client
+	DeadLetter       sarama.SyncProducer
+}
+
+// SaramaConfig returns the producer configuration the contract requires,
+// with maxMessageBytes as the message (and record batch) size limit.
+func SaramaConfig(cfg Config, maxMessageBytes int) *sarama.Config {
+	c := sarama.NewConfig()
+	c.ClientID = cfg.ClientID
+	c.Version = cfg.Version
+	if cfg.TLS != nil {
+		c.Net.TLS.Enable = true
+		c.Net.TLS.Config = cfg.TLS
+	}
+	// Idempotence needs exactly one request in flight per broker; it is
+	// also what keeps a partition's batches in order across retries.
+	c.Net.MaxOpenRequests = 1
+	c.Net.DialTimeout = 5 * time.Second
+	c.Net.ReadTimeout = 15 * time.Second
+	c.Net.WriteTimeout = 10 * time.Second
+	c.Metadata.Retry.Max = 2
+	c.Metadata.Retry.Backoff = 250 * time.Millisecond
+	c.Metadata.RefreshFrequency = time.Minute
+	// Topics come from CreateTopics with the configured partitions and
+	// replication, never from a broker default triggered by a metadata call.
+	c.Metadata.AllowAutoTopicCreation = false
+	c.Producer.Idempotent = true
+	c.Producer.RequiredAcks = sarama.WaitForAll
+	c.Producer.Timeout = 10 * time.Second
+	// sarama's own retries cover a leader move or a dropped connection;
+	// longer outages come back as errors and the outbox holds the entries.
+	c.Producer.Retry.Max = 3
+	c.Producer.Retry.Backoff = 200 * time.Millisecond
+	c.Producer.Return.Successes = true
+	c.Producer.Return.Errors = true
+	c.Producer.MaxMessageBytes = maxMessageBytes
+	c.Producer.Partitioner = sarama.NewHashPartitioner
+	c.Consumer.Return.Errors = true
+	c.Admin.Timeout = 10 * time.Second
+	return c
+}
+
+// Connect connects to the brokers, creates missing topics when configured
+// to and starts the producers. It fails when no broker answers.
+func Connect(ctx context.Context, cfg Config, logger *slog.Logger) (*Conn, error) {
+	if len(cfg.Brokers) == 0 {
+		return nil, errors.New("connect kafka: no brokers")
+	}
+	client, err := sarama.NewClient(cfg.Brokers, SaramaConfig(cfg, cfg.MaxMessageBytes))
+	if err != nil {
+		return nil, fmt.Errorf("connect kafka: %w", err)
+	}
+	conn := &Conn{Client: client}
+	ok := false
+	defer func() {
+		if !ok {
+			_ = conn.Close()
+		}
+	}()
+	if cfg.CreateTopics {
+		if err := EnsureTopics(ctx, client, TopicSpecs(cfg), logger); err != nil {
+			return nil, err
+		}
+	}
+	if conn.Producer, err = sarama.NewSyncProducerFromClient(client); err != nil {
+		return nil, fmt.Errorf("start kafka producer: %w", err)
+	}
+	if conn.DeadLetterClient, err = sarama.NewClient(cfg.Brokers, SaramaConfig(cfg, cfg.DeadLetterMaxMessageBytes)); err != nil {
+		return nil, fmt.Errorf("connect kafka dead-letter client: %w", err)
+	}
+	if conn.DeadLetter, err = sarama.NewSyncProducerFromClient(conn.DeadLetterClient); err != nil {
+		return nil, fmt.Errorf("start kafka dead-letter producer: %w", err)
+	}
+	ok = true
+	return conn, nil
+}
+
+// Close flushes and closes the producers, then the clients.
+func (c *Conn) Close() error {
+	var errs []error
+	if c.Producer != nil {
+		if err := c.Producer.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close kafka producer: %w", err))
+		}
+	}
+	if c.DeadLetter != nil {
+		if err := c.DeadLetter.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close kafka dead-letter producer: %w", err))
+		}
+	}
+	// A producer built from a client leaves the client open.
+	for _, cl := range []sarama.Client{c.Client, c.DeadLetterClient} {
+		if cl != nil && !cl.Closed() {
+			if err := cl.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close kafka client: %w", err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Ping refreshes the metadata of the event topic: it succeeds only when a
+// broker answers, which is what "connected" means for the status.
+func (c *Conn) Ping() error {
+	if err := c.Client.RefreshMetadata(TopicEvents); err != nil {
+		return fmt.Errorf("kafka metadata: %w", err)
+	}
+	return nil
+}

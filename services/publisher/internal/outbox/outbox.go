@@ -1,0 +1,114 @@
+// Package outbox is the publisher's client of the persistence service's
+// transactional outbox (LeaseOutbox, AckOutbox, NackOutbox, GetOutboxStats).
+// It adds the service token to every call and keeps the generated types at
+// the edge.
+package outbox
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
+)
+
+// Client calls the outbox RPCs.
+type Client struct {
+	rpc   persistencev1.PersistenceServiceClient
+	token string
+}
+
+// New returns a client over conn that presents token as bearer.
+func New(conn grpc.ClientConnInterface, token string) *Client {
+	return &Client{rpc: persistencev1.NewPersistenceServiceClient(conn), token: token}
+}
+
+func (c *Client) auth(ctx context.Context) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+c.token)
+}
+
+// Lease is one leased batch.
+type Lease struct {
+	Token   string
+	Entries []*persistencev1.OutboxEntry
+	// At is when the lease was requested: the lease runs out at
+	// At+duration at the latest, whatever the RPC's latency was.
+	At time.Time
+}
+
+// LeaseRequest parameterizes Lease.
+type LeaseRequest struct {
+	Holder     string
+	MaxEntries int
+	Duration   time.Duration
+	Wait       time.Duration
+}
+
+// rpcSlack is added to a long-poll's wait for the call deadline.
+const rpcSlack = 10 * time.Second
+
+// Lease leases up to MaxEntries entries, waiting up to Wait for some to
+// appear. An empty lease is not an error.
+func (c *Client) Lease(ctx context.Context, req LeaseRequest) (Lease, error) {
+	ctx, cancel := context.WithTimeout(ctx, req.Wait+rpcSlack)
+	defer cancel()
+	at := time.Now()
+	resp, err := c.rpc.LeaseOutbox(c.auth(ctx), &persistencev1.LeaseOutboxRequest{
+		Holder:        req.Holder,
+		MaxEntries:    int32(req.MaxEntries),
+		LeaseDuration: durationpb.New(req.Duration),
+		WaitTimeout:   durationpb.New(req.Wait),
+	})
+	if err != nil {
+		return Lease{}, fmt.Errorf("lease outbox: %w", err)
+	}
+	return Lease{Token: resp.GetLeaseToken(), Entries: resp.GetEntries(), At: at}, nil
+}
+
+// Ack marks ids published and returns how many were still leased.
+func (c *Client) Ack(ctx context.Context, token string, ids []int64) (int, error) {
+	resp, err := c.rpc.AckOutbox(c.auth(ctx), &persistencev1.AckOutboxRequest{LeaseToken: token, Ids: ids})
+	if err != nil {
+		return 0, fmt.Errorf("ack outbox: %w", err)
+	}
+	return int(resp.GetAcked()), nil
+}
+
+// Nack returns ids to the pool, not to be leased again before retryAfter.
+func (c *Client) Nack(ctx context.Context, token string, ids []int64, reason string, retryAfter time.Duration) (int, error) {
+	resp, err := c.rpc.NackOutbox(c.auth(ctx), &persistencev1.NackOutboxRequest{
+		LeaseToken: token,
+		Ids:        ids,
+		Error:      reason,
+		RetryAfter: durationpb.New(retryAfter),
+	})
+	if err != nil {
+		return 0, fmt.Errorf("nack outbox: %w", err)
+	}
+	return int(resp.GetReleased()), nil
+}
+
+// Stats is the outbox backlog.
+type Stats struct {
+	Pending int64
+	Leased  int64
+	// OldestPendingAt is zero when nothing is pending.
+	OldestPendingAt time.Time
+}
+
+// Stats reports the backlog.
+func (c *Client) Stats(ctx context.Context) (Stats, error) {
+	resp, err := c.rpc.GetOutboxStats(c.auth(ctx), &persistencev1.GetOutboxStatsRequest{})
+	if err != nil {
+		return Stats{}, fmt.Errorf("outbox stats: %w", err)
+	}
+	s := Stats{Pending: resp.GetPending(), Leased: resp.GetLeased()}
+	if resp.GetOldestPendingAt() != nil {
+		s.OldestPendingAt = resp.GetOldestPendingAt().AsTime()
+	}
+	return s, nil
+}

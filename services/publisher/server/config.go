@@ -1,0 +1,172 @@
+package server
+
+import (
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/IBM/sarama"
+
+	"github.com/biobridge/bridge/pkg/auth"
+	"github.com/biobridge/bridge/pkg/config"
+)
+
+// Config is the publisher's configuration. Every field names its
+// environment variable and default.
+type Config struct {
+	// GRPCAddr serves PublisherService: PUBLISHER_GRPC_ADDR (":9104").
+	GRPCAddr string
+	// AdminAddr serves /metrics, /healthz, /readyz: PUBLISHER_ADMIN_ADDR (":9204").
+	AdminAddr string
+
+	// KafkaBrokers are the bootstrap brokers: KAFKA_BROKERS (required,
+	// comma-separated host:port list).
+	KafkaBrokers []string
+	// KafkaVersion is the oldest broker version in the cluster, which
+	// selects the protocol versions spoken: KAFKA_VERSION ("3.6.0";
+	// at least 0.11.0.0 for the idempotent producer).
+	KafkaVersion sarama.KafkaVersion
+	// KafkaClientID names the client to the brokers: KAFKA_CLIENT_ID ("biobridge-publisher").
+	KafkaClientID string
+	// KafkaTLS encrypts broker connections: KAFKA_TLS (false). TLS_CA_FILE
+	// is the trust root (system roots when empty) and TLS_CERT_FILE with
+	// TLS_KEY_FILE, when set, the client certificate.
+	KafkaTLS bool
+	// TopicPartitions is the partition count of topics created at start:
+	// KAFKA_TOPIC_PARTITIONS (12).
+	TopicPartitions int
+	// ReplicationFactor of topics created at start: KAFKA_REPLICATION_FACTOR
+	// (3; devstack uses 1).
+	ReplicationFactor int
+	// CreateTopics creates missing topics at start: KAFKA_CREATE_TOPICS (true).
+	CreateTopics bool
+	// MaxMessageBytes is the largest message sent to the event topics;
+	// keep it at or below the brokers' message.max.bytes:
+	// KAFKA_MAX_MESSAGE_BYTES (1000000).
+	MaxMessageBytes int
+	// DeadLetterMaxMessageBytes is the largest dead letter, and the
+	// max.message.bytes of the dead-letter topic when it is created:
+	// KAFKA_DLQ_MAX_MESSAGE_BYTES (8388608).
+	DeadLetterMaxMessageBytes int
+
+	// PersistenceTarget is the persistence service: PERSISTENCE_TARGET ("127.0.0.1:9103").
+	PersistenceTarget string
+	// ServiceToken is presented to the persistence service: SERVICE_TOKEN (required).
+	ServiceToken string
+	// ServiceTokens are the callers allowed to call PublisherService:
+	// SERVICE_TOKENS (required, "name:token,...").
+	ServiceTokens *auth.ServiceTokens
+
+	// Holder names this instance in outbox leases: PUBLISH_HOLDER (host name).
+	Holder string
+	// Workers lease and publish concurrently: PUBLISH_WORKERS (2).
+	Workers int
+	// BatchSize is the most entries per lease: PUBLISH_BATCH_SIZE (500, at most 5000).
+	BatchSize int
+	// LeaseDuration is how long leased entries stay with this instance:
+	// PUBLISH_LEASE_DURATION (30s).
+	LeaseDuration time.Duration
+	// WaitTimeout is the long-poll wait for new entries: PUBLISH_WAIT_TIMEOUT
+	// (5s). 0 turns the relay into a poller sleeping PUBLISH_POLL_INTERVAL
+	// (100ms) between empty leases.
+	WaitTimeout  time.Duration
+	PollInterval time.Duration
+	// MaxAttempts dead-letters an entry after this many failed attempts
+	// with errors that are neither transient nor permanent:
+	// PUBLISH_MAX_ATTEMPTS (5). Permanent errors (message too large,
+	// invalid record) dead-letter at once; transient ones retry forever.
+	MaxAttempts int
+	// BackoffInitial and BackoffMax bound the retry backoff:
+	// PUBLISH_BACKOFF_INITIAL (250ms), PUBLISH_BACKOFF_MAX (10s).
+	BackoffInitial time.Duration
+	BackoffMax     time.Duration
+	// StatsInterval refreshes the backlog gauges and the Kafka connection
+	// state: PUBLISH_STATS_INTERVAL (5s).
+	StatsInterval time.Duration
+	// DeadLetterScanInterval is how long the dead-letter count is cached
+	// before the topic is read again: PUBLISH_DLQ_SCAN_INTERVAL (60s).
+	DeadLetterScanInterval time.Duration
+
+	// TLS for gRPC (server and persistence client): TLS_CERT_FILE,
+	// TLS_KEY_FILE, TLS_CA_FILE (all empty: plaintext, loopback only).
+	TLS config.TLSFiles
+
+	// LogFormat is json or text: LOG_FORMAT ("json").
+	LogFormat string
+	// LogLevel: LOG_LEVEL ("info").
+	LogLevel slog.Level
+	// PseudonymKey keys the user id pseudonyms in logs: LOG_PSEUDONYM_KEY
+	// (required, at least 16 bytes).
+	PseudonymKey []byte
+}
+
+// LoadConfig reads the configuration through getenv and reports every
+// problem at once.
+func LoadConfig(getenv func(string) string) (Config, error) {
+	l := config.New(getenv)
+	c := Config{
+		GRPCAddr:                  l.String("PUBLISHER_GRPC_ADDR", ":9104"),
+		AdminAddr:                 l.String("PUBLISHER_ADMIN_ADDR", ":9204"),
+		KafkaBrokers:              l.List("KAFKA_BROKERS", nil),
+		KafkaClientID:             l.String("KAFKA_CLIENT_ID", "biobridge-publisher"),
+		KafkaTLS:                  l.Bool("KAFKA_TLS", false),
+		TopicPartitions:           l.Int("KAFKA_TOPIC_PARTITIONS", 12, 1, 10000),
+		ReplicationFactor:         l.Int("KAFKA_REPLICATION_FACTOR", 3, 1, 32),
+		CreateTopics:              l.Bool("KAFKA_CREATE_TOPICS", true),
+		MaxMessageBytes:           l.Int("KAFKA_MAX_MESSAGE_BYTES", 1000000, 1024, 100<<20),
+		DeadLetterMaxMessageBytes: l.Int("KAFKA_DLQ_MAX_MESSAGE_BYTES", 8<<20, 1024, 100<<20),
+		PersistenceTarget:         l.String("PERSISTENCE_TARGET", "127.0.0.1:9103"),
+		ServiceToken:              l.Required("SERVICE_TOKEN"),
+		Holder:                    l.String("PUBLISH_HOLDER", ""),
+		Workers:                   l.Int("PUBLISH_WORKERS", 2, 1, 64),
+		BatchSize:                 l.Int("PUBLISH_BATCH_SIZE", 500, 1, 5000),
+		LeaseDuration:             l.Duration("PUBLISH_LEASE_DURATION", 30*time.Second),
+		WaitTimeout:               l.Duration("PUBLISH_WAIT_TIMEOUT", 5*time.Second),
+		PollInterval:              l.Duration("PUBLISH_POLL_INTERVAL", 100*time.Millisecond),
+		MaxAttempts:               l.Int("PUBLISH_MAX_ATTEMPTS", 5, 1, 1000),
+		BackoffInitial:            l.Duration("PUBLISH_BACKOFF_INITIAL", 250*time.Millisecond),
+		BackoffMax:                l.Duration("PUBLISH_BACKOFF_MAX", 10*time.Second),
+		StatsInterval:             l.Duration("PUBLISH_STATS_INTERVAL", 5*time.Second),
+		DeadLetterScanInterval:    l.Duration("PUBLISH_DLQ_SCAN_INTERVAL", time.Minute),
+		TLS:                       l.TLS(),
+		LogFormat:                 strings.ToLower(l.String("LOG_FORMAT", "json")),
+		PseudonymKey:              l.Bytes("LOG_PSEUDONYM_KEY"),
+	}
+	l.Check("KAFKA_BROKERS", len(c.KafkaBrokers) > 0, "is required (comma-separated host:port list)")
+	for _, b := range c.KafkaBrokers {
+		if !strings.Contains(b, ":") {
+			l.Check("KAFKA_BROKERS", false, fmt.Sprintf("%q is not host:port", b))
+		}
+	}
+	version, err := sarama.ParseKafkaVersion(l.String("KAFKA_VERSION", "3.6.0"))
+	l.Check("KAFKA_VERSION", err == nil, "must be a Kafka version such as 3.6.0")
+	if err == nil {
+		l.Check("KAFKA_VERSION", version.IsAtLeast(sarama.V0_11_0_0), "must be at least 0.11.0 (idempotent producer)")
+		c.KafkaVersion = version
+	}
+	l.Check("KAFKA_DLQ_MAX_MESSAGE_BYTES", c.DeadLetterMaxMessageBytes >= c.MaxMessageBytes,
+		"must be at least KAFKA_MAX_MESSAGE_BYTES, so a message too large for its topic fits the dead-letter topic")
+	if raw := l.Required("SERVICE_TOKENS"); raw != "" {
+		tokens, err := auth.ParseServiceTokens(raw)
+		l.Check("SERVICE_TOKENS", err == nil, fmt.Sprintf("%v", err))
+		c.ServiceTokens = tokens
+	}
+	l.Check("PUBLISH_LEASE_DURATION", c.LeaseDuration >= 2*time.Second && c.LeaseDuration <= 10*time.Minute, "must be between 2s and 10m")
+	l.Check("PUBLISH_WAIT_TIMEOUT", c.WaitTimeout <= time.Minute, "must be at most 1m")
+	l.Check("PUBLISH_WAIT_TIMEOUT", c.WaitTimeout < c.LeaseDuration, "must be shorter than PUBLISH_LEASE_DURATION")
+	l.Check("PUBLISH_POLL_INTERVAL", c.PollInterval > 0, "must be positive")
+	l.Check("PUBLISH_BACKOFF_INITIAL", c.BackoffInitial > 0, "must be positive")
+	l.Check("PUBLISH_BACKOFF_MAX", c.BackoffMax >= c.BackoffInitial, "must be at least PUBLISH_BACKOFF_INITIAL")
+	l.Check("PUBLISH_STATS_INTERVAL", c.StatsInterval > 0, "must be positive")
+	l.Check("PUBLISH_DLQ_SCAN_INTERVAL", c.DeadLetterScanInterval > 0, "must be positive")
+	l.Check("LOG_FORMAT", c.LogFormat == "json" || c.LogFormat == "text", "must be json or text")
+	if err := c.LogLevel.UnmarshalText([]byte(l.String("LOG_LEVEL", "info"))); err != nil {
+		l.Check("LOG_LEVEL", false, "must be debug, info, warn or error")
+	}
+	l.Check("LOG_PSEUDONYM_KEY", len(c.PseudonymKey) >= 16, "is required and must be at least 16 bytes")
+	if err := l.Err(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}

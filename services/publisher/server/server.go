@@ -1,0 +1,191 @@
+// Package server runs the publisher: it relays the persistence service's
+// transactional outbox to Kafka (biometrics.events.v1 and
+// biometrics.connections.v1, keyed by user id, CloudEvents headers),
+// dead-letters what can never be published to biometrics.events.v1.dlq and
+// serves PublisherService (status, dead-letter list and replay). It holds no
+// durable state of its own: the outbox is the backlog and the dead-letter
+// topic is the dead-letter record.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+
+	publisherv1 "github.com/biobridge/bridge/gen/go/biobridge/publisher/v1"
+	"github.com/biobridge/bridge/pkg/admin"
+	"github.com/biobridge/bridge/pkg/apperr"
+	"github.com/biobridge/bridge/pkg/auth"
+	"github.com/biobridge/bridge/pkg/grpcclient"
+	"github.com/biobridge/bridge/pkg/grpcserver"
+	"github.com/biobridge/bridge/pkg/telemetry"
+	"github.com/biobridge/bridge/services/publisher/internal/api"
+	"github.com/biobridge/bridge/services/publisher/internal/deadletter"
+	"github.com/biobridge/bridge/services/publisher/internal/kafka"
+	"github.com/biobridge/bridge/services/publisher/internal/outbox"
+	"github.com/biobridge/bridge/services/publisher/internal/relay"
+)
+
+// Server is a running publisher.
+type Server struct {
+	cfg    Config
+	logger *slog.Logger
+	kafka  *kafka.Conn
+	conn   *grpc.ClientConn
+	relay  *relay.Relay
+	grpc   *grpcserver.Server
+	admin  *admin.Server
+}
+
+// New connects to Kafka (creating missing topics), prepares the
+// persistence client and binds the gRPC and admin listeners. It fails when
+// no Kafka broker answers: an orchestrator restarts it.
+func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Holder == "" {
+		host, _ := os.Hostname()
+		cfg.Holder = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+	if cfg.ServiceTokens == nil {
+		return nil, errors.New("publisher: no service tokens configured")
+	}
+	s := &Server{cfg: cfg, logger: logger}
+	defer func() {
+		if err != nil {
+			if s.grpc != nil {
+				// Serving with a finished context closes the bound listener.
+				done, cancel := context.WithCancel(context.Background())
+				cancel()
+				_ = s.grpc.Serve(done)
+			}
+			err = errors.Join(err, s.close())
+		}
+	}()
+
+	kcfg := kafka.Config{
+		Brokers:                   cfg.KafkaBrokers,
+		Version:                   cfg.KafkaVersion,
+		ClientID:                  cfg.KafkaClientID,
+		MaxMessageBytes:           cfg.MaxMessageBytes,
+		DeadLetterMaxMessageBytes: cfg.DeadLetterMaxMessageBytes,
+		Partitions:                int32(cfg.TopicPartitions),
+		ReplicationFactor:         int16(cfg.ReplicationFactor),
+		CreateTopics:              cfg.CreateTopics,
+	}
+	if cfg.KafkaTLS {
+		if kcfg.TLS, err = grpcclient.ClientTLSConfig(cfg.TLS, ""); err != nil {
+			return nil, fmt.Errorf("kafka tls: %w", err)
+		}
+	}
+	if s.kafka, err = kafka.Connect(ctx, kcfg, logger); err != nil {
+		return nil, err
+	}
+	if s.conn, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{TLS: cfg.TLS}); err != nil {
+		return nil, err
+	}
+	ob := outbox.New(s.conn, cfg.ServiceToken)
+
+	reg := telemetry.NewRegistry()
+	letters := deadletter.New(s.kafka.DeadLetterClient, s.kafka.Producer, s.kafka.DeadLetter, reg, logger, cfg.DeadLetterScanInterval)
+	s.relay = relay.New(relay.Config{
+		Holder:         cfg.Holder,
+		Workers:        cfg.Workers,
+		BatchSize:      cfg.BatchSize,
+		LeaseDuration:  cfg.LeaseDuration,
+		WaitTimeout:    cfg.WaitTimeout,
+		PollInterval:   cfg.PollInterval,
+		MaxAttempts:    cfg.MaxAttempts,
+		BackoffInitial: cfg.BackoffInitial,
+		BackoffMax:     cfg.BackoffMax,
+	}, ob, s.kafka.Producer, s.kafka.DeadLetter, relay.NewMetrics(reg), logger, letters.Invalidate)
+
+	if s.grpc, err = grpcserver.New(grpcserver.Config{Addr: cfg.GRPCAddr, TLS: cfg.TLS}, grpcserver.Options{
+		Service:  "publisher",
+		Logger:   logger,
+		Registry: reg,
+		Auth:     serviceAuth(cfg.ServiceTokens),
+	}); err != nil {
+		return nil, err
+	}
+	publisherv1.RegisterPublisherServiceServer(s.grpc.Registrar(), api.New(s.relay, ob, letters, logger))
+	if err = s.grpc.Listen(); err != nil {
+		return nil, err
+	}
+	s.admin = admin.New(cfg.AdminAddr, reg, logger,
+		admin.Check{Name: "kafka", Fn: func(context.Context) error { return s.kafka.Ping() }},
+		admin.Check{Name: "persistence", Fn: func(ctx context.Context) error {
+			_, err := ob.Stats(ctx)
+			return err
+		}},
+	)
+	if err = s.admin.Listen(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// serviceAuth admits callers presenting one of the configured service tokens.
+func serviceAuth(tokens *auth.ServiceTokens) func(context.Context, string) (context.Context, error) {
+	return func(ctx context.Context, _ string) (context.Context, error) {
+		name, ok := tokens.Authenticate(auth.BearerToken(ctx))
+		if !ok {
+			return nil, apperr.E(apperr.Unauthenticated, "invalid_service_token", "missing or invalid service token")
+		}
+		return auth.WithCaller(ctx, name), nil
+	}
+}
+
+// GRPCAddr is the bound PublisherService address.
+func (s *Server) GRPCAddr() string { return s.grpc.Addr() }
+
+// AdminAddr is the bound admin HTTP address.
+func (s *Server) AdminAddr() string { return s.admin.Addr() }
+
+// Serve relays and serves until ctx is done. On the way out the gRPC
+// server goes NOT_SERVING and stops gracefully, the relay finishes its
+// current wave and acks it, then the producers flush and every connection
+// closes. It returns nil on a clean stop.
+func (s *Server) Serve(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.grpc.Serve(gctx) })
+	g.Go(func() error { return s.admin.Serve(gctx) })
+	g.Go(func() error { return s.relay.Run(gctx) })
+	g.Go(func() error {
+		s.relay.Monitor(gctx, s.cfg.StatsInterval, s.kafka.Ping)
+		return nil
+	})
+	s.logger.Info("publisher running", "grpc_addr", s.GRPCAddr(), "admin_addr", s.AdminAddr(),
+		"holder", s.cfg.Holder, "brokers", s.cfg.KafkaBrokers, "persistence", s.cfg.PersistenceTarget)
+	err := g.Wait()
+	return errors.Join(err, s.close())
+}
+
+// close releases what New acquired: the producers are flushed by Close.
+func (s *Server) close() error {
+	var errs []error
+	if s.kafka != nil {
+		errs = append(errs, s.kafka.Close())
+	}
+	if s.conn != nil {
+		if err := s.conn.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close persistence connection: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Run is New followed by Serve.
+func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
+	s, err := New(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ctx)
+}
