@@ -1,0 +1,912 @@
+// Package broker is the token broker's core: the connect flow, access
+// tokens on demand with rotation-safe refresh, revocation, proactive
+// refresh and key rotation.
+//
+// WHOOP and Oura refresh tokens are single-use: presenting one twice makes
+// the vendor revoke the whole grant, and the user has to reconnect. So a
+// refresh for one connection happens at most once at a time across every
+// broker instance:
+//
+//  1. in-process, concurrent callers share one flight (singleflight);
+//  2. across instances, the flight takes a Redis lease lock on the
+//     connection (SET NX PX, random owner, compare-and-delete release)
+//     whose lease outlasts the vendor call's deadline;
+//  3. under the lock the connection is read again (the previous holder may
+//     just have refreshed), and the new token pair is written with
+//     UPDATE ... WHERE version = <read version> before the lock is released;
+//  4. instances that do not get the lock wait, re-reading the store with
+//     backoff until the holder's tokens appear or the lease expires (then
+//     they take the lock themselves): they do not give up early;
+//  5. an invalid_grant answer is checked against the store before the
+//     connection is marked broken: if the version moved, someone else
+//     rotated the tokens and their tokens are used.
+//
+// The vendor call runs on a context detached from the caller's: a caller
+// that gives up must not abort a refresh the vendor may already have
+// performed, because the only copy of the new refresh token is its answer.
+package broker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	mathrand "math/rand/v2"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/oauth2"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/biobridge/bridge/pkg/apperr"
+	"github.com/biobridge/bridge/pkg/logging"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/postgres"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/tokencache"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/tokencrypt"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/tokenlock"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/vendors"
+)
+
+// Config tunes the broker. Zero fields get the defaults of setDefaults.
+type Config struct {
+	// SafetyMargin: a token with less life left than this is not handed out
+	// (default 2m), so a caller never starts a vendor call with a token that
+	// expires on the way.
+	SafetyMargin time.Duration
+	// RefreshTimeout is the deadline of one vendor token call (default 10s).
+	RefreshTimeout time.Duration
+	// LockLease is the Redis lock lease (default 30s). It must exceed
+	// RefreshTimeout plus the time to store the result.
+	LockLease time.Duration
+	// WaitTimeout bounds how long a caller waits for another holder's
+	// refresh (default LockLease + RefreshTimeout: a dead holder's lease
+	// expires and the next refresh finishes within it).
+	WaitTimeout time.Duration
+	// StateTTL is how long an authorization state stays valid (default 10m).
+	StateTTL time.Duration
+	// ProactiveWindow: active connections whose token expires within this
+	// are refreshed in the background (default 5m).
+	ProactiveWindow time.Duration
+	// ActiveWindow: a connection counts as active when a token was handed
+	// out within this (default 72h).
+	ActiveWindow time.Duration
+	// PublicBaseURL is the broker's public root; return_to URLs must be
+	// relative or on this origin.
+	PublicBaseURL string
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.SafetyMargin, 2*time.Minute)
+	def(&c.RefreshTimeout, 10*time.Second)
+	def(&c.LockLease, 30*time.Second)
+	def(&c.WaitTimeout, c.LockLease+c.RefreshTimeout)
+	def(&c.StateTTL, 10*time.Minute)
+	def(&c.ProactiveWindow, 5*time.Minute)
+	def(&c.ActiveWindow, 72*time.Hour)
+}
+
+// minStoreBudget is the part of the lease kept for storing the result.
+const minStoreBudget = 2 * time.Second
+
+// Validate checks the relations between durations.
+func (c Config) Validate() error {
+	if c.LockLease < c.RefreshTimeout+minStoreBudget {
+		return fmt.Errorf("lock lease %s must exceed the refresh timeout %s by at least %s", c.LockLease, c.RefreshTimeout, minStoreBudget)
+	}
+	return nil
+}
+
+// Deps are the broker's collaborators.
+type Deps struct {
+	Store   *postgres.Store
+	Cache   *tokencache.Cache
+	Locker  *tokenlock.Locker
+	Keys    *tokencrypt.Keyring
+	Vendors map[string]*vendors.Vendor
+	Metrics *Metrics
+	Logger  *slog.Logger
+	// EventsWritten is called after a transaction wrote connection events
+	// (the relay forwards them sooner than its next poll).
+	EventsWritten func()
+}
+
+// Broker implements the token broker's operations.
+type Broker struct {
+	cfg     Config
+	store   *postgres.Store
+	cache   *tokencache.Cache
+	locker  *tokenlock.Locker
+	keys    *tokencrypt.Keyring
+	vendors map[string]*vendors.Vendor
+	m       *Metrics
+	log     *slog.Logger
+	kick    func()
+	flights singleflight.Group
+	// inflight counts running flights, so shutdown can wait for refreshes
+	// that the vendor may already have answered before closing the store.
+	inflight atomic.Int64
+}
+
+// New returns a Broker.
+func New(cfg Config, d Deps) (*Broker, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	if d.EventsWritten == nil {
+		d.EventsWritten = func() {}
+	}
+	return &Broker{
+		cfg: cfg, store: d.Store, cache: d.Cache, locker: d.Locker, keys: d.Keys,
+		vendors: d.Vendors, m: d.Metrics, log: d.Logger, kick: d.EventsWritten,
+	}, nil
+}
+
+// Connection is what callers see of a connection (never tokens).
+type Connection struct {
+	UserID        string
+	Vendor        string
+	VendorUserID  string
+	Status        string
+	Scopes        []string
+	ConnectedAt   time.Time
+	LastRefreshAt time.Time
+}
+
+func publicConnection(c *postgres.Connection) Connection {
+	return Connection{
+		UserID: c.UserID, Vendor: c.Vendor, VendorUserID: c.VendorUserID, Status: c.Status,
+		Scopes: c.Scopes, ConnectedAt: c.ConnectedAt, LastRefreshAt: c.LastRefreshAt,
+	}
+}
+
+// AccessToken is a usable vendor access token.
+type AccessToken struct {
+	Token     string
+	ExpiresAt time.Time
+}
+
+// Application error reasons.
+const (
+	ReasonUnknownVendor       = "unknown_vendor"
+	ReasonVendorNotConfigured = "vendor_not_configured"
+	ReasonConnectionNotFound  = "connection_not_found"
+	ReasonConnectionBroken    = "connection_broken"
+	ReasonConnectionRevoked   = "connection_revoked"
+	ReasonRefreshInProgress   = "refresh_in_progress"
+	ReasonVendorUnavailable   = "vendor_unavailable"
+	ReasonVendorRejected      = "vendor_rejected_client"
+	ReasonInvalidState        = "invalid_state"
+	ReasonStateExpired        = "state_expired"
+	ReasonAuthorizationDenied = "authorization_denied"
+	ReasonInvalidCode         = "invalid_code"
+	ReasonVendorAccountInUse  = "vendor_account_in_use"
+	ReasonInvalidReturnTo     = "invalid_return_to"
+	ReasonTokenUnreadable     = "token_unreadable"
+)
+
+// Vendor returns the configured vendor named name.
+func (b *Broker) Vendor(name string) (*vendors.Vendor, error) {
+	switch name {
+	case vendors.Whoop, vendors.Oura:
+	case "":
+		return nil, apperr.E(apperr.Invalid, ReasonUnknownVendor, "vendor is required (whoop or oura)")
+	default:
+		return nil, apperr.E(apperr.Invalid, ReasonUnknownVendor, "unknown vendor (want whoop or oura)")
+	}
+	v := b.vendors[name]
+	if v == nil {
+		return nil, apperr.E(apperr.FailedPrecondition, ReasonVendorNotConfigured, name+" is not configured on this broker")
+	}
+	return v, nil
+}
+
+// aad binds a ciphertext to its connection and column.
+func aad(userID, vendor, field string) []byte {
+	return []byte("biobridge.tokens.v1|" + vendor + "|" + field + "|" + userID)
+}
+
+// --- access tokens ---
+
+// GetAccessToken returns a token with more than the safety margin of life
+// left, refreshing it if needed (see the package comment).
+func (b *Broker) GetAccessToken(ctx context.Context, userID, vendor string) (AccessToken, error) {
+	if userID == "" {
+		return AccessToken{}, apperr.E(apperr.Invalid, "missing_user_id", "user_id is required")
+	}
+	if _, err := b.Vendor(vendor); err != nil {
+		return AccessToken{}, err
+	}
+	if tok, ok := b.fromCache(ctx, userID, vendor, b.cfg.SafetyMargin); ok {
+		b.m.CacheHits.WithLabelValues(vendor).Inc()
+		return tok, nil
+	}
+	b.m.CacheMisses.WithLabelValues(vendor).Inc()
+	return b.shared(ctx, userID, vendor, b.cfg.SafetyMargin, true)
+}
+
+// shared runs obtain once per connection per process however many callers
+// ask at once. The work runs detached from any one caller's cancellation;
+// each caller stops waiting when its own context ends.
+func (b *Broker) shared(ctx context.Context, userID, vendor string, minLife time.Duration, used bool) (AccessToken, error) {
+	key := vendor + "\x00" + userID
+	ch := b.flights.DoChan(key, func() (any, error) {
+		b.inflight.Add(1)
+		defer b.inflight.Add(-1)
+		return b.obtain(context.WithoutCancel(ctx), userID, vendor, minLife, used)
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return AccessToken{}, r.Err
+		}
+		return r.Val.(AccessToken), nil
+	case <-ctx.Done():
+		return AccessToken{}, ctx.Err()
+	}
+}
+
+// Drain waits until no flight is running or ctx ends.
+func (b *Broker) Drain(ctx context.Context) error {
+	for b.inflight.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+func (b *Broker) fromCache(ctx context.Context, userID, vendor string, minLife time.Duration) (AccessToken, bool) {
+	e, err := b.cache.Get(ctx, userID, vendor)
+	if err != nil {
+		// Redis trouble degrades to the store; it is not an error for the caller.
+		b.log.WarnContext(ctx, "token cache read failed", "vendor", vendor, "err", err)
+		return AccessToken{}, false
+	}
+	if e == nil || time.Until(e.ExpiresAt) <= minLife {
+		return AccessToken{}, false
+	}
+	plain, err := b.keys.Open(e.KeyID, e.Sealed, aad(userID, vendor, "access"))
+	if err != nil {
+		return AccessToken{}, false
+	}
+	return AccessToken{Token: string(plain), ExpiresAt: e.ExpiresAt}, true
+}
+
+func (b *Broker) fillCache(ctx context.Context, c *postgres.Connection) {
+	ttl := time.Until(c.AccessExpiresAt) - b.cfg.SafetyMargin
+	e := tokencache.Entry{Version: c.Version, KeyID: c.KeyID, Sealed: c.AccessTokenEnc, ExpiresAt: c.AccessExpiresAt}
+	if err := b.cache.Put(ctx, c.UserID, c.Vendor, e, ttl); err != nil {
+		b.log.WarnContext(ctx, "token cache write failed", "vendor", c.Vendor, "err", err)
+	}
+}
+
+func usable(c *postgres.Connection) error {
+	switch c.Status {
+	case postgres.StatusActive:
+		return nil
+	case postgres.StatusBroken:
+		return apperr.E(apperr.FailedPrecondition, ReasonConnectionBroken, "the vendor rejected the connection's refresh token: the user must reconnect")
+	default:
+		return apperr.E(apperr.NotFound, ReasonConnectionRevoked, "the connection was revoked")
+	}
+}
+
+func (b *Broker) get(ctx context.Context, userID, vendor string) (*postgres.Connection, error) {
+	c, err := b.store.Get(ctx, userID, vendor)
+	if errors.Is(err, postgres.ErrNotFound) {
+		return nil, apperr.E(apperr.NotFound, ReasonConnectionNotFound, "no connection for this user and vendor")
+	}
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// fresh reports whether c's access token has more than minLife left.
+func fresh(c *postgres.Connection, minLife time.Duration) bool {
+	return c.KeyID != "" && time.Until(c.AccessExpiresAt) > minLife
+}
+
+func (b *Broker) openAccess(c *postgres.Connection) (AccessToken, error) {
+	plain, err := b.keys.Open(c.KeyID, c.AccessTokenEnc, aad(c.UserID, c.Vendor, "access"))
+	if err != nil {
+		return AccessToken{}, apperr.Wrap(err, apperr.Internal, ReasonTokenUnreadable, "stored token cannot be decrypted")
+	}
+	return AccessToken{Token: string(plain), ExpiresAt: c.AccessExpiresAt}, nil
+}
+
+// deliver hands out c's access token: it warms the cache and records use.
+func (b *Broker) deliver(ctx context.Context, c *postgres.Connection, used bool) (AccessToken, error) {
+	tok, err := b.openAccess(c)
+	if err != nil {
+		return AccessToken{}, err
+	}
+	if used {
+		b.fillCache(ctx, c)
+		if err := b.store.TouchUsed(ctx, c.UserID, c.Vendor, time.Now()); err != nil {
+			b.log.WarnContext(ctx, "record connection use failed", "vendor", c.Vendor, "err", err)
+		}
+	}
+	return tok, nil
+}
+
+// obtain returns a token with more than minLife left, refreshing under the
+// connection's lock when needed and otherwise waiting for the holder.
+func (b *Broker) obtain(ctx context.Context, userID, vendor string, minLife time.Duration, used bool) (AccessToken, error) {
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.WaitTimeout+b.cfg.RefreshTimeout+minStoreBudget)
+	defer cancel()
+	var waitStart time.Time
+	observeWait := func() {
+		if !waitStart.IsZero() {
+			b.m.LockWait.WithLabelValues(vendor).Observe(time.Since(waitStart).Seconds())
+			waitStart = time.Time{}
+		}
+	}
+	defer observeWait()
+	backoff := 5 * time.Millisecond
+	for {
+		c, err := b.get(ctx, userID, vendor)
+		if err != nil {
+			return AccessToken{}, err
+		}
+		if err := usable(c); err != nil {
+			return AccessToken{}, err
+		}
+		if fresh(c, minLife) {
+			return b.deliver(ctx, c, used)
+		}
+		lock, err := b.locker.TryAcquire(ctx, b.cache.LockKey(userID, vendor), b.cfg.LockLease)
+		if err != nil {
+			return AccessToken{}, apperr.Wrap(err, apperr.Unavailable, "lock_unavailable", "token refresh coordination unavailable, retry later")
+		}
+		if lock != nil {
+			observeWait()
+			return b.refreshLocked(ctx, lock, userID, vendor, minLife, used)
+		}
+		// Another instance (or a dead one, until its lease expires) holds
+		// the lock: wait for its result.
+		if waitStart.IsZero() {
+			waitStart = time.Now()
+		} else if time.Since(waitStart) > b.cfg.WaitTimeout {
+			return AccessToken{}, apperr.E(apperr.Unavailable, ReasonRefreshInProgress,
+				"token refresh still in progress, retry later").WithRetryAfter(time.Second)
+		}
+		// Full jitter keeps three instances' pollers from marching in step.
+		sleep := backoff/2 + mathrand.N(backoff/2+1)
+		select {
+		case <-ctx.Done():
+			return AccessToken{}, apperr.Wrap(ctx.Err(), apperr.Unavailable, ReasonRefreshInProgress, "token refresh still in progress, retry later")
+		case <-time.After(sleep):
+		}
+		backoff = min(backoff*2, 250*time.Millisecond)
+	}
+}
+
+// refreshLocked runs with the connection's lock held and releases it.
+func (b *Broker) refreshLocked(ctx context.Context, lock *tokenlock.Lock, userID, vendor string, minLife time.Duration, used bool) (AccessToken, error) {
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		if ok, err := lock.Release(rctx); err != nil || !ok {
+			// The lease ran out before the release: harmless for
+			// correctness (the write was fenced) but a sign the lease is
+			// too short for this vendor's latency.
+			b.log.WarnContext(ctx, "refresh lock was not held at release", "vendor", vendor, "err", err)
+		}
+	}()
+	// The previous holder may have refreshed between our read and our lock.
+	c, err := b.get(ctx, userID, vendor)
+	if err != nil {
+		return AccessToken{}, err
+	}
+	if err := usable(c); err != nil {
+		return AccessToken{}, err
+	}
+	if fresh(c, minLife) {
+		return b.deliver(ctx, c, used)
+	}
+	// The vendor call must end while the lease still protects it, with
+	// time left to store the answer.
+	deadline := time.Now().Add(b.cfg.RefreshTimeout)
+	if limit := lock.Expires().Add(-minStoreBudget); limit.Before(deadline) {
+		deadline = limit
+	}
+	return b.refreshConn(ctx, c, deadline, used)
+}
+
+// refreshConn presents c's refresh token to the vendor once and stores the
+// answer fenced by c.Version. The caller holds the connection's lock; c is
+// what it read under the lock.
+func (b *Broker) refreshConn(ctx context.Context, c *postgres.Connection, deadline time.Time, used bool) (AccessToken, error) {
+	v, err := b.Vendor(c.Vendor)
+	if err != nil {
+		return AccessToken{}, err
+	}
+	log := b.log.With("vendor", c.Vendor, logging.UserID(c.UserID))
+	refresh, err := b.keys.Open(c.KeyID, c.RefreshTokenEnc, aad(c.UserID, c.Vendor, "refresh"))
+	if err != nil {
+		return AccessToken{}, apperr.Wrap(err, apperr.Internal, ReasonTokenUnreadable, "stored token cannot be decrypted")
+	}
+	if len(refresh) == 0 {
+		return b.refreshFailed(ctx, c, vendors.ReasonNoRefreshToken, errors.New("connection has no refresh token"), used)
+	}
+	vctx, cancel := context.WithDeadline(ctx, deadline)
+	start := time.Now()
+	tok, err := v.Refresh(vctx, string(refresh))
+	cancel()
+	b.m.RefreshSeconds.WithLabelValues(c.Vendor).Observe(time.Since(start).Seconds())
+	if err != nil {
+		return b.refreshFailed(ctx, c, vendors.Reason(err), err, used)
+	}
+	sealed, err := b.sealTokens(c.UserID, c.Vendor, tok)
+	if err != nil {
+		return AccessToken{}, err
+	}
+	updated, err := b.storeRefreshed(ctx, c, sealed)
+	switch {
+	case errors.Is(err, postgres.ErrVersionConflict):
+		// Reconnected or revoked while we refreshed: that change wins and
+		// the tokens we got are dropped.
+		b.m.Refreshes.WithLabelValues(c.Vendor, OutcomeSuperseded).Inc()
+		log.InfoContext(ctx, "refreshed tokens superseded by a newer connection change")
+		cur, gerr := b.get(ctx, c.UserID, c.Vendor)
+		if gerr != nil {
+			return AccessToken{}, gerr
+		}
+		if err := usable(cur); err != nil {
+			return AccessToken{}, err
+		}
+		if !fresh(cur, 0) {
+			return AccessToken{}, apperr.E(apperr.Unavailable, ReasonRefreshInProgress, "connection changed during refresh, retry").WithRetryAfter(time.Second)
+		}
+		return b.deliver(ctx, cur, used)
+	case err != nil:
+		// The vendor rotated the tokens and we could not store them: the
+		// connection will fail its next refresh. Nothing more can be done
+		// here; make it loud.
+		b.m.Refreshes.WithLabelValues(c.Vendor, OutcomeError).Inc()
+		b.m.RefreshFailures.WithLabelValues(c.Vendor, "store_failed").Inc()
+		log.ErrorContext(ctx, "refreshed tokens could not be stored; the connection will need a reconnect", "err", err)
+		return AccessToken{}, apperr.Wrap(err, apperr.Unavailable, "store_unavailable", "token store unavailable, retry later")
+	}
+	b.m.Refreshes.WithLabelValues(c.Vendor, OutcomeSuccess).Inc()
+	log.DebugContext(ctx, "token refreshed", "version", updated.Version)
+	if used {
+		return b.deliver(ctx, updated, true)
+	}
+	return b.openAccess(updated)
+}
+
+// storeRefreshed retries transient store errors a few times: the vendor has
+// already rotated, so these tokens are the only ones that work.
+func (b *Broker) storeRefreshed(ctx context.Context, c *postgres.Connection, t postgres.Tokens) (*postgres.Connection, error) {
+	var err error
+	for attempt := range 3 {
+		var updated *postgres.Connection
+		updated, err = b.store.StoreRefreshed(ctx, c.UserID, c.Vendor, c.Version, t, time.Now())
+		if err == nil || errors.Is(err, postgres.ErrVersionConflict) || ctx.Err() != nil {
+			return updated, err
+		}
+		time.Sleep(time.Duration(attempt+1) * 100 * time.Millisecond)
+	}
+	return nil, err
+}
+
+func (b *Broker) sealTokens(userID, vendor string, t *oauth2.Token) (postgres.Tokens, error) {
+	kid, access, err := b.keys.Seal([]byte(t.AccessToken), aad(userID, vendor, "access"))
+	if err != nil {
+		return postgres.Tokens{}, err
+	}
+	_, refresh, err := b.keys.Seal([]byte(t.RefreshToken), aad(userID, vendor, "refresh"))
+	if err != nil {
+		return postgres.Tokens{}, err
+	}
+	expiry := t.Expiry
+	if expiry.IsZero() {
+		// No expires_in: assume the vendors' usual hour rather than forever,
+		// so the token is refreshed rather than used until it fails.
+		expiry = time.Now().Add(time.Hour)
+	}
+	return postgres.Tokens{KeyID: kid, AccessTokenEnc: access, RefreshTokenEnc: refresh, AccessExpiresAt: expiry}, nil
+}
+
+// refreshFailed decides what a failed refresh means. Only invalid_grant (or
+// a missing refresh token) can break a connection, and only when the store
+// shows nobody else rotated the tokens meanwhile.
+func (b *Broker) refreshFailed(ctx context.Context, c *postgres.Connection, reason string, cause error, used bool) (AccessToken, error) {
+	log := b.log.With("vendor", c.Vendor, logging.UserID(c.UserID))
+	b.m.RefreshFailures.WithLabelValues(c.Vendor, reason).Inc()
+	switch reason {
+	case vendors.ReasonInvalidGrant, vendors.ReasonNoRefreshToken:
+	case vendors.ReasonInvalidClient:
+		b.m.Refreshes.WithLabelValues(c.Vendor, OutcomeError).Inc()
+		log.ErrorContext(ctx, "vendor rejected the client credentials on refresh", "err", cause)
+		return AccessToken{}, apperr.Wrap(cause, apperr.Unavailable, ReasonVendorRejected, "vendor rejected the broker's client credentials")
+	default:
+		b.m.Refreshes.WithLabelValues(c.Vendor, OutcomeError).Inc()
+		log.WarnContext(ctx, "token refresh failed", "reason", reason, "err", cause)
+		retry := time.Second
+		if reason == vendors.ReasonRateLimited {
+			retry = 10 * time.Second
+		}
+		return AccessToken{}, apperr.Wrap(cause, apperr.Unavailable, ReasonVendorUnavailable, "vendor token endpoint unavailable, retry later").WithRetryAfter(retry)
+	}
+	// Did someone else rotate? Then the grant is fine and their tokens work.
+	if tok, ok, err := b.rotatedElsewhere(ctx, c, used); ok || err != nil {
+		if err == nil {
+			b.m.Refreshes.WithLabelValues(c.Vendor, OutcomeLostRace).Inc()
+			log.InfoContext(ctx, "invalid_grant after another holder rotated the tokens; using theirs")
+		}
+		return tok, err
+	}
+	err := b.store.MarkBroken(ctx, c.UserID, c.Vendor, c.Version, reason, time.Now())
+	if errors.Is(err, postgres.ErrVersionConflict) {
+		// Changed between our re-read and the fenced update.
+		tok, ok, err := b.rotatedElsewhere(ctx, c, used)
+		if ok && err == nil {
+			b.m.Refreshes.WithLabelValues(c.Vendor, OutcomeLostRace).Inc()
+		}
+		if !ok && err == nil {
+			err = apperr.E(apperr.Unavailable, ReasonRefreshInProgress, "connection changed during refresh, retry").WithRetryAfter(time.Second)
+		}
+		return tok, err
+	}
+	if err != nil {
+		return AccessToken{}, err
+	}
+	b.kick()
+	b.m.Refreshes.WithLabelValues(c.Vendor, OutcomeBroken).Inc()
+	if derr := b.cache.Delete(ctx, c.UserID, c.Vendor); derr != nil {
+		log.WarnContext(ctx, "token cache delete failed", "err", derr)
+	}
+	log.WarnContext(ctx, "vendor rejected the refresh token; connection marked broken", "reason", reason)
+	return AccessToken{}, apperr.Wrap(cause, apperr.FailedPrecondition, ReasonConnectionBroken,
+		"the vendor rejected the connection's refresh token: the user must reconnect")
+}
+
+// rotatedElsewhere re-reads the connection: ok is true when its version
+// moved past c's, and then tok is the current token (or err why not).
+func (b *Broker) rotatedElsewhere(ctx context.Context, c *postgres.Connection, used bool) (AccessToken, bool, error) {
+	cur, err := b.get(ctx, c.UserID, c.Vendor)
+	if err != nil {
+		return AccessToken{}, true, err
+	}
+	if cur.Version == c.Version {
+		return AccessToken{}, false, nil
+	}
+	if err := usable(cur); err != nil {
+		return AccessToken{}, true, err
+	}
+	if !fresh(cur, 0) {
+		return AccessToken{}, true, apperr.E(apperr.Unavailable, ReasonRefreshInProgress, "connection changed during refresh, retry").WithRetryAfter(time.Second)
+	}
+	tok, err := b.deliver(ctx, cur, used)
+	return tok, true, err
+}
+
+// --- proactive refresh ---
+
+// RefreshExpiring refreshes active, recently used connections whose token
+// expires within the proactive window, so callers rarely wait for a
+// refresh. Every instance may run it: the lock and the re-read under it
+// make the others skip a connection one of them just refreshed.
+func (b *Broker) RefreshExpiring(ctx context.Context, limit int) (int, error) {
+	now := time.Now()
+	keys, err := b.store.ExpiringActive(ctx, now.Add(b.cfg.ProactiveWindow), now.Add(-b.cfg.ActiveWindow), limit)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, k := range keys {
+		if ctx.Err() != nil {
+			break
+		}
+		if b.vendors[k.Vendor] == nil {
+			continue
+		}
+		// Not a use: the cache keeps the old token until it expires, and
+		// the caller that then misses records the use.
+		if _, err := b.shared(ctx, k.UserID, k.Vendor, b.cfg.ProactiveWindow, false); err != nil {
+			b.log.WarnContext(ctx, "proactive refresh failed", "vendor", k.Vendor, logging.UserID(k.UserID), "reason", apperr.ReasonOf(err))
+			continue
+		}
+		n++
+	}
+	return n, nil
+}
+
+// --- key rotation ---
+
+// Reencrypt re-seals every connection sealed with an old key with the
+// primary key. Rows it cannot open are counted and skipped.
+func (b *Broker) Reencrypt(ctx context.Context) (done int, failed int, err error) {
+	primary := b.keys.PrimaryID()
+	var after postgres.Key
+	for {
+		rows, err := b.store.StaleKeyRows(ctx, primary, after, 100)
+		if err != nil {
+			return done, failed, err
+		}
+		if len(rows) == 0 {
+			return done, failed, nil
+		}
+		for _, c := range rows {
+			after = postgres.Key{UserID: c.UserID, Vendor: c.Vendor}
+			ok, err := b.reencryptOne(ctx, c)
+			if err != nil {
+				if ctx.Err() != nil {
+					return done, failed, ctx.Err()
+				}
+				failed++
+				b.m.ReencryptFailed.Inc()
+				b.log.ErrorContext(ctx, "cannot re-encrypt connection tokens", "vendor", c.Vendor, logging.UserID(c.UserID), "key_id", c.KeyID, "err", err)
+				continue
+			}
+			if ok {
+				done++
+				b.m.Reencrypted.Inc()
+			}
+		}
+	}
+}
+
+func (b *Broker) reencryptOne(ctx context.Context, c *postgres.Connection) (bool, error) {
+	access, err := b.keys.Open(c.KeyID, c.AccessTokenEnc, aad(c.UserID, c.Vendor, "access"))
+	if err != nil {
+		return false, err
+	}
+	refresh, err := b.keys.Open(c.KeyID, c.RefreshTokenEnc, aad(c.UserID, c.Vendor, "refresh"))
+	if err != nil {
+		return false, err
+	}
+	kid, accessEnc, err := b.keys.Seal(access, aad(c.UserID, c.Vendor, "access"))
+	if err != nil {
+		return false, err
+	}
+	_, refreshEnc, err := b.keys.Seal(refresh, aad(c.UserID, c.Vendor, "refresh"))
+	if err != nil {
+		return false, err
+	}
+	// A refresh or revoke that changed the row since it was read wins; its
+	// own write already used the primary key.
+	return b.store.Reencrypt(ctx, c.UserID, c.Vendor, c.Version, c.KeyID,
+		postgres.Tokens{KeyID: kid, AccessTokenEnc: accessEnc, RefreshTokenEnc: refreshEnc})
+}
+
+// --- connect flow ---
+
+// maxReturnToLen bounds the stored return_to.
+const maxReturnToLen = 2048
+
+// StartAuthorization creates a single-use, expiring state bound to userID
+// and returns the vendor's authorize URL with it and a PKCE challenge.
+func (b *Broker) StartAuthorization(ctx context.Context, userID, vendor, returnTo string) (string, time.Time, error) {
+	v, err := b.Vendor(vendor)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	if err := b.checkReturnTo(returnTo); err != nil {
+		return "", time.Time{}, err
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return "", time.Time{}, fmt.Errorf("generate state: %w", err)
+	}
+	state := base64.RawURLEncoding.EncodeToString(raw)
+	verifier := oauth2.GenerateVerifier()
+	kid, sealed, err := b.keys.Seal([]byte(verifier), stateAAD(state))
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	expires := time.Now().Add(b.cfg.StateTTL)
+	if err := b.store.SaveState(ctx, state, postgres.State{
+		UserID: userID, Vendor: vendor, KeyID: kid, CodeVerifierEnc: sealed, ReturnTo: returnTo, ExpiresAt: expires,
+	}); err != nil {
+		return "", time.Time{}, err
+	}
+	return v.AuthCodeURL(state, verifier), expires, nil
+}
+
+func stateAAD(state string) []byte {
+	return []byte("biobridge.tokens.v1|state|" + hex.EncodeToString(postgres.HashState(state)))
+}
+
+// checkReturnTo accepts a relative path or a URL on the broker's public
+// origin, so the callback can never be turned into an open redirect.
+func (b *Broker) checkReturnTo(s string) error {
+	if s == "" {
+		return nil
+	}
+	bad := apperr.E(apperr.Invalid, ReasonInvalidReturnTo, "return_to must be a path or a URL on the public base URL")
+	if len(s) > maxReturnToLen || strings.ContainsAny(s, "\\\r\n") {
+		return bad
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return bad
+	}
+	if u.Scheme == "" && u.Host == "" && strings.HasPrefix(s, "/") && !strings.HasPrefix(s, "//") {
+		return nil
+	}
+	base, err := url.Parse(b.cfg.PublicBaseURL)
+	if err != nil || base.Host == "" || !strings.EqualFold(u.Scheme, base.Scheme) || !strings.EqualFold(u.Host, base.Host) {
+		return bad
+	}
+	return nil
+}
+
+// CompleteAuthorization consumes state, exchanges code and stores the
+// connection. The state is consumed even when the rest fails: a state
+// works once.
+func (b *Broker) CompleteAuthorization(ctx context.Context, vendor, code, state, vendorError string) (Connection, error) {
+	if state == "" {
+		return Connection{}, apperr.E(apperr.Invalid, ReasonInvalidState, "state is required")
+	}
+	st, err := b.store.ConsumeState(ctx, state)
+	if errors.Is(err, postgres.ErrNotFound) {
+		return Connection{}, apperr.E(apperr.Invalid, ReasonInvalidState, "unknown or already used state")
+	}
+	if err != nil {
+		return Connection{}, err
+	}
+	if st.Vendor != vendor {
+		return Connection{}, apperr.E(apperr.Invalid, ReasonInvalidState, "state was issued for another vendor")
+	}
+	if !time.Now().Before(st.ExpiresAt) {
+		return Connection{}, apperr.E(apperr.FailedPrecondition, ReasonStateExpired, "authorization took too long: start again")
+	}
+	if vendorError != "" {
+		return Connection{}, apperr.E(apperr.FailedPrecondition, ReasonAuthorizationDenied, "the vendor did not authorize the connection ("+safeCode(vendorError)+")")
+	}
+	if code == "" {
+		return Connection{}, apperr.E(apperr.Invalid, "missing_code", "code is required")
+	}
+	v, err := b.Vendor(vendor)
+	if err != nil {
+		return Connection{}, err
+	}
+	verifier, err := b.keys.Open(st.KeyID, st.CodeVerifierEnc, stateAAD(state))
+	if err != nil {
+		return Connection{}, apperr.Wrap(err, apperr.Internal, ReasonTokenUnreadable, "authorization state cannot be decrypted")
+	}
+	xctx, cancel := context.WithTimeout(ctx, b.cfg.RefreshTimeout)
+	defer cancel()
+	tok, err := v.Exchange(xctx, code, string(verifier))
+	if err != nil {
+		if r := vendors.Reason(err); r == vendors.ReasonInvalidGrant {
+			return Connection{}, apperr.Wrap(err, apperr.FailedPrecondition, ReasonInvalidCode, "the vendor rejected the authorization code: start again")
+		}
+		return Connection{}, apperr.Wrap(err, apperr.Unavailable, ReasonVendorUnavailable, "vendor token endpoint unavailable, retry later")
+	}
+	vendorUserID, err := v.UserID(xctx, tok.AccessToken)
+	if err != nil {
+		return Connection{}, apperr.Wrap(err, apperr.Unavailable, ReasonVendorUnavailable, "vendor profile unavailable, retry later")
+	}
+	sealed, err := b.sealTokens(st.UserID, vendor, tok)
+	if err != nil {
+		return Connection{}, err
+	}
+	c, err := b.store.Connect(ctx, &postgres.Connection{
+		UserID: st.UserID, Vendor: vendor, VendorUserID: vendorUserID, Scopes: v.Scopes(tok),
+		KeyID: sealed.KeyID, AccessTokenEnc: sealed.AccessTokenEnc, RefreshTokenEnc: sealed.RefreshTokenEnc,
+		AccessExpiresAt: sealed.AccessExpiresAt,
+	}, time.Now())
+	if errors.Is(err, postgres.ErrVendorAccountInUse) {
+		return Connection{}, apperr.E(apperr.AlreadyExists, ReasonVendorAccountInUse, "this vendor account is connected to another user")
+	}
+	if err != nil {
+		return Connection{}, err
+	}
+	b.kick()
+	b.fillCache(ctx, c)
+	b.log.InfoContext(ctx, "vendor connected", "vendor", vendor, logging.UserID(st.UserID))
+	return publicConnection(c), nil
+}
+
+// safeCode keeps an OAuth error code if it looks like one (it is echoed to
+// the client).
+func safeCode(s string) string {
+	if len(s) > 64 {
+		return "error"
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r == '_') {
+			return "error"
+		}
+	}
+	return s
+}
+
+// --- lifecycle ---
+
+// ListConnections lists userID's connections, ordered by vendor.
+func (b *Broker) ListConnections(ctx context.Context, userID string) ([]Connection, error) {
+	rows, err := b.store.List(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Connection, len(rows))
+	for i, r := range rows {
+		out[i] = publicConnection(r)
+	}
+	return out, nil
+}
+
+// ResolveVendorUser maps a vendor account to its internal user.
+func (b *Broker) ResolveVendorUser(ctx context.Context, vendor, vendorUserID string) (Connection, error) {
+	if _, err := b.Vendor(vendor); err != nil && apperr.CodeOf(err) == apperr.Invalid {
+		return Connection{}, err
+	}
+	if vendorUserID == "" {
+		return Connection{}, apperr.E(apperr.Invalid, "missing_vendor_user_id", "vendor_user_id is required")
+	}
+	c, err := b.store.ResolveVendorUser(ctx, vendor, vendorUserID)
+	if errors.Is(err, postgres.ErrNotFound) {
+		return Connection{}, apperr.E(apperr.NotFound, ReasonConnectionNotFound, "no user is connected with this vendor account")
+	}
+	if err != nil {
+		return Connection{}, err
+	}
+	return publicConnection(c), nil
+}
+
+// RevokeConnection revokes the grant at the vendor (best effort) and
+// deletes the tokens. Revoking an already revoked connection succeeds.
+func (b *Broker) RevokeConnection(ctx context.Context, userID, vendor string) (bool, error) {
+	v, err := b.Vendor(vendor)
+	if err != nil && apperr.CodeOf(err) == apperr.Invalid {
+		return false, err
+	}
+	c, err := b.get(ctx, userID, vendor)
+	if err != nil {
+		return false, err
+	}
+	if c.Status == postgres.StatusRevoked {
+		return false, nil
+	}
+	log := b.log.With("vendor", vendor, logging.UserID(userID))
+	atVendor := false
+	if v != nil && c.Status == postgres.StatusActive {
+		// The vendor wants a valid access token; refreshing for it is fine
+		// (under the usual lock).
+		tok, err := b.shared(ctx, userID, vendor, 30*time.Second, false)
+		if err == nil {
+			rctx, cancel := context.WithTimeout(ctx, b.cfg.RefreshTimeout)
+			atVendor, err = v.Revoke(rctx, tok.Token)
+			cancel()
+		}
+		if err != nil {
+			log.WarnContext(ctx, "revoke at vendor failed; deleting tokens anyway", "err", err)
+		}
+	}
+	if err := b.store.Revoke(ctx, userID, vendor, "user_revoked", time.Now()); err != nil && !errors.Is(err, postgres.ErrNotFound) {
+		return false, err
+	}
+	b.kick()
+	if err := b.cache.Delete(ctx, userID, vendor); err != nil {
+		log.WarnContext(ctx, "token cache delete failed", "err", err)
+	}
+	log.InfoContext(ctx, "connection revoked", "revoked_at_vendor", atVendor)
+	return atVendor, nil
+}
+
+// DeleteExpiredStates removes authorization states past their expiry.
+func (b *Broker) DeleteExpiredStates(ctx context.Context) (int64, error) {
+	return b.store.DeleteExpiredStates(ctx, time.Now())
+}

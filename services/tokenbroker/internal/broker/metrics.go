@@ -1,0 +1,76 @@
+package broker
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+// Refresh outcomes (label values of refreshes_total).
+const (
+	OutcomeSuccess = "success"
+	// OutcomeLostRace: the vendor said invalid_grant but the store showed
+	// another holder had already rotated the tokens; their tokens were used.
+	OutcomeLostRace = "lost_race"
+	// OutcomeBroken: invalid_grant with nobody else having rotated: the
+	// connection is dead and was marked broken.
+	OutcomeBroken = "broken"
+	// OutcomeSuperseded: the vendor refreshed, but the connection was
+	// reconnected or revoked meanwhile, so the result was discarded.
+	OutcomeSuperseded = "superseded"
+	// OutcomeError: the vendor could not be reached or failed; nothing changed.
+	OutcomeError = "error"
+)
+
+// Metrics are the broker's Prometheus metrics. Labels carry vendors,
+// outcomes and reasons, never user ids.
+type Metrics struct {
+	Refreshes       *prometheus.CounterVec
+	RefreshFailures *prometheus.CounterVec
+	RefreshSeconds  *prometheus.HistogramVec
+	LockWait        *prometheus.HistogramVec
+	CacheHits       *prometheus.CounterVec
+	CacheMisses     *prometheus.CounterVec
+	Reencrypted     prometheus.Counter
+	ReencryptFailed prometheus.Counter
+}
+
+// NewMetrics registers the metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	f := promauto.With(reg)
+	return &Metrics{
+		Refreshes: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "biobridge_tokenbroker_refreshes_total",
+			Help: "Token refreshes this instance sent to a vendor, by outcome.",
+		}, []string{"vendor", "outcome"}),
+		RefreshFailures: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "biobridge_tokenbroker_refresh_failures_total",
+			Help: "Failed token refreshes by reason (invalid_grant, timeout, rate_limited, ...).",
+		}, []string{"vendor", "reason"}),
+		RefreshSeconds: f.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "biobridge_tokenbroker_refresh_seconds",
+			Help:    "Duration of the vendor token refresh call.",
+			Buckets: []float64{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30},
+		}, []string{"vendor"}),
+		LockWait: f.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "biobridge_tokenbroker_lock_wait_seconds",
+			Help:    "Time spent waiting for another holder's refresh of the same connection.",
+			Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"vendor"}),
+		CacheHits: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "biobridge_tokenbroker_cache_hits_total",
+			Help: "GetAccessToken calls answered from the Redis token cache.",
+		}, []string{"vendor"}),
+		CacheMisses: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "biobridge_tokenbroker_cache_misses_total",
+			Help: "GetAccessToken calls that had to read the store (and maybe refresh).",
+		}, []string{"vendor"}),
+		Reencrypted: f.NewCounter(prometheus.CounterOpts{
+			Name: "biobridge_tokenbroker_reencrypted_total",
+			Help: "Connections whose tokens were re-encrypted with the primary key.",
+		}),
+		ReencryptFailed: f.NewCounter(prometheus.CounterOpts{
+			Name: "biobridge_tokenbroker_reencrypt_failures_total",
+			Help: "Connections the re-encryption pass could not open (key missing or data corrupt).",
+		}),
+	}
+}

@@ -1,0 +1,178 @@
+// Package grpcapi serves biobridge.tokens.v1.TokenBrokerService on top of
+// the broker and decides who may call what: internal callers with a service
+// token (GetAccessToken, ResolveVendorUser), users with their JWT
+// (StartAuthorization, ListConnections, RevokeConnection, each only for
+// themselves), and anyone holding a valid state (CompleteAuthorization, the
+// vendor's redirect through the gateway).
+package grpcapi
+
+import (
+	"context"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	tokensv1 "github.com/biobridge/bridge/gen/go/biobridge/tokens/v1"
+	"github.com/biobridge/bridge/pkg/apperr"
+	"github.com/biobridge/bridge/pkg/auth"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/broker"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/postgres"
+)
+
+// Who may call a method.
+type access int
+
+const (
+	accessService access = iota + 1
+	accessUser
+	accessState
+)
+
+var methodAccess = map[string]access{
+	tokensv1.TokenBrokerService_GetAccessToken_FullMethodName:        accessService,
+	tokensv1.TokenBrokerService_ResolveVendorUser_FullMethodName:     accessService,
+	tokensv1.TokenBrokerService_StartAuthorization_FullMethodName:    accessUser,
+	tokensv1.TokenBrokerService_ListConnections_FullMethodName:       accessUser,
+	tokensv1.TokenBrokerService_RevokeConnection_FullMethodName:      accessUser,
+	tokensv1.TokenBrokerService_CompleteAuthorization_FullMethodName: accessState,
+}
+
+// Authenticator is the grpcserver auth hook.
+type Authenticator struct {
+	Services *auth.ServiceTokens
+	Users    *auth.UserVerifier
+}
+
+// Auth authenticates a call according to methodAccess. Unknown methods are
+// refused, so a method added to the proto is closed until it is listed.
+func (a *Authenticator) Auth(ctx context.Context, fullMethod string) (context.Context, error) {
+	switch methodAccess[fullMethod] {
+	case accessService:
+		name, ok := a.Services.Authenticate(auth.BearerToken(ctx))
+		if !ok {
+			return nil, apperr.E(apperr.Unauthenticated, "invalid_service_token", "a valid service token is required")
+		}
+		return auth.WithCaller(ctx, name), nil
+	case accessUser:
+		sub, err := a.Users.Verify(auth.BearerToken(ctx))
+		if err != nil {
+			return nil, err
+		}
+		return auth.WithUser(ctx, sub), nil
+	case accessState:
+		return ctx, nil
+	}
+	return nil, apperr.E(apperr.PermissionDenied, "method_not_allowed", "method not allowed")
+}
+
+// Service implements TokenBrokerServiceServer.
+type Service struct {
+	tokensv1.UnimplementedTokenBrokerServiceServer
+	b *broker.Broker
+}
+
+// New returns the service.
+func New(b *broker.Broker) *Service { return &Service{b: b} }
+
+// self returns the JWT's subject, checking that a user id in the request,
+// if any, names the same user.
+func self(ctx context.Context, requested string) (string, error) {
+	sub := auth.User(ctx)
+	if sub == "" {
+		return "", apperr.E(apperr.Unauthenticated, "missing_user", "a user token is required")
+	}
+	if requested != "" && requested != sub {
+		return "", apperr.E(apperr.PermissionDenied, "other_user", "user_id must be the token's subject")
+	}
+	return sub, nil
+}
+
+func ts(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
+var statuses = map[string]tokensv1.ConnectionStatus{
+	postgres.StatusActive:  tokensv1.ConnectionStatus_CONNECTION_STATUS_ACTIVE,
+	postgres.StatusBroken:  tokensv1.ConnectionStatus_CONNECTION_STATUS_BROKEN,
+	postgres.StatusRevoked: tokensv1.ConnectionStatus_CONNECTION_STATUS_REVOKED,
+}
+
+func toProto(c broker.Connection) *tokensv1.Connection {
+	return &tokensv1.Connection{
+		UserId: c.UserID, Vendor: c.Vendor, VendorUserId: c.VendorUserID, Status: statuses[c.Status],
+		Scopes: c.Scopes, ConnectedAt: ts(c.ConnectedAt), LastRefreshAt: ts(c.LastRefreshAt),
+	}
+}
+
+// StartAuthorization implements TokenBrokerServiceServer.
+func (s *Service) StartAuthorization(ctx context.Context, req *tokensv1.StartAuthorizationRequest) (*tokensv1.StartAuthorizationResponse, error) {
+	user, err := self(ctx, req.GetUserId())
+	if err != nil {
+		return nil, err
+	}
+	u, expires, err := s.b.StartAuthorization(ctx, user, req.GetVendor(), req.GetReturnTo())
+	if err != nil {
+		return nil, err
+	}
+	return &tokensv1.StartAuthorizationResponse{AuthorizeUrl: u, ExpiresAt: ts(expires)}, nil
+}
+
+// CompleteAuthorization implements TokenBrokerServiceServer.
+func (s *Service) CompleteAuthorization(ctx context.Context, req *tokensv1.CompleteAuthorizationRequest) (*tokensv1.CompleteAuthorizationResponse, error) {
+	c, err := s.b.CompleteAuthorization(ctx, req.GetVendor(), req.GetCode(), req.GetState(), req.GetError())
+	if err != nil {
+		return nil, err
+	}
+	return &tokensv1.CompleteAuthorizationResponse{Connection: toProto(c)}, nil
+}
+
+// GetAccessToken implements TokenBrokerServiceServer.
+func (s *Service) GetAccessToken(ctx context.Context, req *tokensv1.GetAccessTokenRequest) (*tokensv1.GetAccessTokenResponse, error) {
+	tok, err := s.b.GetAccessToken(ctx, req.GetUserId(), req.GetVendor())
+	if err != nil {
+		return nil, err
+	}
+	return &tokensv1.GetAccessTokenResponse{AccessToken: tok.Token, ExpiresAt: ts(tok.ExpiresAt)}, nil
+}
+
+// ResolveVendorUser implements TokenBrokerServiceServer.
+func (s *Service) ResolveVendorUser(ctx context.Context, req *tokensv1.ResolveVendorUserRequest) (*tokensv1.ResolveVendorUserResponse, error) {
+	c, err := s.b.ResolveVendorUser(ctx, req.GetVendor(), req.GetVendorUserId())
+	if err != nil {
+		return nil, err
+	}
+	return &tokensv1.ResolveVendorUserResponse{UserId: c.UserID, Status: statuses[c.Status]}, nil
+}
+
+// ListConnections implements TokenBrokerServiceServer.
+func (s *Service) ListConnections(ctx context.Context, req *tokensv1.ListConnectionsRequest) (*tokensv1.ListConnectionsResponse, error) {
+	user, err := self(ctx, req.GetUserId())
+	if err != nil {
+		return nil, err
+	}
+	conns, err := s.b.ListConnections(ctx, user)
+	if err != nil {
+		return nil, err
+	}
+	resp := &tokensv1.ListConnectionsResponse{}
+	for _, c := range conns {
+		resp.Connections = append(resp.Connections, toProto(c))
+	}
+	return resp, nil
+}
+
+// RevokeConnection implements TokenBrokerServiceServer.
+func (s *Service) RevokeConnection(ctx context.Context, req *tokensv1.RevokeConnectionRequest) (*tokensv1.RevokeConnectionResponse, error) {
+	user, err := self(ctx, req.GetUserId())
+	if err != nil {
+		return nil, err
+	}
+	ok, err := s.b.RevokeConnection(ctx, user, req.GetVendor())
+	if err != nil {
+		return nil, err
+	}
+	return &tokensv1.RevokeConnectionResponse{RevokedAtVendor: ok}, nil
+}

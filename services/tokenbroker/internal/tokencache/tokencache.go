@@ -1,0 +1,104 @@
+// Package tokencache keeps sealed access tokens in Redis so most
+// GetAccessToken calls cost one GET instead of a database read and a
+// decryption of the refresh token.
+//
+// Entries hold only ciphertext (sealed by the broker with the same keyring
+// as the database), the connection version they came from and the token's
+// expiry; they expire from Redis a safety margin before the token does.
+// Keys carry the user's hash tag, so they live on one Redis Cluster slot
+// with the user's other keys.
+package tokencache
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Entry is one cached access token, sealed.
+type Entry struct {
+	Version   int64     `json:"v"`
+	KeyID     string    `json:"k"`
+	Sealed    []byte    `json:"c"`
+	ExpiresAt time.Time `json:"e"`
+}
+
+// Cache is the Redis token cache.
+type Cache struct {
+	client redis.UniversalClient
+	prefix string
+}
+
+// New returns a Cache whose keys start with prefix (REDIS_KEY_PREFIX).
+func New(client redis.UniversalClient, prefix string) *Cache {
+	return &Cache{client: client, prefix: prefix}
+}
+
+// Key is the cache key of a connection.
+func (c *Cache) Key(userID, vendor string) string {
+	return c.prefix + "bb:{u:" + userID + "}:token:" + vendor
+}
+
+// LockKey is the refresh lock key of a connection (same hash tag).
+func (c *Cache) LockKey(userID, vendor string) string {
+	return c.prefix + "bb:{u:" + userID + "}:tokenlock:" + vendor
+}
+
+// Get returns the entry, or (nil, nil) when there is none.
+func (c *Cache) Get(ctx context.Context, userID, vendor string) (*Entry, error) {
+	b, err := c.client.Get(ctx, c.Key(userID, vendor)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read token cache: %w", err)
+	}
+	var e Entry
+	if err := json.Unmarshal(b, &e); err != nil {
+		// A malformed entry is a miss, not an outage.
+		return nil, nil
+	}
+	return &e, nil
+}
+
+// Put stores e until ttl. A stale writer must not overwrite a newer token,
+// so the entry is only replaced when its version is not newer than e's.
+func (c *Cache) Put(ctx context.Context, userID, vendor string, e Entry, ttl time.Duration) error {
+	if ttl <= 0 {
+		return nil
+	}
+	b, err := json.Marshal(e)
+	if err != nil {
+		return fmt.Errorf("encode token cache entry: %w", err)
+	}
+	if err := putScript.Run(ctx, c.client, []string{c.Key(userID, vendor)}, b, e.Version, ttl.Milliseconds()).Err(); err != nil && !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("write token cache: %w", err)
+	}
+	return nil
+}
+
+// putScript writes ARGV[1] with a PX of ARGV[3] unless the current entry's
+// version is newer than ARGV[2].
+var putScript = redis.NewScript(`
+local cur = redis.call("GET", KEYS[1])
+if cur then
+	local ok, dec = pcall(cjson.decode, cur)
+	if ok and type(dec) == "table" and tonumber(dec["v"]) and tonumber(dec["v"]) > tonumber(ARGV[2]) then
+		return 0
+	end
+end
+redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[3])
+return 1
+`)
+
+// Delete removes the entry (revoke, broken connection).
+func (c *Cache) Delete(ctx context.Context, userID, vendor string) error {
+	if err := c.client.Del(ctx, c.Key(userID, vendor)).Err(); err != nil {
+		return fmt.Errorf("delete token cache: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,230 @@
+package server
+
+import (
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/biobridge/bridge/pkg/auth"
+	"github.com/biobridge/bridge/pkg/config"
+	"github.com/biobridge/bridge/pkg/service"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/tokencrypt"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/vendors"
+)
+
+// VendorConfig is one vendor's OAuth client. A vendor whose ClientID is
+// empty is not offered: its RPCs answer FAILED_PRECONDITION
+// "vendor_not_configured".
+type VendorConfig struct {
+	// ClientID is WHOOP_CLIENT_ID / OURA_CLIENT_ID.
+	ClientID string
+	// ClientSecret is WHOOP_CLIENT_SECRET / OURA_CLIENT_SECRET (required
+	// with the client id).
+	ClientSecret string
+	// APIURL is WHOOP_API_URL (default https://api.prod.whoop.com) /
+	// OURA_API_URL (default https://api.ouraring.com): the vendor's host
+	// root, to which the OAuth and API paths are appended.
+	APIURL string
+	// AuthorizeURL is OURA_AUTHORIZE_URL (default
+	// https://cloud.ouraring.com/oauth/authorize); WHOOP derives it from
+	// APIURL (+ /oauth/oauth2/auth).
+	AuthorizeURL string
+}
+
+// Configured reports whether the vendor is offered.
+func (v VendorConfig) Configured() bool { return v.ClientID != "" }
+
+// Config is the token broker's configuration. Each field names its
+// environment variable and default.
+type Config struct {
+	// GRPCAddr is TOKENBROKER_GRPC_ADDR (default ":9102").
+	GRPCAddr string
+	// AdminAddr is TOKENBROKER_ADMIN_ADDR (default ":9202"): /metrics,
+	// /healthz, /readyz.
+	AdminAddr string
+	// PostgresURL is POSTGRES_URL (required). The broker owns schema "tokens".
+	PostgresURL string
+	// RedisURL is REDIS_URL (required): refresh locks and the token cache.
+	RedisURL string
+	// RedisKeyPrefix is REDIS_KEY_PREFIX (default ""): prepended to every key.
+	RedisKeyPrefix string
+	// TokenEncryptionKeys is TOKEN_ENCRYPTION_KEYS (required):
+	// "keyid:base64(32 bytes),..."; the first key encrypts, every key decrypts.
+	TokenEncryptionKeys string
+	// Whoop is WHOOP_CLIENT_ID, WHOOP_CLIENT_SECRET, WHOOP_API_URL.
+	Whoop VendorConfig
+	// Oura is OURA_CLIENT_ID, OURA_CLIENT_SECRET, OURA_API_URL, OURA_AUTHORIZE_URL.
+	Oura VendorConfig
+	// PublicBaseURL is PUBLIC_BASE_URL (required when a vendor is
+	// configured): the OAuth redirect URI is PublicBaseURL +
+	// /v1/oauth/{vendor}/callback.
+	PublicBaseURL string
+	// UserTokenSecret is USER_TOKEN_SECRET (required, >= 32 bytes): HS256
+	// key of the users' JWTs.
+	UserTokenSecret []byte
+	// ServiceTokens is SERVICE_TOKENS (required): "name:token,..." allowed
+	// to call GetAccessToken and ResolveVendorUser.
+	ServiceTokens string
+	// PersistenceTarget is PERSISTENCE_TARGET (default "": connection events
+	// stay queued in the broker's outbox, see the pending gauge).
+	PersistenceTarget string
+	// ServiceToken is SERVICE_TOKEN (required with PERSISTENCE_TARGET): the
+	// bearer token presented to persistence.
+	ServiceToken string
+	// TLS is TLS_CERT_FILE, TLS_KEY_FILE, TLS_CA_FILE (server and client).
+	TLS config.TLSFiles
+
+	// SafetyMargin is TOKENBROKER_TOKEN_SAFETY_MARGIN (default 2m): tokens
+	// with less life left are refreshed rather than handed out.
+	SafetyMargin time.Duration
+	// RefreshTimeout is TOKENBROKER_REFRESH_TIMEOUT (default 10s): deadline
+	// of one vendor token call.
+	RefreshTimeout time.Duration
+	// LockLease is TOKENBROKER_LOCK_LEASE (default 30s, at least
+	// RefreshTimeout + 2s): the refresh lock's lease.
+	LockLease time.Duration
+	// StateTTL is TOKENBROKER_STATE_TTL (default 10m): lifetime of an
+	// authorization state.
+	StateTTL time.Duration
+	// ProactiveWindow is TOKENBROKER_PROACTIVE_REFRESH_WINDOW (default 5m):
+	// active connections expiring within it are refreshed in the background.
+	ProactiveWindow time.Duration
+	// ProactiveInterval is TOKENBROKER_PROACTIVE_REFRESH_INTERVAL (default 30s).
+	ProactiveInterval time.Duration
+	// ActiveWindow is TOKENBROKER_ACTIVE_WINDOW (default 72h): a connection
+	// whose token was handed out within it counts as active.
+	ActiveWindow time.Duration
+	// RelayInterval is TOKENBROKER_RELAY_INTERVAL (default 2s): how often
+	// pending connection events are forwarded when nothing new was written.
+	RelayInterval time.Duration
+}
+
+// Defaults of the tunables (New applies them to zero fields as well).
+const (
+	DefaultSafetyMargin      = 2 * time.Minute
+	DefaultRefreshTimeout    = 10 * time.Second
+	DefaultLockLease         = 30 * time.Second
+	DefaultStateTTL          = 10 * time.Minute
+	DefaultProactiveWindow   = 5 * time.Minute
+	DefaultProactiveInterval = 30 * time.Second
+	DefaultActiveWindow      = 72 * time.Hour
+	DefaultRelayInterval     = 2 * time.Second
+)
+
+// LoadConfig reads and validates the whole configuration, reporting every
+// problem at once.
+func LoadConfig(getenv func(string) string) (Config, service.Common, error) {
+	l := config.New(getenv)
+	c := Config{
+		GRPCAddr:            l.String("TOKENBROKER_GRPC_ADDR", ":9102"),
+		AdminAddr:           l.String("TOKENBROKER_ADMIN_ADDR", ":9202"),
+		PostgresURL:         l.Required("POSTGRES_URL"),
+		RedisURL:            l.Required("REDIS_URL"),
+		RedisKeyPrefix:      l.String("REDIS_KEY_PREFIX", ""),
+		TokenEncryptionKeys: l.Required("TOKEN_ENCRYPTION_KEYS"),
+		Whoop: VendorConfig{
+			ClientID:     l.String("WHOOP_CLIENT_ID", ""),
+			ClientSecret: l.String("WHOOP_CLIENT_SECRET", ""),
+			APIURL:       l.String("WHOOP_API_URL", vendors.DefaultWhoopAPIURL),
+		},
+		Oura: VendorConfig{
+			ClientID:     l.String("OURA_CLIENT_ID", ""),
+			ClientSecret: l.String("OURA_CLIENT_SECRET", ""),
+			APIURL:       l.String("OURA_API_URL", vendors.DefaultOuraAPIURL),
+			AuthorizeURL: l.String("OURA_AUTHORIZE_URL", vendors.DefaultOuraAuthorizeURL),
+		},
+		PublicBaseURL:     l.String("PUBLIC_BASE_URL", ""),
+		UserTokenSecret:   []byte(l.Required("USER_TOKEN_SECRET")),
+		ServiceTokens:     l.Required("SERVICE_TOKENS"),
+		PersistenceTarget: l.String("PERSISTENCE_TARGET", ""),
+		ServiceToken:      l.String("SERVICE_TOKEN", ""),
+		TLS:               l.TLS(),
+		SafetyMargin:      l.Duration("TOKENBROKER_TOKEN_SAFETY_MARGIN", DefaultSafetyMargin),
+		RefreshTimeout:    l.Duration("TOKENBROKER_REFRESH_TIMEOUT", DefaultRefreshTimeout),
+		LockLease:         l.Duration("TOKENBROKER_LOCK_LEASE", DefaultLockLease),
+		StateTTL:          l.Duration("TOKENBROKER_STATE_TTL", DefaultStateTTL),
+		ProactiveWindow:   l.Duration("TOKENBROKER_PROACTIVE_REFRESH_WINDOW", DefaultProactiveWindow),
+		ProactiveInterval: l.Duration("TOKENBROKER_PROACTIVE_REFRESH_INTERVAL", DefaultProactiveInterval),
+		ActiveWindow:      l.Duration("TOKENBROKER_ACTIVE_WINDOW", DefaultActiveWindow),
+		RelayInterval:     l.Duration("TOKENBROKER_RELAY_INTERVAL", DefaultRelayInterval),
+	}
+	if c.TokenEncryptionKeys != "" {
+		if _, err := tokencrypt.Parse(c.TokenEncryptionKeys); err != nil {
+			l.Check("TOKEN_ENCRYPTION_KEYS", false, indentJoined(err))
+		}
+	}
+	if c.ServiceTokens != "" {
+		if _, err := auth.ParseServiceTokens(c.ServiceTokens); err != nil {
+			l.Check("SERVICE_TOKENS", false, indentJoined(err))
+		}
+	}
+	if len(c.UserTokenSecret) > 0 {
+		l.Check("USER_TOKEN_SECRET", len(c.UserTokenSecret) >= 32, "must be at least 32 bytes")
+	}
+	for _, v := range []struct {
+		prefix string
+		cfg    VendorConfig
+	}{{"WHOOP", c.Whoop}, {"OURA", c.Oura}} {
+		l.Check(v.prefix+"_CLIENT_SECRET", v.cfg.ClientID == "" || v.cfg.ClientSecret != "", "is required when "+v.prefix+"_CLIENT_ID is set")
+		l.Check(v.prefix+"_CLIENT_ID", v.cfg.ClientSecret == "" || v.cfg.ClientID != "", "is required when "+v.prefix+"_CLIENT_SECRET is set")
+		l.Check(v.prefix+"_API_URL", httpURL(v.cfg.APIURL), "must be an absolute http(s) URL")
+	}
+	l.Check("OURA_AUTHORIZE_URL", httpURL(c.Oura.AuthorizeURL), "must be an absolute http(s) URL")
+	if c.Whoop.Configured() || c.Oura.Configured() {
+		l.Check("PUBLIC_BASE_URL", c.PublicBaseURL != "", "is required when a vendor is configured (OAuth redirect URIs)")
+	}
+	if c.PublicBaseURL != "" {
+		l.Check("PUBLIC_BASE_URL", httpURL(c.PublicBaseURL), "must be an absolute http(s) URL")
+	}
+	l.Check("SERVICE_TOKEN", c.PersistenceTarget == "" || c.ServiceToken != "", "is required when PERSISTENCE_TARGET is set")
+	l.Check("TOKENBROKER_LOCK_LEASE", c.LockLease >= c.RefreshTimeout+2*time.Second,
+		"must be at least TOKENBROKER_REFRESH_TIMEOUT + 2s (the lease must outlast the vendor call and the write)")
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"TOKENBROKER_TOKEN_SAFETY_MARGIN", c.SafetyMargin}, {"TOKENBROKER_REFRESH_TIMEOUT", c.RefreshTimeout},
+		{"TOKENBROKER_STATE_TTL", c.StateTTL}, {"TOKENBROKER_PROACTIVE_REFRESH_WINDOW", c.ProactiveWindow},
+		{"TOKENBROKER_PROACTIVE_REFRESH_INTERVAL", c.ProactiveInterval}, {"TOKENBROKER_ACTIVE_WINDOW", c.ActiveWindow},
+		{"TOKENBROKER_RELAY_INTERVAL", c.RelayInterval},
+	} {
+		l.Check(d.name, d.v > 0, "must be positive")
+	}
+	common := service.LoadCommon(l)
+	return c, common, l.Err()
+}
+
+func httpURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
+}
+
+// indentJoined flattens a joined error into one line per problem.
+func indentJoined(err error) string {
+	return strings.ReplaceAll(err.Error(), "\n", "; ")
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.SafetyMargin, DefaultSafetyMargin)
+	def(&c.RefreshTimeout, DefaultRefreshTimeout)
+	def(&c.LockLease, DefaultLockLease)
+	def(&c.StateTTL, DefaultStateTTL)
+	def(&c.ProactiveWindow, DefaultProactiveWindow)
+	def(&c.ProactiveInterval, DefaultProactiveInterval)
+	def(&c.ActiveWindow, DefaultActiveWindow)
+	def(&c.RelayInterval, DefaultRelayInterval)
+	if c.Whoop.APIURL == "" {
+		c.Whoop.APIURL = vendors.DefaultWhoopAPIURL
+	}
+	if c.Oura.APIURL == "" {
+		c.Oura.APIURL = vendors.DefaultOuraAPIURL
+	}
+	if c.Oura.AuthorizeURL == "" {
+		c.Oura.AuthorizeURL = vendors.DefaultOuraAuthorizeURL
+	}
+}

@@ -1,0 +1,293 @@
+// Package server runs the token broker: biobridge.tokens.v1.TokenBrokerService
+// over gRPC, its admin endpoints, and the background work (connection-event
+// relay, proactive refresh, re-encryption after a key rotation, expired
+// state cleanup). It is the one package other modules (devstack, tests,
+// benchmarks) compose; everything else is internal.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+
+	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
+	tokensv1 "github.com/biobridge/bridge/gen/go/biobridge/tokens/v1"
+	"github.com/biobridge/bridge/pkg/admin"
+	"github.com/biobridge/bridge/pkg/auth"
+	"github.com/biobridge/bridge/pkg/grpcclient"
+	"github.com/biobridge/bridge/pkg/grpcserver"
+	"github.com/biobridge/bridge/pkg/pgstore"
+	"github.com/biobridge/bridge/pkg/telemetry"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/broker"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/grpcapi"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/postgres"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/relay"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/tokencache"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/tokencrypt"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/tokenlock"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/vendors"
+)
+
+// Schema is the PostgreSQL schema the broker owns.
+const Schema = postgres.Schema
+
+// Migrate applies the broker's embedded migrations to the database at url
+// (pkg/testpg templates, devstack).
+func Migrate(ctx context.Context, url string) error { return postgres.Migrate(ctx, url) }
+
+// MigrationsVersion changes whenever a migration does (a hash of the
+// migration files), for naming test template databases.
+func MigrationsVersion() string { return postgres.MigrationsVersion() }
+
+// Server is a running token broker.
+type Server struct {
+	cfg         Config
+	log         *slog.Logger
+	reg         *prometheus.Registry
+	pool        *pgxpool.Pool
+	redis       *redis.Client
+	httpClient  *http.Client
+	persistConn *grpc.ClientConn
+	grpc        *grpcserver.Server
+	admin       *admin.Server
+	broker      *broker.Broker
+	relay       *relay.Relay
+}
+
+// New connects to PostgreSQL (migrating the schema) and Redis, builds the
+// broker and binds both listeners, so GRPCAddr and AdminAddr are known
+// before Serve.
+func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err error) {
+	cfg.setDefaults()
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	keys, err := tokencrypt.Parse(cfg.TokenEncryptionKeys)
+	if err != nil {
+		return nil, fmt.Errorf("TOKEN_ENCRYPTION_KEYS: %w", err)
+	}
+	services, err := auth.ParseServiceTokens(cfg.ServiceTokens)
+	if err != nil {
+		return nil, fmt.Errorf("SERVICE_TOKENS: %w", err)
+	}
+	if len(cfg.UserTokenSecret) == 0 {
+		return nil, errors.New("USER_TOKEN_SECRET: is required")
+	}
+	s := &Server{cfg: cfg, log: logger, reg: telemetry.NewRegistry()}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+
+	if err := Migrate(ctx, cfg.PostgresURL); err != nil {
+		return nil, err
+	}
+	if s.pool, err = pgstore.Connect(ctx, cfg.PostgresURL, logger); err != nil {
+		return nil, err
+	}
+	ropts, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return nil, errors.New("REDIS_URL: invalid redis url")
+	}
+	s.redis = redis.NewClient(ropts)
+	if err := s.redis.Ping(ctx).Err(); err != nil {
+		return nil, fmt.Errorf("ping redis %s: %w", ropts.Addr, err)
+	}
+
+	s.httpClient = newVendorHTTPClient(cfg.RefreshTimeout)
+	vendorMap := map[string]*vendors.Vendor{}
+	for name, vc := range map[string]VendorConfig{vendors.Whoop: cfg.Whoop, vendors.Oura: cfg.Oura} {
+		if !vc.Configured() {
+			continue
+		}
+		v, err := vendors.New(name, vendors.Credentials{
+			ClientID: vc.ClientID, ClientSecret: vc.ClientSecret, APIURL: vc.APIURL, AuthorizeURL: vc.AuthorizeURL,
+		}, cfg.PublicBaseURL, s.httpClient)
+		if err != nil {
+			return nil, err
+		}
+		vendorMap[name] = v
+	}
+
+	store := postgres.New(s.pool)
+	var persist persistencev1.PersistenceServiceClient
+	if cfg.PersistenceTarget != "" {
+		s.persistConn, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{
+			TLS:                cfg.TLS,
+			IdempotentServices: []string{persistencev1.PersistenceService_ServiceDesc.ServiceName},
+		})
+		if err != nil {
+			return nil, err
+		}
+		persist = persistencev1.NewPersistenceServiceClient(s.persistConn)
+	}
+	s.relay = relay.New(relay.Config{Interval: cfg.RelayInterval, ServiceToken: cfg.ServiceToken}, store, persist, s.reg, logger)
+	cache := tokencache.New(s.redis, cfg.RedisKeyPrefix)
+	s.broker, err = broker.New(broker.Config{
+		SafetyMargin: cfg.SafetyMargin, RefreshTimeout: cfg.RefreshTimeout, LockLease: cfg.LockLease,
+		StateTTL: cfg.StateTTL, ProactiveWindow: cfg.ProactiveWindow, ActiveWindow: cfg.ActiveWindow,
+		PublicBaseURL: cfg.PublicBaseURL,
+	}, broker.Deps{
+		Store: store, Cache: cache, Locker: tokenlock.New(s.redis), Keys: keys, Vendors: vendorMap,
+		Metrics: broker.NewMetrics(s.reg), Logger: logger.With("component", "broker"), EventsWritten: s.relay.Kick,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("TOKENBROKER_LOCK_LEASE: %w", err)
+	}
+
+	authn := &grpcapi.Authenticator{Services: services, Users: auth.NewUserVerifier(cfg.UserTokenSecret)}
+	s.grpc, err = grpcserver.New(grpcserver.Config{Addr: cfg.GRPCAddr, TLS: cfg.TLS}, grpcserver.Options{
+		Service: "tokenbroker", Logger: logger, Registry: s.reg, Auth: authn.Auth,
+	})
+	if err != nil {
+		return nil, err
+	}
+	tokensv1.RegisterTokenBrokerServiceServer(s.grpc.Registrar(), grpcapi.New(s.broker))
+	if err := s.grpc.Listen(); err != nil {
+		return nil, err
+	}
+	s.admin = admin.New(cfg.AdminAddr, s.reg, logger,
+		admin.Check{Name: "postgres", Fn: store.Ping},
+		admin.Check{Name: "redis", Fn: func(ctx context.Context) error { return s.redis.Ping(ctx).Err() }},
+	)
+	if err := s.admin.Listen(); err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(vendorMap))
+	for n := range vendorMap {
+		names = append(names, n)
+	}
+	logger.Info("token broker ready", "grpc_addr", s.GRPCAddr(), "admin_addr", s.AdminAddr(),
+		"vendors", names, "encryption_key", keys.PrimaryID(), "persistence", cfg.PersistenceTarget != "")
+	return s, nil
+}
+
+// newVendorHTTPClient is the pooled client for vendor calls. Per-call
+// deadlines come from contexts; the client timeout is a backstop.
+func newVendorHTTPClient(callTimeout time.Duration) *http.Client {
+	return &http.Client{
+		Timeout: callTimeout + 5*time.Second,
+		Transport: &http.Transport{
+			Proxy:                 http.ProxyFromEnvironment,
+			DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			ForceAttemptHTTP2:     true,
+			MaxIdleConns:          100,
+			MaxIdleConnsPerHost:   32,
+			IdleConnTimeout:       90 * time.Second,
+			TLSHandshakeTimeout:   5 * time.Second,
+			ResponseHeaderTimeout: callTimeout,
+			ExpectContinueTimeout: time.Second,
+		},
+	}
+}
+
+// GRPCAddr is the bound gRPC address.
+func (s *Server) GRPCAddr() string { return s.grpc.Addr() }
+
+// AdminAddr is the bound admin HTTP address.
+func (s *Server) AdminAddr() string { return s.admin.Addr() }
+
+// Registry is the server's metrics registry (tests, benchmarks).
+func (s *Server) Registry() *prometheus.Registry { return s.reg }
+
+// Serve serves until ctx ends, then stops accepting calls (health
+// NOT_SERVING, bounded graceful stop), waits for refreshes in flight and
+// closes the stores. It returns nil on a clean stop.
+func (s *Server) Serve(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.grpc.Serve(gctx) })
+	g.Go(func() error { return s.admin.Serve(gctx) })
+	g.Go(func() error { s.relay.Run(gctx); return nil })
+	g.Go(func() error { s.every(gctx, s.cfg.ProactiveInterval, s.proactive); return nil })
+	g.Go(func() error { s.every(gctx, time.Minute, s.cleanStates); return nil })
+	g.Go(func() error { s.reencrypt(gctx); return nil })
+	err := g.Wait()
+	// A refresh the vendor already answered must reach the store.
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RefreshTimeout+5*time.Second)
+	if derr := s.broker.Drain(dctx); derr != nil {
+		s.log.Warn("refreshes still running at shutdown", "err", derr)
+	}
+	cancel()
+	s.close()
+	return err
+}
+
+// Run is New followed by Serve.
+func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
+	s, err := New(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ctx)
+}
+
+func (s *Server) close() {
+	if s.persistConn != nil {
+		if err := s.persistConn.Close(); err != nil {
+			s.log.Warn("close persistence client", "err", err)
+		}
+	}
+	if s.httpClient != nil {
+		s.httpClient.CloseIdleConnections()
+	}
+	if s.redis != nil {
+		if err := s.redis.Close(); err != nil {
+			s.log.Warn("close redis", "err", err)
+		}
+	}
+	if s.pool != nil {
+		s.pool.Close()
+	}
+}
+
+// every runs fn now and then every d until ctx ends.
+func (s *Server) every(ctx context.Context, d time.Duration, fn func(context.Context)) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		fn(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Server) proactive(ctx context.Context) {
+	n, err := s.broker.RefreshExpiring(ctx, 100)
+	if err != nil && ctx.Err() == nil {
+		s.log.Warn("proactive refresh scan failed", "err", err)
+	} else if n > 0 {
+		s.log.Debug("proactive refresh", "connections", n)
+	}
+}
+
+func (s *Server) cleanStates(ctx context.Context) {
+	if _, err := s.broker.DeleteExpiredStates(ctx); err != nil && ctx.Err() == nil {
+		s.log.Warn("delete expired oauth states failed", "err", err)
+	}
+}
+
+// reencrypt moves rows sealed with an old key to the primary key once at
+// start (each later write seals with the primary key anyway).
+func (s *Server) reencrypt(ctx context.Context) {
+	done, failed, err := s.broker.Reencrypt(ctx)
+	switch {
+	case err != nil && ctx.Err() == nil:
+		s.log.Error("token re-encryption pass failed", "err", err, "reencrypted", done, "failed", failed)
+	case done > 0 || failed > 0:
+		s.log.Info("token re-encryption pass finished", "reencrypted", done, "failed", failed)
+	}
+}
