@@ -93,6 +93,10 @@ func SaramaConfig(cfg Config, maxMessageBytes int) *sarama.Config {
 	c.Producer.MaxMessageBytes = maxMessageBytes
 	c.Producer.Partitioner = sarama.NewHashPartitioner
 	c.Consumer.Return.Errors = true
+	// The publisher consumes only to read the dead-letter topic up to its
+	// end; a short fetch wait keeps closing the reader from waiting on an
+	// idle long-poll.
+	c.Consumer.MaxWaitTime = 100 * time.Millisecond
 	c.Admin.Timeout = 10 * time.Second
 	return c
 }
