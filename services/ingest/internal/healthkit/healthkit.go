@@ -56,11 +56,11 @@ var mappings = map[string]mapping{
 	// SDNN stays SDNN: it is a different measure from the RMSSD that WHOOP and Oura report.
 	"HKQuantityTypeIdentifierHeartRateVariabilitySDNN": {"hrv_sdnn_ms", map[string]func(float64) float64{"ms": same, "s": scale(1000)}},
 	// HealthKit reports oxygen saturation as a fraction with the unit "%".
-	"HKQuantityTypeIdentifierOxygenSaturation":     {"spo2_pct", map[string]func(float64) float64{"%": scale(100)}},
-	"HKQuantityTypeIdentifierRespiratoryRate":      {"respiratory_rate_brpm", perMinute},
-	"HKQuantityTypeIdentifierBodyTemperature":      {"body_temp_c", temperature},
+	"HKQuantityTypeIdentifierOxygenSaturation":              {"spo2_pct", map[string]func(float64) float64{"%": scale(100)}},
+	"HKQuantityTypeIdentifierRespiratoryRate":               {"respiratory_rate_brpm", perMinute},
+	"HKQuantityTypeIdentifierBodyTemperature":               {"body_temp_c", temperature},
 	"HKQuantityTypeIdentifierAppleSleepingWristTemperature": {"skin_temp_c", temperature},
-	"HKQuantityTypeIdentifierStepCount":            {"steps", map[string]func(float64) float64{"count": same}},
+	"HKQuantityTypeIdentifierStepCount":                     {"steps", map[string]func(float64) float64{"count": same}},
 	"HKQuantityTypeIdentifierDistanceWalkingRunning": {"distance_m", map[string]func(float64) float64{
 		"m": same, "km": scale(1000), "mi": scale(1609.344), "ft": scale(0.3048), "yd": scale(0.9144)}},
 	"HKQuantityTypeIdentifierActiveEnergyBurned": {"active_energy_kcal", map[string]func(float64) float64{
