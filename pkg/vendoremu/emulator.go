@@ -72,6 +72,7 @@ type Emulator struct {
 	closed        bool
 	ouraVerifyTok string
 	demoTicks     int64
+	lastOuraEvent time.Time
 
 	counters counterState
 	hooks    *deliverer

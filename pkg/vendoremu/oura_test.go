@@ -324,13 +324,19 @@ func TestOuraImplicitSubscriptionAndVerify(t *testing.T) {
 	require.NoError(t, emu.DeleteRecord(context.Background(), vendoremu.Oura, "sleep", recs[0].ID))
 	waitHooks(t, emu)
 	var events []string
+	times := map[string]string{}
 	for _, p := range rcv.posts() {
 		h := decode[ouraHook](t, p.body)
 		require.Equal(t, recs[0].ID, h.ObjectID)
 		require.Equal(t, "sleep", h.DataType)
 		events = append(events, h.EventType)
+		times[h.EventType] = h.EventTime
 	}
 	require.ElementsMatch(t, []string{"create", "update", "delete"}, events)
+	// Each change has its own event_time, in order, even when they happen
+	// within the same instant.
+	require.Less(t, times["create"], times["update"])
+	require.Less(t, times["update"], times["delete"])
 
 	require.NoError(t, emu.VerifyOuraCallback(context.Background(), "", ""))
 	require.Error(t, emu.VerifyOuraCallback(context.Background(), "", "wrong-token"))

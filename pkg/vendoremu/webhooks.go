@@ -97,9 +97,17 @@ func (e *Emulator) planLocked(evs []event) []*job {
 				targets = append(targets, &job{vendor: Whoop, url: e.whoopTarget})
 			}
 		case Oura:
+			// Receivers tell a new change of a document from a redelivery by
+			// event_time, so two events never share one, even within a
+			// microsecond.
+			et := e.cfg.Now().UTC().Truncate(time.Microsecond)
+			if !et.After(e.lastOuraEvent) {
+				et = e.lastOuraEvent.Add(time.Microsecond)
+			}
+			e.lastOuraEvent = et
 			body, _ = json.Marshal(ouraWebhook{
 				EventType: ev.typ, DataType: ev.dataType, ObjectID: ev.id,
-				EventTime: ouraTime(now, time.UTC), UserID: ev.user.ouraID,
+				EventTime: et.Format("2006-01-02T15:04:05.000000-07:00"), UserID: ev.user.ouraID,
 			})
 			for _, s := range e.subOrder {
 				if s.EventType == ev.typ && s.DataType == ev.dataType && s.ExpirationTime.After(now) {
