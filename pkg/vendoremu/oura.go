@@ -348,6 +348,14 @@ func (e *Emulator) addHeartRateLocked(u *user, start, end, sleepStart, sleepEnd 
 		}
 		added = append(added, &ouraHR{BPM: bpm, Source: src, Timestamp: ouraTime(t, time.UTC), t: t})
 	}
+	if len(added) == 0 {
+		return added
+	}
+	if n := len(u.heartrate); n == 0 || u.heartrate[n-1].t.Before(added[0].t) {
+		// History and demo rounds arrive in time order: no re-sort needed.
+		u.heartrate = append(u.heartrate, added...)
+		return added
+	}
 	merged := append(u.heartrate, added...)
 	slices.SortStableFunc(merged, func(a, b *ouraHR) int { return a.t.Compare(b.t) })
 	out := merged[:0]
