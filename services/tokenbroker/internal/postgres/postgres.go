@@ -167,7 +167,7 @@ func scanConnection(row pgx.Row) (*Connection, error) {
 // Get returns the connection of user at vendor, or ErrNotFound.
 func (s *Store) Get(ctx context.Context, userID, vendor string) (*Connection, error) {
 	c, err := scanConnection(s.pool.QueryRow(ctx,
-		`SELECT `+connectionColumns+` FROM connections WHERE user_id = $1 AND vendor = $2`, userID, vendor))
+		`SELECT `+connectionColumns+` FROM tokens.connections WHERE user_id = $1 AND vendor = $2`, userID, vendor))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -180,7 +180,7 @@ func (s *Store) Get(ctx context.Context, userID, vendor string) (*Connection, er
 // List returns every connection of user, ordered by vendor.
 func (s *Store) List(ctx context.Context, userID string) ([]*Connection, error) {
 	rows, err := s.pool.Query(ctx,
-		`SELECT `+connectionColumns+` FROM connections WHERE user_id = $1 ORDER BY vendor`, userID)
+		`SELECT `+connectionColumns+` FROM tokens.connections WHERE user_id = $1 ORDER BY vendor`, userID)
 	if err != nil {
 		return nil, fmt.Errorf("list connections: %w", err)
 	}
@@ -202,7 +202,7 @@ func (s *Store) List(ctx context.Context, userID string) ([]*Connection, error) 
 // ResolveVendorUser returns the connection of a vendor account: the live
 // (active or broken) one, else the most recently revoked one, else ErrNotFound.
 func (s *Store) ResolveVendorUser(ctx context.Context, vendor, vendorUserID string) (*Connection, error) {
-	c, err := scanConnection(s.pool.QueryRow(ctx, `SELECT `+connectionColumns+` FROM connections
+	c, err := scanConnection(s.pool.QueryRow(ctx, `SELECT `+connectionColumns+` FROM tokens.connections
 		WHERE vendor = $1 AND vendor_user_id = $2
 		ORDER BY (status = 'revoked'), updated_at DESC LIMIT 1`, vendor, vendorUserID))
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -221,7 +221,7 @@ func (s *Store) Connect(ctx context.Context, c *Connection, now time.Time) (*Con
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var err error
 		out, err = scanConnection(tx.QueryRow(ctx, `
-			INSERT INTO connections (user_id, vendor, vendor_user_id, status, scopes, key_id,
+			INSERT INTO tokens.connections (user_id, vendor, vendor_user_id, status, scopes, key_id,
 				access_token_enc, refresh_token_enc, access_expires_at, version, broken_reason,
 				connected_at, last_refresh_at, last_used_at, updated_at)
 			VALUES ($1, $2, $3, 'active', $4, $5, $6, $7, $8, 1, '', $9, NULL, NULL, $9)
@@ -254,7 +254,7 @@ func (s *Store) Connect(ctx context.Context, c *Connection, now time.Time) (*Con
 // someone else wrote first and nothing was changed.
 func (s *Store) StoreRefreshed(ctx context.Context, userID, vendor string, old int64, t Tokens, now time.Time) (*Connection, error) {
 	c, err := scanConnection(s.pool.QueryRow(ctx, `
-		UPDATE connections SET key_id = $4, access_token_enc = $5, refresh_token_enc = $6,
+		UPDATE tokens.connections SET key_id = $4, access_token_enc = $5, refresh_token_enc = $6,
 			access_expires_at = $7, version = version + 1, last_refresh_at = $8, updated_at = $8
 		WHERE user_id = $1 AND vendor = $2 AND version = $3 AND status = 'active'
 		RETURNING `+connectionColumns,
@@ -274,7 +274,7 @@ func (s *Store) StoreRefreshed(ctx context.Context, userID, vendor string, old i
 func (s *Store) MarkBroken(ctx context.Context, userID, vendor string, old int64, reason string, now time.Time) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `
-			UPDATE connections SET status = 'broken', broken_reason = $4, version = version + 1, updated_at = $5
+			UPDATE tokens.connections SET status = 'broken', broken_reason = $4, version = version + 1, updated_at = $5
 			WHERE user_id = $1 AND vendor = $2 AND version = $3 AND status = 'active'`,
 			userID, vendor, old, reason, now)
 		if err != nil {
@@ -295,7 +295,7 @@ func (s *Store) MarkBroken(ctx context.Context, userID, vendor string, old int64
 func (s *Store) Revoke(ctx context.Context, userID, vendor, reason string, now time.Time) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `
-			UPDATE connections SET status = 'revoked', key_id = NULL, access_token_enc = NULL,
+			UPDATE tokens.connections SET status = 'revoked', key_id = NULL, access_token_enc = NULL,
 				refresh_token_enc = NULL, access_expires_at = NULL, version = version + 1, updated_at = $3
 			WHERE user_id = $1 AND vendor = $2 AND status <> 'revoked'`, userID, vendor, now)
 		if err != nil {
@@ -313,8 +313,8 @@ func (s *Store) Revoke(ctx context.Context, userID, vendor, reason string, now t
 // into writes. Proactive refresh only keeps recently used connections warm.
 func (s *Store) TouchUsed(ctx context.Context, userID, vendor string, now time.Time) error {
 	_, err := s.pool.Exec(ctx, `
-		UPDATE connections SET last_used_at = $3
-		WHERE user_id = $1 AND vendor = $2 AND (last_used_at IS NULL OR last_used_at < $3 - interval '1 minute')`,
+		UPDATE tokens.connections SET last_used_at = $3
+		WHERE user_id = $1 AND vendor = $2 AND (last_used_at IS NULL OR last_used_at < $3::timestamptz - interval '1 minute')`,
 		userID, vendor, now)
 	if err != nil {
 		return fmt.Errorf("touch connection: %w", err)
@@ -329,11 +329,13 @@ type Key struct {
 }
 
 // ExpiringActive lists active connections whose access token expires before
-// before and that were used since usedSince, soonest first.
+// before and that were used (or connected) since usedSince, soonest first.
+// Use is recorded whenever a token is handed out from the store, which
+// happens at least once per token lifetime for a connection in use.
 func (s *Store) ExpiringActive(ctx context.Context, before, usedSince time.Time, limit int) ([]Key, error) {
 	rows, err := s.pool.Query(ctx, `
-		SELECT user_id, vendor FROM connections
-		WHERE status = 'active' AND access_expires_at < $1 AND last_used_at >= $2
+		SELECT user_id, vendor FROM tokens.connections
+		WHERE status = 'active' AND access_expires_at < $1 AND (last_used_at >= $2 OR connected_at >= $2)
 		ORDER BY access_expires_at LIMIT $3`, before, usedSince, limit)
 	if err != nil {
 		return nil, fmt.Errorf("list expiring connections: %w", err)
@@ -353,7 +355,7 @@ func (s *Store) ExpiringActive(ctx context.Context, before, usedSince time.Time,
 // a row that cannot be re-encrypted does not stall the pass) whose tokens
 // are sealed with a key other than primary.
 func (s *Store) StaleKeyRows(ctx context.Context, primary string, after Key, limit int) ([]*Connection, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+connectionColumns+` FROM connections
+	rows, err := s.pool.Query(ctx, `SELECT `+connectionColumns+` FROM tokens.connections
 		WHERE key_id IS NOT NULL AND key_id <> $1 AND (user_id, vendor) > ($2, $3)
 		ORDER BY user_id, vendor LIMIT $4`, primary, after.UserID, after.Vendor, limit)
 	if err != nil {
@@ -381,7 +383,7 @@ func (s *Store) StaleKeyRows(ctx context.Context, primary string, after Key, lim
 // whether the row was updated.
 func (s *Store) Reencrypt(ctx context.Context, userID, vendor string, version int64, oldKeyID string, t Tokens) (bool, error) {
 	tag, err := s.pool.Exec(ctx, `
-		UPDATE connections SET key_id = $5, access_token_enc = $6, refresh_token_enc = $7
+		UPDATE tokens.connections SET key_id = $5, access_token_enc = $6, refresh_token_enc = $7
 		WHERE user_id = $1 AND vendor = $2 AND version = $3 AND key_id = $4`,
 		userID, vendor, version, oldKeyID, t.KeyID, t.AccessTokenEnc, t.RefreshTokenEnc)
 	if err != nil {
@@ -392,7 +394,7 @@ func (s *Store) Reencrypt(ctx context.Context, userID, vendor string, version in
 
 // CountByKey returns how many connections are sealed with each key id.
 func (s *Store) CountByKey(ctx context.Context) (map[string]int, error) {
-	rows, err := s.pool.Query(ctx, `SELECT key_id, count(*) FROM connections WHERE key_id IS NOT NULL GROUP BY key_id`)
+	rows, err := s.pool.Query(ctx, `SELECT key_id, count(*) FROM tokens.connections WHERE key_id IS NOT NULL GROUP BY key_id`)
 	if err != nil {
 		return nil, fmt.Errorf("count connections by key: %w", err)
 	}
@@ -428,7 +430,7 @@ func HashState(state string) []byte {
 // SaveState stores a pending authorization under the hash of state.
 func (s *Store) SaveState(ctx context.Context, state string, st State) error {
 	_, err := s.pool.Exec(ctx, `
-		INSERT INTO oauth_states (state_hash, user_id, vendor, key_id, code_verifier_enc, return_to, expires_at)
+		INSERT INTO tokens.oauth_states (state_hash, user_id, vendor, key_id, code_verifier_enc, return_to, expires_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7)`,
 		HashState(state), st.UserID, st.Vendor, st.KeyID, st.CodeVerifierEnc, st.ReturnTo, st.ExpiresAt)
 	if err != nil {
@@ -443,7 +445,7 @@ func (s *Store) SaveState(ctx context.Context, state string, st State) error {
 func (s *Store) ConsumeState(ctx context.Context, state string) (*State, error) {
 	var st State
 	err := s.pool.QueryRow(ctx, `
-		DELETE FROM oauth_states WHERE state_hash = $1
+		DELETE FROM tokens.oauth_states WHERE state_hash = $1
 		RETURNING user_id, vendor, key_id, code_verifier_enc, return_to, expires_at`, HashState(state)).
 		Scan(&st.UserID, &st.Vendor, &st.KeyID, &st.CodeVerifierEnc, &st.ReturnTo, &st.ExpiresAt)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -457,7 +459,7 @@ func (s *Store) ConsumeState(ctx context.Context, state string) (*State, error) 
 
 // DeleteExpiredStates removes states that expired before now.
 func (s *Store) DeleteExpiredStates(ctx context.Context, now time.Time) (int64, error) {
-	tag, err := s.pool.Exec(ctx, `DELETE FROM oauth_states WHERE expires_at < $1`, now)
+	tag, err := s.pool.Exec(ctx, `DELETE FROM tokens.oauth_states WHERE expires_at < $1`, now)
 	if err != nil {
 		return 0, fmt.Errorf("delete expired oauth states: %w", err)
 	}
@@ -473,7 +475,7 @@ func insertEvent(ctx context.Context, tx pgx.Tx, e Event) error {
 		e.EventID = id
 	}
 	_, err := tx.Exec(ctx, `
-		INSERT INTO connection_events (event_id, user_id, vendor, type, reason, occurred_at)
+		INSERT INTO tokens.connection_events (event_id, user_id, vendor, type, reason, occurred_at)
 		VALUES ($1, $2, $3, $4, $5, $6)`, e.EventID, e.UserID, e.Vendor, e.Type, e.Reason, e.OccurredAt)
 	if err != nil {
 		return fmt.Errorf("insert connection event: %w", err)
@@ -507,7 +509,7 @@ func (s *Store) ForwardBatch(ctx context.Context, limit int, fn func(context.Con
 			return nil
 		}
 		rows, err := tx.Query(ctx, `
-			SELECT event_id::text, user_id, vendor, type, reason, occurred_at FROM connection_events
+			SELECT event_id::text, user_id, vendor, type, reason, occurred_at FROM tokens.connection_events
 			WHERE forwarded_at IS NULL ORDER BY created_at, event_id LIMIT $1`, limit)
 		if err != nil {
 			return fmt.Errorf("read pending events: %w", err)
@@ -528,14 +530,14 @@ func (s *Store) ForwardBatch(ctx context.Context, limit int, fn func(context.Con
 			ids[i] = e.EventID
 		}
 		if ferr := fn(ctx, events); ferr != nil {
-			if _, err := tx.Exec(ctx, `UPDATE connection_events SET attempts = attempts + 1, last_error = $2
+			if _, err := tx.Exec(ctx, `UPDATE tokens.connection_events SET attempts = attempts + 1, last_error = $2
 				WHERE event_id = ANY($1::uuid[])`, ids, truncate(ferr.Error(), 500)); err != nil {
 				return fmt.Errorf("record relay failure: %w", err)
 			}
 			fnErr = ferr
 			return nil
 		}
-		if _, err := tx.Exec(ctx, `UPDATE connection_events SET forwarded_at = now(), attempts = attempts + 1, last_error = ''
+		if _, err := tx.Exec(ctx, `UPDATE tokens.connection_events SET forwarded_at = now(), attempts = attempts + 1, last_error = ''
 			WHERE event_id = ANY($1::uuid[])`, ids); err != nil {
 			return fmt.Errorf("mark events forwarded: %w", err)
 		}
@@ -558,7 +560,7 @@ func truncate(s string, n int) string {
 // Backlog returns the number of unforwarded events and the age of the oldest.
 func (s *Store) Backlog(ctx context.Context, now time.Time) (count int64, oldest time.Duration, err error) {
 	var first *time.Time
-	err = s.pool.QueryRow(ctx, `SELECT count(*), min(created_at) FROM connection_events WHERE forwarded_at IS NULL`).Scan(&count, &first)
+	err = s.pool.QueryRow(ctx, `SELECT count(*), min(created_at) FROM tokens.connection_events WHERE forwarded_at IS NULL`).Scan(&count, &first)
 	if err != nil {
 		return 0, 0, fmt.Errorf("count pending events: %w", err)
 	}
@@ -571,7 +573,7 @@ func (s *Store) Backlog(ctx context.Context, now time.Time) (count int64, oldest
 // Events lists every event of user, oldest first (tests, diagnosis).
 func (s *Store) Events(ctx context.Context, userID string) ([]Event, error) {
 	rows, err := s.pool.Query(ctx, `SELECT event_id::text, user_id, vendor, type, reason, occurred_at
-		FROM connection_events WHERE user_id = $1 ORDER BY created_at, event_id`, userID)
+		FROM tokens.connection_events WHERE user_id = $1 ORDER BY created_at, event_id`, userID)
 	if err != nil {
 		return nil, fmt.Errorf("list events: %w", err)
 	}
