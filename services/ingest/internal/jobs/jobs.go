@@ -1,0 +1,339 @@
+// Package jobs is ingest's durable work queue in PostgreSQL (schema
+// "ingest"). Producers enqueue inside one short transaction, deduplicated on
+// the vendor's delivery identity; workers lease due jobs with FOR UPDATE SKIP
+// LOCKED, so several replicas never hold one job at the same time, and every
+// state change after the lease is fenced by the lease token, so a worker
+// whose lease expired (it stalled or crashed and another took over) cannot
+// overwrite the newer holder's result.
+//
+// A running job's run_at is its lease expiry: a crashed worker's jobs become
+// due again by themselves, with no sweeper.
+package jobs
+
+import (
+	"context"
+	"crypto/sha256"
+	"embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"sort"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/biobridge/bridge/pkg/pgstore"
+)
+
+// Schema is the PostgreSQL schema ingest owns.
+const Schema = "ingest"
+
+//go:embed migrations/*.sql
+var migrationFiles embed.FS
+
+// Migrate applies ingest's migrations to the database at url.
+func Migrate(ctx context.Context, url string) error {
+	sub, err := fs.Sub(migrationFiles, "migrations")
+	if err != nil {
+		return fmt.Errorf("open ingest migrations: %w", err)
+	}
+	return pgstore.Migrate(ctx, url, sub, Schema)
+}
+
+// MigrationsVersion is a hash of the migration files: test templates built
+// from an older set are not reused.
+func MigrationsVersion() string {
+	entries, _ := fs.ReadDir(migrationFiles, "migrations")
+	names := make([]string, 0, len(entries))
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	sort.Strings(names)
+	h := sha256.New()
+	for _, n := range names {
+		b, _ := migrationFiles.ReadFile("migrations/" + n)
+		h.Write([]byte(n))
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:12]
+}
+
+// State mirrors ingest.v1.JobState.
+type State int16
+
+// The job states, numbered as in the proto.
+const (
+	Queued  State = 1
+	Running State = 2
+	Done    State = 3
+	Dead    State = 4
+)
+
+func (s State) String() string {
+	switch s {
+	case Queued:
+		return "queued"
+	case Running:
+		return "running"
+	case Done:
+		return "done"
+	case Dead:
+		return "dead"
+	}
+	return "unknown"
+}
+
+// Priorities: higher runs first.
+const (
+	PriorityBackground = 0
+	PriorityLive       = 10
+)
+
+// NewJob is a job to enqueue.
+type NewJob struct {
+	Vendor    string
+	Kind      string
+	DedupeKey string
+	Payload   []byte // JSON
+	Priority  int
+	// Delay postpones the first run (0: due now).
+	Delay time.Duration
+}
+
+// Job is a stored job. LeaseToken is set on leased jobs.
+type Job struct {
+	ID         int64
+	Vendor     string
+	Kind       string
+	DedupeKey  string
+	Payload    []byte
+	Priority   int
+	State      State
+	Attempts   int
+	RunAt      time.Time
+	LastError  string
+	Outcome    string
+	CreatedAt  time.Time
+	LeaseToken string
+}
+
+// ErrLeaseLost reports that a job's lease expired and someone else may hold
+// it now; the caller's result is discarded (the new holder redoes the work,
+// which is idempotent downstream).
+var ErrLeaseLost = errors.New("job lease lost")
+
+// Store is the queue.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+// New returns a Store on pool (the database holding the ingest schema).
+func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
+
+// Enqueue commits a job unless one with the same (vendor, dedupe key)
+// exists. inserted is false for a duplicate; id is the existing job's then.
+func (s *Store) Enqueue(ctx context.Context, j NewJob) (id int64, inserted bool, err error) {
+	err = s.pool.QueryRow(ctx, `
+		INSERT INTO ingest.jobs (vendor, kind, dedupe_key, payload, priority, run_at)
+		VALUES ($1, $2, $3, $4, $5, now() + $6 * interval '1 microsecond')
+		ON CONFLICT (vendor, dedupe_key) DO NOTHING
+		RETURNING id`,
+		j.Vendor, j.Kind, j.DedupeKey, j.Payload, j.Priority, j.Delay.Microseconds()).Scan(&id)
+	if err == nil {
+		return id, true, nil
+	}
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, fmt.Errorf("enqueue %s job: %w", j.Vendor, err)
+	}
+	err = s.pool.QueryRow(ctx, `SELECT id FROM ingest.jobs WHERE vendor = $1 AND dedupe_key = $2`,
+		j.Vendor, j.DedupeKey).Scan(&id)
+	if err != nil {
+		return 0, false, fmt.Errorf("look up duplicate %s job: %w", j.Vendor, err)
+	}
+	return id, false, nil
+}
+
+const jobColumns = `id, vendor, kind, dedupe_key, payload, priority, state, attempts, run_at, last_error, outcome, created_at, coalesce(lease_token::text, '')`
+
+func scanJob(row pgx.Row) (Job, error) {
+	var j Job
+	err := row.Scan(&j.ID, &j.Vendor, &j.Kind, &j.DedupeKey, &j.Payload, &j.Priority, &j.State, &j.Attempts,
+		&j.RunAt, &j.LastError, &j.Outcome, &j.CreatedAt, &j.LeaseToken)
+	return j, err
+}
+
+// Lease takes up to n due jobs (queued and due, or running with an expired
+// lease) for lease, highest priority and oldest first, counting an attempt
+// on each. Rows another worker is leasing right now are skipped, not waited
+// for.
+func (s *Store) Lease(ctx context.Context, owner string, n int, lease time.Duration) ([]Job, error) {
+	rows, err := s.pool.Query(ctx, `
+		WITH due AS (
+			SELECT id AS due_id FROM ingest.jobs
+			WHERE state IN (1, 2) AND run_at <= now()
+			ORDER BY priority DESC, run_at
+			LIMIT $2
+			FOR UPDATE SKIP LOCKED
+		)
+		UPDATE ingest.jobs j
+		SET state = 2, attempts = j.attempts + 1, run_at = now() + $3 * interval '1 microsecond',
+		    lease_token = gen_random_uuid(), lease_owner = $1, updated_at = now()
+		FROM due WHERE j.id = due.due_id
+		RETURNING `+jobColumns, owner, n, lease.Microseconds())
+	if err != nil {
+		return nil, fmt.Errorf("lease jobs: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Job, error) { return scanJob(r) })
+	if err != nil {
+		return nil, fmt.Errorf("lease jobs: %w", err)
+	}
+	sort.Slice(out, func(a, b int) bool {
+		if out[a].Priority != out[b].Priority {
+			return out[a].Priority > out[b].Priority
+		}
+		return out[a].ID < out[b].ID
+	})
+	return out, nil
+}
+
+// Extend pushes a held lease's expiry to now + lease.
+func (s *Store) Extend(ctx context.Context, j Job, lease time.Duration) error {
+	return s.fenced(ctx, j, "extend lease of", `
+		UPDATE ingest.jobs SET run_at = now() + $3 * interval '1 microsecond', updated_at = now()
+		WHERE id = $1 AND lease_token = $2 AND state = 2`, lease.Microseconds())
+}
+
+// Complete marks a held job done with a short outcome ("stored",
+// "unknown_user", ...).
+func (s *Store) Complete(ctx context.Context, j Job, outcome string) error {
+	return s.fenced(ctx, j, "complete", `
+		UPDATE ingest.jobs SET state = 3, outcome = $3, lease_token = NULL, finished_at = now(), updated_at = now()
+		WHERE id = $1 AND lease_token = $2 AND state = 2`, outcome)
+}
+
+// Retry puts a held job back in the queue to run after delay, recording
+// why. countAttempt false gives the attempt back: waiting for a rate limit
+// or a pending score is not a failure and must not bring the job closer to
+// dead.
+func (s *Store) Retry(ctx context.Context, j Job, delay time.Duration, lastError string, countAttempt bool) error {
+	give := 0
+	if !countAttempt {
+		give = 1
+	}
+	return s.fenced(ctx, j, "reschedule", `
+		UPDATE ingest.jobs SET state = 1, run_at = now() + $3 * interval '1 microsecond', last_error = $4,
+		       attempts = greatest(attempts - $5, 0), lease_token = NULL, updated_at = now()
+		WHERE id = $1 AND lease_token = $2 AND state = 2`, delay.Microseconds(), truncate(lastError), give)
+}
+
+// Bury marks a held job dead after its last attempt.
+func (s *Store) Bury(ctx context.Context, j Job, lastError string) error {
+	return s.fenced(ctx, j, "bury", `
+		UPDATE ingest.jobs SET state = 4, last_error = $3, lease_token = NULL, finished_at = now(), updated_at = now()
+		WHERE id = $1 AND lease_token = $2 AND state = 2`, truncate(lastError))
+}
+
+// Release hands a held job back untouched (shutdown): due at once, the
+// attempt not counted.
+func (s *Store) Release(ctx context.Context, j Job) error {
+	return s.Retry(ctx, j, 0, j.LastError, false)
+}
+
+func (s *Store) fenced(ctx context.Context, j Job, what, sql string, args ...any) error {
+	tag, err := s.pool.Exec(ctx, sql, append([]any{j.ID, j.LeaseToken}, args...)...)
+	if err != nil {
+		return fmt.Errorf("%s job %d: %w", what, j.ID, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("%s job %d: %w", what, j.ID, ErrLeaseLost)
+	}
+	return nil
+}
+
+// truncate keeps last_error short; it never contains PHI (callers pass
+// reasons and status codes, not bodies).
+func truncate(s string) string {
+	const max = 500
+	if len(s) > max {
+		return s[:max]
+	}
+	return s
+}
+
+// Get returns one job.
+func (s *Store) Get(ctx context.Context, id int64) (Job, error) {
+	j, err := scanJob(s.pool.QueryRow(ctx, `SELECT `+jobColumns+` FROM ingest.jobs WHERE id = $1`, id))
+	if err != nil {
+		return Job{}, fmt.Errorf("get job %d: %w", id, err)
+	}
+	return j, nil
+}
+
+// List returns up to limit jobs in state, newest first.
+func (s *Store) List(ctx context.Context, state State, limit int) ([]Job, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+jobColumns+` FROM ingest.jobs WHERE state = $1
+		ORDER BY created_at DESC, id DESC LIMIT $2`, state, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list jobs: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Job, error) { return scanJob(r) })
+	if err != nil {
+		return nil, fmt.Errorf("list jobs: %w", err)
+	}
+	return out, nil
+}
+
+// Requeue puts dead jobs back in the queue with fresh attempts: the ids
+// given, or every dead job when ids is empty. It returns how many moved.
+func (s *Store) Requeue(ctx context.Context, ids []int64) (int, error) {
+	if ids == nil {
+		ids = []int64{}
+	}
+	tag, err := s.pool.Exec(ctx, `
+		UPDATE ingest.jobs SET state = 1, attempts = 0, run_at = now(), lease_token = NULL,
+		       finished_at = NULL, updated_at = now()
+		WHERE state = 4 AND (cardinality($1::bigint[]) = 0 OR id = ANY($1::bigint[]))`, ids)
+	if err != nil {
+		return 0, fmt.Errorf("requeue dead jobs: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// Depth counts jobs per vendor and state for the unfinished states and the
+// dead ones (finished done jobs are not counted: they are history).
+type Depth struct {
+	Vendor string
+	State  State
+	Count  int64
+}
+
+// Depths reports the queue depth.
+func (s *Store) Depths(ctx context.Context) ([]Depth, error) {
+	rows, err := s.pool.Query(ctx, `SELECT vendor, state, count(*) FROM ingest.jobs
+		WHERE state IN (1, 2, 4) GROUP BY vendor, state`)
+	if err != nil {
+		return nil, fmt.Errorf("count jobs: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Depth, error) {
+		var d Depth
+		err := r.Scan(&d.Vendor, &d.State, &d.Count)
+		return d, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("count jobs: %w", err)
+	}
+	return out, nil
+}
+
+// Purge deletes done jobs finished more than age ago. Their dedupe keys go
+// with them, so age must exceed the vendors' retry window (about an hour).
+func (s *Store) Purge(ctx context.Context, age time.Duration) (int64, error) {
+	tag, err := s.pool.Exec(ctx, `DELETE FROM ingest.jobs WHERE state = 3 AND finished_at < now() - $1 * interval '1 microsecond'`,
+		age.Microseconds())
+	if err != nil {
+		return 0, fmt.Errorf("purge finished jobs: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}

@@ -1,0 +1,234 @@
+package jobs
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/biobridge/bridge/pkg/testpg"
+)
+
+func newStore(t *testing.T) (*Store, *pgxpool.Pool) {
+	t.Helper()
+	url := testpg.New(t, "ingest_jobs_"+MigrationsVersion(), Migrate)
+	pool, err := pgxpool.New(context.Background(), url)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	return New(pool), pool
+}
+
+func job(vendor, key string) NewJob {
+	return NewJob{Vendor: vendor, Kind: "webhook", DedupeKey: key, Payload: []byte(`{"k":"` + key + `"}`), Priority: PriorityLive}
+}
+
+func TestEnqueueDeduplicates(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t)
+	ctx := context.Background()
+	id, inserted, err := s.Enqueue(ctx, job("whoop", "trace-1"))
+	require.NoError(t, err)
+	assert.True(t, inserted)
+	again, inserted, err := s.Enqueue(ctx, job("whoop", "trace-1"))
+	require.NoError(t, err)
+	assert.False(t, inserted, "a redelivery queues nothing")
+	assert.Equal(t, id, again, "a duplicate reports the original job")
+	other, inserted, err := s.Enqueue(ctx, job("oura", "trace-1"))
+	require.NoError(t, err)
+	assert.True(t, inserted, "dedupe keys are per vendor")
+	assert.NotEqual(t, id, other)
+
+	// Concurrent redeliveries of one event still make one job.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	ins := 0
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, ok, err := s.Enqueue(ctx, job("whoop", "trace-race"))
+			assert.NoError(t, err)
+			if ok {
+				mu.Lock()
+				ins++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	assert.Equal(t, 1, ins)
+}
+
+func TestLeaseOrderAndExclusivity(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t)
+	ctx := context.Background()
+	bg := job("whoop", "backfill")
+	bg.Priority = PriorityBackground
+	_, _, err := s.Enqueue(ctx, bg)
+	require.NoError(t, err)
+	later := job("whoop", "later")
+	later.Delay = time.Hour
+	_, _, err = s.Enqueue(ctx, later)
+	require.NoError(t, err)
+	for i := range 20 {
+		_, _, err := s.Enqueue(ctx, job("whoop", fmt.Sprint("live-", i)))
+		require.NoError(t, err)
+	}
+
+	first, err := s.Lease(ctx, "w0", 1, time.Minute)
+	require.NoError(t, err)
+	require.Len(t, first, 1)
+	assert.Equal(t, "live-0", first[0].DedupeKey, "live before background, oldest first")
+	assert.Equal(t, 1, first[0].Attempts)
+	assert.NotEmpty(t, first[0].LeaseToken)
+
+	// Four workers lease concurrently: every job goes to exactly one.
+	seen := map[int64]string{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				got, err := s.Lease(ctx, fmt.Sprint("w", w+1), 3, time.Minute)
+				if !assert.NoError(t, err) || len(got) == 0 {
+					return
+				}
+				mu.Lock()
+				for _, j := range got {
+					if prev, dup := seen[j.ID]; dup {
+						t.Errorf("job %d leased by %s and w%d", j.ID, prev, w+1)
+					}
+					seen[j.ID] = fmt.Sprint("w", w+1)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	assert.Len(t, seen, 20, "19 live jobs and the background one; the delayed job is not due")
+}
+
+func TestExpiredLeaseIsTakenOverAndFenced(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t)
+	ctx := context.Background()
+	_, _, err := s.Enqueue(ctx, job("oura", "e1"))
+	require.NoError(t, err)
+	crashed, err := s.Lease(ctx, "crashed", 1, 50*time.Millisecond)
+	require.NoError(t, err)
+	require.Len(t, crashed, 1)
+
+	none, err := s.Lease(ctx, "other", 1, time.Minute)
+	require.NoError(t, err)
+	assert.Empty(t, none, "a held lease is not taken")
+
+	var taken []Job
+	require.Eventually(t, func() bool {
+		taken, err = s.Lease(ctx, "other", 1, time.Minute)
+		return err == nil && len(taken) == 1
+	}, 10*time.Second, 20*time.Millisecond, "an expired lease makes the job due again")
+	assert.Equal(t, crashed[0].ID, taken[0].ID)
+	assert.Equal(t, 2, taken[0].Attempts)
+
+	require.ErrorIs(t, s.Complete(ctx, crashed[0], "stored"), ErrLeaseLost, "the old holder is fenced off")
+	require.ErrorIs(t, s.Extend(ctx, crashed[0], time.Minute), ErrLeaseLost)
+	require.NoError(t, s.Extend(ctx, taken[0], time.Minute))
+	require.NoError(t, s.Complete(ctx, taken[0], "stored"))
+	got, err := s.Get(ctx, taken[0].ID)
+	require.NoError(t, err)
+	assert.Equal(t, Done, got.State)
+	assert.Equal(t, "stored", got.Outcome)
+	require.ErrorIs(t, s.Complete(ctx, taken[0], "stored"), ErrLeaseLost, "a finished job cannot finish twice")
+}
+
+func TestRetryBuryRequeue(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t)
+	ctx := context.Background()
+	id, _, err := s.Enqueue(ctx, job("whoop", "r1"))
+	require.NoError(t, err)
+
+	leased, err := s.Lease(ctx, "w", 1, time.Minute)
+	require.NoError(t, err)
+	require.NoError(t, s.Retry(ctx, leased[0], 0, "vendor 429", false))
+	got, err := s.Get(ctx, id)
+	require.NoError(t, err)
+	assert.Equal(t, Queued, got.State)
+	assert.Equal(t, 0, got.Attempts, "waiting for a rate limit does not count as an attempt")
+	assert.Equal(t, "vendor 429", got.LastError)
+
+	leased, err = s.Lease(ctx, "w", 1, time.Minute)
+	require.NoError(t, err)
+	require.NoError(t, s.Retry(ctx, leased[0], time.Hour, "vendor 503", true))
+	got, err = s.Get(ctx, id)
+	require.NoError(t, err)
+	assert.Equal(t, 1, got.Attempts)
+	none, err := s.Lease(ctx, "w", 1, time.Minute)
+	require.NoError(t, err)
+	assert.Empty(t, none, "a retry waits for its delay")
+
+	// Make it due now and let it die.
+	_, err = s.pool.Exec(ctx, `UPDATE ingest.jobs SET run_at = now() WHERE id = $1`, id)
+	require.NoError(t, err)
+	leased, err = s.Lease(ctx, "w", 1, time.Minute)
+	require.NoError(t, err)
+	require.NoError(t, s.Bury(ctx, leased[0], "vendor 500 after 2 attempts"))
+
+	dead, err := s.List(ctx, Dead, 10)
+	require.NoError(t, err)
+	require.Len(t, dead, 1)
+	assert.Equal(t, id, dead[0].ID)
+	assert.Equal(t, "vendor 500 after 2 attempts", dead[0].LastError)
+
+	depths, err := s.Depths(ctx)
+	require.NoError(t, err)
+	assert.Contains(t, depths, Depth{Vendor: "whoop", State: Dead, Count: 1})
+
+	n, err := s.Requeue(ctx, []int64{id + 1000})
+	require.NoError(t, err)
+	assert.Zero(t, n, "unknown ids requeue nothing")
+	n, err = s.Requeue(ctx, nil)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	got, err = s.Get(ctx, id)
+	require.NoError(t, err)
+	assert.Equal(t, Queued, got.State)
+	assert.Equal(t, 0, got.Attempts)
+	n, err = s.Requeue(ctx, []int64{id})
+	require.NoError(t, err)
+	assert.Zero(t, n, "only dead jobs are requeued")
+}
+
+func TestReleaseAndPurge(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t)
+	ctx := context.Background()
+	_, _, err := s.Enqueue(ctx, job("whoop", "p1"))
+	require.NoError(t, err)
+	leased, err := s.Lease(ctx, "w", 1, time.Minute)
+	require.NoError(t, err)
+	require.NoError(t, s.Release(ctx, leased[0]))
+	again, err := s.Lease(ctx, "w2", 1, time.Minute)
+	require.NoError(t, err)
+	require.Len(t, again, 1, "a released job is due at once")
+	assert.Equal(t, 1, again[0].Attempts)
+	require.NoError(t, s.Complete(ctx, again[0], "stored"))
+
+	n, err := s.Purge(ctx, time.Hour)
+	require.NoError(t, err)
+	assert.Zero(t, n, "recent jobs keep their dedupe keys")
+	n, err = s.Purge(ctx, 0)
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), n)
+	_, inserted, err := s.Enqueue(ctx, job("whoop", "p1"))
+	require.NoError(t, err)
+	assert.True(t, inserted)
+}
