@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"errors"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -300,5 +299,3 @@ func labelsMatch(m *dto.Metric, want map[string]string) bool {
 	}
 	return true
 }
-
-var errStop = errors.New("stop")

@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"context"
-	"sort"
 	"sync"
 	"testing"
 	"time"
@@ -238,14 +237,5 @@ func eventTypes(t *testing.T, e *env, user string) []string {
 		out = append(out, s)
 	}
 	require.NoError(t, rows.Err())
-	return out
-}
-
-func sortedKeys(m map[string]int) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
 	return out
 }
