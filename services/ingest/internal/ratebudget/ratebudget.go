@@ -1,0 +1,146 @@
+// Package ratebudget is a vendor's app-wide request budget shared by every
+// ingest replica through Redis. WHOOP limits the whole app (all users
+// together) to 100 requests a minute and 10,000 a day; exceeding that gets
+// 429s for everyone, so the replicas must agree on what has been spent.
+//
+// Each window is a sliding log (a sorted set of request times) updated by
+// one Lua script with Redis's own clock, so replicas on machines with skewed
+// clocks still agree. A sliding log guarantees at most Limit requests in any
+// interval of the window's length, which is stricter than the vendor's fixed
+// windows, whatever their phase. Each window is padded by a slack so that
+// requests reserved in order but delayed differently on the way to the
+// vendor still arrive within the limit.
+//
+// After a 429 the vendor names when to come back; Pause stops every replica
+// until then.
+package ratebudget
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Window is one limit: at most Limit requests per Period.
+type Window struct {
+	Limit  int
+	Period time.Duration
+}
+
+// DefaultSlack is the padding added to a window of period p.
+func DefaultSlack(p time.Duration) time.Duration { return p/50 + 500*time.Millisecond }
+
+// Budget is one vendor's budget.
+type Budget struct {
+	client  redis.UniversalClient
+	keys    []string
+	periods []int64 // microseconds, slack included
+	limits  []int
+	pause   string
+}
+
+// New returns the budget named vendor under the key prefix. Keys share one
+// hash tag so the script runs on one Redis Cluster slot. A zero or negative
+// slack uses DefaultSlack.
+func New(client redis.UniversalClient, prefix, vendor string, windows []Window, slack time.Duration) *Budget {
+	tag := prefix + "bb:{ratebudget:" + vendor + "}"
+	b := &Budget{client: client, pause: tag + ":pause"}
+	for _, w := range windows {
+		if w.Limit <= 0 || w.Period <= 0 {
+			continue
+		}
+		s := slack
+		if s <= 0 {
+			s = DefaultSlack(w.Period)
+		}
+		b.keys = append(b.keys, tag+":w"+strconv.FormatInt(w.Period.Milliseconds(), 10))
+		b.periods = append(b.periods, (w.Period + s).Microseconds())
+		b.limits = append(b.limits, w.Limit)
+	}
+	return b
+}
+
+// takeScript: KEYS[1] is the pause key, KEYS[2..] the windows; ARGV[1] a
+// unique member, then (period_us, limit) per window. It returns 0 and
+// records the request in every window, or the microseconds to wait.
+var takeScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local paused = redis.call('PTTL', KEYS[1])
+if paused > 0 then
+	return paused * 1000
+end
+local wait = 0
+for i = 2, #KEYS do
+	local period = tonumber(ARGV[(i - 2) * 2 + 2])
+	local limit = tonumber(ARGV[(i - 2) * 2 + 3])
+	redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - period)
+	if redis.call('ZCARD', KEYS[i]) >= limit then
+		-- The slot frees when the request that is limit-th from the newest
+		-- leaves the window.
+		local n = redis.call('ZCARD', KEYS[i])
+		local oldest = redis.call('ZRANGE', KEYS[i], n - limit, n - limit, 'WITHSCORES')
+		local w = tonumber(oldest[2]) + period - now + 1
+		if w > wait then wait = w end
+	end
+end
+if wait > 0 then
+	return wait
+end
+for i = 2, #KEYS do
+	local period = tonumber(ARGV[(i - 2) * 2 + 2])
+	redis.call('ZADD', KEYS[i], now, ARGV[1])
+	redis.call('PEXPIRE', KEYS[i], math.ceil(period / 1000) + 1000)
+end
+return 0
+`)
+
+// Take reserves one request. It returns 0 when the request may be sent
+// now (and counts it), or how long to wait before asking again.
+func (b *Budget) Take(ctx context.Context) (time.Duration, error) {
+	if len(b.keys) == 0 {
+		return 0, nil
+	}
+	var member [12]byte
+	_, _ = rand.Read(member[:])
+	args := make([]any, 0, 1+2*len(b.keys))
+	args = append(args, hex.EncodeToString(member[:]))
+	for i := range b.keys {
+		args = append(args, b.periods[i], b.limits[i])
+	}
+	us, err := takeScript.Run(ctx, b.client, append([]string{b.pause}, b.keys...), args...).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("take rate budget: %w", err)
+	}
+	return time.Duration(us) * time.Microsecond, nil
+}
+
+// Pause stops every replica from spending the budget for d (the vendor's
+// Retry-After). A longer pause already in place is kept.
+func (b *Budget) Pause(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	ms := d.Milliseconds()
+	if ms < 1 {
+		ms = 1
+	}
+	// SET ... GT would need Redis 7 semantics on PX; a tiny script keeps the
+	// longer of the two pauses on any version.
+	if err := pauseScript.Run(ctx, b.client, []string{b.pause}, ms).Err(); err != nil {
+		return fmt.Errorf("pause rate budget: %w", err)
+	}
+	return nil
+}
+
+var pauseScript = redis.NewScript(`
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+	redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+end
+return 1
+`)
