@@ -1,0 +1,194 @@
+package api
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/biobridge/bridge/pkg/logging"
+	"github.com/biobridge/bridge/services/persistence/internal/latestcache"
+	"github.com/biobridge/bridge/services/persistence/internal/metrics"
+	"github.com/biobridge/bridge/services/persistence/internal/record"
+	"github.com/biobridge/bridge/services/persistence/internal/store"
+)
+
+// maxRepairs bounds the set of users waiting for a cache repair. Past it,
+// users are not tracked (counted); their entries still expire by TTL and a
+// later write's gap detection invalidates them.
+const maxRepairs = 100_000
+
+// Latest serves latest values: Redis first, PostgreSQL on a miss or a
+// Redis error (then refilling the cache), and keeps the cache in step
+// with commits. Redis trouble never fails a read or a write.
+type Latest struct {
+	store  *store.Store
+	cache  *latestcache.Cache // nil: no Redis, PostgreSQL only
+	m      *metrics.Metrics
+	logger *slog.Logger
+
+	mu sync.Mutex
+	// repairs maps users to the generation of their latest repair mark;
+	// a repair only clears the mark it started from, so a failure that
+	// happens during a repair is not forgotten.
+	repairs map[string]uint64
+	gen     uint64
+}
+
+// NewLatest returns the latest-value service; cache may be nil.
+func NewLatest(st *store.Store, cache *latestcache.Cache, m *metrics.Metrics, logger *slog.Logger) *Latest {
+	return &Latest{store: st, cache: cache, m: m, logger: logger, repairs: map[string]uint64{}}
+}
+
+// Cache returns the cache (nil without Redis).
+func (l *Latest) Cache() *latestcache.Cache { return l.cache }
+
+// Get returns the user's latest values by metric and the commit counter
+// they reflect.
+func (l *Latest) Get(ctx context.Context, user string) (map[string]record.Latest, int64, error) {
+	redisOK := l.cache != nil
+	if l.cache != nil {
+		vals, seq, ok, err := l.cache.Get(ctx, user)
+		switch {
+		case err != nil:
+			redisOK = false
+			l.m.CacheReads.WithLabelValues("error").Inc()
+			l.m.CacheErrors.WithLabelValues("get").Inc()
+			l.logger.WarnContext(ctx, "latest cache read failed, reading postgres", logging.UserID(user), "err", err)
+		case ok:
+			l.m.CacheReads.WithLabelValues("hit").Inc()
+			return vals, seq, nil
+		default:
+			l.m.CacheReads.WithLabelValues("miss").Inc()
+		}
+	} else {
+		l.m.CacheReads.WithLabelValues("miss").Inc()
+	}
+	seq, list, err := l.store.LatestSnapshot(ctx, user)
+	if err != nil {
+		return nil, 0, err
+	}
+	if redisOK {
+		l.fill(ctx, user, seq, list, "read_miss")
+	} else if l.cache != nil {
+		l.markForRepair(user)
+	}
+	vals := make(map[string]record.Latest, len(list))
+	for _, v := range list {
+		vals[v.Metric] = v
+	}
+	return vals, seq, nil
+}
+
+func (l *Latest) fill(ctx context.Context, user string, seq int64, list []record.Latest, trigger string) bool {
+	installed, err := l.cache.Fill(ctx, user, seq, list)
+	switch {
+	case err != nil:
+		l.m.CacheErrors.WithLabelValues("fill").Inc()
+		l.m.CacheRepairs.WithLabelValues(trigger, "error").Inc()
+		l.logger.WarnContext(ctx, "latest cache fill failed", logging.UserID(user), "err", err)
+		return false
+	case installed:
+		l.m.CacheRepairs.WithLabelValues(trigger, "installed").Inc()
+	default:
+		// The cache already reflects a later commit.
+		l.m.CacheRepairs.WithLabelValues(trigger, "superseded").Inc()
+	}
+	return true
+}
+
+// AfterCommit applies committed changes to the cache. Failures are logged,
+// counted and queued for repair; they never fail the write.
+func (l *Latest) AfterCommit(ctx context.Context, changes []record.UserChange) {
+	if l.cache == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	res, err := l.cache.Apply(ctx, changes)
+	if res.Invalidated > 0 {
+		l.m.CacheInvalidated.Add(float64(res.Invalidated))
+	}
+	if err != nil {
+		l.m.CacheErrors.WithLabelValues("update").Inc()
+		l.logger.WarnContext(ctx, "latest cache update failed, queued for repair", "users", len(res.Failed), "err", err)
+		for _, u := range res.Failed {
+			l.markForRepair(u)
+		}
+	}
+}
+
+func (l *Latest) markForRepair(user string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.repairs) >= maxRepairs {
+		l.m.CacheRepairs.WithLabelValues("after_error", "untracked").Inc()
+		return
+	}
+	l.gen++
+	l.repairs[user] = l.gen
+}
+
+// PendingRepairs returns how many users wait for a repair.
+func (l *Latest) PendingRepairs() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.repairs)
+}
+
+// RunRepairs rebuilds queued users' cache entries from PostgreSQL until
+// ctx ends, backing off while Redis stays down.
+func (l *Latest) RunRepairs(ctx context.Context, interval time.Duration) {
+	if l.cache == nil {
+		return
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		l.mu.Lock()
+		type mark struct {
+			user string
+			gen  uint64
+		}
+		batch := make([]mark, 0, 256)
+		for u, g := range l.repairs {
+			batch = append(batch, mark{u, g})
+			if len(batch) == cap(batch) {
+				break
+			}
+		}
+		l.mu.Unlock()
+		for _, mk := range batch {
+			if ctx.Err() != nil {
+				return
+			}
+			if !l.repair(ctx, mk.user, mk.gen) {
+				break // Redis (or PostgreSQL) still down: try again next tick
+			}
+		}
+	}
+}
+
+func (l *Latest) repair(ctx context.Context, user string, gen uint64) bool {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	seq, list, err := l.store.LatestSnapshot(ctx, user)
+	if err != nil {
+		l.logger.WarnContext(ctx, "latest cache repair: read postgres", logging.UserID(user), "err", err)
+		return false
+	}
+	if !l.fill(ctx, user, seq, list, "after_error") {
+		return false
+	}
+	l.mu.Lock()
+	if l.repairs[user] == gen {
+		delete(l.repairs, user)
+	}
+	l.mu.Unlock()
+	return true
+}

@@ -1,0 +1,189 @@
+// Package audit records who read whose data without slowing the read: a
+// read hands its entry to a bounded buffer and returns; a background writer
+// inserts entries in batches. An entry that cannot be buffered (the writer
+// is behind or PostgreSQL is down for long) is dropped and counted: the
+// counter is the alert, and the buffer is sized so that it stays at zero.
+package audit
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/biobridge/bridge/services/persistence/internal/metrics"
+	"github.com/biobridge/bridge/services/persistence/internal/store"
+)
+
+// Sink stores a batch of entries.
+type Sink interface {
+	InsertAudit(ctx context.Context, entries []store.AuditEntry) error
+}
+
+// Config tunes the writer.
+type Config struct {
+	// Buffer is how many entries may wait (default 10000).
+	Buffer int
+	// Batch is the most entries per insert (default 500).
+	Batch int
+	// FlushInterval is the longest an entry waits before its batch is
+	// written (default 200ms).
+	FlushInterval time.Duration
+	// Retries is how often a failed batch is retried before it is dropped
+	// (default 5, with growing pauses).
+	Retries int
+}
+
+// Writer is the batching audit writer.
+type Writer struct {
+	cfg    Config
+	sink   Sink
+	m      *metrics.Metrics
+	logger *slog.Logger
+
+	ch       chan store.AuditEntry
+	mu       sync.RWMutex
+	closed   bool
+	done     chan struct{}
+	flushReq chan chan struct{}
+}
+
+// New returns a writer; Run must be running.
+func New(sink Sink, cfg Config, m *metrics.Metrics, logger *slog.Logger) *Writer {
+	if cfg.Buffer <= 0 {
+		cfg.Buffer = 10000
+	}
+	if cfg.Batch <= 0 {
+		cfg.Batch = 500
+	}
+	if cfg.FlushInterval <= 0 {
+		cfg.FlushInterval = 200 * time.Millisecond
+	}
+	if cfg.Retries <= 0 {
+		cfg.Retries = 5
+	}
+	return &Writer{
+		cfg: cfg, sink: sink, m: m, logger: logger,
+		ch:       make(chan store.AuditEntry, cfg.Buffer),
+		done:     make(chan struct{}),
+		flushReq: make(chan chan struct{}),
+	}
+}
+
+// Record queues an entry without blocking.
+func (w *Writer) Record(e store.AuditEntry) {
+	if e.At.IsZero() {
+		e.At = time.Now()
+	}
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	if w.closed {
+		w.m.AuditDropped.Inc()
+		w.logger.Error("audit entry after shutdown dropped", "method", e.Method, "caller", e.Caller)
+		return
+	}
+	select {
+	case w.ch <- e:
+	default:
+		w.m.AuditDropped.Inc()
+		w.logger.Error("audit buffer full, entry dropped", "method", e.Method, "caller", e.Caller)
+	}
+}
+
+// Flush waits until every entry recorded before the call is written (or
+// dropped). Tests and shutdown use it.
+func (w *Writer) Flush(ctx context.Context) {
+	ack := make(chan struct{})
+	select {
+	case w.flushReq <- ack:
+	case <-w.done:
+		return
+	case <-ctx.Done():
+		return
+	}
+	select {
+	case <-ack:
+	case <-w.done:
+	case <-ctx.Done():
+	}
+}
+
+// Run writes batches until Close; it then writes what is left and returns.
+func (w *Writer) Run() {
+	defer close(w.done)
+	batch := make([]store.AuditEntry, 0, w.cfg.Batch)
+	timer := time.NewTimer(w.cfg.FlushInterval)
+	defer timer.Stop()
+	flush := func() {
+		if len(batch) > 0 {
+			w.write(batch)
+			batch = batch[:0]
+		}
+	}
+	for {
+		select {
+		case e, ok := <-w.ch:
+			if !ok {
+				flush()
+				return
+			}
+			batch = append(batch, e)
+			if len(batch) >= w.cfg.Batch {
+				flush()
+			}
+		case <-timer.C:
+			flush()
+			timer.Reset(w.cfg.FlushInterval)
+		case ack := <-w.flushReq:
+			// Everything recorded before the request is in the channel.
+			for n := len(w.ch); n > 0; n-- {
+				batch = append(batch, <-w.ch)
+				if len(batch) >= w.cfg.Batch {
+					flush()
+				}
+			}
+			flush()
+			close(ack)
+		}
+	}
+}
+
+// Close stops accepting entries, writes the buffered ones and waits for the
+// writer (bounded by ctx).
+func (w *Writer) Close(ctx context.Context) {
+	w.mu.Lock()
+	if !w.closed {
+		w.closed = true
+		close(w.ch)
+	}
+	w.mu.Unlock()
+	select {
+	case <-w.done:
+	case <-ctx.Done():
+		w.logger.Error("audit writer did not finish before the shutdown deadline", "buffered", len(w.ch))
+	}
+}
+
+// write inserts a batch, retrying with backoff; it never gives up on the
+// first failure because an audit record is a compliance record.
+func (w *Writer) write(batch []store.AuditEntry) {
+	backoff := 50 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := w.sink.InsertAudit(ctx, batch)
+		cancel()
+		if err == nil {
+			w.m.AuditWritten.Add(float64(len(batch)))
+			return
+		}
+		w.m.AuditErrors.Inc()
+		if attempt >= w.cfg.Retries {
+			w.m.AuditDropped.Add(float64(len(batch)))
+			w.logger.Error("audit batch dropped after retries", "entries", len(batch), "err", err)
+			return
+		}
+		w.logger.Warn("audit batch insert failed, retrying", "entries", len(batch), "err", err)
+		time.Sleep(backoff)
+		backoff = min(backoff*2, 2*time.Second)
+	}
+}

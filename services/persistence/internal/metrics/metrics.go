@@ -1,0 +1,235 @@
+// Package metrics defines the persistence service's Prometheus metrics on an
+// explicit registry. Labels never carry user ids or values: the value
+// histogram is labelled by metric and source only.
+package metrics
+
+import (
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
+	"github.com/biobridge/bridge/pkg/catalog"
+)
+
+const ns = "biobridge_persistence"
+
+// Metrics holds every metric the service records.
+type Metrics struct {
+	// Writes.
+	RowsWritten     *prometheus.CounterVec // table
+	EventsWritten   *prometheus.CounterVec // status: inserted, updated, duplicate, rejected, deleted, ...
+	Rejections      *prometheus.CounterVec // level (event, reading), reason
+	TxSeconds       *prometheus.HistogramVec
+	TxEvents        prometheus.Histogram
+	TxRetries       prometheus.Counter
+	GroupRequests   prometheus.Histogram
+	GroupWait       prometheus.Histogram
+	GroupIsolations prometheus.Counter
+	values          map[string]*prometheus.HistogramVec // by metric; label source
+
+	// Latest cache.
+	CacheErrors      *prometheus.CounterVec // op
+	CacheRepairs     *prometheus.CounterVec // result
+	CacheReads       *prometheus.CounterVec // result: hit, miss, error
+	CacheInvalidated prometheus.Counter
+
+	// Outbox.
+	OutboxLeased  prometheus.Counter
+	OutboxAcked   prometheus.Counter
+	OutboxNacked  prometheus.Counter
+	OutboxWritten *prometheus.CounterVec // topic
+
+	// Audit.
+	AuditWritten prometheus.Counter
+	AuditDropped prometheus.Counter
+	AuditErrors  prometheus.Counter
+
+	// Partitions.
+	PartitionsCreated prometheus.Counter
+	MaintenanceErrors prometheus.Counter
+
+	// Watches.
+	WatchStreams prometheus.Gauge
+}
+
+// Nop returns metrics registered nowhere (tools, migrations).
+func Nop() *Metrics {
+	m, _ := New(prometheus.NewRegistry())
+	return m
+}
+
+// New creates the metrics and registers them on reg.
+func New(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		RowsWritten: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "rows_written_total",
+			Help: "Rows inserted, by table.",
+		}, []string{"table"}),
+		EventsWritten: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "events_total",
+			Help: "Events handled by WriteEvents and DeleteRecords, by outcome (inserted, updated, duplicate, rejected, deleted, already_deleted, not_found).",
+		}, []string{"status"}),
+		Rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "rejections_total",
+			Help: "Rejected events and readings, by level and reason.",
+		}, []string{"level", "reason"}),
+		TxSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: ns, Name: "tx_seconds",
+			Help:    "Duration of write transactions, by outcome.",
+			Buckets: []float64{0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5},
+		}, []string{"result"}),
+		TxEvents: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Name: "tx_events",
+			Help:    "Events (record versions and deletions) per write transaction.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 15),
+		}),
+		TxRetries: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "tx_retries_total",
+			Help: "Write transactions retried after a deadlock, serialization failure or lock timeout.",
+		}),
+		GroupRequests: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Name: "group_commit_requests",
+			Help:    "Calls merged into one group-commit transaction.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 10),
+		}),
+		GroupWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Name: "group_commit_wait_seconds",
+			Help:    "Time a call waited in the group-commit queue before its transaction started.",
+			Buckets: []float64{0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1},
+		}),
+		GroupIsolations: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "group_commit_isolations_total",
+			Help: "Group-commit transactions that failed and were retried call by call, so one caller's failure does not fail the others.",
+		}),
+		CacheErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "cache_errors_total",
+			Help: "Latest-cache (Redis) operations that failed, by operation. Writes and reads continue on PostgreSQL.",
+		}, []string{"op"}),
+		CacheRepairs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "cache_repairs_total",
+			Help: "Latest-cache entries rebuilt from PostgreSQL, by trigger (read_miss, after_error) and result.",
+		}, []string{"trigger", "result"}),
+		CacheReads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "cache_reads_total",
+			Help: "Latest-value reads, by result: hit (Redis), miss or error (answered from PostgreSQL).",
+		}, []string{"result"}),
+		CacheInvalidated: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "cache_invalidations_total",
+			Help: "Cache entries dropped because an update arrived out of commit order or after a lost update.",
+		}),
+		OutboxLeased: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "outbox_leased_total", Help: "Outbox entries leased.",
+		}),
+		OutboxAcked: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "outbox_acked_total", Help: "Outbox entries acknowledged (published).",
+		}),
+		OutboxNacked: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "outbox_nacked_total", Help: "Outbox entries released after a failed publish.",
+		}),
+		OutboxWritten: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "outbox_written_total", Help: "Outbox entries committed, by topic.",
+		}, []string{"topic"}),
+		AuditWritten: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "audit_written_total", Help: "Audit records written.",
+		}),
+		AuditDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "audit_dropped_total",
+			Help: "Audit records lost because the buffer was full or PostgreSQL kept failing. Alert on any increase.",
+		}),
+		AuditErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "audit_write_errors_total", Help: "Failed audit batch inserts (retried).",
+		}),
+		PartitionsCreated: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "partitions_created_total", Help: "Time partitions created.",
+		}),
+		MaintenanceErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "maintenance_errors_total", Help: "Failed partition maintenance runs.",
+		}),
+		WatchStreams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Name: "watch_streams", Help: "Open WatchLatest streams.",
+		}),
+		values: map[string]*prometheus.HistogramVec{},
+	}
+	cs := []prometheus.Collector{
+		m.RowsWritten, m.EventsWritten, m.Rejections, m.TxSeconds, m.TxEvents, m.TxRetries,
+		m.GroupRequests, m.GroupWait, m.GroupIsolations,
+		m.CacheErrors, m.CacheRepairs, m.CacheReads, m.CacheInvalidated,
+		m.OutboxLeased, m.OutboxAcked, m.OutboxNacked, m.OutboxWritten,
+		m.AuditWritten, m.AuditDropped, m.AuditErrors,
+		m.PartitionsCreated, m.MaintenanceErrors, m.WatchStreams,
+	}
+	// One histogram per catalog metric, each with buckets spread over the
+	// metric's valid range (a heart rate and a step count share no useful
+	// bucket layout). They share one name; the metric is a constant label.
+	for _, cm := range catalog.All() {
+		h := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace:   ns,
+			Name:        "reading_value",
+			Help:        "Accepted reading values in canonical units, by metric and source, to spot implausible data.",
+			ConstLabels: prometheus.Labels{"metric": cm.Name},
+			Buckets:     valueBuckets(cm),
+		}, []string{"source"})
+		m.values[cm.Name] = h
+		cs = append(cs, h)
+	}
+	var errs []error
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("register persistence metrics: %w", err)
+	}
+	return m, nil
+}
+
+// valueBuckets spreads 10 buckets linearly over the metric's range
+// (category metrics get one bucket per code).
+func valueBuckets(m catalog.Metric) []float64 {
+	if m.Kind == catalog.Category {
+		var b []float64
+		for v := m.Min; v <= m.Max; v++ {
+			b = append(b, v)
+		}
+		return b
+	}
+	const n = 10
+	step := (m.Max - m.Min) / n
+	b := make([]float64, 0, n+1)
+	for i := 0; i <= n; i++ {
+		v := m.Min + float64(i)*step
+		// Round to 4 significant digits so bucket labels stay readable.
+		if v != 0 {
+			mag := math.Pow(10, math.Floor(math.Log10(math.Abs(v)))-3)
+			v = math.Round(v/mag) * mag
+		}
+		b = append(b, v)
+	}
+	return b
+}
+
+// ObserveValue records an accepted value.
+func (m *Metrics) ObserveValue(metric string, source biometricsv1.Source, v float64) {
+	if h, ok := m.values[metric]; ok {
+		h.WithLabelValues(SourceLabel(source)).Observe(v)
+	}
+}
+
+// SourceLabel is the label value of a source ("whoop", "oura", ...).
+func SourceLabel(s biometricsv1.Source) string {
+	switch s {
+	case biometricsv1.Source_SOURCE_WHOOP:
+		return "whoop"
+	case biometricsv1.Source_SOURCE_OURA:
+		return "oura"
+	case biometricsv1.Source_SOURCE_HEALTHKIT:
+		return "healthkit"
+	case biometricsv1.Source_SOURCE_INTERNAL:
+		return "internal"
+	}
+	return "unspecified"
+}

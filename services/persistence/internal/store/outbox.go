@@ -1,0 +1,399 @@
+package store
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
+	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
+)
+
+// leasable is true for an entry nobody holds and that is not waiting out
+// a retry delay. An expired lease counts as not held: its entries return
+// to the pool.
+const leasable = `(lease_expires_at IS NULL OR lease_expires_at <= now()) AND (retry_after IS NULL OR retry_after <= now())`
+
+// leaseHeadsSQL finds, for every key, its first pending entry (a loose
+// index scan over outbox_key_id: one probe per key, however deep a key's
+// backlog is) and keeps the leasable ones, oldest first. Only a head may
+// start a lease: an entry whose predecessor of the same key is still
+// pending, leased elsewhere or waiting for its retry is never handed out,
+// so a key's entries are published in commit order.
+const leaseHeadsSQL = `
+WITH RECURSIVE keys(key) AS (
+    (SELECT key FROM outbox ORDER BY key LIMIT 1)
+  UNION ALL
+    SELECT (SELECT o.key FROM outbox o WHERE o.key > k.key ORDER BY o.key LIMIT 1)
+    FROM keys k WHERE k.key IS NOT NULL
+)
+SELECT h.id
+FROM keys k
+CROSS JOIN LATERAL (
+  SELECT id, lease_expires_at, retry_after FROM outbox o WHERE o.key = k.key ORDER BY id LIMIT 1
+) h
+WHERE k.key IS NOT NULL
+  AND (h.lease_expires_at IS NULL OR h.lease_expires_at <= now())
+  AND (h.retry_after IS NULL OR h.retry_after <= now())
+ORDER BY h.id
+LIMIT $1`
+
+// lockHeadsSQL locks the heads; another leaser holding one (or an ack in
+// flight) makes us skip it rather than wait.
+const lockHeadsSQL = `
+SELECT id, key FROM outbox WHERE id = ANY($1) AND ` + leasable + `
+ORDER BY id FOR UPDATE SKIP LOCKED`
+
+// runsSQL lists the entries following each locked head, so one lease can
+// carry a run of a key's entries (still in order, still to one holder).
+const runsSQL = `
+SELECT x.id, x.key, x.ok
+FROM unnest($1::text[], $2::int8[]) AS h(key, head)
+CROSS JOIN LATERAL (
+  SELECT id, key, ` + leasable + ` AS ok
+  FROM outbox o WHERE o.key = h.key AND o.id > h.head ORDER BY id LIMIT $3
+) x`
+
+const leaseSQL = `
+UPDATE outbox SET lease_token = $2, lease_holder = $3, lease_expires_at = now() + $4::float8 * interval '1 second',
+  attempts = attempts + 1, retry_after = NULL
+WHERE id = ANY($1) AND ` + leasable + `
+RETURNING id, topic, key, payload_type, payload, traceparent, created_at, attempts - 1, last_error`
+
+// Lease leases up to max entries for d to holder: the heads of the keys
+// with pending entries, extended by each key's following entries while
+// room remains. It returns the entries in id order (per key, commit order)
+// and the lease token, or no entries when nothing is available.
+func (s *Store) Lease(ctx context.Context, holder string, max int, d time.Duration) ([]*persistencev1.OutboxEntry, string, error) {
+	for attempt := 0; ; attempt++ {
+		entries, token, err := s.lease(ctx, holder, max, d, attempt >= 3)
+		if errors.Is(err, errRunChanged) || (err != nil && retryable(err)) {
+			if attempt < 5 {
+				continue
+			}
+		}
+		if err != nil {
+			return nil, "", err
+		}
+		s.m.OutboxLeased.Add(float64(len(entries)))
+		return entries, token, nil
+	}
+}
+
+// errRunChanged means an entry of a planned run stopped being leasable
+// between planning and leasing (its old holder nacked it); retry.
+var errRunChanged = errors.New("outbox run changed during lease")
+
+func (s *Store) lease(ctx context.Context, holder string, max int, d time.Duration, headsOnly bool) (_ []*persistencev1.OutboxEntry, _ string, err error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return nil, "", fmt.Errorf("lease outbox: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+		}
+	}()
+	rows, err := tx.Query(ctx, leaseHeadsSQL, max)
+	if err != nil {
+		return nil, "", fmt.Errorf("lease outbox: find heads: %w", err)
+	}
+	candidates, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, "", fmt.Errorf("lease outbox: find heads: %w", err)
+	}
+	if len(candidates) == 0 {
+		return nil, "", tx.Commit(ctx)
+	}
+	rows, err = tx.Query(ctx, lockHeadsSQL, candidates)
+	if err != nil {
+		return nil, "", fmt.Errorf("lease outbox: lock heads: %w", err)
+	}
+	type head struct {
+		id  int64
+		key string
+	}
+	heads, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (head, error) {
+		var h head
+		err := r.Scan(&h.id, &h.key)
+		return h, err
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("lease outbox: lock heads: %w", err)
+	}
+	if len(heads) == 0 {
+		return nil, "", tx.Commit(ctx)
+	}
+	ids := make([]int64, 0, max)
+	runLen := map[string]int{}
+	for _, h := range heads {
+		ids = append(ids, h.id)
+		runLen[h.key] = 1
+	}
+	if room := max - len(ids); room > 0 && !headsOnly {
+		keys := make([]string, len(heads))
+		headIDs := make([]int64, len(heads))
+		for i, h := range heads {
+			keys[i], headIDs[i] = h.key, h.id
+		}
+		rows, err := tx.Query(ctx, runsSQL, keys, headIDs, room)
+		if err != nil {
+			return nil, "", fmt.Errorf("lease outbox: find runs: %w", err)
+		}
+		type follower struct {
+			id  int64
+			key string
+			ok  bool
+		}
+		followers, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (follower, error) {
+			var f follower
+			err := r.Scan(&f.id, &f.key, &f.ok)
+			return f, err
+		})
+		if err != nil {
+			return nil, "", fmt.Errorf("lease outbox: find runs: %w", err)
+		}
+		// Fill the room oldest first; a key's run stops at its first entry
+		// that is not leasable, so it stays contiguous.
+		slices.SortFunc(followers, func(a, b follower) int { return cmp.Compare(a.id, b.id) })
+		stopped := map[string]bool{}
+		for _, f := range followers {
+			if room == 0 {
+				break
+			}
+			if stopped[f.key] {
+				continue
+			}
+			if !f.ok {
+				stopped[f.key] = true
+				continue
+			}
+			ids = append(ids, f.id)
+			runLen[f.key]++
+			room--
+		}
+	}
+
+	token := uuid.New()
+	rows, err = tx.Query(ctx, leaseSQL, ids, pgtype.UUID{Bytes: token, Valid: true}, holder, d.Seconds())
+	if err != nil {
+		return nil, "", fmt.Errorf("lease outbox: %w", err)
+	}
+	entries, err := pgx.CollectRows(rows, scanOutboxEntry)
+	if err != nil {
+		return nil, "", fmt.Errorf("lease outbox: %w", err)
+	}
+	if len(entries) != len(ids) {
+		// A run lost an entry in the middle: leasing the rest would let a
+		// later entry overtake it. Plan again.
+		return nil, "", errRunChanged
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, "", fmt.Errorf("lease outbox: commit: %w", err)
+	}
+	slices.SortFunc(entries, func(a, b *persistencev1.OutboxEntry) int { return cmp.Compare(a.GetId(), b.GetId()) })
+	return entries, token.String(), nil
+}
+
+func scanOutboxEntry(r pgx.CollectableRow) (*persistencev1.OutboxEntry, error) {
+	var (
+		e       persistencev1.OutboxEntry
+		typ     int16
+		payload []byte
+		created time.Time
+	)
+	if err := r.Scan(&e.Id, &e.Topic, &e.Key, &typ, &payload, &e.Traceparent, &created, &e.Attempts, &e.LastError); err != nil {
+		return nil, err
+	}
+	e.CreatedAt = timestamppb.New(created)
+	switch typ {
+	case payloadEvent:
+		var ev biometricsv1.BiometricEvent
+		if err := proto.Unmarshal(payload, &ev); err != nil {
+			return nil, fmt.Errorf("decode outbox entry %d: %w", e.Id, err)
+		}
+		e.Payload = &persistencev1.OutboxEntry_Event{Event: &ev}
+	case payloadConnection:
+		var ev biometricsv1.ConnectionEvent
+		if err := proto.Unmarshal(payload, &ev); err != nil {
+			return nil, fmt.Errorf("decode outbox entry %d: %w", e.Id, err)
+		}
+		e.Payload = &persistencev1.OutboxEntry_ConnectionEvent{ConnectionEvent: &ev}
+	default:
+		return nil, fmt.Errorf("outbox entry %d: unknown payload type %d", e.Id, typ)
+	}
+	return &e, nil
+}
+
+// Ack deletes published entries held under token. Entries whose lease was
+// taken over by someone else (a different token) are not touched or counted;
+// an expired lease that nobody took over can still be acknowledged.
+func (s *Store) Ack(ctx context.Context, token uuid.UUID, ids []int64) (int, error) {
+	ct, err := s.pool.Exec(ctx, `DELETE FROM outbox WHERE lease_token = $1 AND id = ANY($2)`,
+		pgtype.UUID{Bytes: token, Valid: true}, ids)
+	if err != nil {
+		return 0, fmt.Errorf("ack outbox: %w", err)
+	}
+	s.m.OutboxAcked.Add(float64(ct.RowsAffected()))
+	return int(ct.RowsAffected()), nil
+}
+
+// nackSQL releases the given entries and every later entry of the same
+// keys under the same lease: those cannot be published before the failed
+// one anyway, and leaving them leased would let them overtake it once it
+// is retried by another holder.
+const nackSQL = `
+WITH failed AS (
+  SELECT key, min(id) AS first_id FROM outbox WHERE lease_token = $1 AND id = ANY($2) GROUP BY key
+), released AS (
+  UPDATE outbox o SET lease_token = NULL, lease_holder = NULL, lease_expires_at = NULL,
+    retry_after = CASE WHEN $4::float8 > 0 THEN now() + $4::float8 * interval '1 second' END,
+    last_error = CASE WHEN o.id = ANY($2) THEN $3 ELSE o.last_error END
+  FROM failed f
+  WHERE o.lease_token = $1 AND o.key = f.key AND o.id >= f.first_id
+  RETURNING o.id
+)
+SELECT count(*) FILTER (WHERE id = ANY($2)) FROM released`
+
+// Nack returns entries held under token to the pool, not to be leased
+// again before retryAfter. It returns how many of ids were released.
+func (s *Store) Nack(ctx context.Context, token uuid.UUID, ids []int64, reason string, retryAfter time.Duration) (int, error) {
+	var n int
+	err := s.pool.QueryRow(ctx, nackSQL, pgtype.UUID{Bytes: token, Valid: true}, ids, reason, retryAfter.Seconds()).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("nack outbox: %w", err)
+	}
+	if n > 0 {
+		// Wake long-polling leasers: the entries are available again (or
+		// will be after their retry delay, which their poll timer covers).
+		if _, err := s.pool.Exec(ctx, notifySQL); err != nil {
+			s.logger.WarnContext(ctx, "notify after nack", "err", err)
+		}
+	}
+	s.m.OutboxNacked.Add(float64(n))
+	return n, nil
+}
+
+// OutboxStats describes the backlog.
+type OutboxStats struct {
+	Pending, Leased int64
+	OldestPending   time.Time
+}
+
+// Stats returns the outbox backlog.
+func (s *Store) Stats(ctx context.Context) (OutboxStats, error) {
+	var st OutboxStats
+	var oldest pgtype.Timestamptz
+	err := s.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE lease_expires_at > now()), min(created_at) FROM outbox`).
+		Scan(&st.Pending, &st.Leased, &oldest)
+	if err != nil {
+		return st, fmt.Errorf("outbox stats: %w", err)
+	}
+	st.OldestPending = oldest.Time
+	return st, nil
+}
+
+// ConnectionEvent is one connection lifecycle event to append.
+type ConnectionEvent struct {
+	Event       *biometricsv1.ConnectionEvent
+	TraceParent string
+}
+
+// AppendConnectionEvents stores connection events in the outbox (topic
+// biometrics.connections.v1, key = user id) in one transaction. Events
+// without an id get one; an id seen before is not appended again. It
+// returns the event ids in order.
+func (s *Store) AppendConnectionEvents(ctx context.Context, events []ConnectionEvent) (_ []string, err error) {
+	ids := make([]string, len(events))
+	var users []string
+	var rows struct {
+		ids, users, vendors, reasons []string
+		types                        []int16
+		occurred                     []time.Time
+	}
+	var outbox outboxRows
+	for i, ce := range events {
+		ev := proto.Clone(ce.Event).(*biometricsv1.ConnectionEvent)
+		if ev.GetEventId() == "" {
+			id, err := uuid.NewV7()
+			if err != nil {
+				return nil, fmt.Errorf("generate event id: %w", err)
+			}
+			ev.EventId = id.String()
+		}
+		if ev.GetOccurredAt() == nil {
+			ev.OccurredAt = timestamppb.Now()
+		}
+		ids[i] = ev.GetEventId()
+		users = append(users, ev.GetUserId())
+		rows.ids = append(rows.ids, ev.GetEventId())
+		rows.users = append(rows.users, ev.GetUserId())
+		rows.vendors = append(rows.vendors, ev.GetVendor())
+		rows.reasons = append(rows.reasons, ev.GetReason())
+		rows.types = append(rows.types, int16(ev.GetType()))
+		rows.occurred = append(rows.occurred, ev.GetOccurredAt().AsTime())
+		payload, err := proto.Marshal(ev)
+		if err != nil {
+			return nil, fmt.Errorf("encode connection event: %w", err)
+		}
+		outbox.add(TopicConnections, ev.GetUserId(), payloadConnection, payload, ce.TraceParent)
+	}
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("append connection events: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+		}
+	}()
+	if _, err := tx.Exec(ctx, lockUsersSQL, lockKeys(users)); err != nil {
+		return nil, fmt.Errorf("append connection events: lock users: %w", err)
+	}
+	// Only ids not seen before go to the outbox, in request order.
+	r, err := tx.Query(ctx, `
+		INSERT INTO connection_events (event_id, user_id, vendor, type, occurred_at, reason)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int2[], $5::timestamptz[], $6::text[])
+		ON CONFLICT (event_id) DO NOTHING
+		RETURNING event_id`, rows.ids, rows.users, rows.vendors, rows.types, rows.occurred, rows.reasons)
+	if err != nil {
+		return nil, fmt.Errorf("append connection events: %w", err)
+	}
+	fresh, err := pgx.CollectRows(r, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("append connection events: %w", err)
+	}
+	isFresh := map[string]bool{}
+	for _, id := range fresh {
+		isFresh[id] = true
+	}
+	var out outboxRows
+	for i, id := range rows.ids {
+		if isFresh[id] {
+			isFresh[id] = false // a repeated id within the request goes once
+			out.add(outbox.topics[i], outbox.keys[i], outbox.types[i], outbox.payloads[i], outbox.traceparents[i])
+		}
+	}
+	if len(out.keys) > 0 {
+		b := &pgx.Batch{}
+		b.Queue(insertOutboxSQL, out.topics, out.keys, out.types, out.payloads, out.traceparents)
+		b.Queue(notifySQL)
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return nil, fmt.Errorf("append connection events: outbox: %w", err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("append connection events: commit: %w", err)
+	}
+	s.m.OutboxWritten.WithLabelValues(TopicConnections).Add(float64(len(out.keys)))
+	return ids, nil
+}

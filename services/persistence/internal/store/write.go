@@ -1,0 +1,755 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
+	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
+	"github.com/biobridge/bridge/services/persistence/internal/record"
+)
+
+// Kafka topics of outbox entries.
+const (
+	TopicEvents      = "biometrics.events.v1"
+	TopicConnections = "biometrics.connections.v1"
+)
+
+// Outbox payload types.
+const (
+	payloadEvent      = 1
+	payloadConnection = 2
+)
+
+// Event operations as stored in events.operation.
+const (
+	opUpsert = 1
+	opDelete = 2
+)
+
+// Op is one change of a write transaction: a record version or a deletion.
+type Op struct {
+	Upsert *record.Event
+	Delete *Delete
+	// TraceParent is the W3C traceparent of the request that asked for the
+	// change; it travels with the outbox entry to Kafka.
+	TraceParent string
+}
+
+// Delete asks to tombstone one record.
+type Delete struct {
+	Key record.Key
+	// DeletedAt is when the source deleted the record (zero: now).
+	DeletedAt time.Time
+}
+
+// OpResult is the outcome of one Op.
+type OpResult struct {
+	// Status is set for upserts, DeleteStatus for deletions.
+	Status       persistencev1.WriteStatus
+	DeleteStatus persistencev1.DeleteStatus
+	EventID      string
+	Version      int64
+}
+
+// recState tracks one record through a transaction.
+type recState struct {
+	key     record.Key
+	exists  bool
+	version int64
+	hash    []byte
+	eventID pgtype.UUID
+	deleted bool
+	kind    string
+
+	// What the database holds before the transaction.
+	storedLive    bool
+	storedMetrics []string
+	storedMin     time.Time
+	storedMax     time.Time
+
+	touched       bool
+	replaceStored bool
+	// final is the version whose readings end up stored (nil: none).
+	final *record.Event
+}
+
+// Apply stores ops in one transaction and returns a result per op and the
+// latest-value changes per user, for the cache. Ops are applied in order,
+// so a batch may hold several versions of one record. Transactions that
+// hit a deadlock, serialization failure or lock timeout are retried.
+func (s *Store) Apply(ctx context.Context, ops []Op) ([]OpResult, []record.UserChange, error) {
+	for attempt := 0; ; attempt++ {
+		start := time.Now()
+		res, changes, err := s.apply(ctx, ops)
+		if err != nil {
+			s.m.TxSeconds.WithLabelValues("error").Observe(time.Since(start).Seconds())
+			if retryable(err) && attempt < 3 {
+				s.m.TxRetries.Inc()
+				continue
+			}
+			return nil, nil, err
+		}
+		s.m.TxSeconds.WithLabelValues("ok").Observe(time.Since(start).Seconds())
+		s.m.TxEvents.Observe(float64(len(ops)))
+		return res, changes, nil
+	}
+}
+
+const selectRecordsSQL = `
+SELECT r.user_id, r.source, r.vendor_record_id, r.version, r.content_hash, r.event_id, r.deleted, r.kind,
+       r.metrics, r.observed_min, r.observed_max
+FROM records r
+JOIN unnest($1::text[], $2::int2[], $3::text[]) AS k(u, s, v)
+  ON r.user_id = k.u AND r.source = k.s AND r.vendor_record_id = k.v`
+
+// deleteReadingsSQL removes the stored readings of replaced or deleted
+// records through the primary key: the record's metrics and observation
+// range pin the index ranges and prune partitions.
+const deleteReadingsSQL = `
+DELETE FROM readings r
+USING (
+  SELECT x.u, x.s, x.v, unnest(string_to_array(x.m, ',')) AS metric, x.lo, x.hi
+  FROM unnest($1::text[], $2::int2[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[]) AS x(u, s, v, m, lo, hi)
+) d
+WHERE r.user_id = d.u AND r.metric = d.metric AND r.observed_at BETWEEN d.lo AND d.hi
+  AND r.source = d.s AND r.vendor_record_id = d.v`
+
+const insertReadingsSQL = `
+INSERT INTO readings (user_id, metric, observed_at, source, vendor_record_id, seq, value, start_time,
+                      device_name, device_model, device_bundle_id)
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int2[], $5::text[], $6::int4[],
+                     $7::float8[], $8::timestamptz[], $9::text[], $10::text[], $11::text[])
+ON CONFLICT DO NOTHING`
+
+var readingColumns = []string{"user_id", "metric", "observed_at", "source", "vendor_record_id", "seq", "value",
+	"start_time", "device_name", "device_model", "device_bundle_id"}
+
+const insertEventsSQL = `
+INSERT INTO events (event_id, received_at, user_id, source, vendor_record_id, kind, version, operation,
+                    occurred_at, content_hash, reading_count)
+SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::int2[], $5::text[], $6::text[],
+                     $7::int8[], $8::int2[], $9::timestamptz[], $10::bytea[], $11::int4[])`
+
+const upsertRecordsSQL = `
+INSERT INTO records AS r (user_id, source, vendor_record_id, kind, version, content_hash, event_id, deleted,
+                          metrics, observed_min, observed_max, created_at, updated_at)
+SELECT x.u, x.s, x.v, x.k, x.ver, x.h, x.e, x.d, string_to_array(x.m, ','), x.lo, x.hi, $12, $12
+FROM unnest($1::text[], $2::int2[], $3::text[], $4::text[], $5::int8[], $6::bytea[], $7::uuid[], $8::bool[],
+            $9::text[], $10::timestamptz[], $11::timestamptz[]) AS x(u, s, v, k, ver, h, e, d, m, lo, hi)
+ON CONFLICT (user_id, source, vendor_record_id) DO UPDATE SET
+  kind = excluded.kind, version = excluded.version, content_hash = excluded.content_hash,
+  event_id = excluded.event_id, deleted = excluded.deleted, metrics = excluded.metrics,
+  observed_min = excluded.observed_min, observed_max = excluded.observed_max, updated_at = excluded.updated_at`
+
+const latestColumns = `user_id, metric, observed_at, source, vendor_record_id, seq, value, start_time,
+  device_name, device_model, device_bundle_id`
+
+// recomputeLatestSQL repairs latest rows that point at a replaced or
+// deleted record: the newest remaining reading (which may be the record's
+// new version) takes its place, or the row goes when nothing is left.
+const recomputeLatestSQL = `
+WITH stale AS (
+  SELECT l.user_id, l.metric
+  FROM latest l
+  JOIN unnest($1::text[], $2::int2[], $3::text[]) AS x(u, s, v)
+    ON l.user_id = x.u AND l.source = x.s AND l.vendor_record_id = x.v
+), fresh AS (
+  SELECT st.user_id, st.metric, n.observed_at, n.source, n.vendor_record_id, n.seq, n.value, n.start_time,
+         n.device_name, n.device_model, n.device_bundle_id
+  FROM stale st
+  LEFT JOIN LATERAL (
+    SELECT * FROM readings r
+    WHERE r.user_id = st.user_id AND r.metric = st.metric
+    ORDER BY r.observed_at DESC, r.source DESC, r.vendor_record_id DESC, r.seq DESC
+    LIMIT 1
+  ) n ON true
+), removed AS (
+  DELETE FROM latest l USING fresh f
+  WHERE f.observed_at IS NULL AND l.user_id = f.user_id AND l.metric = f.metric
+  RETURNING l.user_id, l.metric
+), updated AS (
+  UPDATE latest l SET observed_at = f.observed_at, source = f.source, vendor_record_id = f.vendor_record_id,
+    seq = f.seq, value = f.value, start_time = f.start_time, device_name = f.device_name,
+    device_model = f.device_model, device_bundle_id = f.device_bundle_id, updated_at = now()
+  FROM fresh f
+  WHERE f.observed_at IS NOT NULL AND l.user_id = f.user_id AND l.metric = f.metric
+  RETURNING l.user_id, l.metric, l.observed_at, l.source, l.vendor_record_id, l.seq, l.value, l.start_time,
+    l.device_name, l.device_model, l.device_bundle_id
+)
+SELECT false, ` + latestColumns + ` FROM updated
+UNION ALL
+SELECT true, user_id, metric, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM removed`
+
+// upsertLatestSQL raises latest values; the WHERE makes it a
+// compare-and-set in the same total order CompareLatest uses, so an older
+// reading never replaces a newer one.
+const upsertLatestSQL = `
+INSERT INTO latest AS l (` + latestColumns + `)
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int2[], $5::text[], $6::int4[],
+                     $7::float8[], $8::timestamptz[], $9::text[], $10::text[], $11::text[])
+ON CONFLICT (user_id, metric) DO UPDATE SET
+  observed_at = excluded.observed_at, source = excluded.source, vendor_record_id = excluded.vendor_record_id,
+  seq = excluded.seq, value = excluded.value, start_time = excluded.start_time,
+  device_name = excluded.device_name, device_model = excluded.device_model,
+  device_bundle_id = excluded.device_bundle_id, updated_at = now()
+WHERE (excluded.observed_at, excluded.source, excluded.vendor_record_id, excluded.seq)
+    > (l.observed_at, l.source, l.vendor_record_id, l.seq)
+RETURNING false, l.user_id, l.metric, l.observed_at, l.source, l.vendor_record_id, l.seq, l.value, l.start_time,
+  l.device_name, l.device_model, l.device_bundle_id`
+
+const bumpCommitsSQL = `
+INSERT INTO user_commits AS c (user_id, seq)
+SELECT u, 1 FROM unnest($1::text[]) AS u
+ON CONFLICT (user_id) DO UPDATE SET seq = c.seq + 1
+RETURNING user_id, seq`
+
+const insertOutboxSQL = `
+INSERT INTO outbox (topic, key, payload_type, payload, traceparent)
+SELECT * FROM unnest($1::text[], $2::text[], $3::int2[], $4::bytea[], $5::text[])`
+
+const notifySQL = `SELECT pg_notify('` + NotifyChannel + `', '')`
+
+// outboxRows accumulates outbox inserts.
+type outboxRows struct {
+	topics, keys, traceparents []string
+	types                      []int16
+	payloads                   [][]byte
+}
+
+func (o *outboxRows) add(topic, key string, typ int16, payload []byte, traceparent string) {
+	o.topics = append(o.topics, topic)
+	o.keys = append(o.keys, key)
+	o.types = append(o.types, typ)
+	o.payloads = append(o.payloads, payload)
+	o.traceparents = append(o.traceparents, traceparent)
+}
+
+// eventRows accumulates events inserts.
+type eventRows struct {
+	ids         []pgtype.UUID
+	received    []time.Time
+	users       []string
+	sources     []int16
+	recordIDs   []string
+	kinds       []string
+	versions    []int64
+	operations  []int16
+	occurred    []pgtype.Timestamptz
+	hashes      [][]byte
+	readingsCnt []int32
+}
+
+// readingRows accumulates readings (and latest) rows column by column.
+type readingRows struct {
+	users, metrics, recordIDs, devNames, devModels, devBundles []string
+	observed                                                   []time.Time
+	starts                                                     []pgtype.Timestamptz
+	sources                                                    []int16
+	seqs                                                       []int32
+	values                                                     []float64
+}
+
+func (r *readingRows) add(user string, l record.Latest) {
+	r.users = append(r.users, user)
+	r.metrics = append(r.metrics, l.Metric)
+	r.observed = append(r.observed, l.ObservedAt)
+	r.sources = append(r.sources, int16(l.Source))
+	r.recordIDs = append(r.recordIDs, l.VendorRecordID)
+	r.seqs = append(r.seqs, l.Seq)
+	r.values = append(r.values, l.Value)
+	r.starts = append(r.starts, tsOrNull(l.StartTime))
+	r.devNames = append(r.devNames, l.Device.Name)
+	r.devModels = append(r.devModels, l.Device.Model)
+	r.devBundles = append(r.devBundles, l.Device.BundleID)
+}
+
+func (r *readingRows) args() []any {
+	return []any{r.users, r.metrics, r.observed, r.sources, r.recordIDs, r.seqs, r.values, r.starts,
+		r.devNames, r.devModels, r.devBundles}
+}
+
+func (r *readingRows) row(i int) []any {
+	var start any
+	if r.starts[i].Valid {
+		start = r.starts[i].Time
+	}
+	return []any{r.users[i], r.metrics[i], r.observed[i], r.sources[i], r.recordIDs[i], r.seqs[i], r.values[i],
+		start, r.devNames[i], r.devModels[i], r.devBundles[i]}
+}
+
+func tsOrNull(t time.Time) pgtype.Timestamptz {
+	if t.IsZero() {
+		return pgtype.Timestamptz{}
+	}
+	return pgtype.Timestamptz{Time: t, Valid: true}
+}
+
+func newEventID() (pgtype.UUID, string, error) {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return pgtype.UUID{}, "", fmt.Errorf("generate event id: %w", err)
+	}
+	return pgtype.UUID{Bytes: id, Valid: true}, id.String(), nil
+}
+
+func uuidString(u pgtype.UUID) string {
+	if !u.Valid {
+		return ""
+	}
+	return uuid.UUID(u.Bytes).String()
+}
+
+// apply is one attempt of Apply.
+func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.UserChange, err error) {
+	now := record.Micros(time.Now())
+	states := map[record.Key]*recState{}
+	var keys []record.Key
+	var users []string
+	seenUser := map[string]bool{}
+	for _, op := range ops {
+		var k record.Key
+		switch {
+		case op.Upsert != nil:
+			k = op.Upsert.Key()
+		case op.Delete != nil:
+			k = op.Delete.Key
+		default:
+			return nil, nil, errors.New("apply: empty op")
+		}
+		if _, ok := states[k]; !ok {
+			states[k] = &recState{key: k}
+			keys = append(keys, k)
+		}
+		if !seenUser[k.UserID] {
+			seenUser[k.UserID] = true
+			users = append(users, k.UserID)
+		}
+	}
+
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("begin write transaction: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+		}
+	}()
+
+	// Round trip 1: the users' locks, then their records' current state.
+	if err := s.loadRecords(ctx, tx, users, keys, states); err != nil {
+		return nil, nil, err
+	}
+
+	// Decide every op in order, in memory.
+	results := make([]OpResult, len(ops))
+	var evRows eventRows
+	var outbox outboxRows
+	changedUsers := map[string]bool{}
+	var changedUserList []string
+	markChanged := func(u string) {
+		if !changedUsers[u] {
+			changedUsers[u] = true
+			changedUserList = append(changedUserList, u)
+		}
+	}
+	for i, op := range ops {
+		switch {
+		case op.Upsert != nil:
+			ev := op.Upsert
+			st := states[ev.Key()]
+			if st.exists && !st.deleted && bytes.Equal(st.hash, ev.Hash[:]) {
+				results[i] = OpResult{Status: persistencev1.WriteStatus_WRITE_STATUS_DUPLICATE, EventID: uuidString(st.eventID), Version: st.version}
+				continue
+			}
+			status := persistencev1.WriteStatus_WRITE_STATUS_INSERTED
+			if st.exists {
+				status = persistencev1.WriteStatus_WRITE_STATUS_UPDATED
+			}
+			id, idStr, err := newEventID()
+			if err != nil {
+				return nil, nil, err
+			}
+			if st.storedLive {
+				st.replaceStored = true
+			}
+			st.exists, st.deleted, st.touched = true, false, true
+			st.version++
+			st.hash = append([]byte(nil), ev.Hash[:]...)
+			st.eventID = id
+			st.kind = ev.Kind
+			st.final = ev
+			results[i] = OpResult{Status: status, EventID: idStr, Version: st.version}
+			markChanged(ev.UserID)
+
+			evRows.ids = append(evRows.ids, id)
+			evRows.received = append(evRows.received, now)
+			evRows.users = append(evRows.users, ev.UserID)
+			evRows.sources = append(evRows.sources, int16(ev.Source))
+			evRows.recordIDs = append(evRows.recordIDs, ev.VendorRecordID)
+			evRows.kinds = append(evRows.kinds, ev.Kind)
+			evRows.versions = append(evRows.versions, st.version)
+			evRows.operations = append(evRows.operations, opUpsert)
+			evRows.occurred = append(evRows.occurred, tsOrNull(ev.OccurredAt))
+			evRows.hashes = append(evRows.hashes, st.hash)
+			evRows.readingsCnt = append(evRows.readingsCnt, int32(len(ev.Readings)))
+
+			payload, err := proto.Marshal(upsertEvent(ev, idStr, st.version, now))
+			if err != nil {
+				return nil, nil, fmt.Errorf("encode event %s: %w", idStr, err)
+			}
+			outbox.add(TopicEvents, ev.UserID, payloadEvent, payload, op.TraceParent)
+
+		case op.Delete != nil:
+			st := states[op.Delete.Key]
+			switch {
+			case !st.exists:
+				results[i] = OpResult{DeleteStatus: persistencev1.DeleteStatus_DELETE_STATUS_NOT_FOUND}
+				continue
+			case st.deleted:
+				results[i] = OpResult{DeleteStatus: persistencev1.DeleteStatus_DELETE_STATUS_ALREADY_DELETED, EventID: uuidString(st.eventID), Version: st.version}
+				continue
+			}
+			id, idStr, err := newEventID()
+			if err != nil {
+				return nil, nil, err
+			}
+			if st.storedLive {
+				st.replaceStored = true
+			}
+			st.deleted, st.touched = true, true
+			st.version++
+			st.eventID = id
+			st.final = nil
+			results[i] = OpResult{DeleteStatus: persistencev1.DeleteStatus_DELETE_STATUS_DELETED, EventID: idStr, Version: st.version}
+			markChanged(st.key.UserID)
+
+			deletedAt := now
+			if !op.Delete.DeletedAt.IsZero() {
+				deletedAt = record.Micros(op.Delete.DeletedAt)
+			}
+			evRows.ids = append(evRows.ids, id)
+			evRows.received = append(evRows.received, now)
+			evRows.users = append(evRows.users, st.key.UserID)
+			evRows.sources = append(evRows.sources, int16(st.key.Source))
+			evRows.recordIDs = append(evRows.recordIDs, st.key.VendorRecordID)
+			evRows.kinds = append(evRows.kinds, st.kind)
+			evRows.versions = append(evRows.versions, st.version)
+			evRows.operations = append(evRows.operations, opDelete)
+			evRows.occurred = append(evRows.occurred, tsOrNull(deletedAt))
+			evRows.hashes = append(evRows.hashes, nil)
+			evRows.readingsCnt = append(evRows.readingsCnt, 0)
+
+			payload, err := proto.Marshal(&biometricsv1.BiometricEvent{
+				EventId:        idStr,
+				UserId:         st.key.UserID,
+				Source:         st.key.Source,
+				Kind:           st.kind,
+				VendorRecordId: st.key.VendorRecordID,
+				Operation:      biometricsv1.Operation_OPERATION_DELETE,
+				Version:        st.version,
+				OccurredAt:     timestamppb.New(deletedAt),
+				ReceivedAt:     timestamppb.New(now),
+			})
+			if err != nil {
+				return nil, nil, fmt.Errorf("encode event %s: %w", idStr, err)
+			}
+			outbox.add(TopicEvents, st.key.UserID, payloadEvent, payload, op.TraceParent)
+		}
+	}
+
+	if len(changedUserList) == 0 {
+		// Only duplicates and no-op deletions: nothing to write.
+		if err := tx.Commit(ctx); err != nil {
+			return nil, nil, fmt.Errorf("commit: %w", err)
+		}
+		return results, nil, nil
+	}
+
+	// Collect the row sets.
+	var del struct {
+		users, recordIDs, metrics []string
+		sources                   []int16
+		lo, hi                    []time.Time
+	}
+	var replaced struct {
+		users, recordIDs []string
+		sources          []int16
+	}
+	var recs struct {
+		users, recordIDs, kinds, metrics []string
+		sources                          []int16
+		versions                         []int64
+		hashes                           [][]byte
+		ids                              []pgtype.UUID
+		deleted                          []bool
+		lo, hi                           []pgtype.Timestamptz
+	}
+	var readings readingRows
+	best := map[[2]string]record.Latest{}
+	var bestOrder [][2]string
+	for _, k := range keys {
+		st := states[k]
+		if !st.touched {
+			continue
+		}
+		if st.replaceStored {
+			if len(st.storedMetrics) > 0 {
+				del.users = append(del.users, k.UserID)
+				del.sources = append(del.sources, int16(k.Source))
+				del.recordIDs = append(del.recordIDs, k.VendorRecordID)
+				del.metrics = append(del.metrics, strings.Join(st.storedMetrics, ","))
+				del.lo = append(del.lo, st.storedMin)
+				del.hi = append(del.hi, st.storedMax)
+			}
+			replaced.users = append(replaced.users, k.UserID)
+			replaced.sources = append(replaced.sources, int16(k.Source))
+			replaced.recordIDs = append(replaced.recordIDs, k.VendorRecordID)
+		}
+		var metrics []string
+		var lo, hi pgtype.Timestamptz
+		if ev := st.final; ev != nil {
+			metrics = ev.Metrics()
+			lo, hi = tsOrNull(ev.Readings[0].ObservedAt), tsOrNull(ev.Readings[0].ObservedAt)
+			for seq := range ev.Readings {
+				l := ev.LatestOf(seq)
+				readings.add(k.UserID, l)
+				if l.ObservedAt.Before(lo.Time) {
+					lo.Time = l.ObservedAt
+				}
+				if l.ObservedAt.After(hi.Time) {
+					hi.Time = l.ObservedAt
+				}
+				bk := [2]string{k.UserID, l.Metric}
+				if cur, ok := best[bk]; !ok {
+					best[bk] = l
+					bestOrder = append(bestOrder, bk)
+				} else if record.CompareLatest(l, cur) > 0 {
+					best[bk] = l
+				}
+				s.m.ObserveValue(l.Metric, k.Source, l.Value)
+			}
+		}
+		recs.users = append(recs.users, k.UserID)
+		recs.sources = append(recs.sources, int16(k.Source))
+		recs.recordIDs = append(recs.recordIDs, k.VendorRecordID)
+		recs.kinds = append(recs.kinds, st.kind)
+		recs.versions = append(recs.versions, st.version)
+		recs.hashes = append(recs.hashes, st.hash)
+		recs.ids = append(recs.ids, st.eventID)
+		recs.deleted = append(recs.deleted, st.deleted)
+		recs.metrics = append(recs.metrics, strings.Join(metrics, ","))
+		recs.lo = append(recs.lo, lo)
+		recs.hi = append(recs.hi, hi)
+	}
+	var latestRows readingRows
+	for _, bk := range bestOrder {
+		latestRows.add(bk[0], best[bk])
+	}
+
+	// Readings of replaced versions go first: the new version may reuse
+	// their primary keys.
+	useCopy := len(readings.users) >= s.copyThreshold
+	b := &pgx.Batch{}
+	if len(del.users) > 0 {
+		b.Queue(deleteReadingsSQL, del.users, del.sources, del.recordIDs, del.metrics, del.lo, del.hi)
+	}
+	if useCopy {
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return nil, nil, fmt.Errorf("delete replaced readings: %w", err)
+		}
+		b = &pgx.Batch{}
+		n, err := tx.CopyFrom(ctx, pgx.Identifier{"readings"}, readingColumns,
+			pgx.CopyFromSlice(len(readings.users), func(i int) ([]any, error) { return readings.row(i), nil }))
+		if err != nil {
+			return nil, nil, fmt.Errorf("copy readings: %w", err)
+		}
+		s.m.RowsWritten.WithLabelValues("readings").Add(float64(n))
+	} else if len(readings.users) > 0 {
+		b.Queue(insertReadingsSQL, readings.args()...).Exec(func(ct pgconn.CommandTag) error {
+			s.m.RowsWritten.WithLabelValues("readings").Add(float64(ct.RowsAffected()))
+			return nil
+		})
+	}
+	b.Queue(insertEventsSQL, evRows.ids, evRows.received, evRows.users, evRows.sources, evRows.recordIDs,
+		evRows.kinds, evRows.versions, evRows.operations, evRows.occurred, evRows.hashes, evRows.readingsCnt)
+	b.Queue(upsertRecordsSQL, recs.users, recs.sources, recs.recordIDs, recs.kinds, recs.versions, recs.hashes,
+		recs.ids, recs.deleted, recs.metrics, recs.lo, recs.hi, now)
+
+	latest := map[string]map[string]*record.Latest{}
+	scanLatest := func(rows pgx.Rows) error {
+		for rows.Next() {
+			l, removed, user, err := scanLatestRow(rows)
+			if err != nil {
+				return err
+			}
+			if latest[user] == nil {
+				latest[user] = map[string]*record.Latest{}
+			}
+			if removed {
+				latest[user][l.Metric] = nil
+			} else {
+				latest[user][l.Metric] = &l
+			}
+		}
+		return rows.Err()
+	}
+	if len(replaced.users) > 0 {
+		b.Queue(recomputeLatestSQL, replaced.users, replaced.sources, replaced.recordIDs).Query(scanLatest)
+	}
+	if len(latestRows.users) > 0 {
+		b.Queue(upsertLatestSQL, latestRows.args()...).Query(scanLatest)
+	}
+	seqs := map[string]int64{}
+	b.Queue(bumpCommitsSQL, changedUserList).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var u string
+			var seq int64
+			if err := rows.Scan(&u, &seq); err != nil {
+				return err
+			}
+			seqs[u] = seq
+		}
+		return rows.Err()
+	})
+	b.Queue(insertOutboxSQL, outbox.topics, outbox.keys, outbox.types, outbox.payloads, outbox.traceparents)
+	b.Queue(notifySQL)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, nil, fmt.Errorf("write events: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, nil, fmt.Errorf("commit: %w", err)
+	}
+	s.m.RowsWritten.WithLabelValues("events").Add(float64(len(evRows.ids)))
+	s.m.RowsWritten.WithLabelValues("outbox").Add(float64(len(outbox.keys)))
+	s.m.OutboxWritten.WithLabelValues(TopicEvents).Add(float64(len(outbox.keys)))
+
+	changes := make([]record.UserChange, 0, len(changedUserList))
+	for _, u := range changedUserList {
+		c := record.UserChange{UserID: u, Seq: seqs[u], Prev: seqs[u] - 1}
+		for metric, l := range latest[u] {
+			if l == nil {
+				c.Removed = append(c.Removed, metric)
+			} else {
+				c.Set = append(c.Set, *l)
+			}
+		}
+		changes = append(changes, c)
+	}
+	return results, changes, nil
+}
+
+// loadRecords takes the users' advisory locks and reads their records.
+func (s *Store) loadRecords(ctx context.Context, tx pgx.Tx, users []string, keys []record.Key, states map[record.Key]*recState) error {
+	us := make([]string, len(keys))
+	ss := make([]int16, len(keys))
+	vs := make([]string, len(keys))
+	for i, k := range keys {
+		us[i], ss[i], vs[i] = k.UserID, int16(k.Source), k.VendorRecordID
+	}
+	b := &pgx.Batch{}
+	b.Queue(lockUsersSQL, lockKeys(users))
+	b.Queue(selectRecordsSQL, us, ss, vs).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var (
+				k       record.Key
+				src     int16
+				version int64
+				hash    []byte
+				id      pgtype.UUID
+				deleted bool
+				kind    string
+				metrics []string
+				lo, hi  pgtype.Timestamptz
+			)
+			if err := rows.Scan(&k.UserID, &src, &k.VendorRecordID, &version, &hash, &id, &deleted, &kind, &metrics, &lo, &hi); err != nil {
+				return err
+			}
+			k.Source = biometricsv1.Source(src)
+			st := states[k]
+			if st == nil {
+				continue
+			}
+			st.exists, st.version, st.hash, st.eventID, st.deleted, st.kind = true, version, hash, id, deleted, kind
+			st.storedLive = !deleted
+			st.storedMetrics = metrics
+			st.storedMin, st.storedMax = lo.Time, hi.Time
+		}
+		return rows.Err()
+	})
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("lock users and load records: %w", err)
+	}
+	return nil
+}
+
+// scanLatestRow scans (removed bool, latestColumns...).
+func scanLatestRow(rows pgx.Rows) (l record.Latest, removed bool, user string, err error) {
+	var (
+		observed, start     pgtype.Timestamptz
+		src                 pgtype.Int2
+		recordID            pgtype.Text
+		seq                 pgtype.Int4
+		value               pgtype.Float8
+		name, model, bundle pgtype.Text
+	)
+	if err := rows.Scan(&removed, &user, &l.Metric, &observed, &src, &recordID, &seq, &value, &start, &name, &model, &bundle); err != nil {
+		return l, false, "", err
+	}
+	l.ObservedAt = observed.Time.UTC()
+	if start.Valid {
+		l.StartTime = start.Time.UTC()
+	}
+	l.Source = biometricsv1.Source(src.Int16)
+	l.VendorRecordID = recordID.String
+	l.Seq = seq.Int32
+	l.Value = value.Float64
+	l.Device = record.Device{Name: name.String, Model: model.String, BundleID: bundle.String}
+	return l, removed, user, nil
+}
+
+// upsertEvent builds the published form of a record version.
+func upsertEvent(ev *record.Event, id string, version int64, received time.Time) *biometricsv1.BiometricEvent {
+	out := &biometricsv1.BiometricEvent{
+		EventId:        id,
+		UserId:         ev.UserID,
+		Source:         ev.Source,
+		Kind:           ev.Kind,
+		VendorRecordId: ev.VendorRecordID,
+		Operation:      biometricsv1.Operation_OPERATION_UPSERT,
+		Version:        version,
+		ReceivedAt:     timestamppb.New(received),
+		Readings:       make([]*biometricsv1.Reading, len(ev.Readings)),
+	}
+	if !ev.OccurredAt.IsZero() {
+		out.OccurredAt = timestamppb.New(ev.OccurredAt)
+	}
+	for i, r := range ev.Readings {
+		pr := &biometricsv1.Reading{
+			Metric:     r.Metric,
+			Value:      r.Value,
+			Unit:       r.Unit,
+			ObservedAt: timestamppb.New(r.ObservedAt),
+		}
+		if !r.StartTime.IsZero() {
+			pr.StartTime = timestamppb.New(r.StartTime)
+		}
+		if r.Device != (record.Device{}) {
+			pr.Device = &biometricsv1.Device{Name: r.Device.Name, Model: r.Device.Model, BundleId: r.Device.BundleID}
+		}
+		out.Readings[i] = pr
+	}
+	return out
+}
