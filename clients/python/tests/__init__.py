@@ -1,0 +1,1 @@
+"""Tests of the biobridge Python client (unittest; see scripts/test-python.sh)."""
