@@ -2,7 +2,6 @@ package server
 
 import (
 	"fmt"
-	"log/slog"
 	"strings"
 	"time"
 
@@ -10,6 +9,7 @@ import (
 
 	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/config"
+	"github.com/biobridge/bridge/pkg/service"
 )
 
 // Config is the publisher's configuration. Every field names its
@@ -92,13 +92,10 @@ type Config struct {
 	// TLS_KEY_FILE, TLS_CA_FILE (all empty: plaintext, loopback only).
 	TLS config.TLSFiles
 
-	// LogFormat is json or text: LOG_FORMAT ("json").
-	LogFormat string
-	// LogLevel: LOG_LEVEL ("info").
-	LogLevel slog.Level
-	// PseudonymKey keys the user id pseudonyms in logs: LOG_PSEUDONYM_KEY
-	// (required, at least 16 bytes).
-	PseudonymKey []byte
+	// Common holds LOG_FORMAT ("json"), LOG_LEVEL ("info") and
+	// LOG_PSEUDONYM_KEY (required, at least 16 bytes); main builds the
+	// logger from it.
+	Common service.Common
 }
 
 // LoadConfig reads the configuration through getenv and reports every
@@ -130,8 +127,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		StatsInterval:             l.Duration("PUBLISH_STATS_INTERVAL", 5*time.Second),
 		DeadLetterScanInterval:    l.Duration("PUBLISH_DLQ_SCAN_INTERVAL", time.Minute),
 		TLS:                       l.TLS(),
-		LogFormat:                 strings.ToLower(l.String("LOG_FORMAT", "json")),
-		PseudonymKey:              l.Bytes("LOG_PSEUDONYM_KEY"),
+		Common:                    service.LoadCommon(l),
 	}
 	l.Check("KAFKA_BROKERS", len(c.KafkaBrokers) > 0, "is required (comma-separated host:port list)")
 	for _, b := range c.KafkaBrokers {
@@ -160,11 +156,6 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	l.Check("PUBLISH_BACKOFF_MAX", c.BackoffMax >= c.BackoffInitial, "must be at least PUBLISH_BACKOFF_INITIAL")
 	l.Check("PUBLISH_STATS_INTERVAL", c.StatsInterval > 0, "must be positive")
 	l.Check("PUBLISH_DLQ_SCAN_INTERVAL", c.DeadLetterScanInterval > 0, "must be positive")
-	l.Check("LOG_FORMAT", c.LogFormat == "json" || c.LogFormat == "text", "must be json or text")
-	if err := c.LogLevel.UnmarshalText([]byte(l.String("LOG_LEVEL", "info"))); err != nil {
-		l.Check("LOG_LEVEL", false, "must be debug, info, warn or error")
-	}
-	l.Check("LOG_PSEUDONYM_KEY", len(c.PseudonymKey) >= 16, "is required and must be at least 16 bytes")
 	if err := l.Err(); err != nil {
 		return Config{}, err
 	}
