@@ -242,7 +242,7 @@ class AsyncClient:
         user_id: str,
         metrics: Union[str, Iterable[str], None] = None,
         *,
-        keep_newest: bool = True,
+        keep_newest: bool = False,
         max_reconnects: Optional[int] = None,
         metadata: Optional[Metadata] = None,
     ) -> AsyncLatestWatch:

@@ -187,18 +187,20 @@ class WatchState:
     """Deduplicates a watch's at-least-once delivery across reconnects.
 
     A change identical to the last one delivered for its metric (same
-    observed_at, record and value) is dropped. With keep_newest (the
-    contract's "compare observed_at and keep the newest"), an "updated"
-    older than the value already delivered is dropped too: it is a late
-    duplicate from the window between subscribing and the snapshot. A
-    snapshot after a reconnect is the server's current truth and is
-    delivered whenever it differs from what was delivered before (so a
-    value restored by deleting a newer record shows up, at the latest, on
-    the next reconnect; pass keep_newest=False to get such restorations
-    immediately, at the price of seeing late duplicates).
+    observed_at, record, value and source) is dropped: that is what a
+    reconnect's snapshot or a re-sent message repeats. Everything else is
+    delivered, including an "updated" value older than the previous one:
+    the server sends changes in commit order, and an older value after a
+    newer one means the newer record was deleted and the previous value is
+    latest again (DESIGN §2.4-5).
+
+    keep_newest=True instead keeps only values newer than the last one
+    delivered (plus snapshots, the server's current truth after a
+    reconnect), for consumers that want a monotonic view and can miss
+    restorations until the next reconnect.
     """
 
-    def __init__(self, keep_newest: bool = True) -> None:
+    def __init__(self, keep_newest: bool = False) -> None:
         self.keep_newest = keep_newest
         self.known: Dict[str, Optional[LatestValue]] = {}
 
@@ -250,7 +252,7 @@ class LatestWatch:
         self,
         open_stream: Callable[[], "grpc.Call"],
         policy: RetryPolicy,
-        keep_newest: bool = True,
+        keep_newest: bool = False,
         max_reconnects: Optional[int] = None,
     ) -> None:
         self._open = open_stream
@@ -493,7 +495,7 @@ class Client:
         user_id: str,
         metrics: Union[str, Iterable[str], None] = None,
         *,
-        keep_newest: bool = True,
+        keep_newest: bool = False,
         max_reconnects: Optional[int] = None,
         metadata: Optional[Metadata] = None,
     ) -> LatestWatch:

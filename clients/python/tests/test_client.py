@@ -199,26 +199,37 @@ class ClientTest(unittest.TestCase):
 
     # watch_latest
 
-    def test_watch_reconnects_and_dedupes(self):
+    def watch_script(self):
         t1, t2, t3 = T0, T0 + timedelta(hours=1), T0 + timedelta(hours=2)
         self.srv.fake.push(
             "WatchLatest",
             [snap(value=50, observed_at=t1, record="a"), upd(value=55, observed_at=t2, record="b"),
              Abort(grpc.StatusCode.UNAVAILABLE, "server restarting")],
-            # After the reconnect: the snapshot repeats b (duplicate), a late
-            # copy of a arrives (stale), then a real change.
-            [snap(value=55, observed_at=t2, record="b"), upd(value=50, observed_at=t1, record="a"),
-             upd(value=55, observed_at=t2, record="b"), upd(value=60, observed_at=t3, record="c"), Block()],
+            # After the reconnect the snapshot and a re-sent message repeat b
+            # (duplicates); then b is deleted, which makes a latest again;
+            # then a real new value.
+            [snap(value=55, observed_at=t2, record="b"), upd(value=55, observed_at=t2, record="b"),
+             upd(value=50, observed_at=t1, record="a"), upd(value=60, observed_at=t3, record="c"), Block()],
         )
+
+    def test_watch_reconnects_and_dedupes(self):
+        self.watch_script()
         w = self.client.watch_latest("user-1", ["hrv_rmssd_ms"], max_reconnects=3)
-        got = [next(w) for _ in range(3)]
+        got = [next(w) for _ in range(4)]
         w.close()
-        self.assertEqual([(c.kind, c.value.value) for c in got], [("snapshot", 50), ("updated", 55), ("updated", 60)])
+        self.assertEqual([(c.kind, c.value.value) for c in got],
+                         [("snapshot", 50), ("updated", 55), ("updated", 50), ("updated", 60)])
         self.assertEqual(w.reconnects, 1)
         self.assertEqual(w.current["hrv_rmssd_ms"].value, 60)
         self.assertEqual(list(w), [], "a closed watch ends")
         md = self.srv.fake.metadata("WatchLatest")
         self.assertEqual(md["authorization"], "Bearer " + TOKEN)
+
+    def test_watch_keep_newest(self):
+        self.watch_script()
+        with self.client.watch_latest("user-1", keep_newest=True, max_reconnects=3) as w:
+            got = [next(w) for _ in range(3)]
+        self.assertEqual([(c.kind, c.value.value) for c in got], [("snapshot", 50), ("updated", 55), ("updated", 60)])
 
     def test_watch_reconnects_after_clean_end(self):
         self.srv.fake.push("WatchLatest", [snap(value=50)], [upd(value=51, observed_at=T0 + timedelta(minutes=1))])
@@ -267,19 +278,21 @@ class WatchStateTest(unittest.TestCase):
         return Change.from_proto(msg)
 
     def test_rules(self):
-        s = WatchState()
         later = T0 + timedelta(hours=1)
+        s = WatchState()
         self.assertTrue(s.accept(self.change("snapshot", 50)))
         self.assertFalse(s.accept(self.change("updated", 50)), "duplicate")
+        self.assertFalse(s.accept(self.change("snapshot", 50)), "duplicate from a reconnect's snapshot")
         self.assertTrue(s.accept(self.change("updated", 51, later, "r2")))
-        self.assertFalse(s.accept(self.change("updated", 50)), "stale")
-        self.assertTrue(s.accept(self.change("snapshot", 50)), "a snapshot is the current truth")
+        self.assertTrue(s.accept(self.change("updated", 50)), "restoration after the newer record was deleted")
         self.assertTrue(s.accept(self.change("removed")))
         self.assertFalse(s.accept(self.change("removed")), "duplicate removal")
         self.assertEqual(s.current(), {})
-        loose = WatchState(keep_newest=False)
-        loose.accept(self.change("updated", 51, later, "r2"))
-        self.assertTrue(loose.accept(self.change("updated", 50)), "restoration after a delete")
+
+        strict = WatchState(keep_newest=True)
+        strict.accept(self.change("updated", 51, later, "r2"))
+        self.assertFalse(strict.accept(self.change("updated", 50)), "older than what was delivered")
+        self.assertTrue(strict.accept(self.change("snapshot", 50)), "a snapshot is the current truth")
 
 
 class ConnectionSettingsTest(unittest.TestCase):
