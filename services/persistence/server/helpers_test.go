@@ -255,3 +255,11 @@ func (e *env) drainOutbox() []*persistencev1.OutboxEntry {
 		all = append(all, resp.GetEntries()...)
 	}
 }
+
+func delRequest(user string, ids ...string) *persistencev1.DeleteRecordsRequest {
+	req := &persistencev1.DeleteRecordsRequest{}
+	for _, id := range ids {
+		req.Records = append(req.Records, &persistencev1.RecordRef{UserId: user, Source: biometricsv1.Source_SOURCE_HEALTHKIT, VendorRecordId: id})
+	}
+	return req
+}
