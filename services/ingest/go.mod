@@ -58,3 +58,13 @@ replace (
 	github.com/biobridge/bridge/gen => ../../gen
 	github.com/biobridge/bridge/pkg => ../../pkg
 )
+
+require (
+	github.com/biobridge/bridge/services/gateway v0.0.0
+	github.com/biobridge/bridge/services/persistence v0.0.0
+)
+
+replace (
+	github.com/biobridge/bridge/services/gateway => ../gateway
+	github.com/biobridge/bridge/services/persistence => ../persistence
+)
