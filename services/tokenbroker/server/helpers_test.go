@@ -110,8 +110,12 @@ type instance struct {
 
 func (e *env) start(cfg server.Config) *instance {
 	e.t.Helper()
+	return e.startLogged(cfg, logging.New(e.t.Output(), logging.Options{Format: "text", Level: slog.LevelWarn, Service: "tokenbroker"}))
+}
+
+func (e *env) startLogged(cfg server.Config, logger *slog.Logger) *instance {
+	e.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	logger := logging.New(e.t.Output(), logging.Options{Format: "text", Level: slog.LevelWarn, Service: "tokenbroker"})
 	srv, err := server.New(ctx, cfg, logger)
 	require.NoError(e.t, err)
 	done := make(chan error, 1)
