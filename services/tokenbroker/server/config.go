@@ -73,6 +73,9 @@ type Config struct {
 	ServiceToken string
 	// TLS is TLS_CERT_FILE, TLS_KEY_FILE, TLS_CA_FILE (server and client).
 	TLS config.TLSFiles
+	// Common is LOG_FORMAT, LOG_LEVEL and LOG_PSEUDONYM_KEY (required): what
+	// cmd/tokenbroker needs to build the logger. New does not read it.
+	Common service.Common
 
 	// SafetyMargin is TOKENBROKER_TOKEN_SAFETY_MARGIN (default 2m): tokens
 	// with less life left are refreshed rather than handed out.
@@ -113,7 +116,7 @@ const (
 
 // LoadConfig reads and validates the whole configuration, reporting every
 // problem at once.
-func LoadConfig(getenv func(string) string) (Config, service.Common, error) {
+func LoadConfig(getenv func(string) string) (Config, error) {
 	l := config.New(getenv)
 	c := Config{
 		GRPCAddr:            l.String("TOKENBROKER_GRPC_ADDR", ":9102"),
@@ -190,8 +193,8 @@ func LoadConfig(getenv func(string) string) (Config, service.Common, error) {
 	} {
 		l.Check(d.name, d.v > 0, "must be positive")
 	}
-	common := service.LoadCommon(l)
-	return c, common, l.Err()
+	c.Common = service.LoadCommon(l)
+	return c, l.Err()
 }
 
 func httpURL(s string) bool {

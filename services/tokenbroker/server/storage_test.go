@@ -263,6 +263,7 @@ func TestLoadConfig(t *testing.T) {
 				require.False(t, c.Oura.Configured())
 				require.Equal(t, 30*time.Second, c.LockLease)
 				require.Empty(t, c.PersistenceTarget)
+				require.Equal(t, []byte("0123456789abcdef"), c.Common.PseudonymKey)
 			},
 		},
 		{
@@ -290,7 +291,7 @@ func TestLoadConfig(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			c, _, err := server.LoadConfig(func(k string) string { return tc.env[k] })
+			c, err := server.LoadConfig(func(k string) string { return tc.env[k] })
 			if len(tc.wantErr) > 0 {
 				require.Error(t, err)
 				for _, w := range tc.wantErr {

@@ -26,8 +26,11 @@ func main() {
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	return service.Main(ctx, args, getenv, stdout, service.Spec[server.Config]{
-		Name:       "tokenbroker",
-		Load:       server.LoadConfig,
+		Name: "tokenbroker",
+		Load: func(getenv func(string) string) (server.Config, service.Common, error) {
+			cfg, err := server.LoadConfig(getenv)
+			return cfg, cfg.Common, err
+		},
 		Run:        server.Run,
 		HealthAddr: func(c server.Config) string { return c.GRPCAddr },
 	})
