@@ -73,9 +73,9 @@ def hk_sample(
     }
 
 
-def push_healthkit(gateway_url: str, jwt: str, samples: List[dict]) -> dict:
+def push_healthkit(gateway_url: str, jwt: str, samples: List[dict], deleted: List[str] = ()) -> dict:
     """POST /v1/healthkit/samples; returns the JSON answer, raises on non-2xx."""
-    body = json.dumps({"samples": samples}).encode()
+    body = json.dumps({"samples": samples, "deleted": list(deleted)}).encode()
     req = urllib.request.Request(
         gateway_url.rstrip("/") + "/v1/healthkit/samples",
         data=body,

@@ -33,11 +33,21 @@ class IntegrationTest(unittest.TestCase):
     def new_user(self):
         return f"py-it-{uuid.uuid4()}"
 
-    def push(self, user, samples):
+    def push(self, user, samples, deleted=()):
         jwt = user_jwt(self.env["BIOBRIDGE_USER_TOKEN_SECRET"], user)
-        out = push_healthkit(self.env["BIOBRIDGE_GATEWAY_URL"], jwt, samples)
+        out = push_healthkit(self.env["BIOBRIDGE_GATEWAY_URL"], jwt, samples, deleted)
         self.assertEqual(out.get("accepted"), len(samples), out)
         return out
+
+    def guarded_watch(self, user, metrics):
+        """A watch that is closed after 60 s whatever happens, so a hung
+        stream fails the test instead of hanging the suite."""
+        watch = self.client.watch_latest(user, metrics)
+        guard = threading.Timer(60, watch.close)
+        guard.start()
+        self.addCleanup(guard.cancel)
+        self.addCleanup(watch.close)
+        return watch
 
     def test_get_latest_after_healthkit_push(self):
         user = self.new_user()
@@ -93,13 +103,7 @@ class IntegrationTest(unittest.TestCase):
         self.push(user, [hk_sample(HR, 61, "count/min", now - timedelta(minutes=10))])
         eventually(lambda: self.client.get_latest(user, "heart_rate_bpm"))
 
-        watch = self.client.watch_latest(user, ["heart_rate_bpm"])
-        # Whatever happens, the watch ends: a hung stream fails the test
-        # instead of hanging the suite.
-        guard = threading.Timer(60, watch.close)
-        guard.start()
-        self.addCleanup(guard.cancel)
-        self.addCleanup(watch.close)
+        watch = self.guarded_watch(user, ["heart_rate_bpm"])
         first = next(watch)
         self.assertEqual((first.kind, first.value.value), ("snapshot", 61))
 
@@ -111,6 +115,33 @@ class IntegrationTest(unittest.TestCase):
                 break
         self.assertIn(("updated", 72), seen, "the watch ended without the new value")
         self.assertEqual(watch.current["heart_rate_bpm"].value, 72)
+
+    def test_watch_sees_a_deletion_restore_the_previous_value(self):
+        user = self.new_user()
+        now = datetime.now(timezone.utc).replace(microsecond=0)
+        older = hk_sample(HR, 58, "count/min", now - timedelta(minutes=20))
+        newer = hk_sample(HR, 75, "count/min", now - timedelta(minutes=5))
+        self.push(user, [older, newer])
+        eventually(lambda: self.client.get_latest(user, "heart_rate_bpm"))
+
+        watch = self.guarded_watch(user, ["heart_rate_bpm"])
+        first = next(watch)
+        self.assertEqual((first.kind, first.value.value), ("snapshot", 75))
+        self.push(user, [], deleted=[newer["uuid"]])
+        seen = []
+        for change in watch:
+            seen.append((change.kind, change.value.value if change.value else None))
+            if change.kind == "updated" and change.value.value == 58:
+                break
+        self.assertIn(("updated", 58), seen, "deleting the newest sample must restore the previous value")
+        self.assertEqual([v.value for v in self.client.get_latest(user, "heart_rate_bpm")], [58])
+
+        self.push(user, [], deleted=[older["uuid"]])
+        for change in watch:
+            if change.kind == "removed":
+                break
+        self.assertEqual(change.kind, "removed")
+        self.assertEqual(self.client.get_latest(user, "heart_rate_bpm"), [])
 
     def test_auth_failure(self):
         with Client(self.env["BIOBRIDGE_GRPC_ADDR"], "not-a-valid-token") as bad:
