@@ -21,7 +21,7 @@ fi
 # Start from nothing so a removed proto leaves no stale module behind.
 rm -rf "$out/biobridge"
 mkdir -p "$out"
-(cd "$root/proto" && protoc \
+(cd "$root/proto" && "$PROTOC" \
   -I . -I "$wkt" \
   --python_out="$out" \
   --pyi_out="$out" \

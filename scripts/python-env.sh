@@ -7,10 +7,13 @@
 # import them, which is why the scripts always name /usr/bin/python3.
 
 PY=/usr/bin/python3
+# Debian's protoc, not whatever protoc is first on PATH: the generated code
+# is committed, and another protoc version would generate different bytes.
+PROTOC=/usr/bin/protoc
 PY_DEB_PACKAGES=(protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf)
 
 py_env_ready() {
-  command -v protoc >/dev/null 2>&1 &&
+  [ -x "$PROTOC" ] &&
     [ -x /usr/bin/grpc_python_plugin ] &&
     [ -x "$PY" ] &&
     "$PY" -c 'import grpc, google.protobuf' >/dev/null 2>&1

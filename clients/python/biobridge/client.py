@@ -245,7 +245,8 @@ class LatestWatch:
     Reconnects with backoff when the stream breaks or the server restarts,
     and deduplicates what the server sends again. ``close()`` (from any
     thread) ends the iteration; so does leaving a ``with`` block.
-    ``current`` holds the newest value per metric seen so far.
+    ``current`` holds the newest value per metric seen so far;
+    ``reconnects`` counts reconnection attempts.
     """
 
     def __init__(
