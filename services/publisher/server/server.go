@@ -104,7 +104,15 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		MaxAttempts:    cfg.MaxAttempts,
 		BackoffInitial: cfg.BackoffInitial,
 		BackoffMax:     cfg.BackoffMax,
-	}, ob, s.kafka.Producer, s.kafka.DeadLetter, relay.NewMetrics(reg), logger, letters.Invalidate)
+	}, relay.Deps{
+		Outbox:       ob,
+		Producer:     s.kafka.Producer,
+		DeadLetter:   s.kafka.DeadLetter,
+		Metrics:      relay.NewMetrics(reg),
+		Logger:       logger,
+		Ping:         s.kafka.Ping,
+		OnDeadLetter: letters.Invalidate,
+	})
 
 	if s.grpc, err = grpcserver.New(grpcserver.Config{Addr: cfg.GRPCAddr, TLS: cfg.TLS}, grpcserver.Options{
 		Service:  "publisher",

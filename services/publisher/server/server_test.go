@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -114,5 +113,4 @@ func TestPublisherServiceNeedsServiceToken(t *testing.T) {
 		_, err := client.GetStatus(ctx, &publisherv1.GetStatusRequest{})
 		require.Equal(t, codes.Unauthenticated, status.Code(err), name)
 	}
-	_ = strings.TrimSpace
 }

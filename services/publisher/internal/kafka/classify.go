@@ -10,6 +10,7 @@ import (
 	"syscall"
 
 	"github.com/IBM/sarama"
+	"github.com/eapache/go-resiliency/breaker"
 )
 
 // Class is what the publisher does about a failed produce.
@@ -72,6 +73,9 @@ func Classify(err error) Failure {
 	var nerr net.Error
 	switch {
 	case errors.Is(err, sarama.ErrOutOfBrokers), errors.Is(err, sarama.ErrNotConnected),
+		// sarama stops looking up a partition's leader for a while after
+		// repeated failures: the brokers are away.
+		errors.Is(err, breaker.ErrBreakerOpen),
 		errors.Is(err, sarama.ErrBrokerNotFound), errors.Is(err, sarama.ErrControllerNotAvailable),
 		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE),
 		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.As(err, &nerr):

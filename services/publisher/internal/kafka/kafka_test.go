@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+	"github.com/eapache/go-resiliency/breaker"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -209,6 +210,7 @@ func TestClassify(t *testing.T) {
 		shared bool
 	}{
 		{sarama.ErrOutOfBrokers, kafka.Transient, "broker_unavailable", false},
+		{breaker.ErrBreakerOpen, kafka.Transient, "broker_unavailable", false},
 		{fmt.Errorf("dial: %w", syscall.ECONNREFUSED), kafka.Transient, "broker_unavailable", false},
 		{io.EOF, kafka.Transient, "broker_unavailable", false},
 		{sarama.ErrLeaderNotAvailable, kafka.Transient, "leader_unavailable", false},

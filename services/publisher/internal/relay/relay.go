@@ -122,28 +122,51 @@ type Relay struct {
 	// onDeadLetter is called after a message reached the dead-letter
 	// topic (the dead-letter view refreshes its count).
 	onDeadLetter func()
+	ping         func() error
 }
 
-// New returns a relay publishing with producer and dead-lettering with
-// deadLetter (a producer whose size limit admits the largest dead letter).
-// onDeadLetter may be nil.
-func New(cfg Config, ob *outbox.Client, producer, deadLetter Producer, metrics *Metrics, logger *slog.Logger, onDeadLetter func()) *Relay {
+// Deps are the relay's collaborators.
+type Deps struct {
+	Outbox *outbox.Client
+	// Producer publishes to the event topics.
+	Producer Producer
+	// DeadLetter publishes to the dead-letter topic; its size limit must
+	// admit the largest dead letter.
+	DeadLetter Producer
+	Metrics    *Metrics
+	Logger     *slog.Logger
+	// Ping succeeds when a broker answers (a metadata request). Before an
+	// entry is dead-lettered for an unrecognized error, the brokers must
+	// answer: an outage whose errors sarama words in a way Classify does
+	// not know must never empty the outbox into the dead-letter topic.
+	Ping func() error
+	// OnDeadLetter, if set, is called after a message reached the
+	// dead-letter topic.
+	OnDeadLetter func()
+}
+
+// New returns a relay.
+func New(cfg Config, d Deps) *Relay {
 	cfg.setDefaults()
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
 	}
-	if onDeadLetter == nil {
-		onDeadLetter = func() {}
+	if d.OnDeadLetter == nil {
+		d.OnDeadLetter = func() {}
+	}
+	if d.Ping == nil {
+		d.Ping = func() error { return nil }
 	}
 	r := &Relay{
 		cfg:          cfg,
-		outbox:       ob,
-		producer:     producer,
-		deadLetter:   deadLetter,
-		logger:       logger.With("component", "relay"),
-		metrics:      metrics,
+		outbox:       d.Outbox,
+		producer:     d.Producer,
+		deadLetter:   d.DeadLetter,
+		logger:       d.Logger.With("component", "relay"),
+		metrics:      d.Metrics,
 		tracer:       otel.Tracer("github.com/biobridge/bridge/services/publisher/internal/relay"),
-		onDeadLetter: onDeadLetter,
+		onDeadLetter: d.OnDeadLetter,
+		ping:         d.Ping,
 	}
 	r.pause.initial, r.pause.max = cfg.BackoffInitial, cfg.BackoffMax
 	// Until something fails, assume the brokers that answered at start
@@ -328,6 +351,11 @@ func (r *Relay) sendWave(ctx context.Context, b *batch, wave []*item) {
 		}
 		r.failed(ctx, it, f, err)
 		attempts := int(it.entry.GetAttempts()) + 1
+		if f.Class == kafka.Unknown && attempts >= r.cfg.MaxAttempts && r.ping() != nil {
+			// The brokers do not answer: whatever the error says, this
+			// is an outage, not a bad message.
+			f = kafka.Failure{Class: kafka.Transient, Reason: f.Reason}
+		}
 		if f.Class == kafka.Permanent || (f.Class == kafka.Unknown && attempts >= r.cfg.MaxAttempts) {
 			reason := f.Reason
 			if f.Class == kafka.Unknown {
@@ -347,6 +375,10 @@ func (r *Relay) sendWave(ctx context.Context, b *batch, wave []*item) {
 			transient++
 		}
 		r.holdBack(b, it, f.Reason, backoff(r.cfg.BackoffInitial, r.cfg.BackoffMax, attempts))
+	}
+	if transient > 0 {
+		r.logger.WarnContext(ctx, "publish failed, retrying with backoff", "entries", transient,
+			"wave", len(wave), "last_error", r.state.counters().LastError)
 	}
 	if succeeded > 0 {
 		r.pause.reset()
@@ -438,11 +470,11 @@ func (r *Relay) failed(ctx context.Context, it *item, f kafka.Failure, err error
 		it.span.End()
 		it.span = nil
 	}
-	level := slog.LevelWarn
-	if f.Class != kafka.Transient {
-		level = slog.LevelError
+	if f.Class == kafka.Transient {
+		// An outage fails every entry; sendWave logs one line per wave.
+		return
 	}
-	r.logger.Log(ctx, level, "publish failed",
+	r.logger.ErrorContext(ctx, "publish failed",
 		"outbox_id", it.entry.GetId(), logging.UserID(it.entry.GetKey()),
 		"topic", it.entry.GetTopic(), "class", f.Class.String(), "reason", f.Reason,
 		"attempts", it.entry.GetAttempts()+1, "err", err)

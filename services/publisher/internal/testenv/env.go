@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/IBM/sarama"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/biobridge/bridge/pkg/service"
 	"github.com/biobridge/bridge/pkg/testpg"
 	persistence "github.com/biobridge/bridge/services/persistence/server"
+	"github.com/biobridge/bridge/services/publisher/internal/kafka"
 	"github.com/biobridge/bridge/services/publisher/kafkadev"
 	"github.com/biobridge/bridge/services/publisher/server"
 )
@@ -198,6 +200,27 @@ func PublisherConfig(broker, persistenceAddr string, tokens *auth.ServiceTokens)
 		StatsInterval:             500 * time.Millisecond,
 		DeadLetterScanInterval:    time.Minute,
 		Common:                    service.Common{LogFormat: "text"},
+	}
+}
+
+// EnsureTopics creates the publisher's topics as the publisher would, so
+// a consumer can attach before the first publisher starts.
+func (e *Env) EnsureTopics() {
+	e.t.Helper()
+	cfg := e.PublisherConfig()
+	kcfg := kafka.Config{
+		Version:                   cfg.KafkaVersion,
+		DeadLetterMaxMessageBytes: cfg.DeadLetterMaxMessageBytes,
+		Partitions:                int32(cfg.TopicPartitions),
+		ReplicationFactor:         int16(cfg.ReplicationFactor),
+	}
+	client, err := sarama.NewClient(cfg.KafkaBrokers, kafka.SaramaConfig(kcfg, cfg.MaxMessageBytes))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer func() { _ = client.Close() }()
+	if err := kafka.EnsureTopics(e.t.Context(), client, kafka.TopicSpecs(kcfg), Logger(e.t)); err != nil {
+		e.t.Fatal(err)
 	}
 }
 
