@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import datetime
-from typing import AsyncIterator, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import AsyncIterator, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import grpc
 from grpc import aio

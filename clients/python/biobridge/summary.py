@@ -12,7 +12,7 @@ The text holds biometric values: treat it as PHI (redact() masks it).
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 from .models import LatestValue
 
