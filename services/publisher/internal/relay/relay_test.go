@@ -1,0 +1,216 @@
+package relay_test
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
+	"github.com/biobridge/bridge/services/publisher/internal/kafka"
+	"github.com/biobridge/bridge/services/publisher/internal/outbox"
+	"github.com/biobridge/bridge/services/publisher/internal/relay"
+	"github.com/biobridge/bridge/services/publisher/internal/testenv"
+)
+
+func connectKafka(t *testing.T, env *testenv.Env) *kafka.Conn {
+	t.Helper()
+	cfg := env.PublisherConfig()
+	conn, err := kafka.Connect(t.Context(), kafka.Config{
+		Brokers: cfg.KafkaBrokers, Version: cfg.KafkaVersion, ClientID: "relay-test",
+		MaxMessageBytes: cfg.MaxMessageBytes, DeadLetterMaxMessageBytes: cfg.DeadLetterMaxMessageBytes,
+		Partitions: int32(cfg.TopicPartitions), ReplicationFactor: int16(cfg.ReplicationFactor), CreateTopics: true,
+	}, testenv.Logger(t))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+func newRelay(t *testing.T, cc grpc.ClientConnInterface, k *kafka.Conn, cfg relay.Config) *relay.Relay {
+	t.Helper()
+	return relay.New(cfg, relay.Deps{
+		Outbox:     outbox.New(cc, testenv.Token),
+		Producer:   k.Producer,
+		DeadLetter: k.DeadLetter,
+		Metrics:    relay.NewMetrics(prometheus.NewRegistry()),
+		Logger:     testenv.Logger(t),
+		Ping:       k.Ping,
+	})
+}
+
+// run runs r until the returned stop is called; stop waits for Run.
+func run(t *testing.T, r *relay.Relay) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = r.Run(ctx)
+	}()
+	stop = func() {
+		cancel()
+		<-done
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// TestCrashBeforeAck simulates a publisher killed after producing but
+// before acknowledging: none of its acks or nacks reach the outbox, and it
+// is stopped in the middle of its work. A second publisher takes the
+// entries over when the leases expire: every event arrives (at least once),
+// per user in order.
+func TestCrashBeforeAck(t *testing.T) {
+	t.Parallel()
+	env := testenv.New(t, testenv.Options{})
+	k := connectKafka(t, env)
+	users := testenv.Users("crash", 50)
+	for range 40 {
+		require.NoError(t, env.Writer.WriteRound(t.Context(), users, 50))
+	}
+	const total = 50 * 40
+	c, err := testenv.Collect([]string{env.BrokerAddr()}, kafka.TopicEvents, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+
+	// The first publisher's acks and nacks are lost, as if it died the
+	// moment Kafka accepted its messages.
+	var dropped atomic.Int64
+	crashing, err := grpc.NewClient(env.Persistence.Addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			if method == persistencev1.PersistenceService_AckOutbox_FullMethodName ||
+				method == persistencev1.PersistenceService_NackOutbox_FullMethodName {
+				dropped.Add(1)
+				return status.Error(codes.Unavailable, "publisher died")
+			}
+			return invoker(ctx, method, req, reply, cc, opts...)
+		}))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = crashing.Close() })
+	cfg := relay.Config{Holder: "first", BatchSize: 1000, LeaseDuration: 3 * time.Second, WaitTimeout: time.Second}
+	stopFirst := run(t, newRelay(t, crashing, k, cfg))
+	require.Eventually(t, func() bool { return c.Distinct() > 0 }, 30*time.Second, time.Millisecond)
+	stopFirst()
+	require.Positive(t, dropped.Load())
+	publishedByFirst := c.Distinct()
+
+	cfg.Holder = "second"
+	run(t, newRelay(t, env.Conn, k, cfg))
+	require.Eventually(t, func() bool { return c.Distinct() == total }, 60*time.Second, 50*time.Millisecond, "no event lost")
+	require.NoError(t, testenv.CheckOrder(c.Messages(), env.Writer.Written()))
+	ob := outbox.New(env.Conn, testenv.Token)
+	require.Eventually(t, func() bool {
+		st, err := ob.Stats(t.Context())
+		return err == nil && st.Pending == 0
+	}, 30*time.Second, 50*time.Millisecond)
+	// What the first publisher got into Kafka came again: at least once.
+	require.GreaterOrEqual(t, c.Duplicates(), publishedByFirst)
+	t.Logf("first publisher published %d of %d before it died; %d duplicates", publishedByFirst, total, c.Duplicates())
+}
+
+// partitionOf returns the events-topic partition of user's messages.
+func partitionOf(t *testing.T, k *kafka.Conn, user string) int32 {
+	t.Helper()
+	parts, err := k.Client.Partitions(kafka.TopicEvents)
+	require.NoError(t, err)
+	p, err := sarama.NewHashPartitioner(kafka.TopicEvents).Partition(
+		&sarama.ProducerMessage{Key: sarama.StringEncoder(user)}, int32(len(parts)))
+	require.NoError(t, err)
+	return p
+}
+
+// TestTransientFaultsKeepOrder makes the broker refuse produce requests for
+// a while with a retriable error that outlasts sarama's own retries: the
+// relay nacks, backs off and retries, and every user's events still arrive
+// complete and in order.
+func TestTransientFaultsKeepOrder(t *testing.T) {
+	t.Parallel()
+	env := testenv.New(t, testenv.Options{})
+	k := connectKafka(t, env)
+	fault := env.Broker().Cluster().Fault(kfake.Fault{
+		Keys:  []kmsg.Key{kmsg.Produce},
+		Topic: kafka.TopicEvents,
+		Err:   kerr.NotEnoughReplicas,
+		Count: 60,
+	})
+	users := testenv.Users("faulty", 20)
+	for range 20 {
+		require.NoError(t, env.Writer.WriteRound(t.Context(), users, 20))
+	}
+	c, err := testenv.Collect([]string{env.BrokerAddr()}, kafka.TopicEvents, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+
+	r := newRelay(t, env.Conn, k, relay.Config{
+		BatchSize: 100, WaitTimeout: time.Second, MaxAttempts: 2,
+		BackoffInitial: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond,
+	})
+	run(t, r)
+	require.Eventually(t, func() bool { return c.Distinct() == 400 }, 60*time.Second, 50*time.Millisecond)
+	require.NoError(t, testenv.CheckOrder(c.Messages(), env.Writer.Written()))
+	require.Equal(t, 60, fault.Hits(), "every injected fault was hit")
+	counters := r.Counters()
+	require.Positive(t, counters.Failed, "sarama's retries alone did not absorb the faults")
+	require.Zero(t, counters.DeadLettered, "transient errors are never dead-lettered, whatever the attempts")
+	require.Contains(t, counters.LastError, "not_enough_replicas")
+}
+
+// TestUnknownErrorDeadLettersAfterMaxAttempts makes one partition fail
+// every produce with an error that is neither clearly transient nor
+// clearly permanent while the other partitions work: the entries of that
+// partition are dead-lettered after MaxAttempts, the rest are published.
+func TestUnknownErrorDeadLettersAfterMaxAttempts(t *testing.T) {
+	t.Parallel()
+	env := testenv.New(t, testenv.Options{})
+	k := connectKafka(t, env)
+	users := testenv.Users("unknown", 12)
+	bad := partitionOf(t, k, users[0])
+	var badUsers []string
+	for _, u := range users {
+		if partitionOf(t, k, u) == bad {
+			badUsers = append(badUsers, u)
+		}
+	}
+	env.Broker().Cluster().Fault(kfake.Fault{
+		Keys:       []kmsg.Key{kmsg.Produce},
+		Topic:      kafka.TopicEvents,
+		Partitions: []int32{bad},
+		Err:        kerr.UnknownServerError,
+		Count:      -1,
+	})
+	require.NoError(t, env.Writer.WriteRound(t.Context(), users, len(users)))
+	events, err := testenv.Collect([]string{env.BrokerAddr()}, kafka.TopicEvents, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = events.Close() })
+	dlq, err := testenv.Collect([]string{env.BrokerAddr()}, kafka.TopicDeadLetters, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = dlq.Close() })
+
+	r := newRelay(t, env.Conn, k, relay.Config{
+		WaitTimeout: time.Second, MaxAttempts: 3,
+		BackoffInitial: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
+	})
+	run(t, r)
+	require.Eventually(t, func() bool {
+		return events.Distinct() == len(users)-len(badUsers) && dlq.Distinct() == len(badUsers)
+	}, 30*time.Second, 50*time.Millisecond)
+	for _, m := range dlq.Messages() {
+		require.Contains(t, badUsers, m.Key)
+		require.Equal(t, "max_attempts_exceeded", m.Headers["dlq_reason"])
+		require.Equal(t, "3", m.Headers["dlq_attempts"])
+		require.Contains(t, m.Headers["dlq_error"], "Unexpected")
+	}
+	require.EqualValues(t, len(badUsers), r.Counters().DeadLettered)
+}
