@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -50,6 +51,8 @@ type Config struct {
 	// whose methods gRPC retries on UNAVAILABLE with exponential backoff.
 	// Only list services where repeating a call is harmless.
 	IdempotentServices []string
+	// TracerProvider defaults to the global one (telemetry.SetupTracing).
+	TracerProvider trace.TracerProvider
 }
 
 // Dial creates a client connection to target (for example "127.0.0.1:9101"
@@ -65,9 +68,13 @@ func Dial(target string, cfg Config) (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
+	var otelOpts []otelgrpc.Option
+	if cfg.TracerProvider != nil {
+		otelOpts = append(otelOpts, otelgrpc.WithTracerProvider(cfg.TracerProvider))
+	}
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
-		grpc.WithStatsHandler(otelgrpc.NewClientHandler()),
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelOpts...)),
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(cfg.MaxMsgBytes),
 			grpc.MaxCallSendMsgSize(cfg.MaxMsgBytes),

@@ -38,6 +38,7 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -86,6 +87,8 @@ type Options struct {
 	// identity (auth.WithCaller / auth.WithUser); nil means no auth. It is
 	// not called for health checks and reflection.
 	Auth func(ctx context.Context, fullMethod string) (context.Context, error)
+	// TracerProvider defaults to the global one (telemetry.SetupTracing).
+	TracerProvider trace.TracerProvider
 	// ExtraUnary and ExtraStream run after auth, innermost.
 	ExtraUnary  []grpc.UnaryServerInterceptor
 	ExtraStream []grpc.StreamServerInterceptor
@@ -123,8 +126,12 @@ func New(cfg Config, opts Options) (*Server, error) {
 	logger = logger.With("component", "grpc")
 	s := &Server{cfg: cfg, opts: opts, logger: logger}
 
+	var otelOpts []otelgrpc.Option
+	if opts.TracerProvider != nil {
+		otelOpts = append(otelOpts, otelgrpc.WithTracerProvider(opts.TracerProvider))
+	}
 	serverOpts := []grpc.ServerOption{
-		grpc.StatsHandler(otelgrpc.NewServerHandler()),
+		grpc.StatsHandler(otelgrpc.NewServerHandler(otelOpts...)),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgBytes),
 		grpc.MaxSendMsgSize(cfg.MaxSendMsgBytes),
 		// Clients ping idle connections (see grpcclient); allow it so the
@@ -301,11 +308,33 @@ func (s *Server) Serve(ctx context.Context) error {
 	case <-stopped:
 	case <-timer.C:
 		s.logger.Warn("grpc graceful stop timed out, closing remaining calls", "grace_period", s.cfg.GracePeriod)
-		s.srv.Stop()
-		<-stopped
+		// Stop closes every connection, which cancels every call's context.
+		// A handler that ignores its context never returns, and grpc-go's
+		// GracefulStop holds the server's lock while it waits for handlers,
+		// which can block Stop too. So the hard stop gets one more grace
+		// period and then Serve returns regardless: shutdown is bounded by
+		// twice GracePeriod, whatever the handlers do.
+		hard := make(chan struct{})
+		go func() {
+			s.srv.Stop()
+			close(hard)
+		}()
+		timer.Reset(s.cfg.GracePeriod)
+		select {
+		case <-stopped:
+		case <-hard:
+		case <-timer.C:
+			s.logger.Error("grpc handlers ignore cancellation, returning without them", "grace_period", s.cfg.GracePeriod)
+		}
 	}
-	if err := <-errc; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-		return fmt.Errorf("serve grpc: %w", err)
+	// The listener closed at the start of the stop, so Serve has returned
+	// or is about to.
+	select {
+	case err := <-errc:
+		if err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("serve grpc: %w", err)
+		}
+	case <-time.After(s.cfg.GracePeriod):
 	}
 	return nil
 }
