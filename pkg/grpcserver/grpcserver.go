@@ -8,7 +8,8 @@
 // Interceptor order, outermost first (the same for unary and streams):
 //
 //	otelgrpc stats handler  (spans, trace ids in the context)
-//	request id              (x-request-id in, out and in the context)
+//	request id              (x-request-id in, in the context, and back in
+//	                         the header, or the trailer on error)
 //	prometheus metrics      (sees the mapped gRPC code, not "Unknown")
 //	error mapping + access log (apperr.ToStatus; unknown errors logged)
 //	panic recovery          (a panic becomes an Internal error)
@@ -370,10 +371,19 @@ func requestIDFrom(ctx context.Context) string {
 	return NewRequestID()
 }
 
+// requestIDUnary echoes the id in the response header on success but in the
+// trailer on error: a failed call whose server sent headers counts as
+// committed and gRPC would not retry it, even for UNAVAILABLE.
 func (s *Server) requestIDUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	id := requestIDFrom(ctx)
-	_ = grpc.SetHeader(ctx, metadata.Pairs(RequestIDHeader, id))
-	return handler(logging.WithRequestID(ctx, id), req)
+	resp, err := handler(logging.WithRequestID(ctx, id), req)
+	md := metadata.Pairs(RequestIDHeader, id)
+	if err != nil {
+		_ = grpc.SetTrailer(ctx, md)
+	} else {
+		_ = grpc.SetHeader(ctx, md)
+	}
+	return resp, err
 }
 
 func (s *Server) requestIDStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {

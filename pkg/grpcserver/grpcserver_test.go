@@ -215,7 +215,9 @@ func TestUnaryChain(t *testing.T) {
 	})
 
 	t.Run("app errors are mapped", func(t *testing.T) {
-		_, err := call(authed(ctx), conn, "notfound")
+		var trailer metadata.MD
+		_, err := call(logging.WithRequestID(authed(ctx), "req-err"), conn, "notfound", grpc.Trailer(&trailer))
+		assert.Equal(t, []string{"req-err"}, trailer.Get("x-request-id"), "request id in the trailer on error")
 		st := status.Convert(err)
 		assert.Equal(t, codes.NotFound, st.Code())
 		assert.Equal(t, "no connection", st.Message())
