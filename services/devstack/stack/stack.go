@@ -23,8 +23,8 @@ import (
 	gateway "github.com/biobridge/bridge/services/gateway/server"
 	ingest "github.com/biobridge/bridge/services/ingest/server"
 	persistence "github.com/biobridge/bridge/services/persistence/server"
-	publisher "github.com/biobridge/bridge/services/publisher/server"
 	"github.com/biobridge/bridge/services/publisher/kafkadev"
+	publisher "github.com/biobridge/bridge/services/publisher/server"
 	tokenbroker "github.com/biobridge/bridge/services/tokenbroker/server"
 )
 
