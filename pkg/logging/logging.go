@@ -58,7 +58,7 @@ func New(w io.Writer, opts Options) *slog.Logger {
 	} else {
 		inner = slog.NewJSONHandler(w, hopts)
 	}
-	logger := slog.New(&contextHandler{inner: inner})
+	logger := slog.New(newContextHandler(inner))
 	if opts.Service != "" {
 		logger = logger.With(slog.String("service", opts.Service))
 	}
@@ -142,34 +142,80 @@ func RequestID(ctx context.Context) string {
 	return id
 }
 
-// contextHandler adds request and trace ids from the record's context.
+// contextHandler adds request and trace ids from the record's context at
+// the top level of the record, even below Logger.WithGroup: it keeps the
+// group-free handler and replays the group operations when it must add them.
 type contextHandler struct {
-	inner slog.Handler
+	base slog.Handler // no open groups
+	ops  []handlerOp  // WithGroup/WithAttrs calls since the first group
+	cur  slog.Handler // base with ops applied
+}
+
+type handlerOp struct {
+	group string
+	attrs []slog.Attr
+}
+
+func newContextHandler(inner slog.Handler) *contextHandler {
+	return &contextHandler{base: inner, cur: inner}
 }
 
 func (h *contextHandler) Enabled(ctx context.Context, l slog.Level) bool {
-	return h.inner.Enabled(ctx, l)
+	return h.cur.Enabled(ctx, l)
 }
 
 func (h *contextHandler) Handle(ctx context.Context, r slog.Record) error {
+	var ids []slog.Attr
 	if ctx != nil {
 		if id := RequestID(ctx); id != "" {
-			r.AddAttrs(slog.String("request_id", id))
+			ids = append(ids, slog.String("request_id", id))
 		}
 		if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
-			r.AddAttrs(
+			ids = append(ids,
 				slog.String("trace_id", sc.TraceID().String()),
 				slog.String("span_id", sc.SpanID().String()),
 			)
 		}
 	}
-	return h.inner.Handle(ctx, r)
+	if len(ids) == 0 {
+		return h.cur.Handle(ctx, r)
+	}
+	if len(h.ops) == 0 {
+		r.AddAttrs(ids...)
+		return h.cur.Handle(ctx, r)
+	}
+	hh := h.base.WithAttrs(ids)
+	for _, op := range h.ops {
+		hh = op.apply(hh)
+	}
+	return hh.Handle(ctx, r)
+}
+
+func (op handlerOp) apply(h slog.Handler) slog.Handler {
+	if op.group != "" {
+		return h.WithGroup(op.group)
+	}
+	return h.WithAttrs(op.attrs)
 }
 
 func (h *contextHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
-	return &contextHandler{inner: h.inner.WithAttrs(attrs)}
+	if len(h.ops) == 0 {
+		return newContextHandler(h.base.WithAttrs(attrs))
+	}
+	return h.with(handlerOp{attrs: attrs})
 }
 
 func (h *contextHandler) WithGroup(name string) slog.Handler {
-	return &contextHandler{inner: h.inner.WithGroup(name)}
+	if name == "" {
+		return h
+	}
+	return h.with(handlerOp{group: name})
+}
+
+func (h *contextHandler) with(op handlerOp) *contextHandler {
+	return &contextHandler{
+		base: h.base,
+		ops:  append(h.ops[:len(h.ops):len(h.ops)], op),
+		cur:  op.apply(h.cur),
+	}
 }

@@ -125,3 +125,25 @@ func TestRequestID(t *testing.T) {
 	assert.Equal(t, "", logging.RequestID(context.Background()))
 	assert.Equal(t, "abc", logging.RequestID(logging.WithRequestID(context.Background(), "abc")))
 }
+
+func TestContextIDsStayTopLevelUnderGroups(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	logger := logging.New(&buf, logging.Options{PseudonymKey: key}).
+		With("a", 1).WithGroup("rpc").With("method", "/x.v1.S/M").WithGroup("inner")
+	ctx := logging.WithRequestID(context.Background(), "req-g")
+	logger.InfoContext(ctx, "grouped", "k", "v", logging.UserID(rawUser))
+	logger.Info("grouped without ids", "k", "v")
+
+	lines := decode(t, &buf)
+	require.Len(t, lines, 2)
+	assert.Equal(t, "req-g", lines[0]["request_id"], "top level, not inside rpc.inner")
+	assert.EqualValues(t, 1, lines[0]["a"])
+	rpc := lines[0]["rpc"].(map[string]any)
+	assert.Equal(t, "/x.v1.S/M", rpc["method"])
+	inner := rpc["inner"].(map[string]any)
+	assert.Equal(t, "v", inner["k"])
+	assert.Equal(t, logging.NewPseudonymizer(key).Pseudonym(rawUser), inner["user"])
+	assert.NotContains(t, buf.String(), rawUser)
+	assert.Equal(t, "v", lines[1]["rpc"].(map[string]any)["inner"].(map[string]any)["k"])
+}
