@@ -78,7 +78,7 @@ type Config struct {
 
 // Options are the server's code-level dependencies.
 type Options struct {
-	// Service names the service in logs.
+	// Service names the server in its log lines (attribute "grpc_service").
 	Service string
 	// Logger defaults to a discarding logger.
 	Logger *slog.Logger
@@ -125,6 +125,9 @@ func New(cfg Config, opts Options) (*Server, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	logger = logger.With("component", "grpc")
+	if opts.Service != "" {
+		logger = logger.With("grpc_service", opts.Service)
+	}
 	s := &Server{cfg: cfg, opts: opts, logger: logger}
 
 	var otelOpts []otelgrpc.Option

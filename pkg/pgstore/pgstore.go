@@ -25,9 +25,11 @@ import (
 )
 
 // Pool defaults, used unless the URL sets pool_max_conns and friends.
+// MinConns is 0 because tests run many pools against one server whose
+// max_connections (100 by default) they would otherwise exhaust idle.
 const (
 	DefaultMaxConns        = 20
-	DefaultMinConns        = 2
+	DefaultMinConns        = 0
 	DefaultMaxConnIdleTime = 5 * time.Minute
 	DefaultMaxConnLifetime = time.Hour
 )
