@@ -19,8 +19,9 @@ help: ## List the targets.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: generate
-generate: ## Regenerate Go code and the OpenAPI document from proto/ (offline).
+generate: ## Regenerate Go code, the OpenAPI document and the Python stubs from proto/ (offline).
 	go tool buf generate
+	scripts/gen-python.sh
 
 .PHONY: checkgenerate
 checkgenerate: generate ## Fail when generated code is not in sync with proto/.
@@ -47,8 +48,38 @@ build-isolated: ## Build and vet each module with GOWORK=off, so go.mod files ca
 		(cd $$d && GOWORK=off go build ./... && GOWORK=off go vet ./... >/dev/null); done
 
 .PHONY: test
-test: ## Run every test (needs PostgreSQL and Redis; see README).
+test: test-python test-go ## Run every test: Python against a devstack, then Go (needs PostgreSQL and Redis; see README).
+
+.PHONY: test-go
+test-go: ## Run the Go tests of every module.
 	go test -p $(P) -count=1 -timeout $(TEST_TIMEOUT) $(ALL_PKGS)
+
+# The Python client's integration tests run against a devstack of their own:
+# other ports, database and Redis db, so they never collide with `make run`.
+PYTEST_STACK_ENV := GATEWAY_HTTP_ADDR=127.0.0.1:18080 GATEWAY_ADMIN_ADDR=127.0.0.1:19200 \
+	INGEST_GRPC_ADDR=127.0.0.1:19101 INGEST_ADMIN_ADDR=127.0.0.1:19201 \
+	TOKENBROKER_GRPC_ADDR=127.0.0.1:19102 TOKENBROKER_ADMIN_ADDR=127.0.0.1:19202 \
+	PERSISTENCE_GRPC_ADDR=127.0.0.1:19103 PERSISTENCE_ADMIN_ADDR=127.0.0.1:19203 \
+	PUBLISHER_GRPC_ADDR=127.0.0.1:19104 PUBLISHER_ADMIN_ADDR=127.0.0.1:19204 \
+	EMULATOR_ADDR=127.0.0.1:18090 KAFKA_ADDR=127.0.0.1:19092 \
+	POSTGRES_URL=postgres://postgres@127.0.0.1:5432/biobridge_pytest REDIS_URL=redis://127.0.0.1:6379/7
+
+.PHONY: test-python
+test-python: ## Python client tests: unit, and integration against a devstack started here.
+	@mkdir -p bin && go build -o bin/devstack ./services/devstack/cmd/devstack
+	@rm -rf $(CURDIR)/.devstack/pytest && mkdir -p $(CURDIR)/.devstack/pytest
+	@env $(PYTEST_STACK_ENV) bin/devstack -data-dir $(CURDIR)/.devstack/pytest/data \
+		>$(CURDIR)/.devstack/pytest/log 2>&1 & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null || true' EXIT; \
+	for _ in $$(seq 1 120); do \
+		curl -fsS -o /dev/null http://127.0.0.1:19203/readyz 2>/dev/null && \
+		curl -fsS -o /dev/null http://127.0.0.1:19200/readyz 2>/dev/null && break; \
+		kill -0 $$pid 2>/dev/null || { echo "devstack exited:"; tail -20 $(CURDIR)/.devstack/pytest/log; exit 1; }; \
+		sleep 0.5; done; \
+	BIOBRIDGE_GRPC_ADDR=127.0.0.1:19103 BIOBRIDGE_GATEWAY_URL=http://127.0.0.1:18080 \
+	BIOBRIDGE_SERVICE_TOKEN=dev-agent-token \
+	BIOBRIDGE_USER_TOKEN_SECRET=dev-user-token-secret-not-for-production-0123456789 \
+	BIOBRIDGE_REQUIRE_INTEGRATION=1 scripts/test-python.sh
 
 .PHONY: fuzz
 fuzz: ## Run each fuzz target briefly (FUZZTIME=10s).
