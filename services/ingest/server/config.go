@@ -1,6 +1,8 @@
 package server
 
 import (
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/biobridge/bridge/pkg/config"
@@ -8,7 +10,9 @@ import (
 )
 
 // Config is the ingest service's configuration. Each field names its
-// environment variable and default.
+// environment variable and default. New applies the defaults to zero
+// fields too, so a Config built by hand (devstack, tests) needs only the
+// addresses, URLs, secrets and tokens.
 type Config struct {
 	// GRPCAddr is INGEST_GRPC_ADDR (default ":9101").
 	GRPCAddr string
@@ -16,6 +20,16 @@ type Config struct {
 	AdminAddr string
 	// PersistenceTarget is PERSISTENCE_TARGET (default "127.0.0.1:9103").
 	PersistenceTarget string
+	// TokenBrokerTarget is TOKENBROKER_TARGET (default "127.0.0.1:9102").
+	TokenBrokerTarget string
+	// PostgresURL is POSTGRES_URL (required): the database in which ingest
+	// owns schema "ingest" (its job queue), migrated at start.
+	PostgresURL string
+	// RedisURL is REDIS_URL (required): the vendors' app-wide rate budgets
+	// shared by every replica.
+	RedisURL string
+	// RedisKeyPrefix is REDIS_KEY_PREFIX (default ""): put in front of every key.
+	RedisKeyPrefix string
 	// ServiceToken is SERVICE_TOKEN (required): the bearer token ingest
 	// presents to internal services.
 	ServiceToken string
@@ -31,14 +45,144 @@ type Config struct {
 	// HealthKitMaxSamples is HEALTHKIT_MAX_SAMPLES (default 10000, 1..100000):
 	// samples plus deletions accepted in one push.
 	HealthKitMaxSamples int
-	// MaxConcurrentWrites is MAX_CONCURRENT_WEBHOOKS (default 50, 1..1000):
-	// concurrent pushes and webhooks in flight before callers wait.
-	MaxConcurrentWrites int
-	// WaitBudget is INGEST_WAIT_BUDGET (default 2s): how long a request may wait
+	// MaxConcurrentPushes is MAX_CONCURRENT_PUSHES (default 50, 1..1000):
+	// HealthKit pushes and IngestEvents calls in flight before callers wait.
+	MaxConcurrentPushes int
+	// WaitBudget is INGEST_WAIT_BUDGET (default 2s): how long a push may wait
 	// for a slot before it is shed with RESOURCE_EXHAUSTED (HTTP 429).
 	WaitBudget time.Duration
 	// TLS is TLS_CERT_FILE, TLS_KEY_FILE, TLS_CA_FILE.
 	TLS config.TLSFiles
+
+	// Webhooks.
+
+	// WhoopClientSecret is WHOOP_CLIENT_SECRET (required): the key of WHOOP's
+	// webhook signatures.
+	WhoopClientSecret []byte
+	// OuraClientSecret is OURA_CLIENT_SECRET (required): the key of Oura's
+	// webhook signatures.
+	OuraClientSecret []byte
+	// WebhookTolerance is WEBHOOK_TIMESTAMP_TOLERANCE (default 5m, 1s..1h):
+	// how far a signed timestamp may be from now.
+	WebhookTolerance time.Duration
+	// MaxConcurrentWebhooks is MAX_CONCURRENT_WEBHOOKS (default 50, 1..1000):
+	// webhooks being committed at once.
+	MaxConcurrentWebhooks int
+	// WebhookWaitBudget is WEBHOOK_WAIT_BUDGET (default 500ms): how long a
+	// webhook may wait for a slot before it is shed with 503 and
+	// Retry-After (vendors retry; they want an answer within about a second).
+	WebhookWaitBudget time.Duration
+
+	// Fetch jobs.
+
+	// Workers is INGEST_WORKERS (default 8, 1..256): jobs run at once.
+	Workers int
+	// JobLease is INGEST_JOB_LEASE (default 60s, at least 1s): how long a
+	// job stays with a worker that stopped renewing it (a crashed one).
+	JobLease time.Duration
+	// JobMaxAttempts is INGEST_JOB_MAX_ATTEMPTS (default 8, 1..100): failed
+	// attempts before a job is dead.
+	JobMaxAttempts int
+	// RetryBase is INGEST_RETRY_BASE (default 2s) and RetryMax is
+	// INGEST_RETRY_MAX (default 10m): the backoff between failed attempts
+	// (exponential, full jitter).
+	RetryBase time.Duration
+	RetryMax  time.Duration
+	// PollInterval is INGEST_POLL_INTERVAL (default 1s): how often idle
+	// workers look for jobs enqueued by other replicas or come due.
+	PollInterval time.Duration
+	// PendingScoreDelay is INGEST_PENDING_SCORE_DELAY (default 5m): the wait
+	// before a PENDING_SCORE WHOOP record is fetched again.
+	PendingScoreDelay time.Duration
+	// PendingScoreMaxAge is INGEST_PENDING_SCORE_MAX_AGE (default 24h).
+	PendingScoreMaxAge time.Duration
+	// JobRetention is INGEST_JOB_RETENTION (default 168h, at least 2h): how
+	// long done jobs, and so their dedupe keys, are kept.
+	JobRetention time.Duration
+	// ShutdownGrace is SHUTDOWN_GRACE_PERIOD (default 10s): how long running
+	// jobs and RPCs may finish at shutdown.
+	ShutdownGrace time.Duration
+
+	// Vendor APIs.
+
+	// WhoopAPIURL is WHOOP_API_URL (default https://api.prod.whoop.com): the
+	// host root; /developer/v2/... is appended.
+	WhoopAPIURL string
+	// OuraAPIURL is OURA_API_URL (default https://api.ouraring.com): the host
+	// root; /v2/... is appended.
+	OuraAPIURL string
+	// WhoopRateLimit is WHOOP_RATE_LIMIT (default 100) requests per
+	// WhoopRateWindow, WHOOP_RATE_WINDOW (default 1m), for the whole app
+	// across replicas; WhoopDailyLimit is WHOOP_DAILY_LIMIT (default 10000
+	// from the environment; 0 disables it, also in a hand-built Config).
+	WhoopRateLimit  int
+	WhoopRateWindow time.Duration
+	WhoopDailyLimit int
+	// OuraRateLimit is OURA_RATE_LIMIT (default 5000) requests per
+	// OuraRateWindow, OURA_RATE_WINDOW (default 5m).
+	OuraRateLimit  int
+	OuraRateWindow time.Duration
+	// RateBudgetSlack is RATE_BUDGET_SLACK (default 0: window/50 + 500ms):
+	// padding of each budget window against requests delayed in transit.
+	RateBudgetSlack time.Duration
+	// VendorConnectTimeout is VENDOR_CONNECT_TIMEOUT (default 5s), the
+	// dial and TLS handshake bound of vendor calls.
+	VendorConnectTimeout time.Duration
+	// VendorRequestTimeout is VENDOR_REQUEST_TIMEOUT (default 15s): one
+	// vendor call, start to last byte.
+	VendorRequestTimeout time.Duration
+	// VendorMaxConns is VENDOR_MAX_CONNS (default 16, 1..1024): connections
+	// per vendor.
+	VendorMaxConns int
+}
+
+// setDefaults fills zero fields with the documented defaults.
+func (c *Config) setDefaults() {
+	str := func(p *string, v string) {
+		if *p == "" {
+			*p = v
+		}
+	}
+	num := func(p *int, v int) {
+		if *p <= 0 {
+			*p = v
+		}
+	}
+	dur := func(p *time.Duration, v time.Duration) {
+		if *p <= 0 {
+			*p = v
+		}
+	}
+	str(&c.GRPCAddr, ":9101")
+	str(&c.AdminAddr, ":9201")
+	str(&c.PersistenceTarget, "127.0.0.1:9103")
+	str(&c.TokenBrokerTarget, "127.0.0.1:9102")
+	str(&c.WhoopAPIURL, "https://api.prod.whoop.com")
+	str(&c.OuraAPIURL, "https://api.ouraring.com")
+	c.WhoopAPIURL, c.OuraAPIURL = strings.TrimRight(c.WhoopAPIURL, "/"), strings.TrimRight(c.OuraAPIURL, "/")
+	num(&c.HealthKitMaxSamples, 10000)
+	num(&c.MaxConcurrentPushes, 50)
+	num(&c.MaxConcurrentWebhooks, 50)
+	num(&c.Workers, 8)
+	num(&c.JobMaxAttempts, 8)
+	num(&c.WhoopRateLimit, 100)
+	num(&c.OuraRateLimit, 5000)
+	num(&c.VendorMaxConns, 16)
+	dur(&c.WaitBudget, 2*time.Second)
+	dur(&c.WebhookTolerance, 5*time.Minute)
+	dur(&c.WebhookWaitBudget, 500*time.Millisecond)
+	dur(&c.JobLease, time.Minute)
+	dur(&c.RetryBase, 2*time.Second)
+	dur(&c.RetryMax, 10*time.Minute)
+	dur(&c.PollInterval, time.Second)
+	dur(&c.PendingScoreDelay, 5*time.Minute)
+	dur(&c.PendingScoreMaxAge, 24*time.Hour)
+	dur(&c.JobRetention, 7*24*time.Hour)
+	dur(&c.ShutdownGrace, 10*time.Second)
+	dur(&c.WhoopRateWindow, time.Minute)
+	dur(&c.OuraRateWindow, 5*time.Minute)
+	dur(&c.VendorConnectTimeout, 5*time.Second)
+	dur(&c.VendorRequestTimeout, 15*time.Second)
 }
 
 // LoadConfig reads and validates the whole configuration, reporting every
@@ -49,17 +193,66 @@ func LoadConfig(getenv func(string) string) (Config, service.Common, error) {
 		GRPCAddr:              l.String("INGEST_GRPC_ADDR", ":9101"),
 		AdminAddr:             l.String("INGEST_ADMIN_ADDR", ":9201"),
 		PersistenceTarget:     l.String("PERSISTENCE_TARGET", "127.0.0.1:9103"),
+		TokenBrokerTarget:     l.String("TOKENBROKER_TARGET", "127.0.0.1:9102"),
+		PostgresURL:           l.Required("POSTGRES_URL"),
+		RedisURL:              l.Required("REDIS_URL"),
+		RedisKeyPrefix:        l.String("REDIS_KEY_PREFIX", ""),
 		ServiceToken:          l.Required("SERVICE_TOKEN"),
 		ServiceTokens:         l.Required("SERVICE_TOKENS"),
 		UserTokenSecret:       []byte(l.Required("USER_TOKEN_SECRET")),
 		OuraVerificationToken: l.String("OURA_VERIFICATION_TOKEN", ""),
 		HealthKitMaxSamples:   l.Int("HEALTHKIT_MAX_SAMPLES", 10000, 1, 100000),
-		MaxConcurrentWrites:   l.Int("MAX_CONCURRENT_WEBHOOKS", 50, 1, 1000),
+		MaxConcurrentPushes:   l.Int("MAX_CONCURRENT_PUSHES", 50, 1, 1000),
 		WaitBudget:            l.Duration("INGEST_WAIT_BUDGET", 2*time.Second),
 		TLS:                   l.TLS(),
+
+		WhoopClientSecret:     []byte(l.Required("WHOOP_CLIENT_SECRET")),
+		OuraClientSecret:      []byte(l.Required("OURA_CLIENT_SECRET")),
+		WebhookTolerance:      l.Duration("WEBHOOK_TIMESTAMP_TOLERANCE", 5*time.Minute),
+		MaxConcurrentWebhooks: l.Int("MAX_CONCURRENT_WEBHOOKS", 50, 1, 1000),
+		WebhookWaitBudget:     l.Duration("WEBHOOK_WAIT_BUDGET", 500*time.Millisecond),
+
+		Workers:            l.Int("INGEST_WORKERS", 8, 1, 256),
+		JobLease:           l.Duration("INGEST_JOB_LEASE", time.Minute),
+		JobMaxAttempts:     l.Int("INGEST_JOB_MAX_ATTEMPTS", 8, 1, 100),
+		RetryBase:          l.Duration("INGEST_RETRY_BASE", 2*time.Second),
+		RetryMax:           l.Duration("INGEST_RETRY_MAX", 10*time.Minute),
+		PollInterval:       l.Duration("INGEST_POLL_INTERVAL", time.Second),
+		PendingScoreDelay:  l.Duration("INGEST_PENDING_SCORE_DELAY", 5*time.Minute),
+		PendingScoreMaxAge: l.Duration("INGEST_PENDING_SCORE_MAX_AGE", 24*time.Hour),
+		JobRetention:       l.Duration("INGEST_JOB_RETENTION", 7*24*time.Hour),
+		ShutdownGrace:      l.Duration("SHUTDOWN_GRACE_PERIOD", 10*time.Second),
+
+		WhoopAPIURL:          strings.TrimRight(l.String("WHOOP_API_URL", "https://api.prod.whoop.com"), "/"),
+		OuraAPIURL:           strings.TrimRight(l.String("OURA_API_URL", "https://api.ouraring.com"), "/"),
+		WhoopRateLimit:       l.Int("WHOOP_RATE_LIMIT", 100, 1, 1_000_000),
+		WhoopRateWindow:      l.Duration("WHOOP_RATE_WINDOW", time.Minute),
+		WhoopDailyLimit:      l.Int("WHOOP_DAILY_LIMIT", 10000, 0, 100_000_000),
+		OuraRateLimit:        l.Int("OURA_RATE_LIMIT", 5000, 1, 1_000_000),
+		OuraRateWindow:       l.Duration("OURA_RATE_WINDOW", 5*time.Minute),
+		RateBudgetSlack:      l.Duration("RATE_BUDGET_SLACK", 0),
+		VendorConnectTimeout: l.Duration("VENDOR_CONNECT_TIMEOUT", 5*time.Second),
+		VendorRequestTimeout: l.Duration("VENDOR_REQUEST_TIMEOUT", 15*time.Second),
+		VendorMaxConns:       l.Int("VENDOR_MAX_CONNS", 16, 1, 1024),
 	}
 	if len(c.UserTokenSecret) > 0 {
 		l.Check("USER_TOKEN_SECRET", len(c.UserTokenSecret) >= 32, "must be at least 32 bytes")
+	}
+	l.Check("WEBHOOK_TIMESTAMP_TOLERANCE", c.WebhookTolerance >= time.Second && c.WebhookTolerance <= time.Hour, "must be between 1s and 1h")
+	l.Check("WEBHOOK_WAIT_BUDGET", c.WebhookWaitBudget > 0 && c.WebhookWaitBudget <= 10*time.Second, "must be between 1ns and 10s (vendors want an answer within about a second)")
+	l.Check("INGEST_JOB_LEASE", c.JobLease >= time.Second, "must be at least 1s")
+	l.Check("INGEST_RETRY_BASE", c.RetryBase > 0, "must be positive")
+	l.Check("INGEST_RETRY_MAX", c.RetryMax >= c.RetryBase, "must not be less than INGEST_RETRY_BASE")
+	l.Check("INGEST_POLL_INTERVAL", c.PollInterval >= 10*time.Millisecond, "must be at least 10ms")
+	l.Check("INGEST_PENDING_SCORE_DELAY", c.PendingScoreDelay > 0, "must be positive")
+	l.Check("INGEST_JOB_RETENTION", c.JobRetention >= 2*time.Hour, "must be at least 2h (longer than the vendors' retry window, or redeliveries are not recognised)")
+	l.Check("WHOOP_RATE_WINDOW", c.WhoopRateWindow >= time.Second, "must be at least 1s")
+	l.Check("OURA_RATE_WINDOW", c.OuraRateWindow >= time.Second, "must be at least 1s")
+	l.Check("VENDOR_CONNECT_TIMEOUT", c.VendorConnectTimeout > 0, "must be positive")
+	l.Check("VENDOR_REQUEST_TIMEOUT", c.VendorRequestTimeout > 0, "must be positive")
+	for _, u := range []struct{ name, v string }{{"WHOOP_API_URL", c.WhoopAPIURL}, {"OURA_API_URL", c.OuraAPIURL}} {
+		p, err := url.Parse(u.v)
+		l.Check(u.name, err == nil && (p.Scheme == "http" || p.Scheme == "https") && p.Host != "", "must be an absolute http(s) URL")
 	}
 	common := service.LoadCommon(l)
 	return c, common, l.Err()

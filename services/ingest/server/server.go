@@ -1,6 +1,7 @@
-// Package server composes the ingest service: its gRPC API, the admin HTTP
-// port and the connections to persistence. devstack and tests run it in
-// process through New and Serve; cmd/ingest runs it as a binary.
+// Package server composes the ingest service: its gRPC API, the durable
+// webhook job queue with its fetch workers, the vendor clients, and the
+// admin HTTP port. devstack and tests run it in process through New and
+// Serve; cmd/ingest runs it as a binary.
 package server
 
 import (
@@ -8,30 +9,58 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"strconv"
+	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	ingestv1 "github.com/biobridge/bridge/gen/go/biobridge/ingest/v1"
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
+	tokensv1 "github.com/biobridge/bridge/gen/go/biobridge/tokens/v1"
 	"github.com/biobridge/bridge/pkg/admin"
 	"github.com/biobridge/bridge/pkg/apperr"
 	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/grpcclient"
 	"github.com/biobridge/bridge/pkg/grpcserver"
 	"github.com/biobridge/bridge/pkg/limiter"
+	"github.com/biobridge/bridge/pkg/pgstore"
 	"github.com/biobridge/bridge/pkg/telemetry"
 	"github.com/biobridge/bridge/services/ingest/internal/api"
+	"github.com/biobridge/bridge/services/ingest/internal/jobs"
+	"github.com/biobridge/bridge/services/ingest/internal/oura"
+	"github.com/biobridge/bridge/services/ingest/internal/ratebudget"
+	"github.com/biobridge/bridge/services/ingest/internal/vendorhttp"
+	"github.com/biobridge/bridge/services/ingest/internal/webhook"
+	"github.com/biobridge/bridge/services/ingest/internal/whoop"
+	"github.com/biobridge/bridge/services/ingest/internal/worker"
 )
+
+// Migrate applies ingest's migrations (schema "ingest") to the database at
+// url. New does it too; tests use it to build template databases.
+func Migrate(ctx context.Context, url string) error { return jobs.Migrate(ctx, url) }
+
+// MigrationsVersion changes whenever a migration does (for test template names).
+func MigrationsVersion() string { return jobs.MigrationsVersion() }
 
 // Server is a running ingest service.
 type Server struct {
 	cfg     Config
 	logger  *slog.Logger
+	reg     *prometheus.Registry
 	grpc    *grpcserver.Server
 	admin   *admin.Server
 	persist *grpc.ClientConn
+	broker  *grpc.ClientConn
+	db      *pgxpool.Pool
+	rdb     *redis.Client
+	pool    *worker.Pool
+	vendors []*vendorhttp.Client
 }
 
 // Methods and the credential each one needs.
@@ -42,25 +71,95 @@ const (
 	methodRetryJobs    = "/biobridge.ingest.v1.IngestService/RetryJobs"
 )
 
-// New builds the service and binds its ports (":0" works), ready to Serve.
-func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Server, error) {
+// New connects to PostgreSQL (migrating schema "ingest"), builds the
+// clients and binds its ports (":0" works), ready to Serve.
+func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	cfg.setDefaults()
+	if cfg.PostgresURL == "" || cfg.RedisURL == "" {
+		return nil, errors.New("ingest: POSTGRES_URL and REDIS_URL are required")
+	}
+	if len(cfg.WhoopClientSecret) == 0 || len(cfg.OuraClientSecret) == 0 {
+		return nil, errors.New("ingest: WHOOP_CLIENT_SECRET and OURA_CLIENT_SECRET are required to verify webhooks")
+	}
 	tokens, err := auth.ParseServiceTokens(cfg.ServiceTokens)
 	if err != nil {
 		return nil, fmt.Errorf("SERVICE_TOKENS: %w", err)
 	}
 	users := auth.NewUserVerifier(cfg.UserTokenSecret)
-	reg := telemetry.NewRegistry()
+	s := &Server{cfg: cfg, logger: logger, reg: telemetry.NewRegistry()}
+	defer func() {
+		if err != nil {
+			s.closeClients(context.Background())
+		}
+	}()
 
-	persist, err := grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{TLS: cfg.TLS})
+	if err := Migrate(ctx, cfg.PostgresURL); err != nil {
+		return nil, err
+	}
+	if s.db, err = pgstore.Connect(ctx, cfg.PostgresURL, logger); err != nil {
+		return nil, err
+	}
+	ropts, err := redis.ParseURL(cfg.RedisURL)
 	if err != nil {
+		return nil, errors.New("REDIS_URL: invalid redis url")
+	}
+	s.rdb = redis.NewClient(ropts)
+	if s.persist, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{TLS: cfg.TLS}); err != nil {
 		return nil, fmt.Errorf("dial persistence: %w", err)
 	}
-	s := &Server{cfg: cfg, logger: logger, persist: persist}
+	if s.broker, err = grpcclient.Dial(cfg.TokenBrokerTarget, grpcclient.Config{TLS: cfg.TLS,
+		IdempotentServices: []string{"biobridge.tokens.v1.TokenBrokerService"}}); err != nil {
+		return nil, fmt.Errorf("dial token broker: %w", err)
+	}
 
-	s.grpc, err = grpcserver.New(grpcserver.Config{Addr: cfg.GRPCAddr, TLS: cfg.TLS}, grpcserver.Options{
+	vm := vendorhttp.NewMetrics(s.reg)
+	whoopBudget := ratebudget.New(s.rdb, cfg.RedisKeyPrefix, worker.VendorWhoop, []ratebudget.Window{
+		{Limit: cfg.WhoopRateLimit, Period: cfg.WhoopRateWindow},
+		{Limit: cfg.WhoopDailyLimit, Period: 24 * time.Hour},
+	}, cfg.RateBudgetSlack)
+	ouraBudget := ratebudget.New(s.rdb, cfg.RedisKeyPrefix, worker.VendorOura, []ratebudget.Window{
+		{Limit: cfg.OuraRateLimit, Period: cfg.OuraRateWindow},
+	}, cfg.RateBudgetSlack)
+	whoopClient, err := vendorhttp.New(vendorhttp.Config{
+		Vendor: worker.VendorWhoop, BaseURL: cfg.WhoopAPIURL + whoop.APIPath,
+		ConnectTimeout: cfg.VendorConnectTimeout, RequestTimeout: cfg.VendorRequestTimeout, MaxConns: cfg.VendorMaxConns,
+		// WHOOP's limit is per app: a 429 stops every replica.
+		Budget: whoopBudget, PauseOn429: true, Metrics: vm, Logger: logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.vendors = append(s.vendors, whoopClient)
+	ouraClient, err := vendorhttp.New(vendorhttp.Config{
+		Vendor: worker.VendorOura, BaseURL: cfg.OuraAPIURL,
+		ConnectTimeout: cfg.VendorConnectTimeout, RequestTimeout: cfg.VendorRequestTimeout, MaxConns: cfg.VendorMaxConns,
+		// Oura limits per token as well: one user's 429 must not stop the others.
+		Budget: ouraBudget, PauseOn429: false, Metrics: vm, Logger: logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.vendors = append(s.vendors, ouraClient)
+
+	store := jobs.New(s.db)
+	fetcher := worker.NewFetcher(worker.FetchConfig{
+		ServiceToken: cfg.ServiceToken, PendingDelay: cfg.PendingScoreDelay, PendingMaxAge: cfg.PendingScoreMaxAge,
+	}, tokensv1.NewTokenBrokerServiceClient(s.broker), persistencev1.NewPersistenceServiceClient(s.persist),
+		whoop.NewAPI(whoopClient), oura.NewAPI(ouraClient), s.reg, logger)
+	host, _ := os.Hostname()
+	s.pool = worker.NewPool(store, map[string]worker.Handler{worker.KindWebhook: fetcher}, worker.Config{
+		Owner:   host + ":" + strconv.Itoa(os.Getpid()),
+		Workers: cfg.Workers, Lease: cfg.JobLease, PollInterval: cfg.PollInterval, MaxAttempts: cfg.JobMaxAttempts,
+		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, ShutdownGrace: cfg.ShutdownGrace, Retention: cfg.JobRetention,
+	}, s.reg, logger)
+
+	s.grpc, err = grpcserver.New(grpcserver.Config{Addr: cfg.GRPCAddr, TLS: cfg.TLS, GracePeriod: cfg.ShutdownGrace}, grpcserver.Options{
 		Service:  "ingest",
 		Logger:   logger,
-		Registry: reg,
+		Registry: s.reg,
 		Auth: func(ctx context.Context, method string) (context.Context, error) {
 			switch method {
 			case methodPush:
@@ -82,14 +181,21 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Server, error) 
 		},
 	})
 	if err != nil {
-		_ = persist.Close()
 		return nil, fmt.Errorf("build grpc server: %w", err)
 	}
+	tolerance := webhook.Options{Tolerance: cfg.WebhookTolerance}
 	handler := api.New(api.Deps{
-		Persistence: persistencev1.NewPersistenceServiceClient(persist),
-		Limiter:     limiter.New("ingest_writes", cfg.MaxConcurrentWrites, cfg.WaitBudget, reg),
-		Logger:      logger,
-		Registry:    reg,
+		Persistence: persistencev1.NewPersistenceServiceClient(s.persist),
+		Limiter:     limiter.New("ingest_pushes", cfg.MaxConcurrentPushes, cfg.WaitBudget, s.reg),
+		Webhooks: api.Webhooks{
+			Whoop:   webhook.NewWhoopVerifier(cfg.WhoopClientSecret, tolerance),
+			Oura:    webhook.NewOuraVerifier(cfg.OuraClientSecret, tolerance),
+			Jobs:    store,
+			Limiter: limiter.New("ingest_webhooks", cfg.MaxConcurrentWebhooks, cfg.WebhookWaitBudget, s.reg),
+			Wake:    s.pool.Wake,
+		},
+		Logger:   logger,
+		Registry: s.reg,
 	}, api.Options{
 		ServiceToken:          cfg.ServiceToken,
 		MaxSamples:            cfg.HealthKitMaxSamples,
@@ -97,10 +203,13 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Server, error) 
 	})
 	ingestv1.RegisterIngestServiceServer(s.grpc.Registrar(), handler)
 
-	s.admin = admin.New(cfg.AdminAddr, reg, logger, admin.Check{
-		Name: "persistence",
-		Fn: func(ctx context.Context) error {
-			resp, err := healthpb.NewHealthClient(persist).Check(ctx, &healthpb.HealthCheckRequest{})
+	s.admin = admin.New(cfg.AdminAddr, s.reg, logger,
+		// Webhooks need only PostgreSQL to be acknowledged; HealthKit
+		// pushes need persistence. The token broker and the vendors are
+		// the workers' business and do not make ingest unready.
+		admin.Check{Name: "postgres", Fn: func(ctx context.Context) error { return s.db.Ping(ctx) }},
+		admin.Check{Name: "persistence", Fn: func(ctx context.Context) error {
+			resp, err := healthpb.NewHealthClient(s.persist).Check(ctx, &healthpb.HealthCheckRequest{})
 			if err != nil {
 				return err
 			}
@@ -108,14 +217,12 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Server, error) 
 				return errors.New(resp.GetStatus().String())
 			}
 			return nil
-		},
-	})
+		}},
+	)
 	if err := s.grpc.Listen(); err != nil {
-		_ = persist.Close()
 		return nil, fmt.Errorf("listen grpc: %w", err)
 	}
 	if err := s.admin.Listen(); err != nil {
-		_ = persist.Close()
 		return nil, fmt.Errorf("listen admin: %w", err)
 	}
 	return s, nil
@@ -127,17 +234,46 @@ func (s *Server) GRPCAddr() string { return s.grpc.Addr() }
 // AdminAddr is the bound admin HTTP address.
 func (s *Server) AdminAddr() string { return s.admin.Addr() }
 
-// Serve runs until ctx ends, then shuts down gracefully.
+// Registry is the service's metrics registry (tests read it).
+func (s *Server) Registry() *prometheus.Registry { return s.reg }
+
+// Serve runs until ctx ends, then shuts down: the gRPC server drains (health
+// NOT_SERVING first), running jobs get the grace period and are released
+// after it, vendor calls in flight finish, and the stores are closed.
 func (s *Server) Serve(ctx context.Context) error {
-	s.logger.InfoContext(ctx, "ingest serving", slog.String("grpc", s.GRPCAddr()), slog.String("admin", s.AdminAddr()))
+	s.logger.InfoContext(ctx, "ingest serving", slog.String("grpc", s.GRPCAddr()), slog.String("admin", s.AdminAddr()),
+		slog.Int("workers", s.cfg.Workers))
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.grpc.Serve(gctx) })
 	g.Go(func() error { return s.admin.Serve(gctx) })
+	g.Go(func() error { return s.pool.Run(gctx) })
 	err := g.Wait()
-	if cerr := s.persist.Close(); cerr != nil {
-		err = errors.Join(err, fmt.Errorf("close persistence client: %w", cerr))
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownGrace+5*time.Second)
+	defer cancel()
+	return errors.Join(err, s.closeClients(cctx))
+}
+
+func (s *Server) closeClients(ctx context.Context) error {
+	var errs []error
+	for _, v := range s.vendors {
+		errs = append(errs, v.Close(ctx))
 	}
-	return err
+	for _, c := range []*grpc.ClientConn{s.persist, s.broker} {
+		if c != nil {
+			if err := c.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close grpc client: %w", err))
+			}
+		}
+	}
+	if s.rdb != nil {
+		if err := s.rdb.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close redis: %w", err))
+		}
+	}
+	if s.db != nil {
+		s.db.Close()
+	}
+	return errors.Join(errs...)
 }
 
 // Run builds and serves the service until ctx ends.

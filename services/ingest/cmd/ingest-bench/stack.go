@@ -22,6 +22,8 @@ const (
 	serviceToken    = "bench-ingest-token"
 	userTokenSecret = "bench-user-token-secret-0123456789abcdef"
 	pseudonymKey    = "bench-pseudonym-key"
+	whoopSecret     = "bench-whoop-client-secret"
+	ouraSecret      = "bench-oura-client-secret"
 )
 
 // stack is the part of the suite the benchmarks drive: the REST gateway in
@@ -87,16 +89,18 @@ func startStack(ctx context.Context, o options, ingestEnv extraEnv) (_ *stack, e
 	s.serve(sctx, s.persistence.Serve)
 
 	ienv := map[string]string{
-		"INGEST_GRPC_ADDR":   "127.0.0.1:0",
-		"INGEST_ADMIN_ADDR":  "127.0.0.1:0",
-		"PERSISTENCE_TARGET": s.persistence.GRPCAddr(),
-		"SERVICE_TOKEN":      serviceToken,
-		"SERVICE_TOKENS":     "bench:" + serviceToken,
-		"USER_TOKEN_SECRET":  userTokenSecret,
-		"LOG_PSEUDONYM_KEY":  pseudonymKey,
-		"POSTGRES_URL":       s.dbURL,
-		"REDIS_URL":          o.redisURL,
-		"REDIS_KEY_PREFIX":   s.prefix,
+		"INGEST_GRPC_ADDR":    "127.0.0.1:0",
+		"INGEST_ADMIN_ADDR":   "127.0.0.1:0",
+		"PERSISTENCE_TARGET":  s.persistence.GRPCAddr(),
+		"SERVICE_TOKEN":       serviceToken,
+		"SERVICE_TOKENS":      "bench:" + serviceToken,
+		"USER_TOKEN_SECRET":   userTokenSecret,
+		"LOG_PSEUDONYM_KEY":   pseudonymKey,
+		"POSTGRES_URL":        s.dbURL,
+		"REDIS_URL":           o.redisURL,
+		"REDIS_KEY_PREFIX":    s.prefix,
+		"WHOOP_CLIENT_SECRET": whoopSecret,
+		"OURA_CLIENT_SECRET":  ouraSecret,
 	}
 	for k, v := range ingestEnv {
 		ienv[k] = v

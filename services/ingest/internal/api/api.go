@@ -1,6 +1,8 @@
 // Package api implements biobridge.ingest.v1.IngestService: HealthKit pushes
-// and internal event ingestion, written synchronously through persistence,
-// and the Oura verification handshake.
+// and internal event ingestion, written synchronously through persistence;
+// vendor webhooks, verified and committed to the job queue before they are
+// acknowledged; the job queue's ListJobs and RetryJobs; and the Oura
+// verification handshake.
 package api
 
 import (
@@ -29,9 +31,11 @@ import (
 // Deps are the handler's collaborators.
 type Deps struct {
 	Persistence persistencev1.PersistenceServiceClient
-	Limiter     *limiter.Limiter
-	Logger      *slog.Logger
-	Registry    prometheus.Registerer
+	// Limiter bounds HealthKit pushes and IngestEvents calls.
+	Limiter  *limiter.Limiter
+	Webhooks Webhooks
+	Logger   *slog.Logger
+	Registry prometheus.Registerer
 }
 
 // Options are the handler's settings.
@@ -47,10 +51,11 @@ type Options struct {
 // Handler serves IngestService.
 type Handler struct {
 	ingestv1.UnimplementedIngestServiceServer
-	deps    Deps
-	opts    Options
-	samples *prometheus.CounterVec
-	pushes  *prometheus.CounterVec
+	deps     Deps
+	opts     Options
+	samples  *prometheus.CounterVec
+	pushes   *prometheus.CounterVec
+	webhooks *webhookMetrics
 }
 
 // New returns the handler.
@@ -67,6 +72,7 @@ func New(deps Deps, opts Options) *Handler {
 			Name: "biobridge_ingest_healthkit_pushes_total",
 			Help: "HealthKit pushes, by outcome.",
 		}, []string{"outcome"}),
+		webhooks: newWebhookMetrics(deps.Registry),
 	}
 }
 

@@ -1,0 +1,437 @@
+// Package worker runs ingest's fetch jobs: a pool of workers leases due jobs
+// from the durable queue, keeps each lease alive while its job runs, hands
+// the job to the handler registered for its kind, and records the outcome:
+// done, retried later (with backoff and jitter, or at the time a rate limit
+// or a pending score names), or dead after the last attempt.
+//
+// Nothing is held only in memory: a job is in PostgreSQL from the moment it
+// is acknowledged until it is done or dead. If the process dies, its leases
+// expire and other workers (or the restarted process) take the jobs over;
+// the handlers' effects are idempotent downstream (persistence dedupes by
+// record identity and content), so a job run twice has the effect of one.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/biobridge/bridge/services/ingest/internal/jobs"
+)
+
+// Handler runs one kind of job.
+type Handler interface {
+	// Handle does the job's work and returns its outcome ("stored",
+	// "unknown_user", ...; a short stable word, used as a metric label).
+	// A *Retry error reschedules the job, a *Permanent error buries it, and
+	// any other error is transient: retried with backoff until the last
+	// attempt, then dead.
+	Handle(ctx context.Context, j jobs.Job) (outcome string, err error)
+}
+
+// Retry asks for the job to run again after After. Count false means the
+// wait is not the job's failure (a rate limit, a score still pending) and
+// does not bring it closer to dead; Count true is a failed attempt, waited
+// out with at least the pool's backoff.
+type Retry struct {
+	After time.Duration
+	Count bool
+	// Reason is a short stable word (a metric label).
+	Reason string
+	// Detail, when set, is recorded as the job's last error instead of
+	// Reason (never PHI).
+	Detail string
+}
+
+func (r *Retry) Error() string {
+	if r.Detail != "" {
+		return r.Detail
+	}
+	return r.Reason
+}
+
+// Permanent is a failure no retry can fix; the job is dead at once (an
+// operator may still retry it with RetryJobs after fixing the cause).
+type Permanent struct {
+	Reason string
+	Err    error
+}
+
+func (p *Permanent) Error() string {
+	if p.Err != nil {
+		return p.Reason + ": " + p.Err.Error()
+	}
+	return p.Reason
+}
+
+func (p *Permanent) Unwrap() error { return p.Err }
+
+// Config tunes the pool.
+type Config struct {
+	// Owner identifies this process in lease_owner (host and pid).
+	Owner string
+	// Workers is how many jobs run at once (default 8).
+	Workers int
+	// Lease is how long a job is held without renewal (default 60s); the
+	// holder renews it every Lease/3 while the job runs.
+	Lease time.Duration
+	// PollInterval is how often idle workers look for due jobs (default
+	// 1s); enqueues in this process wake them at once.
+	PollInterval time.Duration
+	// MaxAttempts is the attempts a job gets before it is dead (default 8).
+	MaxAttempts int
+	// RetryBase and RetryMax bound the exponential backoff between failed
+	// attempts (defaults 2s and 10m); the actual wait is drawn with full
+	// jitter so a vendor outage does not end in a synchronized stampede.
+	RetryBase time.Duration
+	RetryMax  time.Duration
+	// ShutdownGrace is how long running jobs may finish at shutdown before
+	// they are cancelled and released (default 10s).
+	ShutdownGrace time.Duration
+	// Retention is how long done jobs (and so their dedupe keys) are kept
+	// (default 7 days, more than any vendor's retry window).
+	Retention time.Duration
+	// MaintenanceInterval is how often queue depth is measured and old
+	// jobs purged (default 15s).
+	MaintenanceInterval time.Duration
+}
+
+func (c *Config) setDefaults() {
+	if c.Workers <= 0 {
+		c.Workers = 8
+	}
+	if c.Lease <= 0 {
+		c.Lease = time.Minute
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = time.Second
+	}
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 8
+	}
+	if c.RetryBase <= 0 {
+		c.RetryBase = 2 * time.Second
+	}
+	if c.RetryMax <= 0 {
+		c.RetryMax = 10 * time.Minute
+	}
+	if c.ShutdownGrace <= 0 {
+		c.ShutdownGrace = 10 * time.Second
+	}
+	if c.Retention <= 0 {
+		c.Retention = 7 * 24 * time.Hour
+	}
+	if c.MaintenanceInterval <= 0 {
+		c.MaintenanceInterval = 15 * time.Second
+	}
+}
+
+// Pool runs jobs.
+type Pool struct {
+	cfg      Config
+	store    *jobs.Store
+	handlers map[string]Handler
+	logger   *slog.Logger
+	m        *poolMetrics
+	wake     chan struct{}
+}
+
+// NewPool returns a pool running handlers[kind] for each job kind.
+func NewPool(store *jobs.Store, handlers map[string]Handler, cfg Config, reg prometheus.Registerer, logger *slog.Logger) *Pool {
+	cfg.setDefaults()
+	return &Pool{cfg: cfg, store: store, handlers: handlers, logger: logger, m: newPoolMetrics(reg), wake: make(chan struct{}, 1)}
+}
+
+// Wake tells an idle worker that a job was just enqueued.
+func (p *Pool) Wake() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run works until ctx ends, then lets running jobs finish within the
+// shutdown grace, cancels the rest and hands their leases back.
+func (p *Pool) Run(ctx context.Context) error {
+	// Jobs run on a context of their own: the shutdown signal stops the
+	// leasing at once but gives running jobs the grace period.
+	jobCtx, cancelJobs := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelJobs()
+	var wg sync.WaitGroup
+	for range p.cfg.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.work(ctx, jobCtx)
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		p.maintain(ctx)
+	}()
+	<-ctx.Done()
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(p.cfg.ShutdownGrace):
+		p.logger.Warn("jobs still running at the end of the shutdown grace; cancelling them")
+		cancelJobs()
+		<-done
+	}
+	return nil
+}
+
+func (p *Pool) work(ctx, jobCtx context.Context) {
+	poll := time.NewTimer(0)
+	defer poll.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.wake:
+		case <-poll.C:
+		}
+		for ctx.Err() == nil {
+			leased, err := p.store.Lease(ctx, p.cfg.Owner, 1, p.cfg.Lease)
+			if err != nil {
+				if ctx.Err() == nil {
+					p.logger.Warn("cannot lease jobs", slog.Any("error", err))
+				}
+				break
+			}
+			if len(leased) == 0 {
+				break
+			}
+			// More may be due: let another idle worker look too.
+			p.Wake()
+			p.run(jobCtx, leased[0])
+		}
+		poll.Reset(p.cfg.PollInterval)
+	}
+}
+
+// run handles one leased job, renewing its lease meanwhile, and records
+// the result (fenced by the lease token).
+func (p *Pool) run(ctx context.Context, j jobs.Job) {
+	labels := []string{j.Vendor, j.Kind}
+	start := time.Now()
+	defer func() { p.m.duration.WithLabelValues(labels...).Observe(time.Since(start).Seconds()) }()
+	log := p.logger.With(slog.Int64("job_id", j.ID), slog.String("vendor", j.Vendor), slog.String("kind", j.Kind), slog.Int("attempt", j.Attempts))
+
+	h, ok := p.handlers[j.Kind]
+	var outcome string
+	var err error
+	switch {
+	case !ok:
+		err = &Permanent{Reason: "no handler for kind " + j.Kind}
+	case j.Attempts > p.cfg.MaxAttempts:
+		// Leased again and again without a recorded result: its runs kill
+		// the process or outlive the lease. Stop before it takes more down.
+		err = &Permanent{Reason: fmt.Sprintf("abandoned by its workers %d times", j.Attempts-1)}
+	default:
+		outcome, err = p.handle(ctx, h, j)
+	}
+	// Recording the result must not be cut short by the shutdown.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	var rerr error
+	var retry *Retry
+	var perm *Permanent
+	switch {
+	case err == nil:
+		rerr = p.store.Complete(rctx, j, outcome)
+		if rerr == nil {
+			p.m.done.WithLabelValues(j.Vendor, j.Kind, outcome).Inc()
+			log.Debug("job done", slog.String("outcome", outcome))
+		}
+	case ctx.Err() != nil:
+		// Cancelled at shutdown: hand the job back without counting it.
+		rerr = p.store.Release(rctx, j)
+		log.Info("job released at shutdown")
+	case errors.As(err, &retry) && retry.Count && j.Attempts >= p.cfg.MaxAttempts:
+		rerr = p.bury(rctx, j, retry.Error(), log)
+	case errors.As(err, &retry):
+		delay := retry.After
+		if retry.Count {
+			// A failure: at least the backoff, however soon the other side
+			// said to come back.
+			delay = max(delay, p.backoff(j.Attempts))
+		} else if delay > 0 {
+			// A named wait (rate-limit reset): a little jitter keeps every
+			// waiting job from arriving in the same instant.
+			delay += rand.N(delay/10 + 1)
+		}
+		detail := retry.Reason
+		if retry.Detail != "" {
+			detail = retry.Detail
+		}
+		rerr = p.store.Retry(rctx, j, delay, detail, retry.Count)
+		if rerr == nil {
+			p.m.retries.WithLabelValues(j.Vendor, j.Kind, retry.Reason).Inc()
+			log.Debug("job rescheduled", slog.String("reason", retry.Reason), slog.Duration("after", delay))
+		}
+	case errors.As(err, &perm):
+		rerr = p.bury(rctx, j, perm.Error(), log)
+	default:
+		if j.Attempts >= p.cfg.MaxAttempts {
+			rerr = p.bury(rctx, j, err.Error(), log)
+			break
+		}
+		delay := p.backoff(j.Attempts)
+		rerr = p.store.Retry(rctx, j, delay, err.Error(), true)
+		if rerr == nil {
+			p.m.retries.WithLabelValues(j.Vendor, j.Kind, "error").Inc()
+			log.Info("job failed, retrying", slog.Duration("after", delay), slog.Any("error", err))
+		}
+	}
+	if errors.Is(rerr, jobs.ErrLeaseLost) {
+		p.m.leaseLost.WithLabelValues(j.Vendor, j.Kind).Inc()
+		log.Warn("job lease was lost before its result was recorded; another worker runs it")
+		return
+	}
+	if rerr != nil {
+		// The lease will expire and the job runs again.
+		log.Error("cannot record job result", slog.Any("error", rerr))
+	}
+}
+
+// bury marks a job dead.
+func (p *Pool) bury(ctx context.Context, j jobs.Job, reason string, log *slog.Logger) error {
+	err := p.store.Bury(ctx, j, reason)
+	if err == nil {
+		p.m.dead.WithLabelValues(j.Vendor, j.Kind).Inc()
+		log.Warn("job is dead", slog.String("last_error", reason))
+	}
+	return err
+}
+
+// handle runs the handler with the lease kept alive; if the lease is lost
+// the handler's context is cancelled.
+func (p *Pool) handle(ctx context.Context, h Handler, j jobs.Job) (string, error) {
+	hctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	lost := make(chan struct{})
+	stop := make(chan struct{})
+	go func() {
+		t := time.NewTicker(p.cfg.Lease / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				err := p.store.Extend(context.WithoutCancel(hctx), j, p.cfg.Lease)
+				if errors.Is(err, jobs.ErrLeaseLost) {
+					close(lost)
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	outcome, err := h.Handle(hctx, j)
+	close(stop)
+	select {
+	case <-lost:
+		return "", fmt.Errorf("job %d: %w", j.ID, jobs.ErrLeaseLost)
+	default:
+	}
+	return outcome, err
+}
+
+// backoff is full jitter over an exponential ceiling: uniform in
+// [base/2, min(max, base*2^(attempt-1))].
+func (p *Pool) backoff(attempt int) time.Duration {
+	ceil := p.cfg.RetryBase
+	for i := 1; i < attempt && ceil < p.cfg.RetryMax; i++ {
+		ceil *= 2
+	}
+	ceil = min(ceil, p.cfg.RetryMax)
+	lo := p.cfg.RetryBase / 2
+	if ceil <= lo {
+		return lo
+	}
+	return lo + rand.N(ceil-lo)
+}
+
+// maintain refreshes the queue-depth gauge and purges old finished jobs.
+func (p *Pool) maintain(ctx context.Context) {
+	t := time.NewTicker(p.cfg.MaintenanceInterval)
+	defer t.Stop()
+	lastPurge := time.Time{}
+	for {
+		if depths, err := p.store.Depths(ctx); err == nil {
+			p.m.depth.Reset()
+			for _, d := range depths {
+				p.m.depth.WithLabelValues(d.Vendor, d.State.String()).Set(float64(d.Count))
+			}
+		}
+		if time.Since(lastPurge) > time.Hour {
+			if n, err := p.store.Purge(ctx, p.cfg.Retention); err == nil {
+				lastPurge = time.Now()
+				if n > 0 {
+					p.logger.Info("purged finished jobs", slog.Int64("count", n))
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+type poolMetrics struct {
+	done      *prometheus.CounterVec
+	dead      *prometheus.CounterVec
+	retries   *prometheus.CounterVec
+	leaseLost *prometheus.CounterVec
+	duration  *prometheus.HistogramVec
+	depth     *prometheus.GaugeVec
+}
+
+func newPoolMetrics(reg prometheus.Registerer) *poolMetrics {
+	m := &poolMetrics{
+		done: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "biobridge_ingest_jobs_done_total",
+			Help: "Jobs finished, by vendor, kind and outcome (stored, unchanged, deleted, unknown_user, not_found, ...).",
+		}, []string{"vendor", "kind", "outcome"}),
+		dead: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "biobridge_ingest_jobs_dead_total",
+			Help: "Jobs that gave up after their last attempt (see ListJobs, RetryJobs).",
+		}, []string{"vendor", "kind"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "biobridge_ingest_job_retries_total",
+			Help: "Jobs put back in the queue, by reason (rate_limited, pending_score, error, ...).",
+		}, []string{"vendor", "kind", "reason"}),
+		leaseLost: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "biobridge_ingest_job_leases_lost_total",
+			Help: "Jobs whose lease expired before their result was recorded (another worker took over).",
+		}, []string{"vendor", "kind"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "biobridge_ingest_job_duration_seconds",
+			Help:    "Time to run one job attempt.",
+			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"vendor", "kind"}),
+		depth: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "biobridge_ingest_job_queue_depth",
+			Help: "Jobs queued, running or dead, by vendor and state (measured periodically).",
+		}, []string{"vendor", "state"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.done, m.dead, m.retries, m.leaseLost, m.duration, m.depth)
+	}
+	return m
+}

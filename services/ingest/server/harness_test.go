@@ -1,0 +1,470 @@
+package server_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
+	ingestv1 "github.com/biobridge/bridge/gen/go/biobridge/ingest/v1"
+	"github.com/biobridge/bridge/pkg/auth"
+	"github.com/biobridge/bridge/pkg/logging"
+	"github.com/biobridge/bridge/pkg/testpg"
+	"github.com/biobridge/bridge/pkg/vendoremu"
+	gateway "github.com/biobridge/bridge/services/gateway/server"
+	"github.com/biobridge/bridge/services/ingest/server"
+	persistence "github.com/biobridge/bridge/services/persistence/server"
+	tokenbroker "github.com/biobridge/bridge/services/tokenbroker/server"
+)
+
+const (
+	ingestToken   = "ingest-to-services-token"
+	opsToken      = "ops-token"
+	readerToken   = "reader-token"
+	publicBaseURL = "http://gateway.test"
+	pseudonymKey  = "test-pseudonym-key-0123"
+)
+
+var userSecret = []byte("user-token-secret-for-ingest-tests-0123")
+
+// databaseURL gives the test a database with every schema the suite's
+// services own, from a template migrated once per migrations version.
+func databaseURL(t *testing.T) string {
+	t.Helper()
+	name := "ingest_e2e_" + server.MigrationsVersion() + "_" + persistence.MigrationsVersion + "_" + tokenbroker.MigrationsVersion()
+	return testpg.New(t, name, func(ctx context.Context, url string) error {
+		if err := server.Migrate(ctx, url); err != nil {
+			return err
+		}
+		if err := persistence.Migrate(ctx, url); err != nil {
+			return err
+		}
+		return tokenbroker.Migrate(ctx, url)
+	})
+}
+
+// env is one test's world: the vendor emulator, persistence, the token
+// broker, ingest and the REST gateway on loopback ports, on a database and
+// a Redis key prefix of their own.
+type env struct {
+	t        *testing.T
+	pgURL    string
+	redisURL string
+	prefix   string
+	db       *pgxpool.Pool
+
+	emu    *vendoremu.Emulator
+	emuURL string
+
+	persistenceAddr string
+	brokerAddr      string
+	ingestAddr      string
+	gatewayURL      string
+
+	ingestCfg  server.Config
+	ingest     *server.Server
+	stopIngest func()
+
+	biometrics biometricsv1.BiometricsServiceClient
+	ingestRPC  ingestv1.IngestServiceClient
+}
+
+type options struct {
+	emu    func(*vendoremu.Config)
+	ingest func(*server.Config)
+	// externalIngest: the test runs ingest itself (in a child process).
+	externalIngest bool
+}
+
+func testLogger(t *testing.T, service string) *slog.Logger {
+	return logging.New(t.Output(), logging.Options{Format: "text", Level: slog.LevelWarn, PseudonymKey: []byte(pseudonymKey), Service: service})
+}
+
+func newEnv(t *testing.T, o options) *env {
+	t.Helper()
+	e := &env{t: t, pgURL: databaseURL(t)}
+	e.redisURL, e.prefix = testpg.NewRedis(t)
+	pool, err := pgxpool.New(context.Background(), e.pgURL)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	e.db = pool
+
+	ecfg := vendoremu.Config{WebhookRetryDelays: []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond, time.Second}}
+	if o.emu != nil {
+		o.emu(&ecfg)
+	}
+	e.emu, err = vendoremu.New(ecfg, testLogger(t, "vendoremu"))
+	require.NoError(t, err)
+	require.NoError(t, e.emu.Start("127.0.0.1:0"))
+	e.emuURL = e.emu.BaseURL()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = e.emu.Close(ctx)
+	})
+
+	pcfg := persistence.Config{
+		GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", PostgresURL: e.pgURL, RedisURL: e.redisURL, RedisKeyPrefix: e.prefix,
+		ServiceTokens: "ingest:" + ingestToken + ",reader:" + readerToken, AuditFlushInterval: 20 * time.Millisecond,
+	}
+	ps, err := persistence.New(context.Background(), pcfg, testLogger(t, "persistence"))
+	require.NoError(t, err)
+	e.persistenceAddr = ps.GRPCAddr()
+	serve(t, ps.Serve)
+
+	keys := make([]byte, 32)
+	_, _ = rand.Read(keys)
+	bcfg := tokenbroker.Config{
+		GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", PostgresURL: e.pgURL, RedisURL: e.redisURL, RedisKeyPrefix: e.prefix,
+		TokenEncryptionKeys: "k1:" + base64.StdEncoding.EncodeToString(keys),
+		Whoop: tokenbroker.VendorConfig{ClientID: vendoremu.DefaultWhoopClientID, ClientSecret: vendoremu.DefaultWhoopClientSecret,
+			APIURL: e.emu.WhoopURL()},
+		Oura: tokenbroker.VendorConfig{ClientID: vendoremu.DefaultOuraClientID, ClientSecret: vendoremu.DefaultOuraClientSecret,
+			APIURL: e.emu.OuraURL(), AuthorizeURL: e.emu.OuraAuthorizeURL()},
+		PublicBaseURL: publicBaseURL, UserTokenSecret: userSecret, ServiceTokens: "ingest:" + ingestToken,
+		RefreshTimeout: 5 * time.Second, LockLease: 10 * time.Second,
+	}
+	bs, err := tokenbroker.New(context.Background(), bcfg, testLogger(t, "tokenbroker"))
+	require.NoError(t, err)
+	e.brokerAddr = bs.GRPCAddr()
+	serve(t, bs.Serve)
+
+	e.ingestAddr = freeAddr(t)
+	e.ingestCfg = server.Config{
+		GRPCAddr: e.ingestAddr, AdminAddr: "127.0.0.1:0",
+		PersistenceTarget: e.persistenceAddr, TokenBrokerTarget: e.brokerAddr,
+		PostgresURL: e.pgURL, RedisURL: e.redisURL, RedisKeyPrefix: e.prefix,
+		ServiceToken: ingestToken, ServiceTokens: "ops:" + opsToken, UserTokenSecret: userSecret,
+		OuraVerificationToken: vendoremu.DefaultOuraVerificationToken,
+		WhoopClientSecret:     []byte(vendoremu.DefaultWhoopClientSecret),
+		OuraClientSecret:      []byte(vendoremu.DefaultOuraClientSecret),
+		WhoopAPIURL:           e.emu.WhoopURL(), OuraAPIURL: e.emu.OuraURL(),
+		Workers: 4, PollInterval: 100 * time.Millisecond, RetryBase: 100 * time.Millisecond, RetryMax: time.Second,
+		JobLease: 5 * time.Second, PendingScoreDelay: 200 * time.Millisecond, ShutdownGrace: 5 * time.Second,
+		VendorRequestTimeout: 5 * time.Second,
+	}
+	if o.ingest != nil {
+		o.ingest(&e.ingestCfg)
+	}
+	if !o.externalIngest {
+		e.startIngest()
+	}
+
+	gcfg, _, err := gateway.LoadConfig(func(k string) string {
+		return map[string]string{
+			"GATEWAY_HTTP_ADDR": "127.0.0.1:0", "GATEWAY_ADMIN_ADDR": "127.0.0.1:0",
+			"INGEST_TARGET": e.ingestAddr, "TOKENBROKER_TARGET": e.brokerAddr, "PERSISTENCE_TARGET": e.persistenceAddr,
+			"LOG_PSEUDONYM_KEY": pseudonymKey,
+		}[k]
+	})
+	require.NoError(t, err)
+	gw, err := gateway.New(context.Background(), gcfg, testLogger(t, "gateway"))
+	require.NoError(t, err)
+	e.gatewayURL = "http://" + gw.HTTPAddr()
+	serve(t, gw.Serve)
+	require.NoError(t, e.emu.SetWebhookTargets(e.gatewayURL+"/v1/webhooks/whoop", e.gatewayURL+"/v1/webhooks/oura"))
+
+	pconn := dial(t, e.persistenceAddr)
+	e.biometrics = biometricsv1.NewBiometricsServiceClient(pconn)
+	e.ingestRPC = ingestv1.NewIngestServiceClient(dial(t, e.ingestAddr))
+	return e
+}
+
+// serve runs a service until the test ends and checks it stops cleanly.
+func serve(t *testing.T, f func(context.Context) error) func() {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f(ctx) }()
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+		case <-time.After(30 * time.Second):
+			t.Error("service did not stop within 30s")
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func (e *env) startIngest() {
+	e.t.Helper()
+	s, err := server.New(context.Background(), e.ingestCfg, testLogger(e.t, "ingest"))
+	require.NoError(e.t, err)
+	e.ingest = s
+	e.stopIngest = serve(e.t, s.Serve)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	return addr
+}
+
+func dial(t *testing.T, addr string) *grpc.ClientConn {
+	t.Helper()
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func svc(token string) context.Context {
+	return metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+token)
+}
+
+// connect runs the connect flow through the REST gateway the way the app
+// and the user's browser do: authorize → vendor (the emulator auto-approves
+// emuUser) → callback.
+func (e *env) connect(user, vendor, emuUser string) {
+	e.t.Helper()
+	_, err := e.emu.AddUser(vendoremu.UserSpec{Name: emuUser})
+	require.NoError(e.t, err)
+	tok, err := auth.IssueUserToken(userSecret, user, time.Hour)
+	require.NoError(e.t, err)
+	req, err := http.NewRequest(http.MethodPost, e.gatewayURL+"/v1/connections/"+vendor+"/authorize", strings.NewReader(`{}`))
+	require.NoError(e.t, err)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	body := e.do(req, http.StatusOK)
+	var start struct {
+		AuthorizeURL string `json:"authorize_url"`
+	}
+	require.NoError(e.t, json.Unmarshal(body, &start))
+	u, err := url.Parse(start.AuthorizeURL)
+	require.NoError(e.t, err)
+	q := u.Query()
+	q.Set("login_hint", emuUser)
+	u.RawQuery = q.Encode()
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	res, err := noFollow.Get(u.String())
+	require.NoError(e.t, err)
+	require.NoError(e.t, res.Body.Close())
+	require.Equal(e.t, http.StatusFound, res.StatusCode)
+	loc, err := url.Parse(res.Header.Get("Location"))
+	require.NoError(e.t, err)
+	// The redirect names the public base URL; the test's gateway serves it.
+	cb, err := http.NewRequest(http.MethodGet, e.gatewayURL+loc.Path+"?"+loc.RawQuery, nil)
+	require.NoError(e.t, err)
+	e.do(cb, http.StatusOK)
+}
+
+func (e *env) do(req *http.Request, want int) []byte {
+	e.t.Helper()
+	res, err := http.DefaultClient.Do(req)
+	require.NoError(e.t, err)
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	require.NoError(e.t, err)
+	require.Equal(e.t, want, res.StatusCode, "%s %s: %s", req.Method, req.URL.Path, b)
+	return b
+}
+
+// latest returns the user's latest values by metric.
+func (e *env) latest(user string) map[string]*biometricsv1.LatestValue {
+	e.t.Helper()
+	resp, err := e.biometrics.GetLatest(svc(readerToken), &biometricsv1.GetLatestRequest{UserId: user})
+	require.NoError(e.t, err)
+	out := map[string]*biometricsv1.LatestValue{}
+	for _, v := range resp.GetValues() {
+		out[v.GetMetric()] = v
+	}
+	return out
+}
+
+// waitLatest waits until every metric in want has that value for user.
+func (e *env) waitLatest(user string, want map[string]float64, within time.Duration) map[string]*biometricsv1.LatestValue {
+	e.t.Helper()
+	var got map[string]*biometricsv1.LatestValue
+	require.Eventually(e.t, func() bool {
+		got = e.latest(user)
+		for m, v := range want {
+			if g, ok := got[m]; !ok || !near(g.GetValue(), v) {
+				return false
+			}
+		}
+		return true
+	}, within, 50*time.Millisecond, "latest values of %s never became %v; last seen %v", user, want, summary(got))
+	return got
+}
+
+func near(a, b float64) bool {
+	d := a - b
+	return d < 1e-6 && d > -1e-6
+}
+
+func summary(m map[string]*biometricsv1.LatestValue) map[string]float64 {
+	out := map[string]float64{}
+	for k, v := range m {
+		out[k] = v.GetValue()
+	}
+	return out
+}
+
+// jobCounts counts ingest's jobs by state.
+func (e *env) jobCounts() map[string]int {
+	e.t.Helper()
+	rows, err := e.db.Query(context.Background(), `SELECT state, count(*) FROM ingest.jobs GROUP BY state`)
+	require.NoError(e.t, err)
+	defer rows.Close()
+	names := map[int16]string{1: "queued", 2: "running", 3: "done", 4: "dead"}
+	out := map[string]int{}
+	for rows.Next() {
+		var s int16
+		var n int
+		require.NoError(e.t, rows.Scan(&s, &n))
+		out[names[s]] = n
+	}
+	require.NoError(e.t, rows.Err())
+	return out
+}
+
+// outcomes counts done jobs by outcome.
+func (e *env) outcomes() map[string]int {
+	e.t.Helper()
+	rows, err := e.db.Query(context.Background(), `SELECT outcome, count(*) FROM ingest.jobs WHERE state = 3 GROUP BY outcome`)
+	require.NoError(e.t, err)
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var o string
+		var n int
+		require.NoError(e.t, rows.Scan(&o, &n))
+		out[o] = n
+	}
+	require.NoError(e.t, rows.Err())
+	return out
+}
+
+// waitJobsSettled waits until no job is queued or running.
+func (e *env) waitJobsSettled(within time.Duration) {
+	e.t.Helper()
+	require.Eventually(e.t, func() bool {
+		c := e.jobCounts()
+		return c["queued"] == 0 && c["running"] == 0
+	}, within, 50*time.Millisecond, "jobs never settled: %v", e.jobCounts())
+}
+
+func (e *env) waitWebhooks() {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	require.NoError(e.t, e.emu.WaitWebhooks(ctx))
+}
+
+// signedWhoop posts a body to the WHOOP webhook route, signed with secret
+// at time at.
+func (e *env) postWhoop(body []byte, secret string, at time.Time) *http.Response {
+	e.t.Helper()
+	ts := strconv.FormatInt(at.UnixMilli(), 10)
+	req, err := http.NewRequest(http.MethodPost, e.gatewayURL+"/v1/webhooks/whoop", strings.NewReader(string(body)))
+	require.NoError(e.t, err)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-WHOOP-Signature-Timestamp", ts)
+	req.Header.Set("X-WHOOP-Signature", vendoremu.WhoopSignature(secret, ts, body))
+	res, err := http.DefaultClient.Do(req)
+	require.NoError(e.t, err)
+	return res
+}
+
+func (e *env) postOura(body []byte, secret string, at time.Time) *http.Response {
+	e.t.Helper()
+	ts := strconv.FormatInt(at.Unix(), 10)
+	req, err := http.NewRequest(http.MethodPost, e.gatewayURL+"/v1/webhooks/oura", strings.NewReader(string(body)))
+	require.NoError(e.t, err)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("x-oura-timestamp", ts)
+	req.Header.Set("x-oura-signature", vendoremu.OuraSignature(secret, ts, body))
+	res, err := http.DefaultClient.Do(req)
+	require.NoError(e.t, err)
+	return res
+}
+
+// answer reads an HTTP answer: status, body, and the ErrorInfo reason when
+// it is an error.
+func answer(t *testing.T, res *http.Response) (int, string, string) {
+	t.Helper()
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	require.NoError(t, err)
+	var ge struct {
+		Details []struct {
+			Reason string `json:"reason"`
+		} `json:"details"`
+	}
+	_ = json.Unmarshal(b, &ge)
+	reason := ""
+	for _, d := range ge.Details {
+		if d.Reason != "" {
+			reason = d.Reason
+		}
+	}
+	return res.StatusCode, string(b), reason
+}
+
+// counter sums a counter's series whose labels include match.
+func counter(t *testing.T, reg prometheus.Gatherer, name string, match map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	total := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if labelsMatch(m, match) {
+				total += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return total
+}
+
+func labelsMatch(m *dto.Metric, match map[string]string) bool {
+	for k, v := range match {
+		found := false
+		for _, l := range m.GetLabel() {
+			if l.GetName() == k && l.GetValue() == v {
+				found = true
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// emuRecordTimes gives a sleep's start and end hours ago, to the second.
+func night(hoursAgo int) (time.Time, time.Time) {
+	end := time.Now().UTC().Add(-time.Duration(hoursAgo) * time.Hour).Truncate(time.Second)
+	return end.Add(-8 * time.Hour), end
+}
