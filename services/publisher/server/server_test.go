@@ -100,17 +100,32 @@ func TestEveryEventArrivesOnceInUserOrder(t *testing.T) {
 	require.Contains(t, text, "publisher_kafka_connected 1")
 }
 
-// TestPublisherServiceNeedsServiceToken checks the PublisherService auth.
-func TestPublisherServiceNeedsServiceToken(t *testing.T) {
+// TestPublisherServiceAuthAndValidation checks that PublisherService needs
+// a service token and rejects bad requests with InvalidArgument.
+func TestPublisherServiceAuthAndValidation(t *testing.T) {
 	t.Parallel()
 	env := testenv.New(t, testenv.Options{})
 	pub := env.StartPublisher(env.PublisherConfig())
-	client, _ := publisherClient(t, pub.GRPCAddr())
+	client, cctx := publisherClient(t, pub.GRPCAddr())
 	for name, ctx := range map[string]context.Context{
 		"no token":    t.Context(),
 		"wrong token": metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer nope"),
 	} {
 		_, err := client.GetStatus(ctx, &publisherv1.GetStatusRequest{})
 		require.Equal(t, codes.Unauthenticated, status.Code(err), name)
+		_, err = client.ReplayDeadLetters(ctx, &publisherv1.ReplayDeadLettersRequest{})
+		require.Equal(t, codes.Unauthenticated, status.Code(err), name)
 	}
+	_, err := client.ListDeadLetters(cctx, &publisherv1.ListDeadLettersRequest{PageSize: -1})
+	require.Equal(t, codes.InvalidArgument, status.Code(err))
+	_, err = client.ReplayDeadLetters(cctx, &publisherv1.ReplayDeadLettersRequest{EventIds: []string{""}})
+	require.Equal(t, codes.InvalidArgument, status.Code(err))
+	list, err := client.ListDeadLetters(cctx, &publisherv1.ListDeadLettersRequest{})
+	require.NoError(t, err)
+	require.Empty(t, list.GetDeadLetters())
+
+	resp, err := http.Get("http://" + pub.AdminAddr() + "/readyz")
+	require.NoError(t, err)
+	require.NoError(t, resp.Body.Close())
+	require.Equal(t, http.StatusOK, resp.StatusCode, "kafka and persistence reachable")
 }

@@ -35,8 +35,8 @@ func (c *Client) auth(ctx context.Context) context.Context {
 type Lease struct {
 	Token   string
 	Entries []*persistencev1.OutboxEntry
-	// At is when the lease was requested: the lease runs out at
-	// At+duration at the latest, whatever the RPC's latency was.
+	// At is no later than the start of the lease: it runs out at
+	// At+duration at the earliest.
 	At time.Time
 }
 
@@ -51,12 +51,16 @@ type LeaseRequest struct {
 // rpcSlack is added to a long-poll's wait for the call deadline.
 const rpcSlack = 10 * time.Second
 
+// leaseAnswerBound is how long the persistence service may take from
+// leasing entries to answering (one commit and a response).
+const leaseAnswerBound = time.Second
+
 // Lease leases up to MaxEntries entries, waiting up to Wait for some to
 // appear. An empty lease is not an error.
 func (c *Client) Lease(ctx context.Context, req LeaseRequest) (Lease, error) {
 	ctx, cancel := context.WithTimeout(ctx, req.Wait+rpcSlack)
 	defer cancel()
-	at := time.Now()
+	sent := time.Now()
 	resp, err := c.rpc.LeaseOutbox(c.auth(ctx), &persistencev1.LeaseOutboxRequest{
 		Holder:        req.Holder,
 		MaxEntries:    int32(req.MaxEntries),
@@ -65,6 +69,13 @@ func (c *Client) Lease(ctx context.Context, req LeaseRequest) (Lease, error) {
 	})
 	if err != nil {
 		return Lease{}, fmt.Errorf("lease outbox: %w", err)
+	}
+	// The lease starts inside the call: after a long-poll wait, just before
+	// the answer. Counting from the request would eat the lease with the
+	// wait; counting from a generous second before the answer stays safe.
+	at := time.Now().Add(-leaseAnswerBound)
+	if at.Before(sent) {
+		at = sent
 	}
 	return Lease{Token: resp.GetLeaseToken(), Entries: resp.GetEntries(), At: at}, nil
 }

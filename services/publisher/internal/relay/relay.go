@@ -143,6 +143,8 @@ type Deps struct {
 	// OnDeadLetter, if set, is called after a message reached the
 	// dead-letter topic.
 	OnDeadLetter func()
+	// TracerProvider creates the producer spans (default: the global one).
+	TracerProvider trace.TracerProvider
 }
 
 // New returns a relay.
@@ -157,6 +159,9 @@ func New(cfg Config, d Deps) *Relay {
 	if d.Ping == nil {
 		d.Ping = func() error { return nil }
 	}
+	if d.TracerProvider == nil {
+		d.TracerProvider = otel.GetTracerProvider()
+	}
 	r := &Relay{
 		cfg:          cfg,
 		outbox:       d.Outbox,
@@ -164,7 +169,7 @@ func New(cfg Config, d Deps) *Relay {
 		deadLetter:   d.DeadLetter,
 		logger:       d.Logger.With("component", "relay"),
 		metrics:      d.Metrics,
-		tracer:       otel.Tracer("github.com/biobridge/bridge/services/publisher/internal/relay"),
+		tracer:       d.TracerProvider.Tracer("github.com/biobridge/bridge/services/publisher/internal/relay"),
 		onDeadLetter: d.OnDeadLetter,
 		ping:         d.Ping,
 	}
