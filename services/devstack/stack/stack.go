@@ -87,12 +87,34 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	e.setDefault("LOG_FORMAT", "text")
 	e.setDefault("KAFKA_TOPIC_PARTITIONS", "3")
 	e.setDefault("KAFKA_REPLICATION_FACTOR", "1")
+	// Kafka: a real cluster when KAFKA_BROKERS is set, else the embedded
+	// broker on KAFKA_ADDR. Vendors: the emulator unless their URLs are set.
+	embeddedKafka := e.get("KAFKA_BROKERS") == ""
+	if embeddedKafka {
+		e.filled["KAFKA_BROKERS"] = e.get("KAFKA_ADDR")
+	}
+	emu := "http://" + e.get("EMULATOR_ADDR")
+	e.setDefault("WHOOP_API_URL", emu+"/whoop")
+	e.setDefault("OURA_API_URL", emu+"/oura")
+	e.setDefault("OURA_AUTHORIZE_URL", emu+"/oura/oauth/authorize")
+
+	// Every service's configuration is validated before anything starts, so
+	// a bad environment is reported in one message naming every variable.
+	persistenceCfg, err1 := persistence.LoadConfig(e.get)
+	brokerCfg, err2 := tokenbroker.LoadConfig(e.get)
+	ingestCfg, _, err3 := ingest.LoadConfig(e.get)
+	publisherCfg, err4 := publisher.LoadConfig(e.get)
+	gatewayCfg, _, err5 := gateway.LoadConfig(e.get)
+	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
+		return nil, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+
 	if err := pgstore.EnsureDatabase(ctx, e.get("POSTGRES_URL")); err != nil {
 		return nil, fmt.Errorf("prepare database: %w", err)
 	}
 
 	// Kafka: a real cluster when KAFKA_BROKERS is set, else the embedded broker.
-	if e.get("KAFKA_BROKERS") == "" {
+	if embeddedKafka {
 		dir := filepath.Join(opts.DataDir, "kafka")
 		if opts.Ephemeral {
 			dir = ""
@@ -102,7 +124,6 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 			return nil, fmt.Errorf("start embedded kafka: %w", err)
 		}
 		s.cleanup = append(s.cleanup, s.kafka.Close)
-		e.filled["KAFKA_BROKERS"] = s.kafka.Addr()
 	}
 
 	// The emulator gets the same client credentials and webhook URLs as the
@@ -125,18 +146,11 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		defer cancel()
 		return s.Emulator.Close(cctx)
 	})
-	e.setDefault("WHOOP_API_URL", s.Emulator.WhoopURL())
-	e.setDefault("OURA_API_URL", s.Emulator.OuraURL())
-	e.setDefault("OURA_AUTHORIZE_URL", s.Emulator.OuraAuthorizeURL())
 
 	// Services, in dependency order (clients connect lazily, so the order
 	// only matters for migrations and readiness).
 	if err := s.add(ctx, "persistence", func(ctx context.Context, l *slog.Logger) (func(context.Context) error, error) {
-		cfg, err := persistence.LoadConfig(e.get)
-		if err != nil {
-			return nil, err
-		}
-		srv, err := persistence.New(ctx, cfg, l)
+		srv, err := persistence.New(ctx, persistenceCfg, l)
 		if err != nil {
 			return nil, err
 		}
@@ -145,11 +159,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		return nil, err
 	}
 	if err := s.add(ctx, "tokenbroker", func(ctx context.Context, l *slog.Logger) (func(context.Context) error, error) {
-		cfg, err := tokenbroker.LoadConfig(e.get)
-		if err != nil {
-			return nil, err
-		}
-		srv, err := tokenbroker.New(ctx, cfg, l)
+		srv, err := tokenbroker.New(ctx, brokerCfg, l)
 		if err != nil {
 			return nil, err
 		}
@@ -158,11 +168,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		return nil, err
 	}
 	if err := s.add(ctx, "ingest", func(ctx context.Context, l *slog.Logger) (func(context.Context) error, error) {
-		cfg, _, err := ingest.LoadConfig(e.get)
-		if err != nil {
-			return nil, err
-		}
-		srv, err := ingest.New(ctx, cfg, l)
+		srv, err := ingest.New(ctx, ingestCfg, l)
 		if err != nil {
 			return nil, err
 		}
@@ -171,11 +177,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		return nil, err
 	}
 	if err := s.add(ctx, "publisher", func(ctx context.Context, l *slog.Logger) (func(context.Context) error, error) {
-		cfg, err := publisher.LoadConfig(e.get)
-		if err != nil {
-			return nil, err
-		}
-		srv, err := publisher.New(ctx, cfg, l)
+		srv, err := publisher.New(ctx, publisherCfg, l)
 		if err != nil {
 			return nil, err
 		}
@@ -184,11 +186,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		return nil, err
 	}
 	if err := s.add(ctx, "gateway", func(ctx context.Context, l *slog.Logger) (func(context.Context) error, error) {
-		cfg, _, err := gateway.LoadConfig(e.get)
-		if err != nil {
-			return nil, err
-		}
-		srv, err := gateway.New(ctx, cfg, l)
+		srv, err := gateway.New(ctx, gatewayCfg, l)
 		if err != nil {
 			return nil, err
 		}
