@@ -1,10 +1,12 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -12,6 +14,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -79,9 +82,10 @@ type env struct {
 	ingestAddr      string
 	gatewayURL      string
 
-	ingestCfg  server.Config
-	ingest     *server.Server
-	stopIngest func()
+	ingestCfg    server.Config
+	ingestLogger *slog.Logger
+	ingest       *server.Server
+	stopIngest   func()
 
 	biometrics biometricsv1.BiometricsServiceClient
 	ingestRPC  ingestv1.IngestServiceClient
@@ -92,6 +96,26 @@ type options struct {
 	ingest func(*server.Config)
 	// externalIngest: the test runs ingest itself (in a child process).
 	externalIngest bool
+	// ingestLog, when set, receives ingest's log at info level.
+	ingestLog *syncBuffer
+}
+
+// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func testLogger(t *testing.T, service string) *slog.Logger {
@@ -164,6 +188,10 @@ func newEnv(t *testing.T, o options) *env {
 	if o.ingest != nil {
 		o.ingest(&e.ingestCfg)
 	}
+	e.ingestLogger = testLogger(t, "ingest")
+	if o.ingestLog != nil {
+		e.ingestLogger = logging.New(o.ingestLog, logging.Options{Format: "json", Level: slog.LevelInfo, PseudonymKey: []byte(pseudonymKey), Service: "ingest"})
+	}
 	if !o.externalIngest {
 		e.startIngest()
 	}
@@ -214,7 +242,7 @@ func serve(t *testing.T, f func(context.Context) error) func() {
 
 func (e *env) startIngest() {
 	e.t.Helper()
-	s, err := server.New(context.Background(), e.ingestCfg, testLogger(e.t, "ingest"))
+	s, err := server.New(context.Background(), e.ingestCfg, e.ingestLogger)
 	require.NoError(e.t, err)
 	e.ingest = s
 	e.stopIngest = serve(e.t, s.Serve)
@@ -467,4 +495,20 @@ func labelsMatch(m *dto.Metric, match map[string]string) bool {
 func night(hoursAgo int) (time.Time, time.Time) {
 	end := time.Now().UTC().Add(-time.Duration(hoursAgo) * time.Hour).Truncate(time.Second)
 	return end.Add(-8 * time.Hour), end
+}
+
+func (e *env) debugJobs() string {
+	rows, _ := e.db.Query(context.Background(), `SELECT id, state, attempts, run_at - now(), last_error FROM ingest.jobs`)
+	defer rows.Close()
+	out := ""
+	for rows.Next() {
+		var id int64
+		var st int16
+		var att int
+		var in time.Duration
+		var le string
+		_ = rows.Scan(&id, &st, &att, &in, &le)
+		out += fmt.Sprintf("[%d state=%d attempts=%d due_in=%s err=%q]", id, st, att, in, le)
+	}
+	return out
 }

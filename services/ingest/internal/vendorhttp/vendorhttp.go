@@ -330,7 +330,9 @@ func (c *Client) do(ctx context.Context, endpoint, path, token string, dst any, 
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
 		return c.fail(endpoint, Unauthorized, resp.StatusCode, 0, nil)
 	case resp.StatusCode >= 500 || resp.StatusCode == http.StatusRequestTimeout:
-		return c.fail(endpoint, Unavailable, resp.StatusCode, retryAfter(resp.Header, time.Now()), nil)
+		// Only Retry-After counts here: WHOOP sends X-RateLimit-Reset on
+		// every answer, and on a 500 it says nothing about the outage.
+		return c.fail(endpoint, Unavailable, resp.StatusCode, retryAfterOnly(resp.Header, time.Now()), nil)
 	}
 	return c.fail(endpoint, Permanent, resp.StatusCode, 0, nil)
 }
@@ -404,21 +406,27 @@ func (c *Client) Close(ctx context.Context) error {
 	return err
 }
 
-// retryAfter reads Retry-After (seconds or an HTTP date) and WHOOP's
-// X-RateLimit-Reset (seconds until the window resets) and returns the
-// longer, capped at 15 minutes.
+// retryAfter reads, for a 429, Retry-After (seconds or an HTTP date) and
+// WHOOP's X-RateLimit-Reset (seconds until the window resets) and returns
+// the longer, capped at 15 minutes.
 func retryAfter(h http.Header, now time.Time) time.Duration {
+	d := retryAfterOnly(h, now)
+	if v := strings.TrimSpace(h.Get("X-RateLimit-Reset")); v != "" {
+		if n, err := strconv.ParseFloat(v, 64); err == nil && n > 0 {
+			d = max(d, time.Duration(n*float64(time.Second)))
+		}
+	}
+	return min(max(d, 0), 15*time.Minute)
+}
+
+// retryAfterOnly reads Retry-After alone, capped at 15 minutes.
+func retryAfterOnly(h http.Header, now time.Time) time.Duration {
 	var d time.Duration
 	if v := strings.TrimSpace(h.Get("Retry-After")); v != "" {
 		if n, err := strconv.ParseFloat(v, 64); err == nil && n > 0 {
 			d = time.Duration(n * float64(time.Second))
 		} else if t, err := http.ParseTime(v); err == nil {
 			d = t.Sub(now)
-		}
-	}
-	if v := strings.TrimSpace(h.Get("X-RateLimit-Reset")); v != "" {
-		if n, err := strconv.ParseFloat(v, 64); err == nil && n > 0 {
-			d = max(d, time.Duration(n*float64(time.Second)))
 		}
 	}
 	return min(max(d, 0), 15*time.Minute)

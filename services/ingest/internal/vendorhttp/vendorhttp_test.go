@@ -71,6 +71,7 @@ func TestStatusClassification(t *testing.T) {
 		{"429 without headers", 429, nil, `{}`, RateLimited, 5 * time.Second},
 		{"500", 500, nil, `{"error":"x"}`, Unavailable, 0},
 		{"503 with retry-after", 503, map[string]string{"Retry-After": "2"}, ``, Unavailable, 2 * time.Second},
+		{"500 ignores the rate-limit reset", 500, map[string]string{"X-RateLimit-Reset": "55"}, ``, Unavailable, 0},
 		{"404", 404, nil, `{}`, NotFound, 0},
 		{"401", 401, nil, `{}`, Unauthorized, 0},
 		{"403", 403, nil, `{}`, Unauthorized, 0},
