@@ -89,6 +89,15 @@ fuzz: ## Run each fuzz target briefly (FUZZTIME=10s).
 				echo "fuzz $$pkg $$f"; (cd $$d && go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg); \
 			done; done; done
 
+METRICS_WAIT ?= 2m
+.PHONY: deploy-check
+deploy-check: ## Static checks of deploy/: kustomize render + strict decode, docker-compose config, alert rules, dashboard.
+	go run ./deploy/check static
+
+.PHONY: deploy-metrics
+deploy-metrics: ## Metrics the dashboard and alerts query are exported by a running devstack.
+	go run ./deploy/check metrics -wait $(METRICS_WAIT) $(foreach p,9200 9201 9202 9203 9204,-url http://127.0.0.1:$(p)/metrics)
+
 .PHONY: run
 run: ## Start the whole suite in one process (devstack): services, emulator, embedded Kafka.
 	go run ./services/devstack/cmd/devstack $(ARGS)
