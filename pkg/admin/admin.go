@@ -50,6 +50,15 @@ func New(addr string, reg *prometheus.Registry, logger *slog.Logger, checks ...C
 	}
 	s := &Server{addr: addr, logger: logger, checks: checks, mux: http.NewServeMux()}
 	if reg != nil {
+		// Readiness is also a metric, so alerts can say which dependency
+		// (PostgreSQL, Redis, Kafka, a peer service) is unreachable. A
+		// second server on the same registry keeps the first collector.
+		if err := reg.Register(&readinessCollector{checks: checks}); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				logger.Warn("register readiness metric", "err", err)
+			}
+		}
 		s.mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 			Registry:          reg, // also counts scrape errors on reg
 			EnableOpenMetrics: true,
@@ -195,4 +204,37 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+var readinessDesc = prometheus.NewDesc(
+	"biobridge_readiness_check_success",
+	"Whether a readiness check passed when /metrics was scraped (1) or not (0).",
+	[]string{"check"}, nil,
+)
+
+// readinessCollector runs the readiness checks on every scrape.
+type readinessCollector struct {
+	checks []Check
+}
+
+func (c *readinessCollector) Describe(ch chan<- *prometheus.Desc) { ch <- readinessDesc }
+
+func (c *readinessCollector) Collect(ch chan<- prometheus.Metric) {
+	results := make([]float64, len(c.checks))
+	var wg sync.WaitGroup
+	for i, check := range c.checks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), CheckTimeout)
+			defer cancel()
+			if runCheck(ctx, check) == nil {
+				results[i] = 1
+			}
+		}()
+	}
+	wg.Wait()
+	for i, check := range c.checks {
+		ch <- prometheus.MustNewConstMetric(readinessDesc, prometheus.GaugeValue, results[i], check.Name)
+	}
 }

@@ -134,3 +134,28 @@ func TestServeReturnsOnCancel(t *testing.T) {
 	_, err := http.Get("http://" + s.Addr() + "/healthz")
 	require.Error(t, err, "listener closed")
 }
+
+func TestReadinessIsExportedAsAMetric(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	admin.New("127.0.0.1:0", reg, nil,
+		admin.Check{Name: "postgres", Fn: func(context.Context) error { return nil }},
+		admin.Check{Name: "redis", Fn: func(context.Context) error { return errors.New("down") }},
+	)
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		if f.GetName() != "biobridge_readiness_check_success" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			got[m.GetLabel()[0].GetValue()] = m.GetGauge().GetValue()
+		}
+	}
+	if got["postgres"] != 1 || got["redis"] != 0 || len(got) != 2 {
+		t.Fatalf("readiness metric = %v, want postgres=1 redis=0", got)
+	}
+}
