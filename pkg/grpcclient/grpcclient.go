@@ -89,13 +89,11 @@ func Dial(target string, cfg Config) (*grpc.ClientConn, error) {
 		grpc.WithChainUnaryInterceptor(unaryInterceptor(cfg.DefaultTimeout)),
 		grpc.WithChainStreamInterceptor(streamInterceptor),
 	}
-	if len(cfg.IdempotentServices) > 0 {
-		sc, err := retryServiceConfig(cfg.IdempotentServices)
-		if err != nil {
-			return nil, err
-		}
-		opts = append(opts, grpc.WithDefaultServiceConfig(sc))
+	sc, err := serviceConfig(cfg.IdempotentServices)
+	if err != nil {
+		return nil, err
 	}
+	opts = append(opts, grpc.WithDefaultServiceConfig(sc))
 	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("create grpc client for %s: %w", target, err)
@@ -138,10 +136,13 @@ func transportCredentials(cfg Config) (credentials.TransportCredentials, error) 
 	return credentials.NewTLS(tc), nil
 }
 
-// retryServiceConfig builds a service config retrying UNAVAILABLE (the
-// server was unreachable or shedding before doing any work) for the given
-// services. gRPC bounds retries further with its retry throttling.
-func retryServiceConfig(services []string) (string, error) {
+// serviceConfig builds the default service config: round-robin over every
+// address the target resolves to (with a `dns:///` target behind a headless
+// Kubernetes Service, calls spread over all pods instead of sticking to one),
+// and retries of UNAVAILABLE (the server was unreachable or shedding before
+// doing any work) for the given services. gRPC bounds retries further with
+// its retry throttling.
+func serviceConfig(services []string) (string, error) {
 	type name struct {
 		Service string `json:"service"`
 	}
@@ -150,7 +151,10 @@ func retryServiceConfig(services []string) (string, error) {
 		names[i] = name{Service: s}
 	}
 	sc := map[string]any{
-		"methodConfig": []any{map[string]any{
+		"loadBalancingConfig": []any{map[string]any{"round_robin": map[string]any{}}},
+	}
+	if len(services) > 0 {
+		sc["methodConfig"] = []any{map[string]any{
 			"name": names,
 			"retryPolicy": map[string]any{
 				"maxAttempts":          4,
@@ -159,7 +163,7 @@ func retryServiceConfig(services []string) (string, error) {
 				"backoffMultiplier":    2.0,
 				"retryableStatusCodes": []string{"UNAVAILABLE"},
 			},
-		}},
+		}}
 	}
 	b, err := json.Marshal(sc)
 	if err != nil {

@@ -144,6 +144,13 @@ func New(cfg Config, opts Options) (*Server, error) {
 			MinTime:             10 * time.Second,
 			PermitWithoutStream: true,
 		}),
+		// Connections are recycled now and then so that clients re-resolve
+		// and spread over new replicas after a scale-out; streams get a
+		// grace minute and reconnect (WatchLatest starts with a snapshot).
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionAge:      10 * time.Minute,
+			MaxConnectionAgeGrace: time.Minute,
+		}),
 	}
 	if cfg.TLS.CertFile != "" || cfg.TLS.KeyFile != "" {
 		tc, err := ServerTLSConfig(cfg.TLS)
