@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -123,6 +124,7 @@ func Connect(ctx context.Context, cfg Config, logger *slog.Logger) (*Conn, error
 			return nil, err
 		}
 	}
+	warnMessageLimit(client, cfg, logger)
 	if conn.Producer, err = sarama.NewSyncProducerFromClient(client); err != nil {
 		return nil, fmt.Errorf("start kafka producer: %w", err)
 	}
@@ -134,6 +136,31 @@ func Connect(ctx context.Context, cfg Config, logger *slog.Logger) (*Conn, error
 	}
 	ok = true
 	return conn, nil
+}
+
+// warnMessageLimit warns when the event topic accepts smaller batches than
+// the producer builds: the broker would then refuse whole batches of small
+// messages, and the relay would have to send each one alone to tell them
+// from a message that is really too large.
+func warnMessageLimit(client sarama.Client, cfg Config, logger *slog.Logger) {
+	admin, err := sarama.NewClusterAdminFromClient(client)
+	if err != nil {
+		return
+	}
+	entries, err := admin.DescribeConfig(sarama.ConfigResource{Type: sarama.TopicResource, Name: TopicEvents})
+	if err != nil {
+		logger.Debug("describe kafka topic config failed", "topic", TopicEvents, "err", err)
+		return
+	}
+	for _, e := range entries {
+		if e.Name != "max.message.bytes" {
+			continue
+		}
+		if limit, err := strconv.Atoi(e.Value); err == nil && limit < cfg.MaxMessageBytes {
+			logger.Warn("KAFKA_MAX_MESSAGE_BYTES exceeds the topic's max.message.bytes; lower it to the topic's limit",
+				"topic", TopicEvents, "max_message_bytes", cfg.MaxMessageBytes, "topic_limit", limit)
+		}
+	}
 }
 
 // Close flushes and closes the producers, then the clients.
