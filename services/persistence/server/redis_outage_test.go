@@ -151,4 +151,3 @@ func TestRedisNeverReachable(t *testing.T) {
 	require.Positive(t, counter(t, e.srv.Registry(), "biobridge_persistence_cache_reads_total", "result", "error"))
 	require.Len(t, e.drainOutbox(), 1)
 }
-

@@ -263,3 +263,7 @@ func (s *Server) maintain(ctx context.Context) {
 		}
 	}
 }
+
+// FlushAudit writes the buffered audit entries now and waits for them
+// (tests; shutdown flushes by itself).
+func (s *Server) FlushAudit(ctx context.Context) { s.audit.Flush(ctx) }
