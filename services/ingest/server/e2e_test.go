@@ -2,7 +2,10 @@ package server_test
 
 import (
 	"context"
+	"encoding/json"
+	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +14,7 @@ import (
 
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
 	ingestv1 "github.com/biobridge/bridge/gen/go/biobridge/ingest/v1"
+	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/vendoremu"
 	"github.com/biobridge/bridge/services/ingest/server"
 )
@@ -246,4 +250,39 @@ func TestUnknownVendorUserIsAcknowledged(t *testing.T) {
 	assert.Contains(t, out, "notification for a vendor user without a connection")
 	assert.Regexp(t, `"user":"u_[0-9a-f]{16}"`, out, "the vendor user appears as a pseudonym")
 	assert.NotContains(t, out, strconv.FormatInt(stranger.WhoopUserID, 10), "never as the raw id")
+}
+
+// HealthKit pushes still work through the REST gateway: per-sample
+// results, SpO2 fractions become percent, SDNN stays SDNN, and the JWT's
+// subject is the only user written.
+func TestHealthKitPush(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, options{})
+	tok, err := auth.IssueUserToken(userSecret, "user-hk", time.Hour)
+	require.NoError(t, err)
+	at := time.Now().UTC().Add(-time.Hour).Truncate(time.Second).Format(time.RFC3339)
+	body := `{"samples":[
+		{"uuid":"A1","type":"HKQuantityTypeIdentifierHeartRate","value":64,"unit":"count/min","start_date":"` + at + `","end_date":"` + at + `"},
+		{"uuid":"A2","type":"HKQuantityTypeIdentifierOxygenSaturation","value":0.97,"unit":"%","start_date":"` + at + `","end_date":"` + at + `"},
+		{"uuid":"A3","type":"HKQuantityTypeIdentifierHeartRateVariabilitySDNN","value":48,"unit":"ms","start_date":"` + at + `","end_date":"` + at + `"},
+		{"uuid":"A4","type":"HKQuantityTypeIdentifierHeartRate","value":400,"unit":"count/min","start_date":"` + at + `","end_date":"` + at + `"}]}`
+	req, err := http.NewRequest(http.MethodPost, e.gatewayURL+"/v1/healthkit/samples", strings.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	out := e.do(req, http.StatusOK)
+	var resp struct {
+		Accepted int `json:"accepted"`
+		Rejected int `json:"rejected"`
+		Results  []struct {
+			UUID   string `json:"uuid"`
+			Reason string `json:"reason"`
+		} `json:"results"`
+	}
+	require.NoError(t, json.Unmarshal(out, &resp))
+	assert.Equal(t, 3, resp.Accepted)
+	assert.Equal(t, 1, resp.Rejected)
+	assert.Equal(t, "out_of_range", resp.Results[3].Reason)
+	got := e.waitLatest("user-hk", map[string]float64{"heart_rate_bpm": 64, "spo2_pct": 97, "hrv_sdnn_ms": 48}, 10*time.Second)
+	assert.NotContains(t, got, "hrv_rmssd_ms")
+	assert.Equal(t, biometricsv1.Source_SOURCE_HEALTHKIT, got["heart_rate_bpm"].GetSource())
 }
