@@ -1,0 +1,4 @@
+package store
+
+// DeleteReadingsSQL is exported for plan tests.
+const DeleteReadingsSQL = deleteReadingsSQL
