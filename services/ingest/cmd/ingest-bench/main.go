@@ -5,6 +5,10 @@
 //   - ingest.healthkit_readings_per_s: 1,000-sample HealthKit pushes until
 //     committed, versus pgx CopyFrom of the same rows into an equivalent
 //     table.
+//   - ingest.webhook_accept_per_s and ingest.webhook_accept_p99_ms: signed
+//     WHOOP webhooks from 64 concurrent senders until acknowledged (each
+//     one committed to the job queue), versus one PostgreSQL transaction
+//     per webhook into an equivalent table.
 //
 // It creates and drops its own database and Redis key prefix and writes
 // <out>/ingest.json for `make bench`.
@@ -41,6 +45,9 @@ type options struct {
 	hkPushes  int
 	hkSize    int
 	hkWorkers int
+
+	webhooks int
+	senders  int
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) (err error) {
@@ -55,14 +62,19 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	fs.IntVar(&o.hkPushes, "healthkit-pushes", 40, "HealthKit pushes")
 	fs.IntVar(&o.hkSize, "healthkit-samples", 1000, "samples per HealthKit push")
 	fs.IntVar(&o.hkWorkers, "healthkit-clients", 4, "concurrent HealthKit clients")
+	fs.IntVar(&o.webhooks, "webhooks", 6400, "WHOOP webhooks to send")
+	fs.IntVar(&o.senders, "senders", 64, "concurrent webhook senders")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
-	if o.hkPushes < 1 || o.hkSize < 1 || o.hkWorkers < 1 {
-		return errors.New("-healthkit-pushes, -healthkit-samples and -healthkit-clients must be positive")
+	if o.hkPushes < 1 || o.hkSize < 1 || o.hkWorkers < 1 || o.webhooks < 1 || o.senders < 1 {
+		return errors.New("-healthkit-pushes, -healthkit-samples, -healthkit-clients, -webhooks and -senders must be positive")
 	}
 
-	s, err := startStack(ctx, o, nil)
+	// One fetch worker whose every job fails fast and waits an hour: the
+	// webhook numbers measure the acceptance path, not the workers
+	// competing with it for the machine's two cores.
+	s, err := startStack(ctx, o, extraEnv{"INGEST_WORKERS": "1", "INGEST_RETRY_BASE": "1h", "INGEST_RETRY_MAX": "1h"})
 	if err != nil {
 		return err
 	}
@@ -74,6 +86,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return fmt.Errorf("healthkit benchmark: %w", err)
 	}
 	results = append(results, hk...)
+	wh, err := benchWebhookAccept(ctx, s, o)
+	if err != nil {
+		return fmt.Errorf("webhook benchmark: %w", err)
+	}
+	results = append(results, wh...)
 
 	for _, r := range results {
 		fmt.Fprintf(stdout, "%s = %.1f %s (baseline %.1f, ratio %.2f) %s\n", r.Name, r.Value, r.Unit, r.Baseline, r.Ratio, r.Notes)
@@ -82,7 +99,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		Group: "ingest",
 		Method: "Everything runs in this process on loopback ports: the REST gateway, ingest and persistence with real gRPC hops, " +
 			"on a fresh PostgreSQL database and Redis key prefix. Each value is compared with a baseline measured in the same run: " +
-			"HealthKit pushes (synchronous, 200 = committed) against pgx CopyFrom of the same rows into an equivalent table.",
+			"HealthKit pushes (synchronous, 200 = committed) against pgx CopyFrom of the same rows into an equivalent table; " +
+			"webhook acceptance (HTTP through the gateway, signature check, commit of the deduplicated job, 200) against one INSERT " +
+			"transaction per webhook into a copy of the job table. Fetch workers are held to one during the webhook run.",
 		Results: results,
 	})
 }
