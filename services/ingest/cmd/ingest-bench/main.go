@@ -9,6 +9,9 @@
 //     WHOOP webhooks from 64 concurrent senders until acknowledged (each
 //     one committed to the job queue), versus one PostgreSQL transaction
 //     per webhook into an equivalent table.
+//   - ingest.freshness_p99_ms: a WHOOP workout created at the emulator
+//     until GetLatest shows it, versus the same fetch and write done
+//     synchronously by the sender.
 //
 // It creates and drops its own database and Redis key prefix and writes
 // <out>/ingest.json for `make bench`.
@@ -46,8 +49,9 @@ type options struct {
 	hkSize    int
 	hkWorkers int
 
-	webhooks int
-	senders  int
+	webhooks  int
+	senders   int
+	freshness int
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) (err error) {
@@ -64,6 +68,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	fs.IntVar(&o.hkWorkers, "healthkit-clients", 4, "concurrent HealthKit clients")
 	fs.IntVar(&o.webhooks, "webhooks", 6400, "WHOOP webhooks to send")
 	fs.IntVar(&o.senders, "senders", 64, "concurrent webhook senders")
+	fs.IntVar(&o.freshness, "freshness-records", 200, "records timed for freshness (0 skips it)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -74,7 +79,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	// One fetch worker whose every job fails fast and waits an hour: the
 	// webhook numbers measure the acceptance path, not the workers
 	// competing with it for the machine's two cores.
-	s, err := startStack(ctx, o, extraEnv{"INGEST_WORKERS": "1", "INGEST_RETRY_BASE": "1h", "INGEST_RETRY_MAX": "1h"})
+	s, err := startStack(ctx, o, stackConfig{ingestEnv: extraEnv{"INGEST_WORKERS": "1", "INGEST_RETRY_BASE": "1h", "INGEST_RETRY_MAX": "1h"}})
 	if err != nil {
 		return err
 	}
@@ -91,6 +96,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return fmt.Errorf("webhook benchmark: %w", err)
 	}
 	results = append(results, wh...)
+	if o.freshness > 0 {
+		fr, err := runFreshness(ctx, o)
+		if err != nil {
+			return fmt.Errorf("freshness benchmark: %w", err)
+		}
+		results = append(results, fr...)
+	}
 
 	for _, r := range results {
 		fmt.Fprintf(stdout, "%s = %.1f %s (baseline %.1f, ratio %.2f) %s\n", r.Name, r.Value, r.Unit, r.Baseline, r.Ratio, r.Notes)
@@ -101,9 +113,24 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 			"on a fresh PostgreSQL database and Redis key prefix. Each value is compared with a baseline measured in the same run: " +
 			"HealthKit pushes (synchronous, 200 = committed) against pgx CopyFrom of the same rows into an equivalent table; " +
 			"webhook acceptance (HTTP through the gateway, signature check, commit of the deduplicated job, 200) against one INSERT " +
-			"transaction per webhook into a copy of the job table. Fetch workers are held to one during the webhook run.",
+			"transaction per webhook into a copy of the job table. Fetch workers are held to one during the webhook run. " +
+			"Freshness runs on a second stack with the vendor emulator (no added latency, no rate limit) and the token broker, " +
+			"against the same fetch, normalization and WriteEvents done synchronously by the sender.",
 		Results: results,
 	})
+}
+
+// runFreshness runs on a stack of its own: with the emulator, the token
+// broker and the default number of fetch workers.
+func runFreshness(ctx context.Context, o options) (_ []benchreport.Result, err error) {
+	// The emulator runs without rate limits here and so does ingest's
+	// budget: this measures latency, not throttling.
+	s, err := startStack(ctx, o, stackConfig{vendors: true, ingestEnv: extraEnv{"WHOOP_RATE_LIMIT": "1000000", "WHOOP_DAILY_LIMIT": "0"}})
+	if err != nil {
+		return nil, err
+	}
+	defer func() { err = errors.Join(err, s.close()) }()
+	return benchFreshness(ctx, s, o)
 }
 
 func firstSet(vals ...string) string {

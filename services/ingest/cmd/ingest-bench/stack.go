@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -13,9 +14,11 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/biobridge/bridge/pkg/pgstore"
+	"github.com/biobridge/bridge/pkg/vendoremu"
 	gateway "github.com/biobridge/bridge/services/gateway/server"
 	ingest "github.com/biobridge/bridge/services/ingest/server"
 	persistence "github.com/biobridge/bridge/services/persistence/server"
+	tokenbroker "github.com/biobridge/bridge/services/tokenbroker/server"
 )
 
 const (
@@ -24,6 +27,7 @@ const (
 	pseudonymKey    = "bench-pseudonym-key"
 	whoopSecret     = "bench-whoop-client-secret"
 	ouraSecret      = "bench-oura-client-secret"
+	publicBaseURL   = "http://gateway.bench"
 )
 
 // stack is the part of the suite the benchmarks drive: the REST gateway in
@@ -38,6 +42,8 @@ type stack struct {
 	gatewayURL  string
 	ingest      *ingest.Server
 	persistence *persistence.Server
+	emu         *vendoremu.Emulator
+	brokerAddr  string
 
 	cancel  context.CancelFunc
 	done    []chan error
@@ -47,7 +53,16 @@ type stack struct {
 // extraEnv lets a benchmark add or override ingest variables.
 type extraEnv map[string]string
 
-func startStack(ctx context.Context, o options, ingestEnv extraEnv) (_ *stack, err error) {
+// stackConfig chooses what a benchmark needs.
+type stackConfig struct {
+	ingestEnv extraEnv
+	// vendors adds the vendor emulator and the token broker, with ingest
+	// and the broker pointed at the emulator and the emulator's webhooks
+	// at the gateway.
+	vendors bool
+}
+
+func startStack(ctx context.Context, o options, sc stackConfig) (_ *stack, err error) {
 	s := &stack{redisURL: o.redisURL}
 	defer func() {
 		if err != nil {
@@ -88,6 +103,13 @@ func startStack(ctx context.Context, o options, ingestEnv extraEnv) (_ *stack, e
 	}
 	s.serve(sctx, s.persistence.Serve)
 
+	brokerTarget := "127.0.0.1:1" // nothing talks to it without vendors
+	if sc.vendors {
+		if brokerTarget, err = s.startVendors(sctx, logger); err != nil {
+			return nil, err
+		}
+	}
+
 	ienv := map[string]string{
 		"INGEST_GRPC_ADDR":    "127.0.0.1:0",
 		"INGEST_ADMIN_ADDR":   "127.0.0.1:0",
@@ -101,8 +123,12 @@ func startStack(ctx context.Context, o options, ingestEnv extraEnv) (_ *stack, e
 		"REDIS_KEY_PREFIX":    s.prefix,
 		"WHOOP_CLIENT_SECRET": whoopSecret,
 		"OURA_CLIENT_SECRET":  ouraSecret,
+		"TOKENBROKER_TARGET":  brokerTarget,
 	}
-	for k, v := range ingestEnv {
+	if s.emu != nil {
+		ienv["WHOOP_API_URL"], ienv["OURA_API_URL"] = s.emu.WhoopURL(), s.emu.OuraURL()
+	}
+	for k, v := range sc.ingestEnv {
 		ienv[k] = v
 	}
 	icfg, _, err := ingest.LoadConfig(env(ienv))
@@ -119,8 +145,7 @@ func startStack(ctx context.Context, o options, ingestEnv extraEnv) (_ *stack, e
 		"GATEWAY_ADMIN_ADDR": "127.0.0.1:0",
 		"INGEST_TARGET":      s.ingest.GRPCAddr(),
 		"PERSISTENCE_TARGET": s.persistence.GRPCAddr(),
-		// Nothing here talks to the token broker.
-		"TOKENBROKER_TARGET": "127.0.0.1:1",
+		"TOKENBROKER_TARGET": brokerTarget,
 		"LOG_PSEUDONYM_KEY":  pseudonymKey,
 	}))
 	if err != nil {
@@ -132,7 +157,65 @@ func startStack(ctx context.Context, o options, ingestEnv extraEnv) (_ *stack, e
 	}
 	s.serve(sctx, gw.Serve)
 	s.gatewayURL = "http://" + gw.HTTPAddr()
+	if s.emu != nil {
+		if err := s.emu.SetWebhookTargets(s.gatewayURL+"/v1/webhooks/whoop", s.gatewayURL+"/v1/webhooks/oura"); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+// startVendors starts the emulator (without rate limits: the freshness
+// benchmark measures latency, not the budget) and the token broker, and
+// returns the broker's address.
+func (s *stack) startVendors(ctx context.Context, logger *slog.Logger) (string, error) {
+	emu, err := vendoremu.New(vendoremu.Config{
+		WhoopClientSecret: whoopSecret, OuraClientSecret: ouraSecret,
+		WhoopRateLimit: -1, WhoopDailyLimit: -1, OuraRateLimit: -1,
+	}, logger)
+	if err != nil {
+		return "", err
+	}
+	if err := emu.Start("127.0.0.1:0"); err != nil {
+		return "", err
+	}
+	s.emu = emu
+	s.cleanup = append(s.cleanup, func() error {
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return emu.Close(cctx)
+	})
+	key := make([]byte, 32)
+	_, _ = rand.Read(key)
+	bcfg, err := tokenbroker.LoadConfig(env(map[string]string{
+		"TOKENBROKER_GRPC_ADDR":  "127.0.0.1:0",
+		"TOKENBROKER_ADMIN_ADDR": "127.0.0.1:0",
+		"POSTGRES_URL":           s.dbURL,
+		"REDIS_URL":              s.redisURL,
+		"REDIS_KEY_PREFIX":       s.prefix,
+		"TOKEN_ENCRYPTION_KEYS":  "k1:" + base64.StdEncoding.EncodeToString(key),
+		"WHOOP_CLIENT_ID":        vendoremu.DefaultWhoopClientID,
+		"WHOOP_CLIENT_SECRET":    whoopSecret,
+		"WHOOP_API_URL":          emu.WhoopURL(),
+		"OURA_CLIENT_ID":         vendoremu.DefaultOuraClientID,
+		"OURA_CLIENT_SECRET":     ouraSecret,
+		"OURA_API_URL":           emu.OuraURL(),
+		"OURA_AUTHORIZE_URL":     emu.OuraAuthorizeURL(),
+		"PUBLIC_BASE_URL":        publicBaseURL,
+		"USER_TOKEN_SECRET":      userTokenSecret,
+		"SERVICE_TOKENS":         "ingest:" + serviceToken,
+		"LOG_PSEUDONYM_KEY":      pseudonymKey,
+	}))
+	if err != nil {
+		return "", fmt.Errorf("token broker config: %w", err)
+	}
+	broker, err := tokenbroker.New(ctx, bcfg, logger)
+	if err != nil {
+		return "", fmt.Errorf("start token broker: %w", err)
+	}
+	s.serve(ctx, broker.Serve)
+	s.brokerAddr = broker.GRPCAddr()
+	return s.brokerAddr, nil
 }
 
 func (s *stack) serve(ctx context.Context, f func(context.Context) error) {

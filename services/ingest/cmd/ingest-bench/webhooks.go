@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/biobridge/bridge/pkg/benchreport"
+	"github.com/biobridge/bridge/pkg/pgstore"
 	"github.com/biobridge/bridge/services/ingest/internal/webhook"
 )
 
@@ -116,13 +117,15 @@ func benchWebhookAccept(ctx context.Context, s *stack, o options) ([]benchreport
 
 // insertBaseline commits the same deliveries as single-statement
 // transactions into a copy of the job table (same columns, constraints and
-// indexes).
+// indexes), from as many goroutines as there are senders.
 func insertBaseline(ctx context.Context, dbURL string, plan []signedWebhook, workers int) (float64, time.Duration, error) {
 	sep := "?"
 	if strings.Contains(dbURL, "?") {
 		sep = "&"
 	}
-	pool, err := pgxpool.New(ctx, dbURL+sep+"pool_max_conns="+strconv.Itoa(workers))
+	// The same pool size ingest runs with: the comparison is about the work
+	// per webhook, not about who holds more connections.
+	pool, err := pgxpool.New(ctx, dbURL+sep+"pool_max_conns="+strconv.Itoa(pgstore.DefaultMaxConns))
 	if err != nil {
 		return 0, 0, fmt.Errorf("baseline pool: %w", err)
 	}
