@@ -186,3 +186,20 @@ func TestJobRPCsNeedAServiceToken(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, resp.GetJobs())
 }
+
+// Acknowledging needs only PostgreSQL: with the token broker unreachable
+// a webhook is still committed and answered at once; the worker retries.
+func TestAcceptedWhileTheBrokerIsDown(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, options{ingest: func(c *server.Config) { c.TokenBrokerTarget = "127.0.0.1:1" }})
+	body := []byte(`{"user_id":77,"id":"22222222-3333-4444-8555-666666666666","type":"sleep.updated","trace_id":"down-1"}`)
+	status, out, _ := answer(t, e.postWhoop(body, vendoremu.DefaultWhoopClientSecret, time.Now()))
+	require.Equal(t, http.StatusOK, status, out)
+	assert.Contains(t, out, "WEBHOOK_STATUS_ACCEPTED")
+	require.Eventually(t, func() bool {
+		var lastErr string
+		err := e.db.QueryRow(context.Background(), `SELECT last_error FROM ingest.jobs WHERE dedupe_key = 'down-1'`).Scan(&lastErr)
+		return err == nil && strings.Contains(lastErr, "resolve vendor user")
+	}, 20*time.Second, 50*time.Millisecond, "the worker keeps the job and retries: %s", e.debugJobs())
+	assert.Zero(t, e.jobCounts()["dead"])
+}
