@@ -126,6 +126,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		opts.WriteTimeout = 500 * time.Millisecond
 		opts.MaxRetries = 1
 		opts.PoolSize = max(opts.PoolSize, 64)
+		// RESP2: the cache needs no push notifications, and without them
+		// every command skips a check for pending pushes.
+		opts.Protocol = 2
 		s.rdb = redis.NewClient(opts)
 		cache = latestcache.New(s.rdb, cfg.RedisKeyPrefix, cfg.LatestCacheTTL)
 		if err := cache.Load(ctx); err != nil {

@@ -28,7 +28,9 @@ type Metrics struct {
 	GroupRequests   prometheus.Histogram
 	GroupWait       prometheus.Histogram
 	GroupIsolations prometheus.Counter
-	values          map[string]*prometheus.HistogramVec // by metric; label source
+	// values holds the accepted-value histograms' observers by metric and
+	// source, resolved once: writes observe every reading.
+	values map[string]*[5]prometheus.Observer
 
 	// Latest cache.
 	CacheErrors      *prometheus.CounterVec // op
@@ -151,7 +153,7 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		WatchStreams: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: ns, Name: "watch_streams", Help: "Open WatchLatest streams.",
 		}),
-		values: map[string]*prometheus.HistogramVec{},
+		values: map[string]*[5]prometheus.Observer{},
 	}
 	cs := []prometheus.Collector{
 		m.RowsWritten, m.EventsWritten, m.Rejections, m.TxSeconds, m.TxEvents, m.TxRetries,
@@ -172,7 +174,11 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			ConstLabels: prometheus.Labels{"metric": cm.Name},
 			Buckets:     valueBuckets(cm),
 		}, []string{"source"})
-		m.values[cm.Name] = h
+		var obs [5]prometheus.Observer
+		for i := range obs {
+			obs[i] = h.WithLabelValues(SourceLabel(biometricsv1.Source(i)))
+		}
+		m.values[cm.Name] = &obs
 		cs = append(cs, h)
 	}
 	var errs []error
@@ -214,8 +220,8 @@ func valueBuckets(m catalog.Metric) []float64 {
 
 // ObserveValue records an accepted value.
 func (m *Metrics) ObserveValue(metric string, source biometricsv1.Source, v float64) {
-	if h, ok := m.values[metric]; ok {
-		h.WithLabelValues(SourceLabel(source)).Observe(v)
+	if obs, ok := m.values[metric]; ok && int(source) >= 0 && int(source) < len(obs) {
+		obs[source].Observe(v)
 	}
 }
 

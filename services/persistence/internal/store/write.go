@@ -261,6 +261,15 @@ type readingRows struct {
 	values                                                     []float64
 }
 
+func newReadingRows(n int) *readingRows {
+	return &readingRows{
+		users: make([]string, 0, n), metrics: make([]string, 0, n), recordIDs: make([]string, 0, n),
+		devNames: make([]string, 0, n), devModels: make([]string, 0, n), devBundles: make([]string, 0, n),
+		observed: make([]time.Time, 0, n), starts: make([]pgtype.Timestamptz, 0, n),
+		sources: make([]int16, 0, n), seqs: make([]int32, 0, n), values: make([]float64, 0, n),
+	}
+}
+
 func (r *readingRows) add(user string, l record.Latest) {
 	r.users = append(r.users, user)
 	r.metrics = append(r.metrics, l.Metric)
@@ -497,7 +506,13 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 		deleted                          []bool
 		lo, hi                           []pgtype.Timestamptz
 	}
-	var readings readingRows
+	total := 0
+	for _, k := range keys {
+		if st := states[k]; st.touched && st.final != nil {
+			total += len(st.final.Readings)
+		}
+	}
+	readings := newReadingRows(total)
 	best := map[[2]string]record.Latest{}
 	var bestOrder [][2]string
 	for _, k := range keys {
@@ -532,6 +547,11 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 				if l.ObservedAt.After(hi.Time) {
 					hi.Time = l.ObservedAt
 				}
+				// Readings are sorted by metric, then time: the last of a
+				// metric's run is the record's newest for that metric.
+				if seq+1 < len(ev.Readings) && ev.Readings[seq+1].Metric == l.Metric {
+					continue
+				}
 				bk := [2]string{k.UserID, l.Metric}
 				if cur, ok := best[bk]; !ok {
 					best[bk] = l
@@ -539,7 +559,6 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 				} else if record.CompareLatest(l, cur) > 0 {
 					best[bk] = l
 				}
-				s.m.ObserveValue(l.Metric, k.Source, l.Value)
 			}
 		}
 		recs.users = append(recs.users, k.UserID)
@@ -631,6 +650,13 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return nil, nil, fmt.Errorf("commit: %w", err)
+	}
+	for _, k := range keys {
+		if st := states[k]; st.touched && st.final != nil {
+			for _, r := range st.final.Readings {
+				s.m.ObserveValue(r.Metric, k.Source, r.Value)
+			}
+		}
 	}
 	s.m.RowsWritten.WithLabelValues("events").Add(float64(len(evRows.ids)))
 	s.m.RowsWritten.WithLabelValues("outbox").Add(float64(len(outbox.keys)))
