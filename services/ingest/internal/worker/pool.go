@@ -21,6 +21,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/biobridge/bridge/services/ingest/internal/jobs"
 )
@@ -140,12 +144,14 @@ type Pool struct {
 	logger   *slog.Logger
 	m        *poolMetrics
 	wake     chan struct{}
+	tracer   trace.Tracer
 }
 
 // NewPool returns a pool running handlers[kind] for each job kind.
 func NewPool(store *jobs.Store, handlers map[string]Handler, cfg Config, reg prometheus.Registerer, logger *slog.Logger) *Pool {
 	cfg.setDefaults()
-	return &Pool{cfg: cfg, store: store, handlers: handlers, logger: logger, m: newPoolMetrics(reg), wake: make(chan struct{}, 1)}
+	return &Pool{cfg: cfg, store: store, handlers: handlers, logger: logger, m: newPoolMetrics(reg), wake: make(chan struct{}, 1),
+		tracer: otel.Tracer("github.com/biobridge/bridge/services/ingest/internal/worker")}
 }
 
 // Wake tells an idle worker that a job was just enqueued.
@@ -225,6 +231,12 @@ func (p *Pool) work(ctx, jobCtx context.Context) {
 // the result (fenced by the lease token).
 func (p *Pool) run(ctx context.Context, j jobs.Job) {
 	labels := []string{j.Vendor, j.Kind}
+	// One span per attempt: the token broker, vendor and persistence calls
+	// nest under it.
+	ctx, span := p.tracer.Start(ctx, "ingest job "+j.Kind, trace.WithAttributes(
+		attribute.Int64("job.id", j.ID), attribute.String("vendor", j.Vendor), attribute.String("job.kind", j.Kind),
+		attribute.Int("job.attempt", j.Attempts)))
+	defer span.End()
 	start := time.Now()
 	defer func() { p.m.duration.WithLabelValues(labels...).Observe(time.Since(start).Seconds()) }()
 	log := p.logger.With(slog.Int64("job_id", j.ID), slog.String("vendor", j.Vendor), slog.String("kind", j.Kind), slog.Int("attempt", j.Attempts))
@@ -241,6 +253,11 @@ func (p *Pool) run(ctx context.Context, j jobs.Job) {
 		err = &Permanent{Reason: fmt.Sprintf("abandoned by its workers %d times", j.Attempts-1)}
 	default:
 		outcome, err = p.handle(ctx, h, j)
+	}
+	if err != nil {
+		span.SetStatus(codes.Error, "job not done")
+	} else {
+		span.SetAttributes(attribute.String("job.outcome", outcome))
 	}
 	// Recording the result must not be cut short by the shutdown.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
