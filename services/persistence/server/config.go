@@ -3,6 +3,9 @@ package server
 import (
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
+
 	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/config"
 	"github.com/biobridge/bridge/pkg/service"
@@ -126,6 +129,14 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		if _, err := auth.ParseServiceTokens(c.ServiceTokens); err != nil {
 			l.Check("SERVICE_TOKENS", false, err.Error())
 		}
+	}
+	if c.PostgresURL != "" {
+		_, err := pgx.ParseConfig(c.PostgresURL)
+		l.Check("POSTGRES_URL", err == nil, "must be a postgres:// URL or connection string")
+	}
+	if c.RedisURL != "" {
+		_, err := redis.ParseURL(c.RedisURL)
+		l.Check("REDIS_URL", err == nil, "must be a redis:// or rediss:// URL")
 	}
 	l.Check("GROUP_COMMIT_WINDOW", c.GroupCommitWindow <= time.Second, "must be at most 1s")
 	l.Check("AUDIT_FLUSH_INTERVAL", c.AuditFlushInterval >= time.Millisecond && c.AuditFlushInterval <= time.Minute, "must be between 1ms and 1m")

@@ -18,10 +18,18 @@ func TestOutboxLeaseAckNack(t *testing.T) {
 	at := time.Date(2026, 11, 20, 8, 0, 0, 0, time.UTC)
 	e.write(event(user, "a", reading("heart_rate_bpm", 61, at)))
 	e.write(event(user, "b", reading("heart_rate_bpm", 62, at.Add(time.Minute))))
-	_, err := e.persistence.AppendConnectionEvents(e.ingestCtx(), &persistencev1.AppendConnectionEventsRequest{
+	conn := &persistencev1.AppendConnectionEventsRequest{
 		Events: []*biometricsv1.ConnectionEvent{{UserId: user, Vendor: "whoop", Type: biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_CONNECTED}},
-	})
+	}
+	appended, err := e.persistence.AppendConnectionEvents(e.ingestCtx(), conn)
 	require.NoError(t, err)
+	require.Len(t, appended.GetEventIds(), 1)
+	// Re-appending with the assigned id (a retry) adds nothing.
+	conn.Events[0].EventId = appended.GetEventIds()[0]
+	again, err := e.persistence.AppendConnectionEvents(e.ingestCtx(), conn)
+	require.NoError(t, err)
+	require.Equal(t, appended.GetEventIds(), again.GetEventIds())
+	require.Equal(t, 1, e.count(`SELECT count(*) FROM outbox WHERE topic = 'biometrics.connections.v1'`))
 
 	resp, err := e.persistence.LeaseOutbox(e.ingestCtx(), &persistencev1.LeaseOutboxRequest{Holder: "p1"})
 	require.NoError(t, err)
@@ -29,6 +37,7 @@ func TestOutboxLeaseAckNack(t *testing.T) {
 	require.Equal(t, "a", resp.GetEntries()[0].GetEvent().GetVendorRecordId())
 	require.Equal(t, "b", resp.GetEntries()[1].GetEvent().GetVendorRecordId())
 	require.Equal(t, "biometrics.connections.v1", resp.GetEntries()[2].GetTopic())
+	require.Equal(t, appended.GetEventIds()[0], resp.GetEntries()[2].GetConnectionEvent().GetEventId())
 	require.Equal(t, user, resp.GetEntries()[2].GetKey())
 
 	// Nothing else is leasable while the lease holds.
@@ -46,9 +55,9 @@ func TestOutboxLeaseAckNack(t *testing.T) {
 	require.NoError(t, err)
 	require.EqualValues(t, 1, nack.GetReleased())
 
-	again, err := e.persistence.LeaseOutbox(e.ingestCtx(), &persistencev1.LeaseOutboxRequest{Holder: "p2"})
+	relet, err := e.persistence.LeaseOutbox(e.ingestCtx(), &persistencev1.LeaseOutboxRequest{Holder: "p2"})
 	require.NoError(t, err)
-	require.Len(t, again.GetEntries(), 2, "the nacked entry and the one after it (released with it)")
-	require.Equal(t, "broker down", again.GetEntries()[0].GetLastError())
-	require.EqualValues(t, 1, again.GetEntries()[0].GetAttempts())
+	require.Len(t, relet.GetEntries(), 2, "the nacked entry and the one after it (released with it)")
+	require.Equal(t, "broker down", relet.GetEntries()[0].GetLastError())
+	require.EqualValues(t, 1, relet.GetEntries()[0].GetAttempts())
 }

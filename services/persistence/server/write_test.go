@@ -32,6 +32,9 @@ func TestWriteEventsInsertDuplicateUpdate(t *testing.T) {
 	require.Equal(t, 1, e.count(`SELECT count(*) FROM readings WHERE user_id = $1`, user))
 	require.Equal(t, 2, e.count(`SELECT count(*) FROM outbox WHERE key = $1`, user))
 
+	// Each reading carries its event (provenance): the current version's.
+	require.Equal(t, 1, e.count(`SELECT count(*) FROM readings WHERE user_id = $1 AND event_id = $2::uuid`, user, changed[0].GetEventId()))
+
 	l := e.latest(user)
 	require.Len(t, l, 1, "the old version's hrv reading no longer counts")
 	require.Equal(t, 62.0, l["heart_rate_bpm"].GetValue())

@@ -11,7 +11,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
@@ -244,16 +246,17 @@ func (b *bench) bulkWrite(ctx context.Context) ([]benchreport.Result, error) {
 		return nil, fmt.Errorf("create baseline table: %w", err)
 	}
 	cols := []string{"user_id", "metric", "observed_at", "source", "vendor_record_id", "seq", "value", "start_time",
-		"device_name", "device_model", "device_bundle_id"}
+		"device_name", "device_model", "device_bundle_id", "event_id"}
 	raw := func(d time.Duration) (int, time.Duration, []time.Duration, error) {
 		return concurrently(d, func() (int, error) {
 			batch := int(copies.Add(1))
 			rows := make([][]any, 0, bulkEventsPerCall*bulkReadingsPerEvt)
 			for e := range bulkEventsPerCall {
+				eventID := pgtype.UUID{Bytes: uuid.New(), Valid: true}
 				for j := range bulkReadingsPerEvt {
 					at := base.Add(time.Duration(batch*bulkEventsPerCall*bulkReadingsPerEvt+e*bulkReadingsPerEvt+j) * time.Second)
 					rows = append(rows, []any{fmt.Sprintf("bulk-user-%d", e%50), "heart_rate_bpm", at, int16(1),
-						fmt.Sprintf("bulk-%d-%d", batch, e), int32(j), float64(50 + j), nil, "", "", ""})
+						fmt.Sprintf("bulk-%d-%d", batch, e), int32(j), float64(50 + j), nil, "", "", "", eventID})
 				}
 			}
 			n, err := b.pool.CopyFrom(ctx, pgx.Identifier{"public", "bench_readings"}, cols, pgx.CopyFromRows(rows))

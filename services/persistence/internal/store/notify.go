@@ -42,11 +42,16 @@ func (n *Notifier) broadcast() {
 // after every (re)connect too, because notifications sent while the
 // connection was down are lost; their poll timers cover the gap.
 func (n *Notifier) Run(ctx context.Context, s *Store) {
-	backoff := 100 * time.Millisecond
+	const minBackoff = 100 * time.Millisecond
+	backoff := minBackoff
 	for ctx.Err() == nil {
+		started := time.Now()
 		err := n.listen(ctx, s)
 		if ctx.Err() != nil {
 			return
+		}
+		if time.Since(started) > time.Minute {
+			backoff = minBackoff // it was up for a while: a fresh failure
 		}
 		s.logger.WarnContext(ctx, "outbox listen connection lost, reconnecting", "err", err, "backoff", backoff)
 		select {

@@ -128,13 +128,13 @@ WHERE r.user_id = d.u AND r.metric = d.metric AND r.observed_at BETWEEN d.lo AND
 
 const insertReadingsSQL = `
 INSERT INTO readings (user_id, metric, observed_at, source, vendor_record_id, seq, value, start_time,
-                      device_name, device_model, device_bundle_id)
+                      device_name, device_model, device_bundle_id, event_id)
 SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int2[], $5::text[], $6::int4[],
-                     $7::float8[], $8::timestamptz[], $9::text[], $10::text[], $11::text[])
+                     $7::float8[], $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::uuid[])
 ON CONFLICT DO NOTHING`
 
 var readingColumns = []string{"user_id", "metric", "observed_at", "source", "vendor_record_id", "seq", "value",
-	"start_time", "device_name", "device_model", "device_bundle_id"}
+	"start_time", "device_name", "device_model", "device_bundle_id", "event_id"}
 
 const insertEventsSQL = `
 INSERT INTO events (event_id, received_at, user_id, source, vendor_record_id, kind, version, operation,
@@ -259,6 +259,8 @@ type readingRows struct {
 	sources                                                    []int16
 	seqs                                                       []int32
 	values                                                     []float64
+	// events is only filled for readings rows (latest has no event).
+	events []pgtype.UUID
 }
 
 func newReadingRows(n int) *readingRows {
@@ -267,6 +269,7 @@ func newReadingRows(n int) *readingRows {
 		devNames: make([]string, 0, n), devModels: make([]string, 0, n), devBundles: make([]string, 0, n),
 		observed: make([]time.Time, 0, n), starts: make([]pgtype.Timestamptz, 0, n),
 		sources: make([]int16, 0, n), seqs: make([]int32, 0, n), values: make([]float64, 0, n),
+		events: make([]pgtype.UUID, 0, n),
 	}
 }
 
@@ -289,13 +292,19 @@ func (r *readingRows) args() []any {
 		r.devNames, r.devModels, r.devBundles}
 }
 
+// readingArgs are the insertReadingsSQL arguments.
+func (r *readingRows) readingArgs() []any {
+	return append(r.args(), r.events)
+}
+
+// row is one COPY row of readingColumns.
 func (r *readingRows) row(i int) []any {
 	var start any
 	if r.starts[i].Valid {
 		start = r.starts[i].Time
 	}
 	return []any{r.users[i], r.metrics[i], r.observed[i], r.sources[i], r.recordIDs[i], r.seqs[i], r.values[i],
-		start, r.devNames[i], r.devModels[i], r.devBundles[i]}
+		start, r.devNames[i], r.devModels[i], r.devBundles[i], r.events[i]}
 }
 
 func tsOrNull(t time.Time) pgtype.Timestamptz {
@@ -541,6 +550,7 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 			for seq := range ev.Readings {
 				l := ev.LatestOf(seq)
 				readings.add(k.UserID, l)
+				readings.events = append(readings.events, st.eventID)
 				if l.ObservedAt.Before(lo.Time) {
 					lo.Time = l.ObservedAt
 				}
@@ -597,7 +607,7 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 		}
 		s.m.RowsWritten.WithLabelValues("readings").Add(float64(n))
 	} else if len(readings.users) > 0 {
-		b.Queue(insertReadingsSQL, readings.args()...).Exec(func(ct pgconn.CommandTag) error {
+		b.Queue(insertReadingsSQL, readings.readingArgs()...).Exec(func(ct pgconn.CommandTag) error {
 			s.m.RowsWritten.WithLabelValues("readings").Add(float64(ct.RowsAffected()))
 			return nil
 		})

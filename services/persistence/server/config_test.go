@@ -1,0 +1,50 @@
+package server_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/biobridge/bridge/services/persistence/server"
+)
+
+func TestLoadConfig(t *testing.T) {
+	t.Parallel()
+	valid := map[string]string{
+		"POSTGRES_URL":      "postgres://postgres@127.0.0.1:5432/biobridge",
+		"REDIS_URL":         "redis://127.0.0.1:6379/0",
+		"SERVICE_TOKENS":    "ingest:abc,publisher:def",
+		"LOG_PSEUDONYM_KEY": "0123456789abcdef",
+	}
+	getenv := func(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+	cfg, err := server.LoadConfig(getenv(valid))
+	require.NoError(t, err)
+	require.Equal(t, ":9103", cfg.GRPCAddr)
+	require.Equal(t, ":9203", cfg.AdminAddr)
+	require.Equal(t, 2*time.Millisecond, cfg.GroupCommitWindow)
+	require.Equal(t, 1000, cfg.GroupCommitMaxEvents)
+	require.Equal(t, 10_000, cfg.AuditBuffer)
+
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		want []string
+	}{
+		{"everything missing", map[string]string{}, []string{"POSTGRES_URL", "REDIS_URL", "SERVICE_TOKENS", "LOG_PSEUDONYM_KEY"}},
+		{"every bad value at once", map[string]string{
+			"POSTGRES_URL": "mysql://x", "REDIS_URL": "http://x", "SERVICE_TOKENS": "nocolon",
+			"LOG_PSEUDONYM_KEY": "short", "GROUP_COMMIT_MAX_EVENTS": "0", "GROUP_COMMIT_WINDOW": "5s",
+			"AUDIT_FLUSH_INTERVAL": "banana", "PARTITION_MONTHS_AHEAD": "99",
+		}, []string{"POSTGRES_URL", "REDIS_URL", "SERVICE_TOKENS", "LOG_PSEUDONYM_KEY", "GROUP_COMMIT_MAX_EVENTS",
+			"GROUP_COMMIT_WINDOW", "AUDIT_FLUSH_INTERVAL", "PARTITION_MONTHS_AHEAD"}},
+	} {
+		_, err := server.LoadConfig(getenv(tc.env))
+		require.Error(t, err, tc.name)
+		for _, name := range tc.want {
+			require.Contains(t, err.Error(), name+":", tc.name)
+		}
+		require.NotContains(t, err.Error(), "nocolon", "tokens are never echoed")
+	}
+}
