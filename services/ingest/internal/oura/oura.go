@@ -38,7 +38,9 @@ func Supported(dataType string) bool {
 	return false
 }
 
-var device = &biometricsv1.Device{Name: "Oura Ring"}
+// device is the provenance of every Oura reading (a fresh value each time:
+// readings must not share mutable messages).
+func device() *biometricsv1.Device { return &biometricsv1.Device{Name: "Oura Ring"} }
 
 // Document is any of the supported documents; only the fields the bridge
 // uses are decoded. Numbers are pointers because Oura sends null for what
@@ -106,7 +108,7 @@ type Normalized struct {
 // Normalize turns a document of dataType into readings. changedAt (the
 // webhook's event_time; zero when unknown) becomes the event's occurred_at.
 func Normalize(userID, dataType string, d Document, changedAt time.Time) (Normalized, error) {
-	set := readings.New(device)
+	set := readings.New(device())
 	switch dataType {
 	case Sleep:
 		start, okS := parseTime(d.BedtimeStart)

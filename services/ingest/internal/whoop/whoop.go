@@ -47,7 +47,9 @@ const (
 // RecoveryRecordID is the record identity of the recovery of a sleep.
 func RecoveryRecordID(sleepID string) string { return "recovery:" + sleepID }
 
-var device = &biometricsv1.Device{Name: "WHOOP"}
+// device is the provenance of every WHOOP reading (a fresh value each time:
+// readings must not share mutable messages).
+func device() *biometricsv1.Device { return &biometricsv1.Device{Name: "WHOOP"} }
 
 // Sleep is a v2 sleep.
 type Sleep struct {
@@ -173,7 +175,7 @@ func NormalizeSleep(userID string, s Sleep) (Normalized, error) {
 	if s.Start.IsZero() || s.End.IsZero() {
 		return Normalized{}, ErrIncomplete
 	}
-	set := readings.New(device)
+	set := readings.New(device())
 	if sc := s.Score; sc != nil {
 		st := sc.StageSummary
 		asleep := st.TotalLightSleepTimeMilli + st.TotalSlowWaveSleepTimeMilli + st.TotalRemSleepTimeMilli
@@ -196,7 +198,7 @@ func NormalizeRecovery(userID string, sleep Sleep, r Recovery) (Normalized, erro
 	if sleep.End.IsZero() {
 		return Normalized{}, ErrIncomplete
 	}
-	set := readings.New(device)
+	set := readings.New(device())
 	if sc := r.Score; sc != nil {
 		set.AddPtr("recovery_score", sc.RecoveryScore, sleep.End, time.Time{})
 		set.AddPtr("resting_heart_rate_bpm", sc.RestingHeartRate, sleep.End, time.Time{})
@@ -217,7 +219,7 @@ func NormalizeWorkout(userID string, w Workout) (Normalized, error) {
 	if w.Start.IsZero() || w.End.IsZero() {
 		return Normalized{}, ErrIncomplete
 	}
-	set := readings.New(device)
+	set := readings.New(device())
 	if sc := w.Score; sc != nil {
 		set.AddPtr("strain", sc.Strain, w.End, w.Start)
 		if sc.Kilojoule != nil {
