@@ -47,7 +47,7 @@ func (s *Stack) Banner(w io.Writer) error {
 	}
 	gw := "http://" + e.get("GATEWAY_HTTP_ADDR")
 	agent := s.AgentToken()
-	p("Try it (copy and paste):")
+	p("Try it (copy and paste; grpcurl and kcat if you have them installed):")
 	p("  grpcurl -plaintext %s list", e.get("PERSISTENCE_GRPC_ADDR"))
 	p("  export USER_JWT=%s   # %s, valid 24 h", token, DemoUser)
 	p(`  curl -s -X POST %s/v1/healthkit/samples -H "Authorization: Bearer $USER_JWT" -H 'Content-Type: application/json' \`, gw)
