@@ -13,6 +13,7 @@ import (
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
 	"github.com/biobridge/bridge/pkg/catalog"
+	"github.com/biobridge/bridge/services/persistence/server"
 )
 
 func TestServiceTokenRequired(t *testing.T) {
@@ -255,4 +256,18 @@ func TestListMetrics(t *testing.T) {
 	for i, m := range resp.GetMetrics() {
 		require.Equal(t, catalog.Names()[i], m.GetName())
 	}
+}
+
+// TestShutdownFlushesAudit: entries still buffered when the server stops
+// are written before Serve returns.
+func TestShutdownFlushesAudit(t *testing.T) {
+	t.Parallel()
+	e := start(t, func(c *server.Config) { c.AuditFlushInterval = time.Hour })
+	user := newUser()
+	for range 5 {
+		_, err := e.biometrics.GetLatest(e.agentCtx(), &biometricsv1.GetLatestRequest{UserId: user})
+		require.NoError(t, err)
+	}
+	e.stop()
+	require.Equal(t, 5, e.count(`SELECT count(*) FROM audit_log WHERE user_id = $1`, user))
 }

@@ -1,0 +1,19 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestRunReportsEveryMissingVariable(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	err := run(context.Background(), []string{"persistence"}, func(string) string { return "" }, &out)
+	require.Error(t, err)
+	for _, v := range []string{"POSTGRES_URL", "REDIS_URL", "SERVICE_TOKENS", "LOG_PSEUDONYM_KEY"} {
+		require.Contains(t, err.Error(), v)
+	}
+}
