@@ -201,6 +201,58 @@ func (JobState) EnumDescriptor() ([]byte, []int) {
 	return file_biobridge_ingest_v1_ingest_service_proto_rawDescGZIP(), []int{2}
 }
 
+// BackfillState is where a connection's history backfill is.
+type BackfillState int32
+
+const (
+	BackfillState_BACKFILL_STATE_UNSPECIFIED BackfillState = 0
+	// Pages are still queued or running (or dead: see pages_dead).
+	BackfillState_BACKFILL_STATE_RUNNING BackfillState = 1
+	// Every page was fetched; a backfill_completed connection event was emitted.
+	BackfillState_BACKFILL_STATE_COMPLETED BackfillState = 2
+)
+
+// Enum value maps for BackfillState.
+var (
+	BackfillState_name = map[int32]string{
+		0: "BACKFILL_STATE_UNSPECIFIED",
+		1: "BACKFILL_STATE_RUNNING",
+		2: "BACKFILL_STATE_COMPLETED",
+	}
+	BackfillState_value = map[string]int32{
+		"BACKFILL_STATE_UNSPECIFIED": 0,
+		"BACKFILL_STATE_RUNNING":     1,
+		"BACKFILL_STATE_COMPLETED":   2,
+	}
+)
+
+func (x BackfillState) Enum() *BackfillState {
+	p := new(BackfillState)
+	*p = x
+	return p
+}
+
+func (x BackfillState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BackfillState) Descriptor() protoreflect.EnumDescriptor {
+	return file_biobridge_ingest_v1_ingest_service_proto_enumTypes[3].Descriptor()
+}
+
+func (BackfillState) Type() protoreflect.EnumType {
+	return &file_biobridge_ingest_v1_ingest_service_proto_enumTypes[3]
+}
+
+func (x BackfillState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BackfillState.Descriptor instead.
+func (BackfillState) EnumDescriptor() ([]byte, []int) {
+	return file_biobridge_ingest_v1_ingest_service_proto_rawDescGZIP(), []int{3}
+}
+
 // HandleWhoopWebhookRequest carries a WHOOP webhook exactly as received.
 type HandleWhoopWebhookRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1382,6 +1434,264 @@ func (x *RetryJobsResponse) GetRequeued() int32 {
 	return 0
 }
 
+// Backfill is the history backfill of one connection generation: the pages of
+// every supported data type within [window_start, window_end).
+type Backfill struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Internal user id.
+	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// Vendor: "whoop" or "oura".
+	Vendor string `protobuf:"bytes,2,opt,name=vendor,proto3" json:"vendor,omitempty"`
+	// When the connection was made; a reconnect is a new generation with a
+	// backfill of its own.
+	ConnectedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=connected_at,json=connectedAt,proto3" json:"connected_at,omitempty"`
+	// State.
+	State BackfillState `protobuf:"varint,4,opt,name=state,proto3,enum=biobridge.ingest.v1.BackfillState" json:"state,omitempty"`
+	// Start of the history window.
+	WindowStart *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=window_start,json=windowStart,proto3" json:"window_start,omitempty"`
+	// End of the history window (when the backfill was scheduled).
+	WindowEnd *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=window_end,json=windowEnd,proto3" json:"window_end,omitempty"`
+	// When the backfill was scheduled.
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// When the last page finished (unset while running).
+	CompletedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=completed_at,json=completedAt,proto3" json:"completed_at,omitempty"`
+	// Collection pages known so far (each page is one vendor request; later
+	// pages become known as earlier ones are read).
+	PagesTotal int32 `protobuf:"varint,9,opt,name=pages_total,json=pagesTotal,proto3" json:"pages_total,omitempty"`
+	// Pages fetched and stored.
+	PagesDone int32 `protobuf:"varint,10,opt,name=pages_done,json=pagesDone,proto3" json:"pages_done,omitempty"`
+	// Pages queued or running.
+	PagesPending int32 `protobuf:"varint,11,opt,name=pages_pending,json=pagesPending,proto3" json:"pages_pending,omitempty"`
+	// Pages that gave up after their last attempt (retry them with RetryJobs).
+	PagesDead int32 `protobuf:"varint,12,opt,name=pages_dead,json=pagesDead,proto3" json:"pages_dead,omitempty"`
+	// Records handed to persistence (inserted, updated or already stored).
+	Records       int64 `protobuf:"varint,13,opt,name=records,proto3" json:"records,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Backfill) Reset() {
+	*x = Backfill{}
+	mi := &file_biobridge_ingest_v1_ingest_service_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Backfill) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Backfill) ProtoMessage() {}
+
+func (x *Backfill) ProtoReflect() protoreflect.Message {
+	mi := &file_biobridge_ingest_v1_ingest_service_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Backfill.ProtoReflect.Descriptor instead.
+func (*Backfill) Descriptor() ([]byte, []int) {
+	return file_biobridge_ingest_v1_ingest_service_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *Backfill) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *Backfill) GetVendor() string {
+	if x != nil {
+		return x.Vendor
+	}
+	return ""
+}
+
+func (x *Backfill) GetConnectedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ConnectedAt
+	}
+	return nil
+}
+
+func (x *Backfill) GetState() BackfillState {
+	if x != nil {
+		return x.State
+	}
+	return BackfillState_BACKFILL_STATE_UNSPECIFIED
+}
+
+func (x *Backfill) GetWindowStart() *timestamppb.Timestamp {
+	if x != nil {
+		return x.WindowStart
+	}
+	return nil
+}
+
+func (x *Backfill) GetWindowEnd() *timestamppb.Timestamp {
+	if x != nil {
+		return x.WindowEnd
+	}
+	return nil
+}
+
+func (x *Backfill) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Backfill) GetCompletedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CompletedAt
+	}
+	return nil
+}
+
+func (x *Backfill) GetPagesTotal() int32 {
+	if x != nil {
+		return x.PagesTotal
+	}
+	return 0
+}
+
+func (x *Backfill) GetPagesDone() int32 {
+	if x != nil {
+		return x.PagesDone
+	}
+	return 0
+}
+
+func (x *Backfill) GetPagesPending() int32 {
+	if x != nil {
+		return x.PagesPending
+	}
+	return 0
+}
+
+func (x *Backfill) GetPagesDead() int32 {
+	if x != nil {
+		return x.PagesDead
+	}
+	return 0
+}
+
+func (x *Backfill) GetRecords() int64 {
+	if x != nil {
+		return x.Records
+	}
+	return 0
+}
+
+// GetBackfillProgressRequest names the user (and optionally the vendor).
+type GetBackfillProgressRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Internal user id.
+	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// "whoop" or "oura"; empty: both.
+	Vendor        string `protobuf:"bytes,2,opt,name=vendor,proto3" json:"vendor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetBackfillProgressRequest) Reset() {
+	*x = GetBackfillProgressRequest{}
+	mi := &file_biobridge_ingest_v1_ingest_service_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetBackfillProgressRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetBackfillProgressRequest) ProtoMessage() {}
+
+func (x *GetBackfillProgressRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_biobridge_ingest_v1_ingest_service_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetBackfillProgressRequest.ProtoReflect.Descriptor instead.
+func (*GetBackfillProgressRequest) Descriptor() ([]byte, []int) {
+	return file_biobridge_ingest_v1_ingest_service_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *GetBackfillProgressRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *GetBackfillProgressRequest) GetVendor() string {
+	if x != nil {
+		return x.Vendor
+	}
+	return ""
+}
+
+// GetBackfillProgressResponse lists the user's backfills.
+type GetBackfillProgressResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Backfills, newest connection first.
+	Backfills     []*Backfill `protobuf:"bytes,1,rep,name=backfills,proto3" json:"backfills,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetBackfillProgressResponse) Reset() {
+	*x = GetBackfillProgressResponse{}
+	mi := &file_biobridge_ingest_v1_ingest_service_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetBackfillProgressResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetBackfillProgressResponse) ProtoMessage() {}
+
+func (x *GetBackfillProgressResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_biobridge_ingest_v1_ingest_service_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetBackfillProgressResponse.ProtoReflect.Descriptor instead.
+func (*GetBackfillProgressResponse) Descriptor() ([]byte, []int) {
+	return file_biobridge_ingest_v1_ingest_service_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *GetBackfillProgressResponse) GetBackfills() []*Backfill {
+	if x != nil {
+		return x.Backfills
+	}
+	return nil
+}
+
 var File_biobridge_ingest_v1_ingest_service_proto protoreflect.FileDescriptor
 
 const file_biobridge_ingest_v1_ingest_service_proto_rawDesc = "" +
@@ -1465,7 +1775,32 @@ const file_biobridge_ingest_v1_ingest_service_proto_rawDesc = "" +
 	"\x10RetryJobsRequest\x12\x10\n" +
 	"\x03ids\x18\x01 \x03(\x03R\x03ids\"/\n" +
 	"\x11RetryJobsResponse\x12\x1a\n" +
-	"\brequeued\x18\x01 \x01(\x05R\brequeued*\x86\x01\n" +
+	"\brequeued\x18\x01 \x01(\x05R\brequeued\"\xc6\x04\n" +
+	"\bBackfill\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x16\n" +
+	"\x06vendor\x18\x02 \x01(\tR\x06vendor\x12=\n" +
+	"\fconnected_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\vconnectedAt\x128\n" +
+	"\x05state\x18\x04 \x01(\x0e2\".biobridge.ingest.v1.BackfillStateR\x05state\x12=\n" +
+	"\fwindow_start\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\vwindowStart\x129\n" +
+	"\n" +
+	"window_end\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\twindowEnd\x129\n" +
+	"\n" +
+	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12=\n" +
+	"\fcompleted_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vcompletedAt\x12\x1f\n" +
+	"\vpages_total\x18\t \x01(\x05R\n" +
+	"pagesTotal\x12\x1d\n" +
+	"\n" +
+	"pages_done\x18\n" +
+	" \x01(\x05R\tpagesDone\x12#\n" +
+	"\rpages_pending\x18\v \x01(\x05R\fpagesPending\x12\x1d\n" +
+	"\n" +
+	"pages_dead\x18\f \x01(\x05R\tpagesDead\x12\x18\n" +
+	"\arecords\x18\r \x01(\x03R\arecords\"M\n" +
+	"\x1aGetBackfillProgressRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x16\n" +
+	"\x06vendor\x18\x02 \x01(\tR\x06vendor\"Z\n" +
+	"\x1bGetBackfillProgressResponse\x12;\n" +
+	"\tbackfills\x18\x01 \x03(\v2\x1d.biobridge.ingest.v1.BackfillR\tbackfills*\x86\x01\n" +
 	"\rWebhookStatus\x12\x1e\n" +
 	"\x1aWEBHOOK_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17WEBHOOK_STATUS_ACCEPTED\x10\x01\x12\x1c\n" +
@@ -1482,7 +1817,11 @@ const file_biobridge_ingest_v1_ingest_service_proto_rawDesc = "" +
 	"\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n" +
 	"\x11JOB_STATE_RUNNING\x10\x02\x12\x12\n" +
 	"\x0eJOB_STATE_DONE\x10\x03\x12\x12\n" +
-	"\x0eJOB_STATE_DEAD\x10\x042\x85\x06\n" +
+	"\x0eJOB_STATE_DEAD\x10\x04*i\n" +
+	"\rBackfillState\x12\x1e\n" +
+	"\x1aBACKFILL_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16BACKFILL_STATE_RUNNING\x10\x01\x12\x1c\n" +
+	"\x18BACKFILL_STATE_COMPLETED\x10\x022\xff\x06\n" +
 	"\rIngestService\x12u\n" +
 	"\x12HandleWhoopWebhook\x12..biobridge.ingest.v1.HandleWhoopWebhookRequest\x1a/.biobridge.ingest.v1.HandleWhoopWebhookResponse\x12r\n" +
 	"\x11VerifyOuraWebhook\x12-.biobridge.ingest.v1.VerifyOuraWebhookRequest\x1a..biobridge.ingest.v1.VerifyOuraWebhookResponse\x12r\n" +
@@ -1490,7 +1829,8 @@ const file_biobridge_ingest_v1_ingest_service_proto_rawDesc = "" +
 	"\x14PushHealthKitSamples\x120.biobridge.ingest.v1.PushHealthKitSamplesRequest\x1a1.biobridge.ingest.v1.PushHealthKitSamplesResponse\x12c\n" +
 	"\fIngestEvents\x12(.biobridge.ingest.v1.IngestEventsRequest\x1a).biobridge.ingest.v1.IngestEventsResponse\x12W\n" +
 	"\bListJobs\x12$.biobridge.ingest.v1.ListJobsRequest\x1a%.biobridge.ingest.v1.ListJobsResponse\x12Z\n" +
-	"\tRetryJobs\x12%.biobridge.ingest.v1.RetryJobsRequest\x1a&.biobridge.ingest.v1.RetryJobsResponseB\xdc\x01\n" +
+	"\tRetryJobs\x12%.biobridge.ingest.v1.RetryJobsRequest\x1a&.biobridge.ingest.v1.RetryJobsResponse\x12x\n" +
+	"\x13GetBackfillProgress\x12/.biobridge.ingest.v1.GetBackfillProgressRequest\x1a0.biobridge.ingest.v1.GetBackfillProgressResponseB\xdc\x01\n" +
 	"\x17com.biobridge.ingest.v1B\x12IngestServiceProtoP\x01Z?github.com/biobridge/bridge/gen/go/biobridge/ingest/v1;ingestv1\xa2\x02\x03BIX\xaa\x02\x13Biobridge.Ingest.V1\xca\x02\x13Biobridge\\Ingest\\V1\xe2\x02\x1fBiobridge\\Ingest\\V1\\GPBMetadata\xea\x02\x15Biobridge::Ingest::V1b\x06proto3"
 
 var (
@@ -1505,75 +1845,88 @@ func file_biobridge_ingest_v1_ingest_service_proto_rawDescGZIP() []byte {
 	return file_biobridge_ingest_v1_ingest_service_proto_rawDescData
 }
 
-var file_biobridge_ingest_v1_ingest_service_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_biobridge_ingest_v1_ingest_service_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_biobridge_ingest_v1_ingest_service_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_biobridge_ingest_v1_ingest_service_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_biobridge_ingest_v1_ingest_service_proto_goTypes = []any{
 	(WebhookStatus)(0),                   // 0: biobridge.ingest.v1.WebhookStatus
 	(SampleStatus)(0),                    // 1: biobridge.ingest.v1.SampleStatus
 	(JobState)(0),                        // 2: biobridge.ingest.v1.JobState
-	(*HandleWhoopWebhookRequest)(nil),    // 3: biobridge.ingest.v1.HandleWhoopWebhookRequest
-	(*HandleWhoopWebhookResponse)(nil),   // 4: biobridge.ingest.v1.HandleWhoopWebhookResponse
-	(*VerifyOuraWebhookRequest)(nil),     // 5: biobridge.ingest.v1.VerifyOuraWebhookRequest
-	(*VerifyOuraWebhookResponse)(nil),    // 6: biobridge.ingest.v1.VerifyOuraWebhookResponse
-	(*HandleOuraWebhookRequest)(nil),     // 7: biobridge.ingest.v1.HandleOuraWebhookRequest
-	(*HandleOuraWebhookResponse)(nil),    // 8: biobridge.ingest.v1.HandleOuraWebhookResponse
-	(*HealthKitSource)(nil),              // 9: biobridge.ingest.v1.HealthKitSource
-	(*HealthKitSample)(nil),              // 10: biobridge.ingest.v1.HealthKitSample
-	(*PushHealthKitSamplesRequest)(nil),  // 11: biobridge.ingest.v1.PushHealthKitSamplesRequest
-	(*SampleResult)(nil),                 // 12: biobridge.ingest.v1.SampleResult
-	(*DeletionResult)(nil),               // 13: biobridge.ingest.v1.DeletionResult
-	(*PushHealthKitSamplesResponse)(nil), // 14: biobridge.ingest.v1.PushHealthKitSamplesResponse
-	(*IngestEventsRequest)(nil),          // 15: biobridge.ingest.v1.IngestEventsRequest
-	(*IngestEventsResponse)(nil),         // 16: biobridge.ingest.v1.IngestEventsResponse
-	(*Job)(nil),                          // 17: biobridge.ingest.v1.Job
-	(*ListJobsRequest)(nil),              // 18: biobridge.ingest.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),             // 19: biobridge.ingest.v1.ListJobsResponse
-	(*RetryJobsRequest)(nil),             // 20: biobridge.ingest.v1.RetryJobsRequest
-	(*RetryJobsResponse)(nil),            // 21: biobridge.ingest.v1.RetryJobsResponse
-	(*timestamppb.Timestamp)(nil),        // 22: google.protobuf.Timestamp
-	(v1.DeleteStatus)(0),                 // 23: biobridge.persistence.v1.DeleteStatus
-	(*v1.EventInput)(nil),                // 24: biobridge.persistence.v1.EventInput
-	(*v1.WriteResult)(nil),               // 25: biobridge.persistence.v1.WriteResult
-	(v11.Source)(0),                      // 26: biobridge.biometrics.v1.Source
+	(BackfillState)(0),                   // 3: biobridge.ingest.v1.BackfillState
+	(*HandleWhoopWebhookRequest)(nil),    // 4: biobridge.ingest.v1.HandleWhoopWebhookRequest
+	(*HandleWhoopWebhookResponse)(nil),   // 5: biobridge.ingest.v1.HandleWhoopWebhookResponse
+	(*VerifyOuraWebhookRequest)(nil),     // 6: biobridge.ingest.v1.VerifyOuraWebhookRequest
+	(*VerifyOuraWebhookResponse)(nil),    // 7: biobridge.ingest.v1.VerifyOuraWebhookResponse
+	(*HandleOuraWebhookRequest)(nil),     // 8: biobridge.ingest.v1.HandleOuraWebhookRequest
+	(*HandleOuraWebhookResponse)(nil),    // 9: biobridge.ingest.v1.HandleOuraWebhookResponse
+	(*HealthKitSource)(nil),              // 10: biobridge.ingest.v1.HealthKitSource
+	(*HealthKitSample)(nil),              // 11: biobridge.ingest.v1.HealthKitSample
+	(*PushHealthKitSamplesRequest)(nil),  // 12: biobridge.ingest.v1.PushHealthKitSamplesRequest
+	(*SampleResult)(nil),                 // 13: biobridge.ingest.v1.SampleResult
+	(*DeletionResult)(nil),               // 14: biobridge.ingest.v1.DeletionResult
+	(*PushHealthKitSamplesResponse)(nil), // 15: biobridge.ingest.v1.PushHealthKitSamplesResponse
+	(*IngestEventsRequest)(nil),          // 16: biobridge.ingest.v1.IngestEventsRequest
+	(*IngestEventsResponse)(nil),         // 17: biobridge.ingest.v1.IngestEventsResponse
+	(*Job)(nil),                          // 18: biobridge.ingest.v1.Job
+	(*ListJobsRequest)(nil),              // 19: biobridge.ingest.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),             // 20: biobridge.ingest.v1.ListJobsResponse
+	(*RetryJobsRequest)(nil),             // 21: biobridge.ingest.v1.RetryJobsRequest
+	(*RetryJobsResponse)(nil),            // 22: biobridge.ingest.v1.RetryJobsResponse
+	(*Backfill)(nil),                     // 23: biobridge.ingest.v1.Backfill
+	(*GetBackfillProgressRequest)(nil),   // 24: biobridge.ingest.v1.GetBackfillProgressRequest
+	(*GetBackfillProgressResponse)(nil),  // 25: biobridge.ingest.v1.GetBackfillProgressResponse
+	(*timestamppb.Timestamp)(nil),        // 26: google.protobuf.Timestamp
+	(v1.DeleteStatus)(0),                 // 27: biobridge.persistence.v1.DeleteStatus
+	(*v1.EventInput)(nil),                // 28: biobridge.persistence.v1.EventInput
+	(*v1.WriteResult)(nil),               // 29: biobridge.persistence.v1.WriteResult
+	(v11.Source)(0),                      // 30: biobridge.biometrics.v1.Source
 }
 var file_biobridge_ingest_v1_ingest_service_proto_depIdxs = []int32{
 	0,  // 0: biobridge.ingest.v1.HandleWhoopWebhookResponse.status:type_name -> biobridge.ingest.v1.WebhookStatus
 	0,  // 1: biobridge.ingest.v1.HandleOuraWebhookResponse.status:type_name -> biobridge.ingest.v1.WebhookStatus
-	22, // 2: biobridge.ingest.v1.HealthKitSample.start_date:type_name -> google.protobuf.Timestamp
-	22, // 3: biobridge.ingest.v1.HealthKitSample.end_date:type_name -> google.protobuf.Timestamp
-	9,  // 4: biobridge.ingest.v1.HealthKitSample.source:type_name -> biobridge.ingest.v1.HealthKitSource
-	10, // 5: biobridge.ingest.v1.PushHealthKitSamplesRequest.samples:type_name -> biobridge.ingest.v1.HealthKitSample
+	26, // 2: biobridge.ingest.v1.HealthKitSample.start_date:type_name -> google.protobuf.Timestamp
+	26, // 3: biobridge.ingest.v1.HealthKitSample.end_date:type_name -> google.protobuf.Timestamp
+	10, // 4: biobridge.ingest.v1.HealthKitSample.source:type_name -> biobridge.ingest.v1.HealthKitSource
+	11, // 5: biobridge.ingest.v1.PushHealthKitSamplesRequest.samples:type_name -> biobridge.ingest.v1.HealthKitSample
 	1,  // 6: biobridge.ingest.v1.SampleResult.status:type_name -> biobridge.ingest.v1.SampleStatus
-	23, // 7: biobridge.ingest.v1.DeletionResult.status:type_name -> biobridge.persistence.v1.DeleteStatus
-	12, // 8: biobridge.ingest.v1.PushHealthKitSamplesResponse.results:type_name -> biobridge.ingest.v1.SampleResult
-	13, // 9: biobridge.ingest.v1.PushHealthKitSamplesResponse.deletions:type_name -> biobridge.ingest.v1.DeletionResult
-	24, // 10: biobridge.ingest.v1.IngestEventsRequest.events:type_name -> biobridge.persistence.v1.EventInput
-	25, // 11: biobridge.ingest.v1.IngestEventsResponse.results:type_name -> biobridge.persistence.v1.WriteResult
+	27, // 7: biobridge.ingest.v1.DeletionResult.status:type_name -> biobridge.persistence.v1.DeleteStatus
+	13, // 8: biobridge.ingest.v1.PushHealthKitSamplesResponse.results:type_name -> biobridge.ingest.v1.SampleResult
+	14, // 9: biobridge.ingest.v1.PushHealthKitSamplesResponse.deletions:type_name -> biobridge.ingest.v1.DeletionResult
+	28, // 10: biobridge.ingest.v1.IngestEventsRequest.events:type_name -> biobridge.persistence.v1.EventInput
+	29, // 11: biobridge.ingest.v1.IngestEventsResponse.results:type_name -> biobridge.persistence.v1.WriteResult
 	2,  // 12: biobridge.ingest.v1.Job.state:type_name -> biobridge.ingest.v1.JobState
-	22, // 13: biobridge.ingest.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	22, // 14: biobridge.ingest.v1.Job.run_at:type_name -> google.protobuf.Timestamp
-	26, // 15: biobridge.ingest.v1.Job.source:type_name -> biobridge.biometrics.v1.Source
+	26, // 13: biobridge.ingest.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	26, // 14: biobridge.ingest.v1.Job.run_at:type_name -> google.protobuf.Timestamp
+	30, // 15: biobridge.ingest.v1.Job.source:type_name -> biobridge.biometrics.v1.Source
 	2,  // 16: biobridge.ingest.v1.ListJobsRequest.state:type_name -> biobridge.ingest.v1.JobState
-	17, // 17: biobridge.ingest.v1.ListJobsResponse.jobs:type_name -> biobridge.ingest.v1.Job
-	3,  // 18: biobridge.ingest.v1.IngestService.HandleWhoopWebhook:input_type -> biobridge.ingest.v1.HandleWhoopWebhookRequest
-	5,  // 19: biobridge.ingest.v1.IngestService.VerifyOuraWebhook:input_type -> biobridge.ingest.v1.VerifyOuraWebhookRequest
-	7,  // 20: biobridge.ingest.v1.IngestService.HandleOuraWebhook:input_type -> biobridge.ingest.v1.HandleOuraWebhookRequest
-	11, // 21: biobridge.ingest.v1.IngestService.PushHealthKitSamples:input_type -> biobridge.ingest.v1.PushHealthKitSamplesRequest
-	15, // 22: biobridge.ingest.v1.IngestService.IngestEvents:input_type -> biobridge.ingest.v1.IngestEventsRequest
-	18, // 23: biobridge.ingest.v1.IngestService.ListJobs:input_type -> biobridge.ingest.v1.ListJobsRequest
-	20, // 24: biobridge.ingest.v1.IngestService.RetryJobs:input_type -> biobridge.ingest.v1.RetryJobsRequest
-	4,  // 25: biobridge.ingest.v1.IngestService.HandleWhoopWebhook:output_type -> biobridge.ingest.v1.HandleWhoopWebhookResponse
-	6,  // 26: biobridge.ingest.v1.IngestService.VerifyOuraWebhook:output_type -> biobridge.ingest.v1.VerifyOuraWebhookResponse
-	8,  // 27: biobridge.ingest.v1.IngestService.HandleOuraWebhook:output_type -> biobridge.ingest.v1.HandleOuraWebhookResponse
-	14, // 28: biobridge.ingest.v1.IngestService.PushHealthKitSamples:output_type -> biobridge.ingest.v1.PushHealthKitSamplesResponse
-	16, // 29: biobridge.ingest.v1.IngestService.IngestEvents:output_type -> biobridge.ingest.v1.IngestEventsResponse
-	19, // 30: biobridge.ingest.v1.IngestService.ListJobs:output_type -> biobridge.ingest.v1.ListJobsResponse
-	21, // 31: biobridge.ingest.v1.IngestService.RetryJobs:output_type -> biobridge.ingest.v1.RetryJobsResponse
-	25, // [25:32] is the sub-list for method output_type
-	18, // [18:25] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	18, // 17: biobridge.ingest.v1.ListJobsResponse.jobs:type_name -> biobridge.ingest.v1.Job
+	26, // 18: biobridge.ingest.v1.Backfill.connected_at:type_name -> google.protobuf.Timestamp
+	3,  // 19: biobridge.ingest.v1.Backfill.state:type_name -> biobridge.ingest.v1.BackfillState
+	26, // 20: biobridge.ingest.v1.Backfill.window_start:type_name -> google.protobuf.Timestamp
+	26, // 21: biobridge.ingest.v1.Backfill.window_end:type_name -> google.protobuf.Timestamp
+	26, // 22: biobridge.ingest.v1.Backfill.created_at:type_name -> google.protobuf.Timestamp
+	26, // 23: biobridge.ingest.v1.Backfill.completed_at:type_name -> google.protobuf.Timestamp
+	23, // 24: biobridge.ingest.v1.GetBackfillProgressResponse.backfills:type_name -> biobridge.ingest.v1.Backfill
+	4,  // 25: biobridge.ingest.v1.IngestService.HandleWhoopWebhook:input_type -> biobridge.ingest.v1.HandleWhoopWebhookRequest
+	6,  // 26: biobridge.ingest.v1.IngestService.VerifyOuraWebhook:input_type -> biobridge.ingest.v1.VerifyOuraWebhookRequest
+	8,  // 27: biobridge.ingest.v1.IngestService.HandleOuraWebhook:input_type -> biobridge.ingest.v1.HandleOuraWebhookRequest
+	12, // 28: biobridge.ingest.v1.IngestService.PushHealthKitSamples:input_type -> biobridge.ingest.v1.PushHealthKitSamplesRequest
+	16, // 29: biobridge.ingest.v1.IngestService.IngestEvents:input_type -> biobridge.ingest.v1.IngestEventsRequest
+	19, // 30: biobridge.ingest.v1.IngestService.ListJobs:input_type -> biobridge.ingest.v1.ListJobsRequest
+	21, // 31: biobridge.ingest.v1.IngestService.RetryJobs:input_type -> biobridge.ingest.v1.RetryJobsRequest
+	24, // 32: biobridge.ingest.v1.IngestService.GetBackfillProgress:input_type -> biobridge.ingest.v1.GetBackfillProgressRequest
+	5,  // 33: biobridge.ingest.v1.IngestService.HandleWhoopWebhook:output_type -> biobridge.ingest.v1.HandleWhoopWebhookResponse
+	7,  // 34: biobridge.ingest.v1.IngestService.VerifyOuraWebhook:output_type -> biobridge.ingest.v1.VerifyOuraWebhookResponse
+	9,  // 35: biobridge.ingest.v1.IngestService.HandleOuraWebhook:output_type -> biobridge.ingest.v1.HandleOuraWebhookResponse
+	15, // 36: biobridge.ingest.v1.IngestService.PushHealthKitSamples:output_type -> biobridge.ingest.v1.PushHealthKitSamplesResponse
+	17, // 37: biobridge.ingest.v1.IngestService.IngestEvents:output_type -> biobridge.ingest.v1.IngestEventsResponse
+	20, // 38: biobridge.ingest.v1.IngestService.ListJobs:output_type -> biobridge.ingest.v1.ListJobsResponse
+	22, // 39: biobridge.ingest.v1.IngestService.RetryJobs:output_type -> biobridge.ingest.v1.RetryJobsResponse
+	25, // 40: biobridge.ingest.v1.IngestService.GetBackfillProgress:output_type -> biobridge.ingest.v1.GetBackfillProgressResponse
+	33, // [33:41] is the sub-list for method output_type
+	25, // [25:33] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_biobridge_ingest_v1_ingest_service_proto_init() }
@@ -1586,8 +1939,8 @@ func file_biobridge_ingest_v1_ingest_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_biobridge_ingest_v1_ingest_service_proto_rawDesc), len(file_biobridge_ingest_v1_ingest_service_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   19,
+			NumEnums:      4,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,7 @@ const (
 	IngestService_IngestEvents_FullMethodName         = "/biobridge.ingest.v1.IngestService/IngestEvents"
 	IngestService_ListJobs_FullMethodName             = "/biobridge.ingest.v1.IngestService/ListJobs"
 	IngestService_RetryJobs_FullMethodName            = "/biobridge.ingest.v1.IngestService/RetryJobs"
+	IngestService_GetBackfillProgress_FullMethodName  = "/biobridge.ingest.v1.IngestService/GetBackfillProgress"
 )
 
 // IngestServiceClient is the client API for IngestService service.
@@ -52,6 +53,9 @@ type IngestServiceClient interface {
 	ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error)
 	// RetryJobs puts dead jobs back in the queue.
 	RetryJobs(ctx context.Context, in *RetryJobsRequest, opts ...grpc.CallOption) (*RetryJobsResponse, error)
+	// GetBackfillProgress reports the history backfills of a user's connections
+	// (service token required): one per connection generation, newest first.
+	GetBackfillProgress(ctx context.Context, in *GetBackfillProgressRequest, opts ...grpc.CallOption) (*GetBackfillProgressResponse, error)
 }
 
 type ingestServiceClient struct {
@@ -132,6 +136,16 @@ func (c *ingestServiceClient) RetryJobs(ctx context.Context, in *RetryJobsReques
 	return out, nil
 }
 
+func (c *ingestServiceClient) GetBackfillProgress(ctx context.Context, in *GetBackfillProgressRequest, opts ...grpc.CallOption) (*GetBackfillProgressResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetBackfillProgressResponse)
+	err := c.cc.Invoke(ctx, IngestService_GetBackfillProgress_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // IngestServiceServer is the server API for IngestService service.
 // All implementations must embed UnimplementedIngestServiceServer
 // for forward compatibility.
@@ -156,6 +170,9 @@ type IngestServiceServer interface {
 	ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error)
 	// RetryJobs puts dead jobs back in the queue.
 	RetryJobs(context.Context, *RetryJobsRequest) (*RetryJobsResponse, error)
+	// GetBackfillProgress reports the history backfills of a user's connections
+	// (service token required): one per connection generation, newest first.
+	GetBackfillProgress(context.Context, *GetBackfillProgressRequest) (*GetBackfillProgressResponse, error)
 	mustEmbedUnimplementedIngestServiceServer()
 }
 
@@ -186,6 +203,9 @@ func (UnimplementedIngestServiceServer) ListJobs(context.Context, *ListJobsReque
 }
 func (UnimplementedIngestServiceServer) RetryJobs(context.Context, *RetryJobsRequest) (*RetryJobsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RetryJobs not implemented")
+}
+func (UnimplementedIngestServiceServer) GetBackfillProgress(context.Context, *GetBackfillProgressRequest) (*GetBackfillProgressResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetBackfillProgress not implemented")
 }
 func (UnimplementedIngestServiceServer) mustEmbedUnimplementedIngestServiceServer() {}
 func (UnimplementedIngestServiceServer) testEmbeddedByValue()                       {}
@@ -334,6 +354,24 @@ func _IngestService_RetryJobs_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _IngestService_GetBackfillProgress_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetBackfillProgressRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(IngestServiceServer).GetBackfillProgress(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: IngestService_GetBackfillProgress_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(IngestServiceServer).GetBackfillProgress(ctx, req.(*GetBackfillProgressRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // IngestService_ServiceDesc is the grpc.ServiceDesc for IngestService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -368,6 +406,10 @@ var IngestService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RetryJobs",
 			Handler:    _IngestService_RetryJobs_Handler,
+		},
+		{
+			MethodName: "GetBackfillProgress",
+			Handler:    _IngestService_GetBackfillProgress_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -9,6 +9,7 @@ package tokensv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -848,11 +849,389 @@ func (x *RevokeConnectionResponse) GetRevokedAtVendor() bool {
 	return false
 }
 
+// ListActiveConnectionsRequest pages through active connections.
+type ListActiveConnectionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only connections made at or after this time (unset: all).
+	ConnectedSince *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=connected_since,json=connectedSince,proto3" json:"connected_since,omitempty"`
+	// Maximum connections per page (default 500, at most 1000).
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page; empty for the first.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListActiveConnectionsRequest) Reset() {
+	*x = ListActiveConnectionsRequest{}
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListActiveConnectionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListActiveConnectionsRequest) ProtoMessage() {}
+
+func (x *ListActiveConnectionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListActiveConnectionsRequest.ProtoReflect.Descriptor instead.
+func (*ListActiveConnectionsRequest) Descriptor() ([]byte, []int) {
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ListActiveConnectionsRequest) GetConnectedSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ConnectedSince
+	}
+	return nil
+}
+
+func (x *ListActiveConnectionsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListActiveConnectionsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListActiveConnectionsResponse is one page, ordered by user id and vendor.
+type ListActiveConnectionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Active connections.
+	Connections []*Connection `protobuf:"bytes,1,rep,name=connections,proto3" json:"connections,omitempty"`
+	// Token of the next page; empty on the last.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListActiveConnectionsResponse) Reset() {
+	*x = ListActiveConnectionsResponse{}
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListActiveConnectionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListActiveConnectionsResponse) ProtoMessage() {}
+
+func (x *ListActiveConnectionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListActiveConnectionsResponse.ProtoReflect.Descriptor instead.
+func (*ListActiveConnectionsResponse) Descriptor() ([]byte, []int) {
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ListActiveConnectionsResponse) GetConnections() []*Connection {
+	if x != nil {
+		return x.Connections
+	}
+	return nil
+}
+
+func (x *ListActiveConnectionsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// DataArrival says new data of a connection was stored at arrived_at.
+type DataArrival struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Internal user id.
+	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// "whoop" or "oura".
+	Vendor string `protobuf:"bytes,2,opt,name=vendor,proto3" json:"vendor,omitempty"`
+	// When the data was stored.
+	ArrivedAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=arrived_at,json=arrivedAt,proto3" json:"arrived_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DataArrival) Reset() {
+	*x = DataArrival{}
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DataArrival) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DataArrival) ProtoMessage() {}
+
+func (x *DataArrival) ProtoReflect() protoreflect.Message {
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DataArrival.ProtoReflect.Descriptor instead.
+func (*DataArrival) Descriptor() ([]byte, []int) {
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *DataArrival) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *DataArrival) GetVendor() string {
+	if x != nil {
+		return x.Vendor
+	}
+	return ""
+}
+
+func (x *DataArrival) GetArrivedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ArrivedAt
+	}
+	return nil
+}
+
+// ReportDataArrivalRequest is a batch of arrivals.
+type ReportDataArrivalRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most 1000 arrivals; unknown or revoked connections are ignored.
+	Arrivals      []*DataArrival `protobuf:"bytes,1,rep,name=arrivals,proto3" json:"arrivals,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportDataArrivalRequest) Reset() {
+	*x = ReportDataArrivalRequest{}
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportDataArrivalRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportDataArrivalRequest) ProtoMessage() {}
+
+func (x *ReportDataArrivalRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportDataArrivalRequest.ProtoReflect.Descriptor instead.
+func (*ReportDataArrivalRequest) Descriptor() ([]byte, []int) {
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ReportDataArrivalRequest) GetArrivals() []*DataArrival {
+	if x != nil {
+		return x.Arrivals
+	}
+	return nil
+}
+
+// ReportDataArrivalResponse says what changed.
+type ReportDataArrivalResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Connections that were stale and are fresh again.
+	Freshened     int32 `protobuf:"varint,1,opt,name=freshened,proto3" json:"freshened,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportDataArrivalResponse) Reset() {
+	*x = ReportDataArrivalResponse{}
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportDataArrivalResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportDataArrivalResponse) ProtoMessage() {}
+
+func (x *ReportDataArrivalResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportDataArrivalResponse.ProtoReflect.Descriptor instead.
+func (*ReportDataArrivalResponse) Descriptor() ([]byte, []int) {
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ReportDataArrivalResponse) GetFreshened() int32 {
+	if x != nil {
+		return x.Freshened
+	}
+	return 0
+}
+
+// MarkStaleConnectionsRequest sets the staleness threshold.
+type MarkStaleConnectionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A connection is stale when no data arrived for this long (counted from
+	// the later of its last data and its connection time). At least one second.
+	StaleAfter    *durationpb.Duration `protobuf:"bytes,1,opt,name=stale_after,json=staleAfter,proto3" json:"stale_after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MarkStaleConnectionsRequest) Reset() {
+	*x = MarkStaleConnectionsRequest{}
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MarkStaleConnectionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MarkStaleConnectionsRequest) ProtoMessage() {}
+
+func (x *MarkStaleConnectionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MarkStaleConnectionsRequest.ProtoReflect.Descriptor instead.
+func (*MarkStaleConnectionsRequest) Descriptor() ([]byte, []int) {
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *MarkStaleConnectionsRequest) GetStaleAfter() *durationpb.Duration {
+	if x != nil {
+		return x.StaleAfter
+	}
+	return nil
+}
+
+// MarkStaleConnectionsResponse reports the sweep and the current totals.
+type MarkStaleConnectionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Connections marked stale by this call.
+	Marked int32 `protobuf:"varint,1,opt,name=marked,proto3" json:"marked,omitempty"`
+	// Active connections that are stale now, by vendor (every configured vendor
+	// is present, zero included).
+	StaleByVendor map[string]int64 `protobuf:"bytes,2,rep,name=stale_by_vendor,json=staleByVendor,proto3" json:"stale_by_vendor,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MarkStaleConnectionsResponse) Reset() {
+	*x = MarkStaleConnectionsResponse{}
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MarkStaleConnectionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MarkStaleConnectionsResponse) ProtoMessage() {}
+
+func (x *MarkStaleConnectionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MarkStaleConnectionsResponse.ProtoReflect.Descriptor instead.
+func (*MarkStaleConnectionsResponse) Descriptor() ([]byte, []int) {
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *MarkStaleConnectionsResponse) GetMarked() int32 {
+	if x != nil {
+		return x.Marked
+	}
+	return 0
+}
+
+func (x *MarkStaleConnectionsResponse) GetStaleByVendor() map[string]int64 {
+	if x != nil {
+		return x.StaleByVendor
+	}
+	return nil
+}
+
 var File_biobridge_tokens_v1_token_broker_service_proto protoreflect.FileDescriptor
 
 const file_biobridge_tokens_v1_token_broker_service_proto_rawDesc = "" +
 	"\n" +
-	".biobridge/tokens/v1/token_broker_service.proto\x12\x13biobridge.tokens.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x03\n" +
+	".biobridge/tokens/v1/token_broker_service.proto\x12\x13biobridge.tokens.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x03\n" +
 	"\n" +
 	"Connection\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x16\n" +
@@ -903,19 +1282,48 @@ const file_biobridge_tokens_v1_token_broker_service_proto_rawDesc = "" +
 	"\x06vendor\x18\x01 \x01(\tR\x06vendor\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\"F\n" +
 	"\x18RevokeConnectionResponse\x12*\n" +
-	"\x11revoked_at_vendor\x18\x01 \x01(\bR\x0frevokedAtVendor*\x90\x01\n" +
+	"\x11revoked_at_vendor\x18\x01 \x01(\bR\x0frevokedAtVendor\"\x9f\x01\n" +
+	"\x1cListActiveConnectionsRequest\x12C\n" +
+	"\x0fconnected_since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x0econnectedSince\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\x8a\x01\n" +
+	"\x1dListActiveConnectionsResponse\x12A\n" +
+	"\vconnections\x18\x01 \x03(\v2\x1f.biobridge.tokens.v1.ConnectionR\vconnections\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"y\n" +
+	"\vDataArrival\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x16\n" +
+	"\x06vendor\x18\x02 \x01(\tR\x06vendor\x129\n" +
+	"\n" +
+	"arrived_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tarrivedAt\"X\n" +
+	"\x18ReportDataArrivalRequest\x12<\n" +
+	"\barrivals\x18\x01 \x03(\v2 .biobridge.tokens.v1.DataArrivalR\barrivals\"9\n" +
+	"\x19ReportDataArrivalResponse\x12\x1c\n" +
+	"\tfreshened\x18\x01 \x01(\x05R\tfreshened\"Y\n" +
+	"\x1bMarkStaleConnectionsRequest\x12:\n" +
+	"\vstale_after\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"staleAfter\"\xe6\x01\n" +
+	"\x1cMarkStaleConnectionsResponse\x12\x16\n" +
+	"\x06marked\x18\x01 \x01(\x05R\x06marked\x12l\n" +
+	"\x0fstale_by_vendor\x18\x02 \x03(\v2D.biobridge.tokens.v1.MarkStaleConnectionsResponse.StaleByVendorEntryR\rstaleByVendor\x1a@\n" +
+	"\x12StaleByVendorEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01*\x90\x01\n" +
 	"\x10ConnectionStatus\x12!\n" +
 	"\x1dCONNECTION_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CONNECTION_STATUS_ACTIVE\x10\x01\x12\x1c\n" +
 	"\x18CONNECTION_STATUS_BROKEN\x10\x02\x12\x1d\n" +
-	"\x19CONNECTION_STATUS_REVOKED\x10\x032\xc9\x05\n" +
+	"\x19CONNECTION_STATUS_REVOKED\x10\x032\xba\b\n" +
 	"\x12TokenBrokerService\x12u\n" +
 	"\x12StartAuthorization\x12..biobridge.tokens.v1.StartAuthorizationRequest\x1a/.biobridge.tokens.v1.StartAuthorizationResponse\x12~\n" +
 	"\x15CompleteAuthorization\x121.biobridge.tokens.v1.CompleteAuthorizationRequest\x1a2.biobridge.tokens.v1.CompleteAuthorizationResponse\x12i\n" +
 	"\x0eGetAccessToken\x12*.biobridge.tokens.v1.GetAccessTokenRequest\x1a+.biobridge.tokens.v1.GetAccessTokenResponse\x12r\n" +
 	"\x11ResolveVendorUser\x12-.biobridge.tokens.v1.ResolveVendorUserRequest\x1a..biobridge.tokens.v1.ResolveVendorUserResponse\x12l\n" +
 	"\x0fListConnections\x12+.biobridge.tokens.v1.ListConnectionsRequest\x1a,.biobridge.tokens.v1.ListConnectionsResponse\x12o\n" +
-	"\x10RevokeConnection\x12,.biobridge.tokens.v1.RevokeConnectionRequest\x1a-.biobridge.tokens.v1.RevokeConnectionResponseB\xe1\x01\n" +
+	"\x10RevokeConnection\x12,.biobridge.tokens.v1.RevokeConnectionRequest\x1a-.biobridge.tokens.v1.RevokeConnectionResponse\x12~\n" +
+	"\x15ListActiveConnections\x121.biobridge.tokens.v1.ListActiveConnectionsRequest\x1a2.biobridge.tokens.v1.ListActiveConnectionsResponse\x12r\n" +
+	"\x11ReportDataArrival\x12-.biobridge.tokens.v1.ReportDataArrivalRequest\x1a..biobridge.tokens.v1.ReportDataArrivalResponse\x12{\n" +
+	"\x14MarkStaleConnections\x120.biobridge.tokens.v1.MarkStaleConnectionsRequest\x1a1.biobridge.tokens.v1.MarkStaleConnectionsResponseB\xe1\x01\n" +
 	"\x17com.biobridge.tokens.v1B\x17TokenBrokerServiceProtoP\x01Z?github.com/biobridge/bridge/gen/go/biobridge/tokens/v1;tokensv1\xa2\x02\x03BTX\xaa\x02\x13Biobridge.Tokens.V1\xca\x02\x13Biobridge\\Tokens\\V1\xe2\x02\x1fBiobridge\\Tokens\\V1\\GPBMetadata\xea\x02\x15Biobridge::Tokens::V1b\x06proto3"
 
 var (
@@ -931,7 +1339,7 @@ func file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP() []byte {
 }
 
 var file_biobridge_tokens_v1_token_broker_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_biobridge_tokens_v1_token_broker_service_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_biobridge_tokens_v1_token_broker_service_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_biobridge_tokens_v1_token_broker_service_proto_goTypes = []any{
 	(ConnectionStatus)(0),                 // 0: biobridge.tokens.v1.ConnectionStatus
 	(*Connection)(nil),                    // 1: biobridge.tokens.v1.Connection
@@ -947,35 +1355,56 @@ var file_biobridge_tokens_v1_token_broker_service_proto_goTypes = []any{
 	(*ListConnectionsResponse)(nil),       // 11: biobridge.tokens.v1.ListConnectionsResponse
 	(*RevokeConnectionRequest)(nil),       // 12: biobridge.tokens.v1.RevokeConnectionRequest
 	(*RevokeConnectionResponse)(nil),      // 13: biobridge.tokens.v1.RevokeConnectionResponse
-	(*timestamppb.Timestamp)(nil),         // 14: google.protobuf.Timestamp
+	(*ListActiveConnectionsRequest)(nil),  // 14: biobridge.tokens.v1.ListActiveConnectionsRequest
+	(*ListActiveConnectionsResponse)(nil), // 15: biobridge.tokens.v1.ListActiveConnectionsResponse
+	(*DataArrival)(nil),                   // 16: biobridge.tokens.v1.DataArrival
+	(*ReportDataArrivalRequest)(nil),      // 17: biobridge.tokens.v1.ReportDataArrivalRequest
+	(*ReportDataArrivalResponse)(nil),     // 18: biobridge.tokens.v1.ReportDataArrivalResponse
+	(*MarkStaleConnectionsRequest)(nil),   // 19: biobridge.tokens.v1.MarkStaleConnectionsRequest
+	(*MarkStaleConnectionsResponse)(nil),  // 20: biobridge.tokens.v1.MarkStaleConnectionsResponse
+	nil,                                   // 21: biobridge.tokens.v1.MarkStaleConnectionsResponse.StaleByVendorEntry
+	(*timestamppb.Timestamp)(nil),         // 22: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),           // 23: google.protobuf.Duration
 }
 var file_biobridge_tokens_v1_token_broker_service_proto_depIdxs = []int32{
 	0,  // 0: biobridge.tokens.v1.Connection.status:type_name -> biobridge.tokens.v1.ConnectionStatus
-	14, // 1: biobridge.tokens.v1.Connection.connected_at:type_name -> google.protobuf.Timestamp
-	14, // 2: biobridge.tokens.v1.Connection.last_refresh_at:type_name -> google.protobuf.Timestamp
-	14, // 3: biobridge.tokens.v1.Connection.last_data_at:type_name -> google.protobuf.Timestamp
-	14, // 4: biobridge.tokens.v1.StartAuthorizationResponse.expires_at:type_name -> google.protobuf.Timestamp
+	22, // 1: biobridge.tokens.v1.Connection.connected_at:type_name -> google.protobuf.Timestamp
+	22, // 2: biobridge.tokens.v1.Connection.last_refresh_at:type_name -> google.protobuf.Timestamp
+	22, // 3: biobridge.tokens.v1.Connection.last_data_at:type_name -> google.protobuf.Timestamp
+	22, // 4: biobridge.tokens.v1.StartAuthorizationResponse.expires_at:type_name -> google.protobuf.Timestamp
 	1,  // 5: biobridge.tokens.v1.CompleteAuthorizationResponse.connection:type_name -> biobridge.tokens.v1.Connection
-	14, // 6: biobridge.tokens.v1.GetAccessTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	22, // 6: biobridge.tokens.v1.GetAccessTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
 	0,  // 7: biobridge.tokens.v1.ResolveVendorUserResponse.status:type_name -> biobridge.tokens.v1.ConnectionStatus
 	1,  // 8: biobridge.tokens.v1.ListConnectionsResponse.connections:type_name -> biobridge.tokens.v1.Connection
-	2,  // 9: biobridge.tokens.v1.TokenBrokerService.StartAuthorization:input_type -> biobridge.tokens.v1.StartAuthorizationRequest
-	4,  // 10: biobridge.tokens.v1.TokenBrokerService.CompleteAuthorization:input_type -> biobridge.tokens.v1.CompleteAuthorizationRequest
-	6,  // 11: biobridge.tokens.v1.TokenBrokerService.GetAccessToken:input_type -> biobridge.tokens.v1.GetAccessTokenRequest
-	8,  // 12: biobridge.tokens.v1.TokenBrokerService.ResolveVendorUser:input_type -> biobridge.tokens.v1.ResolveVendorUserRequest
-	10, // 13: biobridge.tokens.v1.TokenBrokerService.ListConnections:input_type -> biobridge.tokens.v1.ListConnectionsRequest
-	12, // 14: biobridge.tokens.v1.TokenBrokerService.RevokeConnection:input_type -> biobridge.tokens.v1.RevokeConnectionRequest
-	3,  // 15: biobridge.tokens.v1.TokenBrokerService.StartAuthorization:output_type -> biobridge.tokens.v1.StartAuthorizationResponse
-	5,  // 16: biobridge.tokens.v1.TokenBrokerService.CompleteAuthorization:output_type -> biobridge.tokens.v1.CompleteAuthorizationResponse
-	7,  // 17: biobridge.tokens.v1.TokenBrokerService.GetAccessToken:output_type -> biobridge.tokens.v1.GetAccessTokenResponse
-	9,  // 18: biobridge.tokens.v1.TokenBrokerService.ResolveVendorUser:output_type -> biobridge.tokens.v1.ResolveVendorUserResponse
-	11, // 19: biobridge.tokens.v1.TokenBrokerService.ListConnections:output_type -> biobridge.tokens.v1.ListConnectionsResponse
-	13, // 20: biobridge.tokens.v1.TokenBrokerService.RevokeConnection:output_type -> biobridge.tokens.v1.RevokeConnectionResponse
-	15, // [15:21] is the sub-list for method output_type
-	9,  // [9:15] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	22, // 9: biobridge.tokens.v1.ListActiveConnectionsRequest.connected_since:type_name -> google.protobuf.Timestamp
+	1,  // 10: biobridge.tokens.v1.ListActiveConnectionsResponse.connections:type_name -> biobridge.tokens.v1.Connection
+	22, // 11: biobridge.tokens.v1.DataArrival.arrived_at:type_name -> google.protobuf.Timestamp
+	16, // 12: biobridge.tokens.v1.ReportDataArrivalRequest.arrivals:type_name -> biobridge.tokens.v1.DataArrival
+	23, // 13: biobridge.tokens.v1.MarkStaleConnectionsRequest.stale_after:type_name -> google.protobuf.Duration
+	21, // 14: biobridge.tokens.v1.MarkStaleConnectionsResponse.stale_by_vendor:type_name -> biobridge.tokens.v1.MarkStaleConnectionsResponse.StaleByVendorEntry
+	2,  // 15: biobridge.tokens.v1.TokenBrokerService.StartAuthorization:input_type -> biobridge.tokens.v1.StartAuthorizationRequest
+	4,  // 16: biobridge.tokens.v1.TokenBrokerService.CompleteAuthorization:input_type -> biobridge.tokens.v1.CompleteAuthorizationRequest
+	6,  // 17: biobridge.tokens.v1.TokenBrokerService.GetAccessToken:input_type -> biobridge.tokens.v1.GetAccessTokenRequest
+	8,  // 18: biobridge.tokens.v1.TokenBrokerService.ResolveVendorUser:input_type -> biobridge.tokens.v1.ResolveVendorUserRequest
+	10, // 19: biobridge.tokens.v1.TokenBrokerService.ListConnections:input_type -> biobridge.tokens.v1.ListConnectionsRequest
+	12, // 20: biobridge.tokens.v1.TokenBrokerService.RevokeConnection:input_type -> biobridge.tokens.v1.RevokeConnectionRequest
+	14, // 21: biobridge.tokens.v1.TokenBrokerService.ListActiveConnections:input_type -> biobridge.tokens.v1.ListActiveConnectionsRequest
+	17, // 22: biobridge.tokens.v1.TokenBrokerService.ReportDataArrival:input_type -> biobridge.tokens.v1.ReportDataArrivalRequest
+	19, // 23: biobridge.tokens.v1.TokenBrokerService.MarkStaleConnections:input_type -> biobridge.tokens.v1.MarkStaleConnectionsRequest
+	3,  // 24: biobridge.tokens.v1.TokenBrokerService.StartAuthorization:output_type -> biobridge.tokens.v1.StartAuthorizationResponse
+	5,  // 25: biobridge.tokens.v1.TokenBrokerService.CompleteAuthorization:output_type -> biobridge.tokens.v1.CompleteAuthorizationResponse
+	7,  // 26: biobridge.tokens.v1.TokenBrokerService.GetAccessToken:output_type -> biobridge.tokens.v1.GetAccessTokenResponse
+	9,  // 27: biobridge.tokens.v1.TokenBrokerService.ResolveVendorUser:output_type -> biobridge.tokens.v1.ResolveVendorUserResponse
+	11, // 28: biobridge.tokens.v1.TokenBrokerService.ListConnections:output_type -> biobridge.tokens.v1.ListConnectionsResponse
+	13, // 29: biobridge.tokens.v1.TokenBrokerService.RevokeConnection:output_type -> biobridge.tokens.v1.RevokeConnectionResponse
+	15, // 30: biobridge.tokens.v1.TokenBrokerService.ListActiveConnections:output_type -> biobridge.tokens.v1.ListActiveConnectionsResponse
+	18, // 31: biobridge.tokens.v1.TokenBrokerService.ReportDataArrival:output_type -> biobridge.tokens.v1.ReportDataArrivalResponse
+	20, // 32: biobridge.tokens.v1.TokenBrokerService.MarkStaleConnections:output_type -> biobridge.tokens.v1.MarkStaleConnectionsResponse
+	24, // [24:33] is the sub-list for method output_type
+	15, // [15:24] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_biobridge_tokens_v1_token_broker_service_proto_init() }
@@ -989,7 +1418,7 @@ func file_biobridge_tokens_v1_token_broker_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_biobridge_tokens_v1_token_broker_service_proto_rawDesc), len(file_biobridge_tokens_v1_token_broker_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   13,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,9 @@ const (
 	TokenBrokerService_ResolveVendorUser_FullMethodName     = "/biobridge.tokens.v1.TokenBrokerService/ResolveVendorUser"
 	TokenBrokerService_ListConnections_FullMethodName       = "/biobridge.tokens.v1.TokenBrokerService/ListConnections"
 	TokenBrokerService_RevokeConnection_FullMethodName      = "/biobridge.tokens.v1.TokenBrokerService/RevokeConnection"
+	TokenBrokerService_ListActiveConnections_FullMethodName = "/biobridge.tokens.v1.TokenBrokerService/ListActiveConnections"
+	TokenBrokerService_ReportDataArrival_FullMethodName     = "/biobridge.tokens.v1.TokenBrokerService/ReportDataArrival"
+	TokenBrokerService_MarkStaleConnections_FullMethodName  = "/biobridge.tokens.v1.TokenBrokerService/MarkStaleConnections"
 )
 
 // TokenBrokerServiceClient is the client API for TokenBrokerService service.
@@ -52,6 +55,19 @@ type TokenBrokerServiceClient interface {
 	ListConnections(ctx context.Context, in *ListConnectionsRequest, opts ...grpc.CallOption) (*ListConnectionsResponse, error)
 	// RevokeConnection revokes the connection at the vendor and deletes its tokens.
 	RevokeConnection(ctx context.Context, in *RevokeConnectionRequest, opts ...grpc.CallOption) (*RevokeConnectionResponse, error)
+	// ListActiveConnections pages through the active connections of every user
+	// (service token required). Ingest uses it to find new connections to
+	// backfill and the connections to reconcile.
+	ListActiveConnections(ctx context.Context, in *ListActiveConnectionsRequest, opts ...grpc.CallOption) (*ListActiveConnectionsResponse, error)
+	// ReportDataArrival records that new data arrived for connections (service
+	// token required): last_data_at moves forward, and a stale connection
+	// becomes fresh again (a `fresh` connection event, in the same transaction).
+	ReportDataArrival(ctx context.Context, in *ReportDataArrivalRequest, opts ...grpc.CallOption) (*ReportDataArrivalResponse, error)
+	// MarkStaleConnections marks every active connection without data for longer
+	// than stale_after as stale, each with a `stale` connection event in the
+	// same transaction (service token required). Safe to call from every
+	// replica: a connection is marked once.
+	MarkStaleConnections(ctx context.Context, in *MarkStaleConnectionsRequest, opts ...grpc.CallOption) (*MarkStaleConnectionsResponse, error)
 }
 
 type tokenBrokerServiceClient struct {
@@ -122,6 +138,36 @@ func (c *tokenBrokerServiceClient) RevokeConnection(ctx context.Context, in *Rev
 	return out, nil
 }
 
+func (c *tokenBrokerServiceClient) ListActiveConnections(ctx context.Context, in *ListActiveConnectionsRequest, opts ...grpc.CallOption) (*ListActiveConnectionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListActiveConnectionsResponse)
+	err := c.cc.Invoke(ctx, TokenBrokerService_ListActiveConnections_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *tokenBrokerServiceClient) ReportDataArrival(ctx context.Context, in *ReportDataArrivalRequest, opts ...grpc.CallOption) (*ReportDataArrivalResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportDataArrivalResponse)
+	err := c.cc.Invoke(ctx, TokenBrokerService_ReportDataArrival_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *tokenBrokerServiceClient) MarkStaleConnections(ctx context.Context, in *MarkStaleConnectionsRequest, opts ...grpc.CallOption) (*MarkStaleConnectionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MarkStaleConnectionsResponse)
+	err := c.cc.Invoke(ctx, TokenBrokerService_MarkStaleConnections_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TokenBrokerServiceServer is the server API for TokenBrokerService service.
 // All implementations must embed UnimplementedTokenBrokerServiceServer
 // for forward compatibility.
@@ -147,6 +193,19 @@ type TokenBrokerServiceServer interface {
 	ListConnections(context.Context, *ListConnectionsRequest) (*ListConnectionsResponse, error)
 	// RevokeConnection revokes the connection at the vendor and deletes its tokens.
 	RevokeConnection(context.Context, *RevokeConnectionRequest) (*RevokeConnectionResponse, error)
+	// ListActiveConnections pages through the active connections of every user
+	// (service token required). Ingest uses it to find new connections to
+	// backfill and the connections to reconcile.
+	ListActiveConnections(context.Context, *ListActiveConnectionsRequest) (*ListActiveConnectionsResponse, error)
+	// ReportDataArrival records that new data arrived for connections (service
+	// token required): last_data_at moves forward, and a stale connection
+	// becomes fresh again (a `fresh` connection event, in the same transaction).
+	ReportDataArrival(context.Context, *ReportDataArrivalRequest) (*ReportDataArrivalResponse, error)
+	// MarkStaleConnections marks every active connection without data for longer
+	// than stale_after as stale, each with a `stale` connection event in the
+	// same transaction (service token required). Safe to call from every
+	// replica: a connection is marked once.
+	MarkStaleConnections(context.Context, *MarkStaleConnectionsRequest) (*MarkStaleConnectionsResponse, error)
 	mustEmbedUnimplementedTokenBrokerServiceServer()
 }
 
@@ -174,6 +233,15 @@ func (UnimplementedTokenBrokerServiceServer) ListConnections(context.Context, *L
 }
 func (UnimplementedTokenBrokerServiceServer) RevokeConnection(context.Context, *RevokeConnectionRequest) (*RevokeConnectionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeConnection not implemented")
+}
+func (UnimplementedTokenBrokerServiceServer) ListActiveConnections(context.Context, *ListActiveConnectionsRequest) (*ListActiveConnectionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListActiveConnections not implemented")
+}
+func (UnimplementedTokenBrokerServiceServer) ReportDataArrival(context.Context, *ReportDataArrivalRequest) (*ReportDataArrivalResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportDataArrival not implemented")
+}
+func (UnimplementedTokenBrokerServiceServer) MarkStaleConnections(context.Context, *MarkStaleConnectionsRequest) (*MarkStaleConnectionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MarkStaleConnections not implemented")
 }
 func (UnimplementedTokenBrokerServiceServer) mustEmbedUnimplementedTokenBrokerServiceServer() {}
 func (UnimplementedTokenBrokerServiceServer) testEmbeddedByValue()                            {}
@@ -304,6 +372,60 @@ func _TokenBrokerService_RevokeConnection_Handler(srv interface{}, ctx context.C
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TokenBrokerService_ListActiveConnections_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListActiveConnectionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenBrokerServiceServer).ListActiveConnections(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenBrokerService_ListActiveConnections_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenBrokerServiceServer).ListActiveConnections(ctx, req.(*ListActiveConnectionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TokenBrokerService_ReportDataArrival_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportDataArrivalRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenBrokerServiceServer).ReportDataArrival(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenBrokerService_ReportDataArrival_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenBrokerServiceServer).ReportDataArrival(ctx, req.(*ReportDataArrivalRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TokenBrokerService_MarkStaleConnections_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MarkStaleConnectionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenBrokerServiceServer).MarkStaleConnections(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenBrokerService_MarkStaleConnections_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenBrokerServiceServer).MarkStaleConnections(ctx, req.(*MarkStaleConnectionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // TokenBrokerService_ServiceDesc is the grpc.ServiceDesc for TokenBrokerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -334,6 +456,18 @@ var TokenBrokerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeConnection",
 			Handler:    _TokenBrokerService_RevokeConnection_Handler,
+		},
+		{
+			MethodName: "ListActiveConnections",
+			Handler:    _TokenBrokerService_ListActiveConnections_Handler,
+		},
+		{
+			MethodName: "ReportDataArrival",
+			Handler:    _TokenBrokerService_ReportDataArrival_Handler,
+		},
+		{
+			MethodName: "MarkStaleConnections",
+			Handler:    _TokenBrokerService_MarkStaleConnections_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
