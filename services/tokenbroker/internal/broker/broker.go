@@ -164,12 +164,19 @@ type Connection struct {
 	Scopes        []string
 	ConnectedAt   time.Time
 	LastRefreshAt time.Time
+	// LastDataAt is when ingest last stored new data of the connection
+	// (zero: never).
+	LastDataAt time.Time
+	// Stale is true when no data arrived for longer than ingest's
+	// staleness threshold.
+	Stale bool
 }
 
 func publicConnection(c *postgres.Connection) Connection {
 	return Connection{
 		UserID: c.UserID, Vendor: c.Vendor, VendorUserID: c.VendorUserID, Status: c.Status,
 		Scopes: c.Scopes, ConnectedAt: c.ConnectedAt, LastRefreshAt: c.LastRefreshAt,
+		LastDataAt: c.LastDataAt, Stale: c.Stale,
 	}
 }
 
@@ -481,7 +488,7 @@ func (b *Broker) refreshConn(ctx context.Context, c *postgres.Connection, deadli
 		// connection will fail its next refresh. Nothing more can be done
 		// here; make it loud.
 		b.m.Refreshes.WithLabelValues(c.Vendor, OutcomeError).Inc()
-		b.m.RefreshFailures.WithLabelValues(c.Vendor, "store_failed").Inc()
+		b.m.RefreshFailures.WithLabelValues(c.Vendor, ReasonStoreFailed).Inc()
 		log.ErrorContext(ctx, "refreshed tokens could not be stored; the connection will need a reconnect", "err", err)
 		return AccessToken{}, apperr.Wrap(err, apperr.Unavailable, "store_unavailable", "token store unavailable, retry later")
 	}

@@ -3,6 +3,8 @@ package broker
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/biobridge/bridge/services/tokenbroker/internal/vendors"
 )
 
 // Refresh outcomes (label values of refreshes_total).
@@ -34,8 +36,34 @@ type Metrics struct {
 	ReencryptFailed prometheus.Counter
 }
 
-// NewMetrics registers the metrics on reg.
+// NewMetrics registers the metrics on reg, every known label combination
+// initialized at zero: a labelled series appears on /metrics only after
+// its first use otherwise, and the dashboards and alerts (and rate() over
+// the first event) need it before.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := newMetrics(reg)
+	for _, v := range []string{vendors.Whoop, vendors.Oura} {
+		for _, o := range []string{OutcomeSuccess, OutcomeLostRace, OutcomeBroken, OutcomeSuperseded, OutcomeError} {
+			m.Refreshes.WithLabelValues(v, o)
+		}
+		for _, r := range []string{vendors.ReasonInvalidGrant, vendors.ReasonInvalidClient, vendors.ReasonRateLimited,
+			vendors.ReasonVendorError, vendors.ReasonTimeout, vendors.ReasonNetwork, vendors.ReasonNoRefreshToken,
+			vendors.ReasonOther, ReasonStoreFailed} {
+			m.RefreshFailures.WithLabelValues(v, r)
+		}
+		m.RefreshSeconds.WithLabelValues(v)
+		m.LockWait.WithLabelValues(v)
+		m.CacheHits.WithLabelValues(v)
+		m.CacheMisses.WithLabelValues(v)
+	}
+	return m
+}
+
+// ReasonStoreFailed is the refresh failure of a rotation the vendor did
+// but the store could not record.
+const ReasonStoreFailed = "store_failed"
+
+func newMetrics(reg prometheus.Registerer) *Metrics {
 	f := promauto.With(reg)
 	return &Metrics{
 		Refreshes: f.NewCounterVec(prometheus.CounterOpts{

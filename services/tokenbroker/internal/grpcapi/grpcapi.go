@@ -35,6 +35,9 @@ var methodAccess = map[string]access{
 	tokensv1.TokenBrokerService_ListConnections_FullMethodName:       accessUser,
 	tokensv1.TokenBrokerService_RevokeConnection_FullMethodName:      accessUser,
 	tokensv1.TokenBrokerService_CompleteAuthorization_FullMethodName: accessState,
+	tokensv1.TokenBrokerService_ListActiveConnections_FullMethodName: accessService,
+	tokensv1.TokenBrokerService_ReportDataArrival_FullMethodName:     accessService,
+	tokensv1.TokenBrokerService_MarkStaleConnections_FullMethodName:  accessService,
 }
 
 // Authenticator is the grpcserver auth hook.
@@ -104,6 +107,7 @@ func toProto(c broker.Connection) *tokensv1.Connection {
 	return &tokensv1.Connection{
 		UserId: c.UserID, Vendor: c.Vendor, VendorUserId: c.VendorUserID, Status: statuses[c.Status],
 		Scopes: c.Scopes, ConnectedAt: ts(c.ConnectedAt), LastRefreshAt: ts(c.LastRefreshAt),
+		LastDataAt: ts(c.LastDataAt), Stale: c.Stale,
 	}
 }
 
@@ -175,4 +179,53 @@ func (s *Service) RevokeConnection(ctx context.Context, req *tokensv1.RevokeConn
 		return nil, err
 	}
 	return &tokensv1.RevokeConnectionResponse{RevokedAtVendor: ok}, nil
+}
+
+// ListActiveConnections implements TokenBrokerServiceServer.
+func (s *Service) ListActiveConnections(ctx context.Context, req *tokensv1.ListActiveConnectionsRequest) (*tokensv1.ListActiveConnectionsResponse, error) {
+	var since time.Time
+	if req.GetConnectedSince() != nil {
+		if err := req.GetConnectedSince().CheckValid(); err != nil {
+			return nil, apperr.E(apperr.Invalid, "invalid_connected_since", "connected_since is not a valid timestamp")
+		}
+		since = req.GetConnectedSince().AsTime()
+	}
+	conns, next, err := s.b.ListActiveConnections(ctx, since, req.GetPageToken(), int(req.GetPageSize()))
+	if err != nil {
+		return nil, err
+	}
+	resp := &tokensv1.ListActiveConnectionsResponse{NextPageToken: next}
+	for _, c := range conns {
+		resp.Connections = append(resp.Connections, toProto(c))
+	}
+	return resp, nil
+}
+
+// ReportDataArrival implements TokenBrokerServiceServer.
+func (s *Service) ReportDataArrival(ctx context.Context, req *tokensv1.ReportDataArrivalRequest) (*tokensv1.ReportDataArrivalResponse, error) {
+	arrivals := make([]broker.Arrival, len(req.GetArrivals()))
+	for i, a := range req.GetArrivals() {
+		var at time.Time
+		if a.GetArrivedAt().CheckValid() == nil {
+			at = a.GetArrivedAt().AsTime()
+		}
+		arrivals[i] = broker.Arrival{UserID: a.GetUserId(), Vendor: a.GetVendor(), At: at}
+	}
+	n, err := s.b.ReportDataArrival(ctx, arrivals)
+	if err != nil {
+		return nil, err
+	}
+	return &tokensv1.ReportDataArrivalResponse{Freshened: int32(n)}, nil
+}
+
+// MarkStaleConnections implements TokenBrokerServiceServer.
+func (s *Service) MarkStaleConnections(ctx context.Context, req *tokensv1.MarkStaleConnectionsRequest) (*tokensv1.MarkStaleConnectionsResponse, error) {
+	if req.GetStaleAfter().CheckValid() != nil {
+		return nil, apperr.E(apperr.Invalid, "invalid_stale_after", "stale_after is required")
+	}
+	n, counts, err := s.b.MarkStaleConnections(ctx, req.GetStaleAfter().AsDuration())
+	if err != nil {
+		return nil, err
+	}
+	return &tokensv1.MarkStaleConnectionsResponse{Marked: int32(n), StaleByVendor: counts}, nil
 }

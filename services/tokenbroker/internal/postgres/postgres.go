@@ -75,6 +75,10 @@ const (
 	EventConnected     = "connected"
 	EventRefreshFailed = "refresh_failed"
 	EventRevoked       = "revoked"
+	// EventStale: no data arrived for longer than ingest's threshold.
+	EventStale = "stale"
+	// EventFresh: data arrived again for a stale connection.
+	EventFresh = "fresh"
 )
 
 // Errors the store returns; callers map them to application errors.
@@ -104,6 +108,8 @@ type Connection struct {
 	ConnectedAt     time.Time
 	LastRefreshAt   time.Time // zero when never refreshed
 	LastUsedAt      time.Time // zero when never used
+	LastDataAt      time.Time // zero when no data was reported yet
+	Stale           bool
 }
 
 // Tokens are the sealed tokens of one write; both are sealed with KeyID.
@@ -137,15 +143,15 @@ func (s *Store) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }
 
 const connectionColumns = `user_id, vendor, vendor_user_id, status, scopes, key_id,
 	access_token_enc, refresh_token_enc, access_expires_at, version, broken_reason,
-	connected_at, last_refresh_at, last_used_at`
+	connected_at, last_refresh_at, last_used_at, last_data_at, stale`
 
 func scanConnection(row pgx.Row) (*Connection, error) {
 	var c Connection
 	var keyID *string
-	var expires, lastRefresh, lastUsed *time.Time
+	var expires, lastRefresh, lastUsed, lastData *time.Time
 	err := row.Scan(&c.UserID, &c.Vendor, &c.VendorUserID, &c.Status, &c.Scopes, &keyID,
 		&c.AccessTokenEnc, &c.RefreshTokenEnc, &expires, &c.Version, &c.BrokenReason,
-		&c.ConnectedAt, &lastRefresh, &lastUsed)
+		&c.ConnectedAt, &lastRefresh, &lastUsed, &lastData, &c.Stale)
 	if err != nil {
 		return nil, err
 	}
@@ -160,6 +166,9 @@ func scanConnection(row pgx.Row) (*Connection, error) {
 	}
 	if lastUsed != nil {
 		c.LastUsedAt = *lastUsed
+	}
+	if lastData != nil {
+		c.LastDataAt = *lastData
 	}
 	return &c, nil
 }
@@ -290,13 +299,15 @@ func (s *Store) MarkBroken(ctx context.Context, userID, vendor string, old int64
 // Revoke deletes the tokens, marks the connection revoked and records a
 // revoked event, in one transaction. It is not fenced: a revocation wins
 // over whatever else is going on, and bumping the version makes every
-// in-flight fenced write fail. It returns ErrNotFound when there is no
-// connection or it is already revoked.
+// in-flight fenced write fail. A revoked connection is no longer stale:
+// staleness is about connections that should deliver data. It returns
+// ErrNotFound when there is no connection or it is already revoked.
 func (s *Store) Revoke(ctx context.Context, userID, vendor, reason string, now time.Time) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `
 			UPDATE tokens.connections SET status = 'revoked', key_id = NULL, access_token_enc = NULL,
-				refresh_token_enc = NULL, access_expires_at = NULL, version = version + 1, updated_at = $3
+				refresh_token_enc = NULL, access_expires_at = NULL, version = version + 1, updated_at = $3,
+				stale = false, stale_since = NULL
 			WHERE user_id = $1 AND vendor = $2 AND status <> 'revoked'`, userID, vendor, now)
 		if err != nil {
 			return fmt.Errorf("revoke connection: %w", err)

@@ -136,6 +136,8 @@ var eventTypes = map[string]biometricsv1.ConnectionEventType{
 	postgres.EventConnected:     biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_CONNECTED,
 	postgres.EventRefreshFailed: biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_REFRESH_FAILED,
 	postgres.EventRevoked:       biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_REVOKED,
+	postgres.EventStale:         biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_STALE,
+	postgres.EventFresh:         biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_FRESH,
 }
 
 func (r *Relay) forward(ctx context.Context, events []postgres.Event) error {
