@@ -134,6 +134,54 @@ type Config struct {
 	// VendorMaxConns is VENDOR_MAX_CONNS (default 16, 1..1024): connections
 	// per vendor.
 	VendorMaxConns int
+
+	// Data completeness. From the environment every part is on by default;
+	// in a hand-built Config a zero BackfillDays, ReconcileInterval or
+	// StaleAfter leaves that part off (as WhoopDailyLimit does).
+
+	// BackfillDays is INGEST_BACKFILL_DAYS (default 30, 0..400; 0 turns
+	// backfill off): the history a new connection gets.
+	BackfillDays int
+	// ConnectionSyncInterval is INGEST_CONNECTION_SYNC_INTERVAL (default
+	// 10s): how often the token broker is asked for new connections, so a
+	// backfill starts within about this long of a connect.
+	ConnectionSyncInterval time.Duration
+	// ReconcileInterval is INGEST_RECONCILE_INTERVAL (default 6h; 0 turns
+	// reconciliation off): every active connection's recent window is read
+	// again once per interval, each at its own offset within it.
+	ReconcileInterval time.Duration
+	// ReconcileWindow is INGEST_RECONCILE_WINDOW (default 72h): how far back
+	// a reconciliation reads.
+	ReconcileWindow time.Duration
+	// StaleAfter is INGEST_STALE_AFTER (default 48h; 0 turns staleness
+	// off): a connection without new data for this long is stale.
+	StaleAfter time.Duration
+	// StaleCheckInterval is INGEST_STALE_CHECK_INTERVAL (default 1m).
+	StaleCheckInterval time.Duration
+	// BackgroundRatePercent is INGEST_BACKGROUND_RATE_PERCENT (default 50,
+	// 1..100): the part of each vendor rate window backfill and
+	// reconciliation may use; the rest is kept for live webhooks.
+	BackgroundRatePercent int
+	// BackgroundWorkers is INGEST_BACKGROUND_WORKERS (default
+	// INGEST_WORKERS minus a quarter of them, at least one kept for live
+	// work): background jobs running at once per replica.
+	BackgroundWorkers int
+
+	// Oura webhook subscriptions (kept only when OuraClientID,
+	// PublicBaseURL and OuraVerificationToken are all set).
+
+	// OuraClientID is OURA_CLIENT_ID: with OURA_CLIENT_SECRET, the app
+	// credentials of Oura's subscription API.
+	OuraClientID string
+	// PublicBaseURL is PUBLIC_BASE_URL: Oura delivers to PublicBaseURL +
+	// /v1/webhooks/oura.
+	PublicBaseURL string
+	// OuraSubscriptionInterval is INGEST_OURA_SUBSCRIPTION_INTERVAL
+	// (default 1h): how often the subscriptions are checked.
+	OuraSubscriptionInterval time.Duration
+	// OuraSubscriptionRenewBefore is INGEST_OURA_SUBSCRIPTION_RENEW_BEFORE
+	// (default 168h): a subscription expiring within this is renewed.
+	OuraSubscriptionRenewBefore time.Duration
 }
 
 // setDefaults fills zero fields with the documented defaults.
@@ -183,6 +231,13 @@ func (c *Config) setDefaults() {
 	dur(&c.OuraRateWindow, 5*time.Minute)
 	dur(&c.VendorConnectTimeout, 5*time.Second)
 	dur(&c.VendorRequestTimeout, 15*time.Second)
+	dur(&c.ConnectionSyncInterval, 10*time.Second)
+	dur(&c.ReconcileWindow, 72*time.Hour)
+	dur(&c.StaleCheckInterval, time.Minute)
+	dur(&c.OuraSubscriptionInterval, time.Hour)
+	dur(&c.OuraSubscriptionRenewBefore, 7*24*time.Hour)
+	num(&c.BackgroundRatePercent, 50)
+	c.PublicBaseURL = strings.TrimRight(c.PublicBaseURL, "/")
 }
 
 // LoadConfig reads and validates the whole configuration, reporting every
@@ -234,6 +289,20 @@ func LoadConfig(getenv func(string) string) (Config, service.Common, error) {
 		VendorConnectTimeout: l.Duration("VENDOR_CONNECT_TIMEOUT", 5*time.Second),
 		VendorRequestTimeout: l.Duration("VENDOR_REQUEST_TIMEOUT", 15*time.Second),
 		VendorMaxConns:       l.Int("VENDOR_MAX_CONNS", 16, 1, 1024),
+
+		BackfillDays:           l.Int("INGEST_BACKFILL_DAYS", 30, 0, 400),
+		ConnectionSyncInterval: l.Duration("INGEST_CONNECTION_SYNC_INTERVAL", 10*time.Second),
+		ReconcileInterval:      l.Duration("INGEST_RECONCILE_INTERVAL", 6*time.Hour),
+		ReconcileWindow:        l.Duration("INGEST_RECONCILE_WINDOW", 72*time.Hour),
+		StaleAfter:             l.Duration("INGEST_STALE_AFTER", 48*time.Hour),
+		StaleCheckInterval:     l.Duration("INGEST_STALE_CHECK_INTERVAL", time.Minute),
+		BackgroundRatePercent:  l.Int("INGEST_BACKGROUND_RATE_PERCENT", 50, 1, 100),
+		BackgroundWorkers:      l.Int("INGEST_BACKGROUND_WORKERS", 0, 0, 256),
+
+		OuraClientID:                l.String("OURA_CLIENT_ID", ""),
+		PublicBaseURL:               strings.TrimRight(l.String("PUBLIC_BASE_URL", ""), "/"),
+		OuraSubscriptionInterval:    l.Duration("INGEST_OURA_SUBSCRIPTION_INTERVAL", time.Hour),
+		OuraSubscriptionRenewBefore: l.Duration("INGEST_OURA_SUBSCRIPTION_RENEW_BEFORE", 7*24*time.Hour),
 	}
 	if len(c.UserTokenSecret) > 0 {
 		l.Check("USER_TOKEN_SECRET", len(c.UserTokenSecret) >= 32, "must be at least 32 bytes")
@@ -250,6 +319,18 @@ func LoadConfig(getenv func(string) string) (Config, service.Common, error) {
 	l.Check("OURA_RATE_WINDOW", c.OuraRateWindow >= time.Second, "must be at least 1s")
 	l.Check("VENDOR_CONNECT_TIMEOUT", c.VendorConnectTimeout > 0, "must be positive")
 	l.Check("VENDOR_REQUEST_TIMEOUT", c.VendorRequestTimeout > 0, "must be positive")
+	l.Check("INGEST_CONNECTION_SYNC_INTERVAL", c.ConnectionSyncInterval >= 10*time.Millisecond, "must be at least 10ms")
+	l.Check("INGEST_RECONCILE_INTERVAL", c.ReconcileInterval == 0 || c.ReconcileInterval >= time.Second, "must be 0 (off) or at least 1s")
+	l.Check("INGEST_RECONCILE_WINDOW", c.ReconcileWindow >= time.Minute, "must be at least 1m")
+	l.Check("INGEST_STALE_AFTER", c.StaleAfter == 0 || c.StaleAfter >= time.Second, "must be 0 (off) or at least 1s")
+	l.Check("INGEST_STALE_CHECK_INTERVAL", c.StaleCheckInterval >= 10*time.Millisecond, "must be at least 10ms")
+	l.Check("INGEST_BACKGROUND_WORKERS", c.BackgroundWorkers <= c.Workers, "must not exceed INGEST_WORKERS")
+	l.Check("INGEST_OURA_SUBSCRIPTION_INTERVAL", c.OuraSubscriptionInterval >= 100*time.Millisecond, "must be at least 100ms")
+	l.Check("INGEST_OURA_SUBSCRIPTION_RENEW_BEFORE", c.OuraSubscriptionRenewBefore > 0, "must be positive")
+	if c.PublicBaseURL != "" {
+		p, err := url.Parse(c.PublicBaseURL)
+		l.Check("PUBLIC_BASE_URL", err == nil && (p.Scheme == "http" || p.Scheme == "https") && p.Host != "", "must be an absolute http(s) URL")
+	}
 	for _, u := range []struct{ name, v string }{{"WHOOP_API_URL", c.WhoopAPIURL}, {"OURA_API_URL", c.OuraAPIURL}} {
 		p, err := url.Parse(u.v)
 		l.Check(u.name, err == nil && (p.Scheme == "http" || p.Scheme == "https") && p.Host != "", "must be an absolute http(s) URL")

@@ -36,6 +36,22 @@ func TestLoadConfigDefaults(t *testing.T) {
 	assert.Equal(t, 8, c.Workers)
 	assert.Equal(t, 8, c.JobMaxAttempts)
 	assert.Equal(t, time.Minute, c.JobLease)
+	assert.Equal(t, 30, c.BackfillDays)
+	assert.Equal(t, 6*time.Hour, c.ReconcileInterval)
+	assert.Equal(t, 72*time.Hour, c.ReconcileWindow)
+	assert.Equal(t, 48*time.Hour, c.StaleAfter)
+	assert.Equal(t, 50, c.BackgroundRatePercent)
+	assert.Equal(t, 7*24*time.Hour, c.OuraSubscriptionRenewBefore)
+	assert.Empty(t, c.OuraClientID, "without a client id no subscriptions are kept")
+
+	// 0 turns each part of data completeness off.
+	env := minimalEnv()
+	env["INGEST_BACKFILL_DAYS"], env["INGEST_RECONCILE_INTERVAL"], env["INGEST_STALE_AFTER"] = "0", "0", "0"
+	c, _, err = server.LoadConfig(envOf(env))
+	require.NoError(t, err)
+	assert.Zero(t, c.BackfillDays)
+	assert.Zero(t, c.ReconcileInterval)
+	assert.Zero(t, c.StaleAfter)
 }
 
 // Every problem is reported at once, each with its variable's name.
@@ -50,12 +66,18 @@ func TestLoadConfigReportsEverything(t *testing.T) {
 		"INGEST_RETRY_MAX":            "1s",
 		"INGEST_JOB_RETENTION":        "10m",
 		"USER_TOKEN_SECRET":           "short",
+		"INGEST_BACKFILL_DAYS":        "1000",
+		"INGEST_RECONCILE_INTERVAL":   "10ms",
+		"INGEST_STALE_AFTER":          "1ms",
+		"INGEST_BACKGROUND_WORKERS":   "20",
+		"PUBLIC_BASE_URL":             "gateway",
 	}))
 	require.Error(t, err)
 	for _, name := range []string{
 		"POSTGRES_URL", "REDIS_URL", "SERVICE_TOKEN:", "SERVICE_TOKENS", "WHOOP_CLIENT_SECRET", "OURA_CLIENT_SECRET",
 		"LOG_PSEUDONYM_KEY", "MAX_CONCURRENT_WEBHOOKS", "WEBHOOK_TIMESTAMP_TOLERANCE", "INGEST_WORKERS", "WHOOP_API_URL",
-		"INGEST_RETRY_MAX", "INGEST_JOB_RETENTION", "USER_TOKEN_SECRET",
+		"INGEST_RETRY_MAX", "INGEST_JOB_RETENTION", "USER_TOKEN_SECRET", "INGEST_BACKFILL_DAYS", "INGEST_RECONCILE_INTERVAL",
+		"INGEST_STALE_AFTER", "INGEST_BACKGROUND_WORKERS", "PUBLIC_BASE_URL",
 	} {
 		assert.Contains(t, err.Error(), name)
 	}

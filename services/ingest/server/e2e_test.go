@@ -87,7 +87,7 @@ func TestWhoopEndToEnd(t *testing.T) {
 	assert.Equal(t, map[string]int{"done": 5}, e.jobCounts())
 	assert.Equal(t, map[string]int{"stored": 5}, e.outcomes())
 	assertOneVersionPerRecord(t, e, 5)
-	assert.Equal(t, float64(counters.WebhooksDelivered-5), counter(t, e.ingest.Registry(), "biobridge_ingest_webhooks_acknowledged_total",
+	assert.Equal(t, float64(counters.WebhooksDelivered-5), counter(t, e.ingest.Registry(), "biobridge_ingest_webhooks_total",
 		map[string]string{"vendor": "whoop", "outcome": "duplicate"}))
 
 	// Deleting the newest sleep (sleep.deleted + recovery.deleted) makes

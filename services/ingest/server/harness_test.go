@@ -498,17 +498,17 @@ func night(hoursAgo int) (time.Time, time.Time) {
 }
 
 func (e *env) debugJobs() string {
-	rows, _ := e.db.Query(context.Background(), `SELECT id, state, attempts, run_at - now(), last_error FROM ingest.jobs`)
+	rows, _ := e.db.Query(context.Background(), `SELECT id, kind, state, attempts, run_at - now(), last_error, outcome FROM ingest.jobs ORDER BY id`)
 	defer rows.Close()
 	out := ""
 	for rows.Next() {
 		var id int64
+		var kind, le, outcome string
 		var st int16
 		var att int
 		var in time.Duration
-		var le string
-		_ = rows.Scan(&id, &st, &att, &in, &le)
-		out += fmt.Sprintf("[%d state=%d attempts=%d due_in=%s err=%q]", id, st, att, in, le)
+		_ = rows.Scan(&id, &kind, &st, &att, &in, &le, &outcome)
+		out += fmt.Sprintf("[%d %s state=%d attempts=%d due_in=%s err=%q outcome=%s]\n", id, kind, st, att, in, le, outcome)
 	}
 	return out
 }

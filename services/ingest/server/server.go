@@ -32,6 +32,7 @@ import (
 	"github.com/biobridge/bridge/pkg/pgstore"
 	"github.com/biobridge/bridge/pkg/telemetry"
 	"github.com/biobridge/bridge/services/ingest/internal/api"
+	"github.com/biobridge/bridge/services/ingest/internal/completeness"
 	"github.com/biobridge/bridge/services/ingest/internal/jobs"
 	"github.com/biobridge/bridge/services/ingest/internal/oura"
 	"github.com/biobridge/bridge/services/ingest/internal/ratebudget"
@@ -61,6 +62,9 @@ type Server struct {
 	rdb     *redis.Client
 	pool    *worker.Pool
 	vendors []*vendorhttp.Client
+	loops   *completeness.Loops
+	subs    *oura.Subscriptions
+	subsM   *subscriptionMetrics
 }
 
 // Methods and the credential each one needs.
@@ -69,7 +73,11 @@ const (
 	methodIngestEvents = "/biobridge.ingest.v1.IngestService/IngestEvents"
 	methodListJobs     = "/biobridge.ingest.v1.IngestService/ListJobs"
 	methodRetryJobs    = "/biobridge.ingest.v1.IngestService/RetryJobs"
+	methodBackfills    = "/biobridge.ingest.v1.IngestService/GetBackfillProgress"
 )
+
+// vendors are the vendors ingest fetches from.
+var vendors = []string{worker.VendorWhoop, worker.VendorOura}
 
 // New connects to PostgreSQL (migrating schema "ingest"), builds the
 // clients and binds its ports (":0" works), ready to Serve.
@@ -128,6 +136,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		ConnectTimeout: cfg.VendorConnectTimeout, RequestTimeout: cfg.VendorRequestTimeout, MaxConns: cfg.VendorMaxConns,
 		// WHOOP's limit is per app: a 429 stops every replica.
 		Budget: whoopBudget, PauseOn429: true, Metrics: vm, Logger: logger,
+		BackgroundShare: float64(cfg.BackgroundRatePercent) / 100,
 	})
 	if err != nil {
 		return nil, err
@@ -138,6 +147,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		ConnectTimeout: cfg.VendorConnectTimeout, RequestTimeout: cfg.VendorRequestTimeout, MaxConns: cfg.VendorMaxConns,
 		// Oura limits per token as well: one user's 429 must not stop the others.
 		Budget: ouraBudget, PauseOn429: false, Metrics: vm, Logger: logger,
+		BackgroundShare: float64(cfg.BackgroundRatePercent) / 100,
 	})
 	if err != nil {
 		return nil, err
@@ -150,11 +160,42 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	}, tokensv1.NewTokenBrokerServiceClient(s.broker), persistencev1.NewPersistenceServiceClient(s.persist),
 		whoop.NewAPI(whoopClient), oura.NewAPI(ouraClient), s.reg, logger)
 	host, _ := os.Hostname()
-	s.pool = worker.NewPool(store, map[string]worker.Handler{worker.KindWebhook: fetcher}, worker.Config{
-		Owner:   host + ":" + strconv.Itoa(os.Getpid()),
+	owner := host + ":" + strconv.Itoa(os.Getpid())
+	brokerClient := tokensv1.NewTokenBrokerServiceClient(s.broker)
+	// The pool and the collector wake each other; the closure breaks the
+	// construction cycle.
+	var wake func()
+	collector := worker.NewCollector(fetcher, store, func() { wake() }, logger)
+	s.pool = worker.NewPool(store, map[string]worker.Handler{
+		worker.KindWebhook:         fetcher,
+		worker.KindBackfill:        collector,
+		worker.KindReconcile:       collector,
+		worker.KindConnectionEvent: worker.NewNotifier(fetcher),
+	}, worker.Config{
+		Owner:   owner,
 		Workers: cfg.Workers, Lease: cfg.JobLease, PollInterval: cfg.PollInterval, MaxAttempts: cfg.JobMaxAttempts,
 		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, ShutdownGrace: cfg.ShutdownGrace, Retention: cfg.JobRetention,
+		MaxBackground: cfg.BackgroundWorkers, Vendors: vendors,
 	}, s.reg, logger)
+	wake = s.pool.Wake
+	s.loops = completeness.New(completeness.Config{
+		ServiceToken: cfg.ServiceToken, Owner: owner, Vendors: vendors,
+		BackfillDays: cfg.BackfillDays, SyncInterval: cfg.ConnectionSyncInterval,
+		ReconcileInterval: cfg.ReconcileInterval, ReconcileWindow: cfg.ReconcileWindow,
+		StaleAfter: cfg.StaleAfter, StaleCheckInterval: cfg.StaleCheckInterval,
+	}, store, brokerClient, s.pool.Wake, s.reg, logger)
+	fetcher.SetArrivals(s.loops)
+	s.subsM = newSubscriptionMetrics(s.reg)
+	switch {
+	case cfg.OuraClientID != "" && cfg.PublicBaseURL != "" && cfg.OuraVerificationToken != "":
+		s.subs = oura.NewSubscriptions(oura.SubscriptionConfig{
+			APIURL: cfg.OuraAPIURL, ClientID: cfg.OuraClientID, ClientSecret: string(cfg.OuraClientSecret),
+			CallbackURL: cfg.PublicBaseURL + "/v1/webhooks/oura", VerificationToken: cfg.OuraVerificationToken,
+			RenewBefore: cfg.OuraSubscriptionRenewBefore,
+		})
+	case cfg.OuraClientID != "" || cfg.PublicBaseURL != "":
+		logger.Warn("oura webhook subscriptions are not kept: OURA_CLIENT_ID, PUBLIC_BASE_URL and OURA_VERIFICATION_TOKEN are all needed")
+	}
 
 	s.grpc, err = grpcserver.New(grpcserver.Config{Addr: cfg.GRPCAddr, TLS: cfg.TLS, GracePeriod: cfg.ShutdownGrace}, grpcserver.Options{
 		Service:  "ingest",
@@ -168,7 +209,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 					return ctx, err
 				}
 				return auth.WithUser(ctx, sub), nil
-			case methodIngestEvents, methodListJobs, methodRetryJobs:
+			case methodIngestEvents, methodListJobs, methodRetryJobs, methodBackfills:
 				name, ok := tokens.Authenticate(auth.BearerToken(ctx))
 				if !ok {
 					return ctx, apperr.E(apperr.Unauthenticated, "invalid_service_token", "a valid service token is required")
@@ -247,6 +288,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	g.Go(func() error { return s.grpc.Serve(gctx) })
 	g.Go(func() error { return s.admin.Serve(gctx) })
 	g.Go(func() error { return s.pool.Run(gctx) })
+	g.Go(func() error { return s.loops.Run(gctx) })
+	g.Go(func() error { every(gctx, 5*time.Second, s.measureBudgets); return nil })
+	if s.subs != nil {
+		g.Go(func() error { every(gctx, s.cfg.OuraSubscriptionInterval, s.ensureSubscriptions); return nil })
+	}
 	err := g.Wait()
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownGrace+5*time.Second)
 	defer cancel()

@@ -77,9 +77,9 @@ func TestWebhookRejections(t *testing.T) {
 	}
 	assert.Empty(t, e.jobCounts(), "nothing was queued")
 	reg := e.ingest.Registry()
-	assert.Equal(t, 3.0, counter(t, reg, "biobridge_ingest_webhooks_rejected_total", map[string]string{"vendor": "whoop", "reason": "invalid_signature"})+
-		counter(t, reg, "biobridge_ingest_webhooks_rejected_total", map[string]string{"vendor": "oura", "reason": "invalid_signature"}))
-	assert.Equal(t, 2.0, counter(t, reg, "biobridge_ingest_webhooks_rejected_total", map[string]string{"reason": "stale_timestamp"}))
+	assert.Equal(t, 3.0, counter(t, reg, "biobridge_ingest_webhooks_total", map[string]string{"vendor": "whoop", "outcome": "rejected", "reason": "invalid_signature"})+
+		counter(t, reg, "biobridge_ingest_webhooks_total", map[string]string{"vendor": "oura", "outcome": "rejected", "reason": "invalid_signature"}))
+	assert.Equal(t, 2.0, counter(t, reg, "biobridge_ingest_webhooks_total", map[string]string{"outcome": "rejected", "reason": "stale_timestamp"}))
 
 	// The same signed body, fresh, is accepted: the rejections above were
 	// about the signature, time and shape, not the route.
@@ -135,7 +135,7 @@ func TestDuplicateDeliveriesQueueOneJob(t *testing.T) {
 	e.waitJobsSettled(10 * time.Second)
 	assert.Equal(t, map[string]int{"unknown_user": 2}, e.outcomes())
 	assert.Equal(t, 2.0, counter(t, e.ingest.Registry(), "biobridge_ingest_webhooks_unknown_user_total", nil))
-	assert.Equal(t, 18.0, counter(t, e.ingest.Registry(), "biobridge_ingest_webhooks_acknowledged_total", map[string]string{"outcome": "duplicate"}))
+	assert.Equal(t, 18.0, counter(t, e.ingest.Registry(), "biobridge_ingest_webhooks_total", map[string]string{"outcome": "duplicate"}))
 }
 
 // Past MAX_CONCURRENT_WEBHOOKS and the wait budget, webhooks are shed
@@ -171,7 +171,7 @@ func TestWebhookLoadShedding(t *testing.T) {
 	assert.Equal(t, "1", shed.Header.Get("Retry-After"))
 	_, _, reason := answer(t, shed)
 	assert.Equal(t, "overloaded", reason)
-	assert.Positive(t, counter(t, e.ingest.Registry(), "biobridge_ingest_webhooks_rejected_total", map[string]string{"reason": "overloaded"}))
+	assert.Positive(t, counter(t, e.ingest.Registry(), "biobridge_ingest_webhooks_total", map[string]string{"outcome": "shed", "reason": "overloaded"}))
 }
 
 // ListJobs and RetryJobs need a service token.

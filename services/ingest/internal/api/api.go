@@ -61,7 +61,7 @@ type Handler struct {
 // New returns the handler.
 func New(deps Deps, opts Options) *Handler {
 	f := promauto.With(deps.Registry)
-	return &Handler{
+	h := &Handler{
 		deps: deps,
 		opts: opts,
 		samples: f.NewCounterVec(prometheus.CounterOpts{
@@ -74,6 +74,13 @@ func New(deps Deps, opts Options) *Handler {
 		}, []string{"outcome"}),
 		webhooks: newWebhookMetrics(deps.Registry),
 	}
+	for _, o := range []string{"ok", "shed", "storage_error", "too_many_samples"} {
+		h.pushes.WithLabelValues(o)
+	}
+	for _, o := range []string{"accepted", "duplicate", "rejected", "skipped"} {
+		h.samples.WithLabelValues(o, "")
+	}
+	return h
 }
 
 func (h *Handler) outgoing(ctx context.Context) context.Context {

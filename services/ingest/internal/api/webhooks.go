@@ -38,15 +38,27 @@ type Webhooks struct {
 type webhookMetrics struct {
 	received *prometheus.CounterVec
 	verified *prometheus.CounterVec
-	rejected *prometheus.CounterVec
-	outcomes *prometheus.CounterVec
+	total    *prometheus.CounterVec
 	queued   *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 }
 
+// Webhook outcomes (biobridge_ingest_webhooks_total's outcome label).
+const (
+	outcomeAccepted  = "accepted"
+	outcomeDuplicate = "duplicate"
+	outcomeIgnored   = "ignored"
+	outcomeRejected  = "rejected"
+	outcomeShed      = "shed"
+)
+
+// rejectReasons are the reasons a webhook is refused, initialized at zero.
+var rejectReasons = []string{"missing_signature", "missing_timestamp", "invalid_timestamp", "invalid_signature",
+	"stale_timestamp", "malformed_body", "storage_unavailable", "internal", "canceled"}
+
 func newWebhookMetrics(reg prometheus.Registerer) *webhookMetrics {
 	f := promauto.With(reg)
-	return &webhookMetrics{
+	m := &webhookMetrics{
 		received: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "biobridge_ingest_webhooks_received_total",
 			Help: "Vendor webhooks received.",
@@ -55,14 +67,10 @@ func newWebhookMetrics(reg prometheus.Registerer) *webhookMetrics {
 			Name: "biobridge_ingest_webhooks_verified_total",
 			Help: "Vendor webhooks whose signature and timestamp were valid.",
 		}, []string{"vendor"}),
-		rejected: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "biobridge_ingest_webhooks_rejected_total",
-			Help: "Vendor webhooks rejected, by reason (invalid_signature, stale_timestamp, malformed_body, overloaded, storage_unavailable, ...).",
-		}, []string{"vendor", "reason"}),
-		outcomes: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "biobridge_ingest_webhooks_acknowledged_total",
-			Help: "Vendor webhooks acknowledged, by outcome: accepted (queued), duplicate (already queued), ignored (nothing to do).",
-		}, []string{"vendor", "outcome"}),
+		total: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "biobridge_ingest_webhooks_total",
+			Help: "Vendor webhooks answered, by outcome: accepted (queued), duplicate (already queued), ignored (nothing to do), rejected (reason: invalid_signature, stale_timestamp, malformed_body, storage_unavailable, ...) or shed (reason overloaded).",
+		}, []string{"vendor", "outcome", "reason"}),
 		queued: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "biobridge_ingest_jobs_queued_total",
 			Help: "Jobs committed to the queue.",
@@ -73,6 +81,22 @@ func newWebhookMetrics(reg prometheus.Registerer) *webhookMetrics {
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}, []string{"vendor"}),
 	}
+	// The series the dashboards and alerts use exist before the first
+	// webhook (and rate() sees the first one).
+	for _, v := range []string{worker.VendorWhoop, worker.VendorOura} {
+		for _, o := range []string{outcomeAccepted, outcomeDuplicate, outcomeIgnored} {
+			m.total.WithLabelValues(v, o, "")
+		}
+		m.total.WithLabelValues(v, outcomeShed, "overloaded")
+		for _, r := range rejectReasons {
+			m.total.WithLabelValues(v, outcomeRejected, r)
+		}
+		m.received.WithLabelValues(v)
+		m.verified.WithLabelValues(v)
+		m.queued.WithLabelValues(v, worker.KindWebhook)
+		m.latency.WithLabelValues(v)
+	}
+	return m
 }
 
 // accepted is what the verify-and-parse step hands to acceptance.
@@ -121,7 +145,11 @@ func (h *Handler) webhook(ctx context.Context, vendor string, v webhook.Verifier
 		if reason == "" {
 			reason = "canceled"
 		}
-		m.rejected.WithLabelValues(vendor, reason).Inc()
+		outcome := outcomeRejected
+		if reason == "overloaded" {
+			outcome = outcomeShed
+		}
+		m.total.WithLabelValues(vendor, outcome, reason).Inc()
 		return 0, "", err
 	}
 	// Verification and parsing are cheap CPU work and reject junk before
@@ -135,7 +163,7 @@ func (h *Handler) webhook(ctx context.Context, vendor string, v webhook.Verifier
 		return reject(err)
 	}
 	if a.ignore {
-		m.outcomes.WithLabelValues(vendor, "ignored").Inc()
+		m.total.WithLabelValues(vendor, outcomeIgnored, "").Inc()
 		return ingestv1.WebhookStatus_WEBHOOK_STATUS_IGNORED, a.deliveryID, nil
 	}
 	release, err := h.deps.Webhooks.Limiter.Acquire(ctx)
@@ -163,11 +191,11 @@ func (h *Handler) webhook(ctx context.Context, vendor string, v webhook.Verifier
 			WithRetryAfter(5 * time.Second))
 	}
 	if !inserted {
-		m.outcomes.WithLabelValues(vendor, "duplicate").Inc()
+		m.total.WithLabelValues(vendor, outcomeDuplicate, "").Inc()
 		return ingestv1.WebhookStatus_WEBHOOK_STATUS_DUPLICATE, a.deliveryID, nil
 	}
 	m.queued.WithLabelValues(vendor, worker.KindWebhook).Inc()
-	m.outcomes.WithLabelValues(vendor, "accepted").Inc()
+	m.total.WithLabelValues(vendor, outcomeAccepted, "").Inc()
 	if h.deps.Webhooks.Wake != nil {
 		h.deps.Webhooks.Wake()
 	}

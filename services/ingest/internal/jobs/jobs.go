@@ -18,10 +18,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"sort"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/biobridge/bridge/pkg/pgstore"
@@ -85,9 +87,13 @@ func (s State) String() string {
 	return "unknown"
 }
 
-// Priorities: higher runs first.
+// Priorities: higher runs first. Live work (webhooks, connection events)
+// goes before reconciliation, which goes before history backfills: a user
+// connecting with months of history must not delay anyone's fresh data,
+// and missed recent records matter more than old ones.
 const (
 	PriorityBackground = 0
+	PriorityReconcile  = 5
 	PriorityLive       = 10
 )
 
@@ -100,6 +106,9 @@ type NewJob struct {
 	Priority  int
 	// Delay postpones the first run (0: due now).
 	Delay time.Duration
+	// GroupKey ties related jobs together (the pages of one backfill);
+	// empty for none.
+	GroupKey string
 }
 
 // Job is a stored job. LeaseToken is set on leased jobs.
@@ -117,6 +126,7 @@ type Job struct {
 	Outcome    string
 	CreatedAt  time.Time
 	LeaseToken string
+	GroupKey   string
 }
 
 // ErrLeaseLost reports that a job's lease expired and someone else may hold
@@ -135,17 +145,9 @@ func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 // Enqueue commits a job unless one with the same (vendor, dedupe key)
 // exists. inserted is false for a duplicate; id is the existing job's then.
 func (s *Store) Enqueue(ctx context.Context, j NewJob) (id int64, inserted bool, err error) {
-	err = s.pool.QueryRow(ctx, `
-		INSERT INTO ingest.jobs (vendor, kind, dedupe_key, payload, priority, run_at)
-		VALUES ($1, $2, $3, $4, $5, now() + $6 * interval '1 microsecond')
-		ON CONFLICT (vendor, dedupe_key) DO NOTHING
-		RETURNING id`,
-		j.Vendor, j.Kind, j.DedupeKey, j.Payload, j.Priority, j.Delay.Microseconds()).Scan(&id)
-	if err == nil {
-		return id, true, nil
-	}
-	if !errors.Is(err, pgx.ErrNoRows) {
-		return 0, false, fmt.Errorf("enqueue %s job: %w", j.Vendor, err)
+	id, inserted, err = insertJob(ctx, s.pool, j)
+	if err != nil || inserted {
+		return id, inserted, err
 	}
 	err = s.pool.QueryRow(ctx, `SELECT id FROM ingest.jobs WHERE vendor = $1 AND dedupe_key = $2`,
 		j.Vendor, j.DedupeKey).Scan(&id)
@@ -155,12 +157,58 @@ func (s *Store) Enqueue(ctx context.Context, j NewJob) (id int64, inserted bool,
 	return id, false, nil
 }
 
-const jobColumns = `id, vendor, kind, dedupe_key, payload, priority, state, attempts, run_at, last_error, outcome, created_at, coalesce(lease_token::text, '')`
+// Querier is a pool or a transaction.
+type Querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// EnqueueIn enqueues jobs within q (a transaction that also records what
+// the jobs are for, so both commit or neither does), skipping duplicates.
+// It returns how many were inserted.
+func EnqueueIn(ctx context.Context, q Querier, js ...NewJob) (int, error) {
+	n := 0
+	for _, j := range js {
+		_, inserted, err := insertJob(ctx, q, j)
+		if err != nil {
+			return n, err
+		}
+		if inserted {
+			n++
+		}
+	}
+	return n, nil
+}
+
+func insertJob(ctx context.Context, q Querier, j NewJob) (int64, bool, error) {
+	var group *string
+	if j.GroupKey != "" {
+		group = &j.GroupKey
+	}
+	var id int64
+	err := q.QueryRow(ctx, `
+		INSERT INTO ingest.jobs (vendor, kind, dedupe_key, payload, priority, run_at, group_key)
+		VALUES ($1, $2, $3, $4, $5, now() + $6 * interval '1 microsecond', $7)
+		ON CONFLICT (vendor, dedupe_key) DO NOTHING
+		RETURNING id`,
+		j.Vendor, j.Kind, j.DedupeKey, j.Payload, j.Priority, j.Delay.Microseconds(), group).Scan(&id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("enqueue %s job: %w", j.Vendor, err)
+	}
+	return id, true, nil
+}
+
+const jobColumns = `id, vendor, kind, dedupe_key, payload, priority, state, attempts, run_at, last_error, outcome, created_at,
+	coalesce(lease_token::text, ''), coalesce(group_key, '')`
 
 func scanJob(row pgx.Row) (Job, error) {
 	var j Job
 	err := row.Scan(&j.ID, &j.Vendor, &j.Kind, &j.DedupeKey, &j.Payload, &j.Priority, &j.State, &j.Attempts,
-		&j.RunAt, &j.LastError, &j.Outcome, &j.CreatedAt, &j.LeaseToken)
+		&j.RunAt, &j.LastError, &j.Outcome, &j.CreatedAt, &j.LeaseToken, &j.GroupKey)
 	return j, err
 }
 
@@ -169,10 +217,16 @@ func scanJob(row pgx.Row) (Job, error) {
 // on each. Rows another worker is leasing right now are skipped, not waited
 // for.
 func (s *Store) Lease(ctx context.Context, owner string, n int, lease time.Duration) ([]Job, error) {
+	return s.LeaseAtLeast(ctx, owner, n, lease, math.MinInt16)
+}
+
+// LeaseAtLeast is Lease restricted to jobs of priority minPriority or
+// higher (a worker pool keeps some workers for live work this way).
+func (s *Store) LeaseAtLeast(ctx context.Context, owner string, n int, lease time.Duration, minPriority int) ([]Job, error) {
 	rows, err := s.pool.Query(ctx, `
 		WITH due AS (
 			SELECT id AS due_id FROM ingest.jobs
-			WHERE state IN (1, 2) AND run_at <= now()
+			WHERE state IN (1, 2) AND run_at <= now() AND priority >= $4
 			ORDER BY priority DESC, run_at
 			LIMIT $2
 			FOR UPDATE SKIP LOCKED
@@ -181,7 +235,7 @@ func (s *Store) Lease(ctx context.Context, owner string, n int, lease time.Durat
 		SET state = 2, attempts = j.attempts + 1, run_at = now() + $3 * interval '1 microsecond',
 		    lease_token = gen_random_uuid(), lease_owner = $1, updated_at = now()
 		FROM due WHERE j.id = due.due_id
-		RETURNING `+jobColumns, owner, n, lease.Microseconds())
+		RETURNING `+jobColumns, owner, n, lease.Microseconds(), minPriority)
 	if err != nil {
 		return nil, fmt.Errorf("lease jobs: %w", err)
 	}

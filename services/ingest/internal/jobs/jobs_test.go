@@ -232,3 +232,107 @@ func TestReleaseAndPurge(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, inserted)
 }
+
+// A backfill is created once per connection generation; it completes, with
+// its notification queued in the same transaction, only when none of its
+// jobs is unfinished (a dead page holds it back until retried).
+func TestBackfillLifecycle(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t)
+	ctx := context.Background()
+	gen := time.Now().UTC().Truncate(time.Microsecond)
+	b := Backfill{UserID: "u1", Vendor: "whoop", ConnectedAt: gen, GroupKey: "backfill:whoop:u1:1",
+		WindowStart: gen.Add(-72 * time.Hour), WindowEnd: gen}
+	page := func(key string) NewJob {
+		j := job("whoop", key)
+		j.Kind, j.Priority, j.GroupKey = "backfill", PriorityBackground, b.GroupKey
+		return j
+	}
+	created, err := s.CreateBackfill(ctx, b, []NewJob{page("p1"), page("p2")})
+	require.NoError(t, err)
+	require.True(t, created)
+	created, err = s.CreateBackfill(ctx, b, []NewJob{page("p3")})
+	require.NoError(t, err)
+	assert.False(t, created, "a generation is backfilled once")
+
+	missing, err := s.MissingBackfills(ctx, []GenerationKey{{"u1", "whoop", gen}, {"u1", "whoop", gen.Add(time.Second)}, {"u2", "oura", gen}})
+	require.NoError(t, err)
+	require.Len(t, missing, 2)
+	assert.Equal(t, "u1", missing[0].UserID)
+	assert.True(t, gen.Add(time.Second).Equal(missing[0].ConnectedAt))
+	assert.Equal(t, "u2", missing[1].UserID)
+	latest, err := s.LatestBackfilledConnection(ctx)
+	require.NoError(t, err)
+	assert.True(t, gen.Equal(latest))
+
+	notify := func(b Backfill) (NewJob, error) {
+		j := job(b.Vendor, "event:"+b.GroupKey)
+		j.Kind = "connection_event"
+		return j, nil
+	}
+	finish := func() []Backfill {
+		t.Helper()
+		done, err := s.FinishBackfills(ctx, 10, notify)
+		require.NoError(t, err)
+		return done
+	}
+	assert.Empty(t, finish(), "pages are queued")
+
+	leased, err := s.LeaseAtLeast(ctx, "w", 10, time.Minute, PriorityBackground)
+	require.NoError(t, err)
+	require.Len(t, leased, 2)
+	require.NoError(t, s.Complete(ctx, leased[0], "page_stored"))
+	require.NoError(t, s.Bury(ctx, leased[1], "vendor down"))
+	require.NoError(t, s.AddBackfillRecords(ctx, b.GroupKey, 7))
+	assert.Empty(t, finish(), "a dead page holds the backfill back")
+	list, err := s.Backfills(ctx, "u1", "")
+	require.NoError(t, err)
+	require.Len(t, list, 1)
+	assert.Equal(t, map[State]int{Done: 1, Dead: 1}, list[0].Pages)
+	assert.EqualValues(t, 7, list[0].Records)
+	assert.True(t, list[0].CompletedAt.IsZero())
+
+	n, err := s.Requeue(ctx, nil)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	leased, err = s.Lease(ctx, "w", 10, time.Minute)
+	require.NoError(t, err)
+	require.Len(t, leased, 1)
+	require.NoError(t, s.Complete(ctx, leased[0], "page_stored"))
+	done := finish()
+	require.Len(t, done, 1)
+	assert.Equal(t, b.GroupKey, done[0].GroupKey)
+	assert.Empty(t, finish(), "completed once")
+	events, err := s.List(ctx, Queued, 10)
+	require.NoError(t, err)
+	require.Len(t, events, 1)
+	assert.Equal(t, "connection_event", events[0].Kind)
+	counts, err := s.CountBackfills(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, BackfillCounts{Completed: 1}, *counts["whoop"])
+}
+
+// One replica claims a reconciliation round; a claim left incomplete past
+// its staleness is taken over, a completed one never.
+func TestReconcileRoundClaims(t *testing.T) {
+	t.Parallel()
+	s, pool := newStore(t)
+	ctx := context.Background()
+	ok, err := s.ClaimRound(ctx, 42, "a", time.Minute)
+	require.NoError(t, err)
+	assert.True(t, ok)
+	ok, err = s.ClaimRound(ctx, 42, "b", time.Minute)
+	require.NoError(t, err)
+	assert.False(t, ok, "claimed by a")
+	_, err = pool.Exec(ctx, `UPDATE ingest.reconcile_rounds SET claimed_at = now() - interval '2 minutes'`)
+	require.NoError(t, err)
+	ok, err = s.ClaimRound(ctx, 42, "b", time.Minute)
+	require.NoError(t, err)
+	assert.True(t, ok, "a died midway: b takes over")
+	require.NoError(t, s.CompleteRound(ctx, 42, 3))
+	_, err = pool.Exec(ctx, `UPDATE ingest.reconcile_rounds SET claimed_at = now() - interval '2 minutes'`)
+	require.NoError(t, err)
+	ok, err = s.ClaimRound(ctx, 42, "c", time.Minute)
+	require.NoError(t, err)
+	assert.False(t, ok, "a completed round is never scheduled again")
+}

@@ -29,6 +29,10 @@ const (
 	DailyActivity  = "daily_activity"
 )
 
+// DataTypes are the data types the bridge reads, in a stable order (the
+// subscriptions it keeps and the collections it backfills).
+var DataTypes = []string{Sleep, DailySleep, DailyReadiness, DailySpO2, DailyActivity}
+
 // Supported reports whether the bridge reads dataType.
 func Supported(dataType string) bool {
 	switch dataType {
@@ -91,6 +95,38 @@ func (a *API) Document(ctx context.Context, token, dataType, id string) (Documen
 	err := a.c.GetJSON(ctx, "usercollection/"+dataType,
 		"/v2/usercollection/"+url.PathEscape(dataType)+"/"+url.PathEscape(id), token, &d)
 	return d, err
+}
+
+// Page is one page of a usercollection.
+type Page struct {
+	Data      []Document `json:"data"`
+	NextToken string     `json:"next_token"`
+}
+
+// Documents reads one page of the dataType collection for the days from
+// start to end. Both days are padded by one: the API reference says both
+// bounds are inclusive, but the live API has been seen leaving out the
+// start day (sleep) or the end day (daily documents), and the days are the
+// user's local ones, which may differ from UTC's. Documents outside the
+// window cost nothing: persistence keeps one copy per document id.
+func (a *API) Documents(ctx context.Context, token, dataType string, start, end time.Time, next string) (Page, error) {
+	q := url.Values{}
+	startDay, endDay := PaddedRange(start, end)
+	q.Set("start_date", startDay)
+	q.Set("end_date", endDay)
+	if next != "" {
+		q.Set("next_token", next)
+	}
+	var p Page
+	err := a.c.GetJSON(ctx, "usercollection/"+dataType+"/list",
+		"/v2/usercollection/"+url.PathEscape(dataType)+"?"+q.Encode(), token, &p)
+	return p, err
+}
+
+// PaddedRange is the start_date and end_date asked for [start, end]: one
+// day more on each side (see Documents).
+func PaddedRange(start, end time.Time) (string, string) {
+	return start.UTC().AddDate(0, 0, -1).Format(time.DateOnly), end.UTC().AddDate(0, 0, 1).Format(time.DateOnly)
 }
 
 // ErrIncomplete is a document that cannot be placed in time.

@@ -13,6 +13,10 @@
 //
 // After a 429 the vendor names when to come back; Pause stops every replica
 // until then.
+//
+// Background work (backfill, reconciliation) takes the budget with a share
+// below one: it may fill each window only up to that fraction of its limit,
+// so the rest stays free for live webhooks however much history is waiting.
 package ratebudget
 
 import (
@@ -103,15 +107,25 @@ return 0
 // Take reserves one request. It returns 0 when the request may be sent
 // now (and counts it), or how long to wait before asking again.
 func (b *Budget) Take(ctx context.Context) (time.Duration, error) {
+	return b.TakeShare(ctx, 1)
+}
+
+// TakeShare is Take for work that may use only share (0..1] of each
+// window: it waits while the window holds share × limit requests or more
+// (at least one request per window is always allowed).
+func (b *Budget) TakeShare(ctx context.Context, share float64) (time.Duration, error) {
 	if len(b.keys) == 0 {
 		return 0, nil
+	}
+	if share <= 0 || share > 1 {
+		share = 1
 	}
 	var member [12]byte
 	_, _ = rand.Read(member[:])
 	args := make([]any, 0, 1+2*len(b.keys))
 	args = append(args, hex.EncodeToString(member[:]))
 	for i := range b.keys {
-		args = append(args, b.periods[i], b.limits[i])
+		args = append(args, b.periods[i], max(1, int(float64(b.limits[i])*share)))
 	}
 	us, err := takeScript.Run(ctx, b.client, append([]string{b.pause}, b.keys...), args...).Int64()
 	if err != nil {
@@ -144,3 +158,37 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
 end
 return 1
 `)
+
+// usageScript: KEYS are the windows, ARGV the period (microseconds) of
+// each. It returns the requests within each window now.
+var usageScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {}
+for i = 1, #KEYS do
+	out[i] = redis.call('ZCOUNT', KEYS[i], now - tonumber(ARGV[i]), '+inf')
+end
+return out
+`)
+
+// Utilization is the fullest window's share of its limit right now (0..1,
+// more if requests were counted past a limit): how close the vendor's
+// limit is.
+func (b *Budget) Utilization(ctx context.Context) (float64, error) {
+	if len(b.keys) == 0 {
+		return 0, nil
+	}
+	args := make([]any, len(b.periods))
+	for i, p := range b.periods {
+		args[i] = p
+	}
+	counts, err := usageScript.Run(ctx, b.client, b.keys, args...).Int64Slice()
+	if err != nil {
+		return 0, fmt.Errorf("measure rate budget: %w", err)
+	}
+	u := 0.0
+	for i, n := range counts {
+		u = max(u, float64(n)/float64(b.limits[i]))
+	}
+	return u, nil
+}

@@ -127,3 +127,34 @@ func TestPauseStopsEveryone(t *testing.T) {
 	require.NoError(t, err)
 	assert.Greater(t, wait, time.Second, "the other replica waits for the vendor's reset too")
 }
+
+// Background work stops at its share of the window; live work may still
+// use the rest, and Utilization reports how full the window is.
+func TestBackgroundShareLeavesRoomForLiveWork(t *testing.T) {
+	t.Parallel()
+	c, prefix := newClient(t)
+	ctx := context.Background()
+	b := New(c, prefix, "whoop", []Window{{Limit: 10, Period: time.Minute}}, time.Second)
+	u, err := b.Utilization(ctx)
+	require.NoError(t, err)
+	assert.Zero(t, u)
+	for i := range 4 {
+		wait, err := b.TakeShare(ctx, 0.4)
+		require.NoError(t, err)
+		require.Zero(t, wait, "background request %d is within its share", i)
+	}
+	wait, err := b.TakeShare(ctx, 0.4)
+	require.NoError(t, err)
+	assert.Greater(t, wait, 50*time.Second, "background work waits for the window to slide")
+	for i := range 6 {
+		wait, err := b.Take(ctx)
+		require.NoError(t, err)
+		require.Zero(t, wait, "live request %d uses the room background work left", i)
+	}
+	wait, err = b.Take(ctx)
+	require.NoError(t, err)
+	assert.Positive(t, wait, "the limit itself still holds")
+	u, err = b.Utilization(ctx)
+	require.NoError(t, err)
+	assert.InDelta(t, 1.0, u, 1e-9)
+}

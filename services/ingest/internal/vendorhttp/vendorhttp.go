@@ -102,7 +102,28 @@ func KindOf(err error) Kind {
 // Budget is the shared rate budget (ratebudget.Budget).
 type Budget interface {
 	Take(ctx context.Context) (time.Duration, error)
+	// TakeShare takes the budget for work that may fill each window only
+	// up to share of its limit.
+	TakeShare(ctx context.Context, share float64) (time.Duration, error)
 	Pause(ctx context.Context, d time.Duration) error
+	// Utilization is how full the fullest window is (0..1).
+	Utilization(ctx context.Context) (float64, error)
+}
+
+type backgroundKey struct{}
+
+// Background marks calls made with the returned context as background work
+// (backfill, reconciliation): they take at most Config.BackgroundShare of
+// the budget and never wait for it, so live work keeps both the rest of the
+// budget and the workers.
+func Background(ctx context.Context) context.Context {
+	return context.WithValue(ctx, backgroundKey{}, true)
+}
+
+// IsBackground reports whether ctx was marked by Background.
+func IsBackground(ctx context.Context) bool {
+	b, _ := ctx.Value(backgroundKey{}).(bool)
+	return b
 }
 
 // Config configures a Client.
@@ -124,6 +145,9 @@ type Config struct {
 	// gives up with RateLimited (default 2s): longer waits are better spent
 	// with the job back in the queue than holding a worker.
 	BudgetWait time.Duration
+	// BackgroundShare is the part (0..1] of each budget window background
+	// calls may fill (default 0.5).
+	BackgroundShare float64
 	// PauseOn429 pauses the whole budget when the vendor answers 429: right
 	// for an app-wide limit (WHOOP), wrong for a per-token one (Oura).
 	PauseOn429 bool
@@ -149,6 +173,9 @@ func (c *Config) setDefaults() {
 	if c.BudgetWait <= 0 {
 		c.BudgetWait = 2 * time.Second
 	}
+	if c.BackgroundShare <= 0 || c.BackgroundShare > 1 {
+		c.BackgroundShare = 0.5
+	}
 	if c.Default429Wait <= 0 {
 		c.Default429Wait = 5 * time.Second
 	}
@@ -164,12 +191,15 @@ func (c *Config) setDefaults() {
 }
 
 // Metrics are the vendor call metrics, shared by the vendors' clients.
+// Their names and labels are what the deploy dashboards and alerts query
+// (deploy/README.md); endpoints are in the spans, not in the labels.
 type Metrics struct {
 	requests    *prometheus.CounterVec
 	duration    *prometheus.HistogramVec
 	rateLimited *prometheus.CounterVec
 	budgetWait  *prometheus.HistogramVec
 	inFlight    *prometheus.GaugeVec
+	utilization *prometheus.GaugeVec
 }
 
 // NewMetrics registers the metrics on reg (nil: unregistered).
@@ -177,13 +207,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "biobridge_ingest_vendor_requests_total",
-			Help: "Vendor API calls by vendor, endpoint and HTTP status (\"error\" when no answer came).",
-		}, []string{"vendor", "endpoint", "code"}),
+			Help: "Vendor API calls by vendor and HTTP status (\"error\" when no answer came).",
+		}, []string{"vendor", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "biobridge_ingest_vendor_request_duration_seconds",
-			Help:    "Vendor API call latency (fetch latency) by vendor and endpoint.",
+			Help:    "Vendor API call latency (fetch latency) by vendor.",
 			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
-		}, []string{"vendor", "endpoint"}),
+		}, []string{"vendor"}),
 		rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "biobridge_ingest_vendor_rate_limited_total",
 			Help: "Calls not made or refused because of rate limits: source \"vendor\" (a 429) or \"budget\" (our shared budget was spent).",
@@ -197,11 +227,31 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "biobridge_ingest_vendor_requests_in_flight",
 			Help: "Vendor API calls in flight.",
 		}, []string{"vendor"}),
+		utilization: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "biobridge_ingest_rate_budget_utilization_ratio",
+			Help: "How full the vendor's shared rate budget is: requests in its fullest window over that window's limit (measured periodically; the same on every replica).",
+		}, []string{"vendor"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.rateLimited, m.budgetWait, m.inFlight)
+		reg.MustRegister(m.requests, m.duration, m.rateLimited, m.budgetWait, m.inFlight, m.utilization)
 	}
 	return m
+}
+
+// init creates vendor's series at zero: a labelled series is exported only
+// after its first use otherwise, and dashboards, alerts and rate() over the
+// first event need it before.
+func (m *Metrics) init(vendor string) {
+	for _, code := range []string{"200", "404", "429", "500", "error"} {
+		m.requests.WithLabelValues(vendor, code)
+	}
+	m.duration.WithLabelValues(vendor)
+	for _, src := range []string{"vendor", "budget"} {
+		m.rateLimited.WithLabelValues(vendor, src)
+	}
+	m.budgetWait.WithLabelValues(vendor)
+	m.inFlight.WithLabelValues(vendor)
+	m.utilization.WithLabelValues(vendor)
 }
 
 // Client calls one vendor's API.
@@ -224,6 +274,7 @@ func New(cfg Config) (*Client, error) {
 		return nil, errors.New("vendorhttp: Vendor and BaseURL are required")
 	}
 	cfg.BaseURL = strings.TrimRight(cfg.BaseURL, "/")
+	cfg.Metrics.init(cfg.Vendor)
 	dialer := &net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}
 	tr := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
@@ -252,6 +303,19 @@ func New(cfg Config) (*Client, error) {
 // Vendor returns the vendor name.
 func (c *Client) Vendor() string { return c.cfg.Vendor }
 
+// MeasureBudget refreshes the budget utilization gauge.
+func (c *Client) MeasureBudget(ctx context.Context) error {
+	if c.cfg.Budget == nil {
+		return nil
+	}
+	u, err := c.cfg.Budget.Utilization(ctx)
+	if err != nil {
+		return err
+	}
+	c.cfg.Metrics.utilization.WithLabelValues(c.cfg.Vendor).Set(u)
+	return nil
+}
+
 // GetJSON GETs BaseURL+path with the bearer token and decodes a 200 answer
 // into dst. endpoint is the low-cardinality name used in metrics and spans
 // ("sleep", "cycle_recovery"); path may contain record ids.
@@ -273,7 +337,7 @@ func (c *Client) GetJSON(ctx context.Context, endpoint, path, token string, dst 
 	defer m.inFlight.WithLabelValues(c.cfg.Vendor).Dec()
 	start := time.Now()
 	err := c.do(ctx, endpoint, path, token, dst, span)
-	m.duration.WithLabelValues(c.cfg.Vendor, endpoint).Observe(time.Since(start).Seconds())
+	m.duration.WithLabelValues(c.cfg.Vendor).Observe(time.Since(start).Seconds())
 	if err != nil {
 		span.SetStatus(codes.Error, KindOf(err).String())
 	}
@@ -289,7 +353,7 @@ func (c *Client) do(ctx context.Context, endpoint, path, token string, dst any, 
 	req.Header.Set("Accept", "application/json")
 	resp, err := c.http.Do(req)
 	if err != nil {
-		c.cfg.Metrics.requests.WithLabelValues(c.cfg.Vendor, endpoint, "error").Inc()
+		c.cfg.Metrics.requests.WithLabelValues(c.cfg.Vendor, "error").Inc()
 		if ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return ctx.Err()
 		}
@@ -299,7 +363,7 @@ func (c *Client) do(ctx context.Context, endpoint, path, token string, dst any, 
 	}
 	defer resp.Body.Close()
 	span.SetAttributes(attribute.Int("http.response.status_code", resp.StatusCode))
-	c.cfg.Metrics.requests.WithLabelValues(c.cfg.Vendor, endpoint, strconv.Itoa(resp.StatusCode)).Inc()
+	c.cfg.Metrics.requests.WithLabelValues(c.cfg.Vendor, strconv.Itoa(resp.StatusCode)).Inc()
 	body, readErr := io.ReadAll(io.LimitReader(resp.Body, c.cfg.MaxBodyBytes+1))
 	switch {
 	case resp.StatusCode == http.StatusOK:
@@ -337,7 +401,9 @@ func (c *Client) do(ctx context.Context, endpoint, path, token string, dst any, 
 	return c.fail(endpoint, Permanent, resp.StatusCode, 0, nil)
 }
 
-// takeBudget waits for the shared budget up to BudgetWait.
+// takeBudget waits for the shared budget up to BudgetWait. Background
+// calls take only their share and do not wait: the job goes back to the
+// queue until the named time, and the worker is free for live work.
 func (c *Client) takeBudget(ctx context.Context, endpoint string) error {
 	b := c.cfg.Budget
 	if b == nil {
@@ -345,8 +411,12 @@ func (c *Client) takeBudget(ctx context.Context, endpoint string) error {
 	}
 	start := time.Now()
 	deadline := start.Add(c.cfg.BudgetWait)
+	share := 1.0
+	if IsBackground(ctx) {
+		share, deadline = c.cfg.BackgroundShare, start
+	}
 	for {
-		wait, err := b.Take(ctx)
+		wait, err := b.TakeShare(ctx, share)
 		if err != nil {
 			// Without Redis there is no shared budget; calling anyway could
 			// get the whole app throttled, so treat it as an outage.

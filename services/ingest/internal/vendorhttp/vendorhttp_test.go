@@ -20,17 +20,23 @@ type fakeBudget struct {
 	wait   time.Duration
 	taken  int
 	paused time.Duration
+	shares []float64
 }
 
-func (b *fakeBudget) Take(context.Context) (time.Duration, error) {
+func (b *fakeBudget) Take(ctx context.Context) (time.Duration, error) { return b.TakeShare(ctx, 1) }
+
+func (b *fakeBudget) TakeShare(_ context.Context, share float64) (time.Duration, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.shares = append(b.shares, share)
 	if b.wait > 0 {
 		return b.wait, nil
 	}
 	b.taken++
 	return 0, nil
 }
+
+func (b *fakeBudget) Utilization(context.Context) (float64, error) { return 0.25, nil }
 
 func (b *fakeBudget) Pause(_ context.Context, d time.Duration) error {
 	b.mu.Lock()
@@ -237,4 +243,33 @@ func TestRetryAfterParsing(t *testing.T) {
 	h = http.Header{}
 	h.Set("Retry-After", "soon")
 	assert.Zero(t, retryAfter(h, now))
+}
+
+// Background calls take their share of the budget and never wait for it;
+// live calls take the whole budget. The series exist before the first call.
+func TestBackgroundCallsTakeTheirShareWithoutWaiting(t *testing.T) {
+	t.Parallel()
+	b := &fakeBudget{wait: 20 * time.Millisecond}
+	c, m := newClient(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte(`{}`))
+	}), func(c *Config) { c.Budget, c.BudgetWait, c.BackgroundShare = b, time.Second, 0.3 })
+	assert.Equal(t, 0.0, testutil.ToFloat64(m.requests.WithLabelValues("whoop", "429")), "initialized at zero")
+
+	start := time.Now()
+	err := c.GetJSON(Background(context.Background()), "sleep", "/x", "t", &struct{}{})
+	require.Equal(t, RateLimited, KindOf(err), "a background call gives up at once")
+	assert.Less(t, time.Since(start), 500*time.Millisecond)
+
+	b.mu.Lock()
+	b.wait = 0
+	b.mu.Unlock()
+	require.NoError(t, c.GetJSON(Background(context.Background()), "sleep", "/x", "t", &struct{}{}))
+	require.NoError(t, c.GetJSON(context.Background(), "sleep", "/x", "t", &struct{}{}))
+	b.mu.Lock()
+	assert.Equal(t, []float64{0.3, 0.3, 1}, b.shares)
+	b.mu.Unlock()
+	assert.Equal(t, 2.0, testutil.ToFloat64(m.requests.WithLabelValues("whoop", "200")))
+
+	require.NoError(t, c.MeasureBudget(context.Background()))
+	assert.Equal(t, 0.25, testutil.ToFloat64(m.utilization.WithLabelValues("whoop")))
 }

@@ -146,6 +146,53 @@ func (a *API) CycleRecovery(ctx context.Context, token string, cycleID int64) (R
 	return r, err
 }
 
+// MaxPageSize is the largest page WHOOP's collections serve.
+const MaxPageSize = 25
+
+// Page is one page of a WHOOP collection: its records and the token of the
+// next page ("" on the last).
+type Page[T any] struct {
+	Records   []T    `json:"records"`
+	NextToken string `json:"next_token"`
+}
+
+// Collections WHOOP serves with start/end/limit/nextToken paging.
+const (
+	CollectionSleep    = "/v2/activity/sleep"
+	CollectionWorkout  = "/v2/activity/workout"
+	CollectionRecovery = "/v2/recovery"
+)
+
+// collection reads one page of path: records overlapping [start, end).
+func collection[T any](ctx context.Context, a *API, endpoint, path, token string, start, end time.Time, next string) (Page[T], error) {
+	q := url.Values{}
+	q.Set("limit", strconv.Itoa(MaxPageSize))
+	q.Set("start", start.UTC().Format(time.RFC3339Nano))
+	q.Set("end", end.UTC().Format(time.RFC3339Nano))
+	if next != "" {
+		q.Set("nextToken", next)
+	}
+	var p Page[T]
+	err := a.c.GetJSON(ctx, endpoint, path+"?"+q.Encode(), token, &p)
+	return p, err
+}
+
+// Sleeps reads one page of the sleep collection.
+func (a *API) Sleeps(ctx context.Context, token string, start, end time.Time, next string) (Page[Sleep], error) {
+	return collection[Sleep](ctx, a, "sleep_collection", CollectionSleep, token, start, end, next)
+}
+
+// Workouts reads one page of the workout collection.
+func (a *API) Workouts(ctx context.Context, token string, start, end time.Time, next string) (Page[Workout], error) {
+	return collection[Workout](ctx, a, "workout_collection", CollectionWorkout, token, start, end, next)
+}
+
+// Recoveries reads one page of the recovery collection (recoveries whose
+// cycle overlaps [start, end)).
+func (a *API) Recoveries(ctx context.Context, token string, start, end time.Time, next string) (Page[Recovery], error) {
+	return collection[Recovery](ctx, a, "recovery_collection", CollectionRecovery, token, start, end, next)
+}
+
 // ErrIncomplete is a record that cannot be placed in time (no start or
 // end): it is reported, not retried.
 var ErrIncomplete = errors.New("record without start or end time")

@@ -65,6 +65,11 @@ type FetchConfig struct {
 	PendingMaxAge time.Duration
 }
 
+// Arrivals hears of new data stored for a connection (staleness).
+type Arrivals interface {
+	Note(userID, vendor string)
+}
+
 // Fetcher handles webhook jobs: it resolves the vendor user, fetches the
 // referenced record with the user's token, normalizes it and writes it (or
 // deletes it) through persistence.
@@ -75,6 +80,7 @@ type Fetcher struct {
 	whoop       *whoop.API
 	oura        *oura.API
 	logger      *slog.Logger
+	arrivals    Arrivals
 
 	skipped      *prometheus.CounterVec
 	unknownUsers *prometheus.CounterVec
@@ -109,6 +115,16 @@ func NewFetcher(cfg FetchConfig, tokens tokensv1.TokenBrokerServiceClient, persi
 		reg.MustRegister(f.skipped, f.unknownUsers, f.writes)
 	}
 	return f
+}
+
+// SetArrivals makes the fetcher report every write that stored new data
+// (inserted or updated, not unchanged) to a.
+func (f *Fetcher) SetArrivals(a Arrivals) { f.arrivals = a }
+
+func (f *Fetcher) noteArrival(user, vendor string) {
+	if f.arrivals != nil {
+		f.arrivals.Note(user, vendor)
+	}
 }
 
 func (f *Fetcher) outgoing(ctx context.Context) context.Context {
@@ -309,9 +325,11 @@ func (f *Fetcher) write(ctx context.Context, vendor string, ev *persistencev1.Ev
 	switch r.GetStatus() {
 	case persistencev1.WriteStatus_WRITE_STATUS_INSERTED:
 		f.writes.WithLabelValues(vendor, ev.GetKind(), "inserted").Inc()
+		f.noteArrival(ev.GetUserId(), vendor)
 		return OutcomeStored, nil
 	case persistencev1.WriteStatus_WRITE_STATUS_UPDATED:
 		f.writes.WithLabelValues(vendor, ev.GetKind(), "updated").Inc()
+		f.noteArrival(ev.GetUserId(), vendor)
 		return OutcomeStored, nil
 	case persistencev1.WriteStatus_WRITE_STATUS_DUPLICATE:
 		f.writes.WithLabelValues(vendor, ev.GetKind(), "duplicate").Inc()

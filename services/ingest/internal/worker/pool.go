@@ -16,8 +16,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -104,6 +106,14 @@ type Config struct {
 	// MaintenanceInterval is how often queue depth is measured and old
 	// jobs purged (default 15s).
 	MaintenanceInterval time.Duration
+	// MaxBackground is how many background jobs (priority below
+	// jobs.PriorityLive: backfill, reconciliation) run at once in this
+	// process (default Workers minus a quarter of them, at least one kept
+	// for live work when Workers > 1): a backfill never occupies every
+	// worker while webhooks wait.
+	MaxBackground int
+	// Vendors are the vendors whose queue-depth series start at zero.
+	Vendors []string
 }
 
 func (c *Config) setDefaults() {
@@ -134,6 +144,12 @@ func (c *Config) setDefaults() {
 	if c.MaintenanceInterval <= 0 {
 		c.MaintenanceInterval = 15 * time.Second
 	}
+	if c.MaxBackground <= 0 || c.MaxBackground > c.Workers {
+		c.MaxBackground = c.Workers
+		if c.Workers > 1 {
+			c.MaxBackground = c.Workers - max(1, c.Workers/4)
+		}
+	}
 }
 
 // Pool runs jobs.
@@ -145,13 +161,23 @@ type Pool struct {
 	m        *poolMetrics
 	wake     chan struct{}
 	tracer   trace.Tracer
+	// background counts the background jobs running (or being leased) in
+	// this process.
+	background atomic.Int64
 }
 
 // NewPool returns a pool running handlers[kind] for each job kind.
 func NewPool(store *jobs.Store, handlers map[string]Handler, cfg Config, reg prometheus.Registerer, logger *slog.Logger) *Pool {
 	cfg.setDefaults()
-	return &Pool{cfg: cfg, store: store, handlers: handlers, logger: logger, m: newPoolMetrics(reg), wake: make(chan struct{}, 1),
+	p := &Pool{cfg: cfg, store: store, handlers: handlers, logger: logger, m: newPoolMetrics(reg), wake: make(chan struct{}, 1),
 		tracer: otel.Tracer("github.com/biobridge/bridge/services/ingest/internal/worker")}
+	p.initDepth()
+	for _, v := range cfg.Vendors {
+		for kind := range handlers {
+			p.m.dead.WithLabelValues(v, kind)
+		}
+	}
+	return p
 }
 
 // Wake tells an idle worker that a job was just enqueued.
@@ -209,22 +235,45 @@ func (p *Pool) work(ctx, jobCtx context.Context) {
 		case <-poll.C:
 		}
 		for ctx.Err() == nil {
-			leased, err := p.store.Lease(ctx, p.cfg.Owner, 1, p.cfg.Lease)
-			if err != nil {
-				if ctx.Err() == nil {
-					p.logger.Warn("cannot lease jobs", slog.Any("error", err))
-				}
-				break
-			}
-			if len(leased) == 0 {
+			j, ok := p.lease(ctx)
+			if !ok {
 				break
 			}
 			// More may be due: let another idle worker look too.
 			p.Wake()
-			p.run(jobCtx, leased[0])
+			p.run(jobCtx, j)
+			if j.Priority < jobs.PriorityLive {
+				p.background.Add(-1)
+			}
 		}
 		poll.Reset(p.cfg.PollInterval)
 	}
+}
+
+// lease takes the next due job. A background slot is reserved before
+// leasing; without one only live jobs are taken. A background job keeps
+// its slot until it has run (the caller gives it back).
+func (p *Pool) lease(ctx context.Context) (jobs.Job, bool) {
+	minPriority := math.MinInt16
+	reserved := p.background.Add(1) <= int64(p.cfg.MaxBackground)
+	if !reserved {
+		p.background.Add(-1)
+		minPriority = jobs.PriorityLive
+	}
+	leased, err := p.store.LeaseAtLeast(ctx, p.cfg.Owner, 1, p.cfg.Lease, minPriority)
+	if err != nil || len(leased) == 0 {
+		if reserved {
+			p.background.Add(-1)
+		}
+		if err != nil && ctx.Err() == nil {
+			p.logger.Warn("cannot lease jobs", slog.Any("error", err))
+		}
+		return jobs.Job{}, false
+	}
+	if reserved && leased[0].Priority >= jobs.PriorityLive {
+		p.background.Add(-1)
+	}
+	return leased[0], true
 }
 
 // run handles one leased job, renewing its lease meanwhile, and records
@@ -382,6 +431,16 @@ func (p *Pool) backoff(attempt int) time.Duration {
 	return lo + rand.N(ceil-lo)
 }
 
+// initDepth sets the depth series of the known vendors to zero: an empty
+// queue must be exported as zero, not as nothing.
+func (p *Pool) initDepth() {
+	for _, v := range p.cfg.Vendors {
+		for _, st := range []jobs.State{jobs.Queued, jobs.Running, jobs.Dead} {
+			p.m.depth.WithLabelValues(v, st.String())
+		}
+	}
+}
+
 // maintain refreshes the queue-depth gauge and purges old finished jobs.
 func (p *Pool) maintain(ctx context.Context) {
 	t := time.NewTicker(p.cfg.MaintenanceInterval)
@@ -390,6 +449,7 @@ func (p *Pool) maintain(ctx context.Context) {
 	for {
 		if depths, err := p.store.Depths(ctx); err == nil {
 			p.m.depth.Reset()
+			p.initDepth()
 			for _, d := range depths {
 				p.m.depth.WithLabelValues(d.Vendor, d.State.String()).Set(float64(d.Count))
 			}
@@ -443,8 +503,8 @@ func newPoolMetrics(reg prometheus.Registerer) *poolMetrics {
 			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"vendor", "kind"}),
 		depth: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "biobridge_ingest_job_queue_depth",
-			Help: "Jobs queued, running or dead, by vendor and state (measured periodically).",
+			Name: "biobridge_ingest_jobs",
+			Help: "Jobs queued, running or dead, by vendor and state, counted in the job table (measured periodically; the same on every replica).",
 		}, []string{"vendor", "state"}),
 	}
 	if reg != nil {

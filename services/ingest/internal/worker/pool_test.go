@@ -264,3 +264,53 @@ func TestQueueDepthGauge(t *testing.T) {
 		return testutil.ToFloat64(p.m.depth.WithLabelValues("whoop", "queued")) == 3
 	}, 5*time.Second, 10*time.Millisecond)
 }
+
+// Background jobs never take the workers kept for live work: with three
+// workers and one background slot, a live job runs at once although
+// background jobs are queued ahead of it and one is stuck.
+func TestLiveWorkKeepsItsWorkers(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	release := make(chan struct{})
+	var running, peak atomic.Int32
+	bg := handlerFunc(func(ctx context.Context, j jobs.Job) (string, error) {
+		n := running.Add(1)
+		defer running.Add(-1)
+		for {
+			p := peak.Load()
+			if n <= p || peak.CompareAndSwap(p, n) {
+				break
+			}
+		}
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return "done", nil
+	})
+	for i := range 5 {
+		_, _, err := s.Enqueue(ctx, jobs.NewJob{Vendor: "whoop", Kind: "bg", DedupeKey: fmt.Sprint("bg-", i), Payload: []byte(`{}`),
+			Priority: jobs.PriorityBackground})
+		require.NoError(t, err)
+	}
+	cfg := fast
+	cfg.Workers, cfg.MaxBackground = 3, 1
+	p := NewPool(s, map[string]Handler{
+		"bg":   bg,
+		"test": handlerFunc(func(context.Context, jobs.Job) (string, error) { return "stored", nil }),
+	}, cfg, nil, slog.New(slog.DiscardHandler))
+	stop := run(t, p)
+	require.Eventually(t, func() bool { return running.Load() == 1 }, 5*time.Second, 10*time.Millisecond)
+	live := enqueue(t, s, "live")
+	p.Wake()
+	waitState(t, s, live, jobs.Done)
+	assert.EqualValues(t, 1, peak.Load(), "one background slot")
+	close(release)
+	require.Eventually(t, func() bool {
+		list, err := s.List(ctx, jobs.Done, 10)
+		return err == nil && len(list) == 6
+	}, 10*time.Second, 10*time.Millisecond)
+	assert.EqualValues(t, 1, peak.Load(), "never more than one background job at a time")
+	stop()
+}

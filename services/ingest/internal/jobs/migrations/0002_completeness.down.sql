@@ -1,0 +1,4 @@
+DROP TABLE IF EXISTS reconcile_rounds;
+DROP TABLE IF EXISTS backfills;
+DROP INDEX IF EXISTS jobs_group;
+ALTER TABLE jobs DROP COLUMN IF EXISTS group_key;

@@ -1,0 +1,82 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
+	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
+	"github.com/biobridge/bridge/services/ingest/internal/jobs"
+)
+
+// KindConnectionEvent is the job kind that hands a connection lifecycle
+// event ingest decided on (backfill_completed) to persistence, which puts
+// it on biometrics.connections.v1 through its outbox. The job row is
+// ingest's outbox entry: it commits in the same transaction as the change
+// the event reports and is retried until persistence confirms, and
+// persistence appends an event id once however often it is sent.
+const KindConnectionEvent = "connection_event"
+
+// ConnectionEvent is the payload of a KindConnectionEvent job.
+type ConnectionEvent struct {
+	EventID    string    `json:"event_id"`
+	UserID     string    `json:"user_id"`
+	Vendor     string    `json:"vendor"`
+	Type       string    `json:"type"`
+	Reason     string    `json:"reason,omitempty"`
+	OccurredAt time.Time `json:"occurred_at"`
+}
+
+// Connection event types ingest emits.
+const EventBackfillCompleted = "backfill_completed"
+
+var eventTypes = map[string]biometricsv1.ConnectionEventType{
+	EventBackfillCompleted: biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_BACKFILL_COMPLETED,
+}
+
+// ConnectionEventJob is the job carrying e (deduplicated by its event id).
+func ConnectionEventJob(e ConnectionEvent) (jobs.NewJob, error) {
+	if e.EventID == "" {
+		return jobs.NewJob{}, fmt.Errorf("connection event without an id")
+	}
+	payload, err := json.Marshal(e)
+	if err != nil {
+		return jobs.NewJob{}, fmt.Errorf("encode connection event: %w", err)
+	}
+	return jobs.NewJob{Vendor: e.Vendor, Kind: KindConnectionEvent, DedupeKey: "event:" + e.EventID, Payload: payload,
+		Priority: jobs.PriorityLive}, nil
+}
+
+// Notifier handles KindConnectionEvent jobs.
+type Notifier struct {
+	f *Fetcher
+}
+
+// NewNotifier builds the handler on the fetcher's persistence client.
+func NewNotifier(f *Fetcher) *Notifier { return &Notifier{f: f} }
+
+// Handle implements Handler.
+func (n *Notifier) Handle(ctx context.Context, j jobs.Job) (string, error) {
+	var e ConnectionEvent
+	if err := json.Unmarshal(j.Payload, &e); err != nil {
+		return "", &Permanent{Reason: "unreadable payload", Err: err}
+	}
+	typ, ok := eventTypes[e.Type]
+	if !ok {
+		return "", &Permanent{Reason: "unknown connection event type " + e.Type}
+	}
+	_, err := n.f.persistence.AppendConnectionEvents(n.f.outgoing(ctx), &persistencev1.AppendConnectionEventsRequest{
+		Events: []*biometricsv1.ConnectionEvent{{
+			EventId: e.EventID, UserId: e.UserID, Vendor: e.Vendor, Type: typ,
+			OccurredAt: timestamppb.New(e.OccurredAt), Reason: e.Reason,
+		}},
+	})
+	if err != nil {
+		return "", grpcFailure("append connection event", err)
+	}
+	return "published", nil
+}
