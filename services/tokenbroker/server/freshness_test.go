@@ -96,8 +96,13 @@ func TestStaleness(t *testing.T) {
 	connect(t, in, "user-2", "oura", "bob")
 	connect(t, in, "user-3", "whoop", "carol")
 	ctx := context.Background()
-	// user-1 and user-2 connected three hours ago; user-3 just now.
-	_, err := e.pg(t).Exec(ctx, `UPDATE tokens.connections SET connected_at = now() - interval '3 hours' WHERE user_id IN ('user-1', 'user-2')`)
+	// user-1 and user-2 connected three hours ago; user-3 did too, but
+	// before freshness was tracked (the deploy of migration 0002 was just
+	// now): its silence counts from then.
+	_, err := e.pg(t).Exec(ctx, `UPDATE tokens.connections SET connected_at = now() - interval '3 hours',
+		tracked_since = now() - interval '3 hours' WHERE user_id IN ('user-1', 'user-2')`)
+	require.NoError(t, err)
+	_, err = e.pg(t).Exec(ctx, `UPDATE tokens.connections SET connected_at = now() - interval '3 hours' WHERE user_id = 'user-3'`)
 	require.NoError(t, err)
 
 	sweep := func(after time.Duration) *tokensv1.MarkStaleConnectionsResponse {

@@ -106,7 +106,8 @@ func (s *Store) RecordDataArrival(ctx context.Context, arrivals []Arrival, now t
 }
 
 // MarkStale marks up to limit active connections stale whose silence (since
-// the later of their last data and their connection) is longer than
+// the latest of their last data, their connection and the start of
+// tracking, see migration 0002) is longer than
 // staleAfter at now, each with a stale event, in one transaction. Rows
 // another sweep is marking right now are skipped: every connection is
 // marked, and gets its event, once.
@@ -116,7 +117,7 @@ func (s *Store) MarkStale(ctx context.Context, staleAfter time.Duration, now tim
 		rows, err := tx.Query(ctx, `
 			WITH due AS (
 				SELECT user_id, vendor FROM tokens.connections
-				WHERE status = 'active' AND NOT stale AND greatest(last_data_at, connected_at) < $1::timestamptz
+				WHERE status = 'active' AND NOT stale AND greatest(last_data_at, connected_at, tracked_since) < $1::timestamptz
 				ORDER BY user_id, vendor LIMIT $2
 				FOR UPDATE SKIP LOCKED
 			)
