@@ -110,14 +110,15 @@ type Loops struct {
 type arrivalKey struct{ user, vendor string }
 
 type metrics struct {
-	backfills       *prometheus.GaugeVec
-	backfillPages   *prometheus.GaugeVec
-	completed       *prometheus.CounterVec
-	reconciled      *prometheus.CounterVec
-	stale           *prometheus.GaugeVec
-	reportFailures  prometheus.Counter
-	loopFailures    *prometheus.CounterVec
-	lastReconcileAt prometheus.Gauge
+	backfills        *prometheus.GaugeVec
+	backfillPages    *prometheus.GaugeVec
+	completed        *prometheus.CounterVec
+	reconciled       *prometheus.CounterVec
+	reconcileSkipped *prometheus.CounterVec
+	stale            *prometheus.GaugeVec
+	reportFailures   prometheus.Counter
+	loopFailures     *prometheus.CounterVec
+	lastReconcileAt  prometheus.Gauge
 }
 
 // New builds the loops. wake (optional) tells the local workers that jobs
@@ -145,6 +146,10 @@ func New(cfg Config, store *jobs.Store, broker tokensv1.TokenBrokerServiceClient
 			Name: "biobridge_ingest_reconcile_connections_total",
 			Help: "Connections scheduled for reconciliation by this replica.",
 		}, []string{"vendor"}),
+		reconcileSkipped: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "biobridge_ingest_reconcile_skipped_total",
+			Help: "Connections left out of a reconciliation round because their previous one had not finished (the vendor budget does not keep up with INGEST_RECONCILE_INTERVAL).",
+		}, []string{"vendor"}),
 		stale: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "biobridge_ingest_stale_connections",
 			Help: "Active connections without new data for longer than INGEST_STALE_AFTER, by vendor (from the token broker; the same on every replica).",
@@ -171,6 +176,7 @@ func New(cfg Config, store *jobs.Store, broker tokensv1.TokenBrokerServiceClient
 		}
 		m.completed.WithLabelValues(v)
 		m.reconciled.WithLabelValues(v)
+		m.reconcileSkipped.WithLabelValues(v)
 		m.stale.WithLabelValues(v)
 	}
 	for _, l := range []string{"sync", "finish", "reconcile", "stale"} {
@@ -339,13 +345,19 @@ func (l *Loops) scheduleBackfill(ctx context.Context, k jobs.GenerationKey) erro
 // finishOnce completes the backfills with nothing left to fetch and
 // refreshes the backfill gauges.
 func (l *Loops) finishOnce(ctx context.Context) {
-	done, err := l.store.FinishBackfills(ctx, 100, func(b jobs.Backfill) (jobs.NewJob, error) {
+	done, err := l.store.FinishBackfills(ctx, 100, worker.OutcomeInactive, func(b jobs.Backfill) (jobs.NewJob, error) {
 		id, err := newUUID()
 		if err != nil {
 			return jobs.NewJob{}, err
 		}
+		reason := ""
+		if b.Cut {
+			// Revoked or broken midway: what was read is stored, the rest
+			// comes with the reconnect's own backfill.
+			reason = ReasonConnectionInactive
+		}
 		return worker.ConnectionEventJob(worker.ConnectionEvent{
-			EventID: id, UserID: b.UserID, Vendor: b.Vendor, Type: worker.EventBackfillCompleted, OccurredAt: b.CompletedAt,
+			EventID: id, UserID: b.UserID, Vendor: b.Vendor, Type: worker.EventBackfillCompleted, OccurredAt: b.CompletedAt, Reason: reason,
 		})
 	})
 	if err != nil {
@@ -378,6 +390,10 @@ func (l *Loops) finishOnce(ctx context.Context) {
 		l.m.backfillPages.WithLabelValues(v, "dead").Set(float64(c.PagesDead))
 	}
 }
+
+// ReasonConnectionInactive is the reason of a backfill_completed event of a
+// backfill cut short because the connection was revoked or broke.
+const ReasonConnectionInactive = "connection_inactive"
 
 // newUUID returns a random version-4 UUID (an event id).
 func newUUID() (string, error) {
@@ -463,10 +479,22 @@ func (l *Loops) scheduleReconcile(ctx context.Context, c *tokensv1.Connection, r
 		delay = Offset(vendor, user, max(interval-late, time.Millisecond))
 	}
 	delay = max(delay, 0)
-	group := "reconcile:" + vendor + ":" + user + ":" + strconv.FormatInt(round, 10)
+	// One group per connection: a connection whose previous reconciliation
+	// is still queued (the budget cannot keep up with the interval) is not
+	// given another, so the backlog stays one round deep.
+	group := "reconcile:" + vendor + ":" + user
+	busy, err := l.store.GroupBusy(ctx, group)
+	if err != nil {
+		return err
+	}
+	if busy {
+		l.m.reconcileSkipped.WithLabelValues(vendor).Inc()
+		return nil
+	}
+	key := group + ":" + strconv.FormatInt(round, 10)
 	for _, s := range streams {
 		j, err := worker.PageJob(worker.KindReconcile, vendor, group,
-			worker.Page{UserID: user, Stream: s, Key: group + ":" + s, Window: l.cfg.ReconcileWindow}, delay)
+			worker.Page{UserID: user, Stream: s, Key: key + ":" + s, Window: l.cfg.ReconcileWindow}, delay)
 		if err != nil {
 			return err
 		}

@@ -22,6 +22,9 @@ type Backfill struct {
 	CompletedAt time.Time // zero while running
 	// Pages by job state (filled by Backfills).
 	Pages map[State]int
+	// Cut is set by FinishBackfills when some page ended with the outcome
+	// naming an early end (the connection went away midway).
+	Cut bool
 }
 
 // CreateBackfill records the backfill of a connection generation and
@@ -63,8 +66,9 @@ func (s *Store) AddBackfillRecords(ctx context.Context, group string, n int) err
 // transaction, and returns them. A job enqueues the next page before it is
 // marked done, so a backfill with more to fetch always has an unfinished
 // job; a dead page keeps its backfill running until it is retried. Several
-// replicas may run this at once: a backfill is completed once.
-func (s *Store) FinishBackfills(ctx context.Context, limit int, notify func(Backfill) (NewJob, error)) ([]Backfill, error) {
+// replicas may run this at once: a backfill is completed once. Backfills
+// with a page whose outcome is cutOutcome come back with Cut set.
+func (s *Store) FinishBackfills(ctx context.Context, limit int, cutOutcome string, notify func(Backfill) (NewJob, error)) ([]Backfill, error) {
 	var done []Backfill
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `
@@ -77,13 +81,15 @@ func (s *Store) FinishBackfills(ctx context.Context, limit int, notify func(Back
 			)
 			UPDATE ingest.backfills b SET completed_at = now()
 			FROM due WHERE b.user_id = due.user_id AND b.vendor = due.vendor AND b.connected_at = due.connected_at
-			RETURNING b.user_id, b.vendor, b.connected_at, b.group_key, b.window_start, b.window_end, b.records, b.created_at, b.completed_at`, limit)
+			RETURNING b.user_id, b.vendor, b.connected_at, b.group_key, b.window_start, b.window_end, b.records, b.created_at, b.completed_at,
+				EXISTS (SELECT 1 FROM ingest.jobs j WHERE j.group_key = b.group_key AND j.outcome = $2)`, limit, cutOutcome)
 		if err != nil {
 			return fmt.Errorf("finish backfills: %w", err)
 		}
 		done, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Backfill, error) {
 			var b Backfill
-			err := r.Scan(&b.UserID, &b.Vendor, &b.ConnectedAt, &b.GroupKey, &b.WindowStart, &b.WindowEnd, &b.Records, &b.CreatedAt, &b.CompletedAt)
+			err := r.Scan(&b.UserID, &b.Vendor, &b.ConnectedAt, &b.GroupKey, &b.WindowStart, &b.WindowEnd, &b.Records, &b.CreatedAt,
+				&b.CompletedAt, &b.Cut)
 			return b, err
 		})
 		if err != nil {
@@ -281,4 +287,14 @@ func (s *Store) LatestBackfilledConnection(ctx context.Context) (time.Time, erro
 		return time.Time{}, nil
 	}
 	return *t, nil
+}
+
+// GroupBusy reports whether a job of group is queued or running.
+func (s *Store) GroupBusy(ctx context.Context, group string) (bool, error) {
+	var busy bool
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM ingest.jobs WHERE group_key = $1 AND state IN (1, 2))`, group).Scan(&busy)
+	if err != nil {
+		return false, fmt.Errorf("look up unfinished jobs: %w", err)
+	}
+	return busy, nil
 }

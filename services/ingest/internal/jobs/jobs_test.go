@@ -272,7 +272,7 @@ func TestBackfillLifecycle(t *testing.T) {
 	}
 	finish := func() []Backfill {
 		t.Helper()
-		done, err := s.FinishBackfills(ctx, 10, notify)
+		done, err := s.FinishBackfills(ctx, 10, "connection_inactive", notify)
 		require.NoError(t, err)
 		return done
 	}
@@ -298,10 +298,11 @@ func TestBackfillLifecycle(t *testing.T) {
 	leased, err = s.Lease(ctx, "w", 10, time.Minute)
 	require.NoError(t, err)
 	require.Len(t, leased, 1)
-	require.NoError(t, s.Complete(ctx, leased[0], "page_stored"))
+	require.NoError(t, s.Complete(ctx, leased[0], "connection_inactive"))
 	done := finish()
 	require.Len(t, done, 1)
 	assert.Equal(t, b.GroupKey, done[0].GroupKey)
+	assert.True(t, done[0].Cut, "a page found the connection gone")
 	assert.Empty(t, finish(), "completed once")
 	events, err := s.List(ctx, Queued, 10)
 	require.NoError(t, err)
