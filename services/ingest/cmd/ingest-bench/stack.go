@@ -124,6 +124,11 @@ func startStack(ctx context.Context, o options, sc stackConfig) (_ *stack, err e
 		"WHOOP_CLIENT_SECRET": whoopSecret,
 		"OURA_CLIENT_SECRET":  ouraSecret,
 		"TOKENBROKER_TARGET":  brokerTarget,
+		// The benchmarks measure the webhook and push paths: no backfill,
+		// reconciliation or staleness traffic beside them.
+		"INGEST_BACKFILL_DAYS":      "0",
+		"INGEST_RECONCILE_INTERVAL": "0",
+		"INGEST_STALE_AFTER":        "0",
 	}
 	if s.emu != nil {
 		ienv["WHOOP_API_URL"], ienv["OURA_API_URL"] = s.emu.WhoopURL(), s.emu.OuraURL()
