@@ -67,22 +67,43 @@ func newSubscriptionMetrics(reg prometheus.Registerer) *subscriptionMetrics {
 // change Oura subscriptions (two creating the same pair would race).
 const subscriptionLock = "biobridge.ingest.oura_subscriptions"
 
+// keepSubscriptions checks the Oura subscriptions at start and every
+// OuraSubscriptionInterval; after a failed check (Oura or our own callback
+// not reachable yet, as at a cold start of the whole suite) it tries again
+// within 30 seconds rather than a whole interval later.
+func (s *Server) keepSubscriptions(ctx context.Context) {
+	for {
+		wait := s.cfg.OuraSubscriptionInterval
+		if !s.ensureSubscriptions(ctx) {
+			wait = min(wait, 30*time.Second)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
 // ensureSubscriptions runs one subscription check, unless another replica
-// is running one.
-func (s *Server) ensureSubscriptions(ctx context.Context) {
+// is running one. It reports whether the check (or the other replica's
+// lock) went fine.
+func (s *Server) ensureSubscriptions(ctx context.Context) bool {
 	conn, err := s.db.Acquire(ctx)
 	if err != nil {
 		s.subscriptionFailed(ctx, err)
-		return
+		return false
 	}
 	defer conn.Release()
 	var locked bool
 	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, subscriptionLock).Scan(&locked); err != nil {
 		s.subscriptionFailed(ctx, fmt.Errorf("lock oura subscriptions: %w", err))
-		return
+		return false
 	}
 	if !locked {
-		return
+		return true
 	}
 	defer func() {
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -105,6 +126,7 @@ func (s *Server) ensureSubscriptions(ctx context.Context) {
 	if len(res.Actions) > 0 {
 		s.logger.InfoContext(ctx, "oura subscriptions checked", slog.Any("actions", res.Actions), slog.Int("active", res.Active))
 	}
+	return err == nil
 }
 
 func (s *Server) subscriptionFailed(ctx context.Context, err error) {

@@ -291,7 +291,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	g.Go(func() error { return s.loops.Run(gctx) })
 	g.Go(func() error { every(gctx, 5*time.Second, s.measureBudgets); return nil })
 	if s.subs != nil {
-		g.Go(func() error { every(gctx, s.cfg.OuraSubscriptionInterval, s.ensureSubscriptions); return nil })
+		g.Go(func() error { s.keepSubscriptions(gctx); return nil })
 	}
 	err := g.Wait()
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownGrace+5*time.Second)
