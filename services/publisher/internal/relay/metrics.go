@@ -27,7 +27,7 @@ type Metrics struct {
 // NewMetrics registers the relay's metrics on reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	f := promauto.With(reg)
-	return &Metrics{
+	m := &Metrics{
 		published: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "publisher_published_total",
 			Help: "Outbox entries published to their Kafka topic.",
@@ -75,6 +75,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Age of the oldest unpublished outbox entry (0 when none).",
 		}),
 	}
+	// The label values dashboards and alerts look at exist from the start,
+	// at zero, so that rate() and increase() also see the first failure.
+	for _, topic := range []string{"biometrics.events.v1", "biometrics.connections.v1"} {
+		m.published.WithLabelValues(topic)
+	}
+	for _, cr := range [][2]string{{"transient", "broker_unavailable"}, {"permanent", "message_too_large"}, {"unknown", "unknown"}} {
+		m.failures.WithLabelValues(cr[0], cr[1])
+	}
+	for _, reason := range []string{"message_too_large", "invalid_record", "max_attempts_exceeded"} {
+		m.deadLettered.WithLabelValues(reason)
+	}
+	return m
 }
 
 // Counters are the relay's totals since start, for GetStatus.
