@@ -105,7 +105,14 @@ type Loops struct {
 
 	mu       sync.Mutex
 	arrivals map[arrivalKey]time.Time
+	// counted is when the backfill gauges were last refreshed (by the
+	// finisher's goroutine only).
+	counted time.Time
 }
+
+// countEvery bounds how often the backfill gauges are recounted: counting
+// reads the whole backfill table.
+const countEvery = 15 * time.Second
 
 type arrivalKey struct{ user, vendor string }
 
@@ -371,6 +378,10 @@ func (l *Loops) finishOnce(ctx context.Context) {
 	if len(done) > 0 {
 		l.wake()
 	}
+	if time.Since(l.counted) < countEvery && len(done) == 0 {
+		return
+	}
+	l.counted = time.Now()
 	counts, err := l.store.CountBackfills(ctx)
 	if err != nil {
 		l.failed(ctx, "finish", err)
