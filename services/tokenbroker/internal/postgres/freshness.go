@@ -107,7 +107,7 @@ func (s *Store) RecordDataArrival(ctx context.Context, arrivals []Arrival, now t
 
 // MarkStale marks up to limit active connections stale whose silence (since
 // the latest of their last data, their connection and the start of
-// tracking, see migration 0002) is longer than
+// tracking, see migration 0003) is longer than
 // staleAfter at now, each with a stale event, in one transaction. Rows
 // another sweep is marking right now are skipped: every connection is
 // marked, and gets its event, once.

@@ -5,7 +5,6 @@ ALTER TABLE connection_events ADD CONSTRAINT connection_events_type_check
 DROP INDEX connections_active_connected;
 DROP INDEX connections_stale;
 DROP INDEX connections_freshness;
-ALTER TABLE connections DROP COLUMN tracked_since;
 ALTER TABLE connections DROP COLUMN stale_since;
 ALTER TABLE connections DROP COLUMN stale;
 ALTER TABLE connections DROP COLUMN last_data_at;

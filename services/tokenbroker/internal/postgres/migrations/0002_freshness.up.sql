@@ -6,18 +6,13 @@
 ALTER TABLE connections ADD COLUMN last_data_at timestamptz;
 ALTER TABLE connections ADD COLUMN stale boolean NOT NULL DEFAULT false;
 ALTER TABLE connections ADD COLUMN stale_since timestamptz;
--- When freshness started being tracked for the row: the time of this
--- migration for connections that existed before it (their data arrived
--- before anyone recorded it, so their silence must not count from the day
--- they connected), the insertion time for new ones.
-ALTER TABLE connections ADD COLUMN tracked_since timestamptz NOT NULL DEFAULT now();
 
 -- The staleness sweep: active connections not yet stale, by the time from
--- which their silence is counted: the latest of the last data, the
--- connection itself (a reconnect starts the clock again) and the start of
--- tracking (greatest ignores a NULL last_data_at).
+-- which their silence is counted (the later of the last data and the
+-- connection itself, so a reconnect starts the clock again; greatest
+-- ignores a NULL last_data_at).
 CREATE INDEX connections_freshness
-    ON connections ((greatest(last_data_at, connected_at, tracked_since)))
+    ON connections ((greatest(last_data_at, connected_at)))
     WHERE status = 'active' AND NOT stale;
 
 -- The stale totals per vendor (a gauge on every ingest replica).
