@@ -68,6 +68,8 @@ PYTEST_STACK_ENV := GATEWAY_HTTP_ADDR=127.0.0.1:18080 GATEWAY_ADMIN_ADDR=127.0.0
 test-python: ## Python client tests: unit, and integration against a devstack started here.
 	@mkdir -p bin && go build -o bin/devstack ./services/devstack/cmd/devstack
 	@rm -rf $(CURDIR)/.devstack/pytest && mkdir -p $(CURDIR)/.devstack/pytest
+	@psql -q postgres://postgres@127.0.0.1:5432/postgres -c 'DROP DATABASE IF EXISTS biobridge_pytest WITH (FORCE)'
+	@redis-cli -h 127.0.0.1 -p 6379 -n 7 flushdb >/dev/null
 	@env $(PYTEST_STACK_ENV) bin/devstack -data-dir $(CURDIR)/.devstack/pytest/data \
 		>$(CURDIR)/.devstack/pytest/log 2>&1 & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null || true' EXIT; \
