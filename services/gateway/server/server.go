@@ -22,7 +22,6 @@ import (
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -113,18 +112,21 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Server, error) 
 	s.admin = admin.New(cfg.AdminAddr, reg, logger, checks...)
 
 	root := http.NewServeMux()
-	root.Handle("/", limitBody(int64(cfg.MaxBodyBytes), mux))
+	root.Handle("/", limitBody(bodyLimits{
+		push:    int64(cfg.MaxBodyBytes),
+		webhook: int64(cfg.MaxWebhookBodyBytes),
+		other:   smallBodyBytes,
+	}, mux))
 	root.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(openapi.Spec)
 	})
-	// Operators can reach health and metrics on the public port too in
-	// development; production exposes only the admin port to them.
+	// Liveness and readiness answer on the public port too (load balancers
+	// probe it); metrics stay on the admin port, which is not public.
 	root.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	root.Handle("GET /readyz", readyHandler(checks))
-	root.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 
 	s.http = &http.Server{
 		Handler:           instrument(reg, requestID(root)),
@@ -297,14 +299,38 @@ func setStatusFromMetadata(ctx context.Context, w http.ResponseWriter, _ proto.M
 	return nil
 }
 
-// limitBody reads bodies up to max bytes before routing, answering 413 past
-// it, so no handler ever sees a partial body or a decode error instead of 413.
-func limitBody(max int64, next http.Handler) http.Handler {
+// smallBodyBytes caps the bodies of every route that is neither a HealthKit
+// push nor a webhook (connect requests carry a few fields).
+const smallBodyBytes = 64 << 10
+
+// bodyLimits are the body caps per kind of route.
+type bodyLimits struct {
+	push, webhook, other int64
+}
+
+// forPath picks the cap before anything is read, so an unauthenticated
+// webhook or an unknown path can never make the gateway buffer a push-sized
+// body.
+func (l bodyLimits) forPath(path string) int64 {
+	switch {
+	case path == "/v1/healthkit/samples":
+		return l.push
+	case strings.HasPrefix(path, "/v1/webhooks/"):
+		return l.webhook
+	}
+	return l.other
+}
+
+// limitBody reads bodies up to the route's cap before routing, answering 413
+// past it, so no handler ever sees a partial body or a decode error instead
+// of 413.
+func limitBody(limits bodyLimits, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Body == nil || r.Method == http.MethodGet || r.Method == http.MethodDelete {
 			next.ServeHTTP(w, r)
 			return
 		}
+		max := limits.forPath(r.URL.Path)
 		if r.ContentLength > max {
 			writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", fmt.Sprintf("request body exceeds %d bytes", max))
 			return
