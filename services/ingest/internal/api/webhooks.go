@@ -111,7 +111,7 @@ func (h *Handler) HandleWhoopWebhook(ctx context.Context, req *ingestv1.HandleWh
 	st, id, err := h.webhook(ctx, worker.VendorWhoop, h.deps.Webhooks.Whoop, req.GetRawBody(), req.GetSignature(), req.GetSignatureTimestamp(),
 		func(body []byte) (accepted, error) {
 			ev, err := webhook.ParseWhoop(body)
-			return accepted{deliveryID: ev.DeliveryID(), payload: ev, ignore: !ev.Supported()}, err
+			return accepted{deliveryID: ev.DeliveryID(req.GetSignatureTimestamp()), payload: ev, ignore: !ev.Supported()}, err
 		})
 	if err != nil {
 		return nil, err

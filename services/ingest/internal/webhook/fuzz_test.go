@@ -31,7 +31,7 @@ func FuzzParseWhoop(f *testing.F) {
 			checkMalformed(t, err)
 			return
 		}
-		if ev.UserID <= 0 || ev.ID == "" || ev.Resource() == "" || ev.Action() == "" || ev.DeliveryID() == "" {
+		if ev.UserID <= 0 || ev.ID == "" || ev.Resource() == "" || ev.Action() == "" || ev.DeliveryID("0") == "" {
 			t.Fatalf("accepted an incomplete event: %+v", ev)
 		}
 		payload, err := json.Marshal(ev)

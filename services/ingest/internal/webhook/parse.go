@@ -73,13 +73,17 @@ func (e WhoopEvent) Supported() bool {
 // VendorUserID is the WHOOP user id as the token broker stores it.
 func (e WhoopEvent) VendorUserID() string { return strconv.FormatInt(e.UserID, 10) }
 
-// DeliveryID is the deduplication key: the trace_id, or when a delivery
-// carries none, a hash of the event's fields (a retry repeats them all).
-func (e WhoopEvent) DeliveryID() string {
+// DeliveryID is the deduplication key: the trace_id. A delivery without one
+// cannot be told apart from a later change of the same record by its fields
+// alone (WHOOP sends new and changed records alike as *.updated), so the key
+// then also covers the signature timestamp: a retry with a new timestamp
+// costs one more idempotent fetch, while a key of the fields alone would
+// drop every later change of the record as a duplicate.
+func (e WhoopEvent) DeliveryID(signatureTimestamp string) string {
 	if e.TraceID != "" {
 		return e.TraceID
 	}
-	return fieldHash(e.VendorUserID(), e.Type, e.ID)
+	return fieldHash(e.VendorUserID(), e.Type, e.ID, signatureTimestamp)
 }
 
 // ParseWhoop parses and validates a WHOOP webhook body. user_id may be a

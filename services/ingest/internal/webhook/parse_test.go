@@ -62,12 +62,15 @@ func TestParseWhoop(t *testing.T) {
 func TestWhoopDeliveryID(t *testing.T) {
 	t.Parallel()
 	a := WhoopEvent{UserID: 1, ID: "x", Type: "sleep.updated", TraceID: "trace"}
-	assert.Equal(t, "trace", a.DeliveryID(), "trace_id is the delivery id")
+	assert.Equal(t, "trace", a.DeliveryID("1700000000000"), "trace_id is the delivery id")
+	assert.Equal(t, "trace", a.DeliveryID("1700000009999"), "a retry of a delivery with trace_id is a duplicate whatever its timestamp")
 	b := WhoopEvent{UserID: 1, ID: "x", Type: "sleep.updated"}
 	c := WhoopEvent{UserID: 1, ID: "x", Type: "sleep.deleted"}
-	assert.Equal(t, b.DeliveryID(), b.DeliveryID())
-	assert.NotEqual(t, b.DeliveryID(), c.DeliveryID(), "without trace_id, different events differ")
-	assert.True(t, strings.HasPrefix(b.DeliveryID(), "sha256:"))
+	assert.Equal(t, b.DeliveryID("1700000000000"), b.DeliveryID("1700000000000"))
+	assert.NotEqual(t, b.DeliveryID("1700000000000"), c.DeliveryID("1700000000000"), "without trace_id, different events differ")
+	assert.NotEqual(t, b.DeliveryID("1700000000000"), b.DeliveryID("1700000360000"),
+		"without trace_id, a later *.updated of the same record is not dropped as a duplicate")
+	assert.True(t, strings.HasPrefix(b.DeliveryID("1700000000000"), "sha256:"))
 	assert.Equal(t, "sleep", a.Resource())
 	assert.Equal(t, "updated", a.Action())
 	assert.Equal(t, "1", a.VendorUserID())
