@@ -12,6 +12,7 @@ import (
 
 	tokensv1 "github.com/biobridge/bridge/gen/go/biobridge/tokens/v1"
 	"github.com/biobridge/bridge/pkg/vendoremu"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/tokencache"
 	"github.com/biobridge/bridge/services/tokenbroker/server"
 )
 
@@ -180,9 +181,18 @@ func TestRevokeConnection(t *testing.T) {
 			connect(t, in, "user-1", vendor, "alice")
 			tok, err := in.client.GetAccessToken(svcCtx(), &tokensv1.GetAccessTokenRequest{UserId: "user-1", Vendor: vendor})
 			require.NoError(t, err)
+			// What a concurrent caller read before the revocation and may
+			// still write back to the cache afterwards.
+			cache := tokencache.New(e.redis(t), e.prefix)
+			stale, err := cache.Get(context.Background(), "user-1", vendor)
+			require.NoError(t, err)
+			require.NotNil(t, stale, "GetAccessToken filled the cache")
 
 			resp, err := in.client.RevokeConnection(userCtx(t, "user-1"), &tokensv1.RevokeConnectionRequest{Vendor: vendor})
 			require.NoError(t, err)
+			require.NoError(t, cache.Put(context.Background(), "user-1", vendor, *stale, time.Hour))
+			_, err = in.client.GetAccessToken(svcCtx(), &tokensv1.GetAccessTokenRequest{UserId: "user-1", Vendor: vendor})
+			requireCode(t, err, codes.NotFound, "connection_revoked")
 			require.True(t, resp.GetRevokedAtVendor())
 			require.EqualValues(t, 1, counters(e, vendor).Revocations)
 			require.False(t, e.vendorAccepts(t, vendor, tok.GetAccessToken()), "the grant is gone at the vendor")

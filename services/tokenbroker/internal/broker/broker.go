@@ -278,6 +278,10 @@ func (b *Broker) Drain(ctx context.Context) error {
 	return nil
 }
 
+// revokedTombstoneTTL outlives any access token a concurrent caller could
+// still be putting into the cache when a connection is revoked.
+const revokedTombstoneTTL = 2 * time.Hour
+
 func (b *Broker) fromCache(ctx context.Context, userID, vendor string, minLife time.Duration) (AccessToken, bool) {
 	e, err := b.cache.Get(ctx, userID, vendor)
 	if err != nil {
@@ -285,7 +289,7 @@ func (b *Broker) fromCache(ctx context.Context, userID, vendor string, minLife t
 		b.log.WarnContext(ctx, "token cache read failed", "vendor", vendor, "err", err)
 		return AccessToken{}, false
 	}
-	if e == nil || time.Until(e.ExpiresAt) <= minLife {
+	if e == nil || len(e.Sealed) == 0 || time.Until(e.ExpiresAt) <= minLife {
 		return AccessToken{}, false
 	}
 	plain, err := b.keys.Open(e.KeyID, e.Sealed, aad(userID, vendor, "access"))
@@ -902,12 +906,19 @@ func (b *Broker) RevokeConnection(ctx context.Context, userID, vendor string) (b
 			log.WarnContext(ctx, "revoke at vendor failed; deleting tokens anyway", "err", err)
 		}
 	}
-	if err := b.store.Revoke(ctx, userID, vendor, "user_revoked", time.Now()); err != nil && !errors.Is(err, postgres.ErrNotFound) {
+	version, err := b.store.Revoke(ctx, userID, vendor, "user_revoked", time.Now())
+	if err != nil && !errors.Is(err, postgres.ErrNotFound) {
 		return false, err
 	}
 	b.kick()
-	if err := b.cache.Delete(ctx, userID, vendor); err != nil {
-		log.WarnContext(ctx, "token cache delete failed", "err", err)
+	if err == nil {
+		// A tombstone at the revoked version, not a delete: a concurrent
+		// caller that read the row before the revocation would otherwise
+		// put its token back into the cache (a put never replaces a newer
+		// version), and ingest would keep fetching after the user revoked.
+		if err := b.cache.Put(ctx, userID, vendor, tokencache.Entry{Version: version}, revokedTombstoneTTL); err != nil {
+			log.WarnContext(ctx, "token cache tombstone failed", "err", err)
+		}
 	}
 	log.InfoContext(ctx, "connection revoked", "revoked_at_vendor", atVendor)
 	return atVendor, nil

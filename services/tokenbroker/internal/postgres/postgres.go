@@ -302,21 +302,25 @@ func (s *Store) MarkBroken(ctx context.Context, userID, vendor string, old int64
 // in-flight fenced write fail. A revoked connection is no longer stale:
 // staleness is about connections that should deliver data. It returns
 // ErrNotFound when there is no connection or it is already revoked.
-func (s *Store) Revoke(ctx context.Context, userID, vendor, reason string, now time.Time) error {
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `
+// It returns the connection's new version, so the caller can fence the
+// token cache against writers that read the row before the revocation.
+func (s *Store) Revoke(ctx context.Context, userID, vendor, reason string, now time.Time) (version int64, err error) {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `
 			UPDATE tokens.connections SET status = 'revoked', key_id = NULL, access_token_enc = NULL,
 				refresh_token_enc = NULL, access_expires_at = NULL, version = version + 1, updated_at = $3,
 				stale = false, stale_since = NULL
-			WHERE user_id = $1 AND vendor = $2 AND status <> 'revoked'`, userID, vendor, now)
+			WHERE user_id = $1 AND vendor = $2 AND status <> 'revoked'
+			RETURNING version`, userID, vendor, now).Scan(&version)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrNotFound
+		}
 		if err != nil {
 			return fmt.Errorf("revoke connection: %w", err)
 		}
-		if tag.RowsAffected() == 0 {
-			return ErrNotFound
-		}
 		return insertEvent(ctx, tx, Event{UserID: userID, Vendor: vendor, Type: EventRevoked, Reason: reason, OccurredAt: now})
 	})
+	return version, err
 }
 
 // TouchUsed records that the connection's token was handed out, at most
