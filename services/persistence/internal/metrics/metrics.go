@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sort"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -31,6 +32,8 @@ type Metrics struct {
 	// values holds the accepted-value histograms' observers by metric and
 	// source, resolved once: writes observe every reading.
 	values map[string]*[5]prometheus.Observer
+	// bounds are each metric's bucket upper bounds (see ObserveValue).
+	bounds map[string][]float64
 
 	// Latest cache.
 	CacheErrors      *prometheus.CounterVec // op
@@ -154,6 +157,7 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Namespace: ns, Name: "watch_streams", Help: "Open WatchLatest streams.",
 		}),
 		values: map[string]*[5]prometheus.Observer{},
+		bounds: map[string][]float64{},
 	}
 	cs := []prometheus.Collector{
 		m.RowsWritten, m.EventsWritten, m.Rejections, m.TxSeconds, m.TxEvents, m.TxRetries,
@@ -170,10 +174,11 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		h := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace:   ns,
 			Name:        "reading_value",
-			Help:        "Accepted reading values in canonical units, by metric and source, to spot implausible data.",
+			Help:        "Accepted reading values in canonical units, by metric and source, to spot implausible data. Values are counted at their bucket's upper bound, so _sum reveals no exact reading.",
 			ConstLabels: prometheus.Labels{"metric": cm.Name},
 			Buckets:     valueBuckets(cm),
 		}, []string{"source"})
+		m.bounds[cm.Name] = valueBuckets(cm)
 		var obs [5]prometheus.Observer
 		for i := range obs {
 			obs[i] = h.WithLabelValues(SourceLabel(biometricsv1.Source(i)))
@@ -218,11 +223,25 @@ func valueBuckets(m catalog.Metric) []float64 {
 	return b
 }
 
-// ObserveValue records an accepted value.
+// ObserveValue records an accepted value. The histogram observes the upper
+// bound of the value's bucket, not the value: the bucket counts are the
+// same, but the exported _sum can no longer be differenced between scrapes
+// to recover one user's exact reading in a quiet deployment.
 func (m *Metrics) ObserveValue(metric string, source biometricsv1.Source, v float64) {
-	if obs, ok := m.values[metric]; ok && int(source) >= 0 && int(source) < len(obs) {
-		obs[source].Observe(v)
+	obs, ok := m.values[metric]
+	if !ok || int(source) < 0 || int(source) >= len(obs) {
+		return
 	}
+	obs[source].Observe(bucketBound(m.bounds[metric], v))
+}
+
+// bucketBound is the smallest bound >= v (the last bound past the range).
+func bucketBound(bounds []float64, v float64) float64 {
+	i := sort.SearchFloat64s(bounds, v)
+	if i == len(bounds) {
+		i = len(bounds) - 1
+	}
+	return bounds[i]
 }
 
 // SourceLabel is the label value of a source ("whoop", "oura", ...).
