@@ -36,9 +36,9 @@ func TestLoadConfig(t *testing.T) {
 		{"every bad value at once", map[string]string{
 			"POSTGRES_URL": "mysql://x", "REDIS_URL": "http://x", "SERVICE_TOKENS": "nocolon",
 			"LOG_PSEUDONYM_KEY": "short", "GROUP_COMMIT_MAX_EVENTS": "0", "GROUP_COMMIT_WINDOW": "5s",
-			"AUDIT_FLUSH_INTERVAL": "banana", "PARTITION_MONTHS_AHEAD": "99",
+			"AUDIT_FLUSH_INTERVAL": "banana", "PARTITION_MONTHS_AHEAD": "99", "SERVICE_ACL": "agents=GetLatest",
 		}, []string{"POSTGRES_URL", "REDIS_URL", "SERVICE_TOKENS", "LOG_PSEUDONYM_KEY", "GROUP_COMMIT_MAX_EVENTS",
-			"GROUP_COMMIT_WINDOW", "AUDIT_FLUSH_INTERVAL", "PARTITION_MONTHS_AHEAD"}},
+			"GROUP_COMMIT_WINDOW", "AUDIT_FLUSH_INTERVAL", "PARTITION_MONTHS_AHEAD", "SERVICE_ACL"}},
 	} {
 		_, err := server.LoadConfig(getenv(tc.env))
 		require.Error(t, err, tc.name)

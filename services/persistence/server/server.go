@@ -92,6 +92,10 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	if err != nil {
 		return nil, fmt.Errorf("persistence: SERVICE_TOKENS: %w", err)
 	}
+	acl, err := auth.ParseACL(cfg.ServiceACL)
+	if err != nil {
+		return nil, fmt.Errorf("persistence: SERVICE_ACL: %w", err)
+	}
 	s := &Server{cfg: cfg, logger: logger, reg: telemetry.NewRegistry(), stopping: make(chan struct{})}
 	if s.m, err = metrics.New(s.reg); err != nil {
 		return nil, err
@@ -150,7 +154,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 			Service:  ServiceName,
 			Logger:   logger,
 			Registry: s.reg,
-			Auth:     api.ServiceAuth(tokens),
+			Auth:     api.ServiceAuth(tokens, acl),
 			ExtraUnary: []grpc.UnaryServerInterceptor{lim.UnaryInterceptor(
 				persistencev1.PersistenceService_WriteEvents_FullMethodName,
 				persistencev1.PersistenceService_DeleteRecords_FullMethodName,
