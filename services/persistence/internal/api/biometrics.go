@@ -36,7 +36,9 @@ const (
 
 // Auditor records audited reads without blocking.
 type Auditor interface {
-	Record(e store.AuditEntry)
+	// Record queues an entry; an error means it could not be queued and the
+	// read must not be served (every read of a user's data is audited).
+	Record(e store.AuditEntry) error
 }
 
 // Biometrics implements BiometricsService.
@@ -64,14 +66,22 @@ func NewBiometrics(st *store.Store, latest *Latest, audit Auditor, m *metrics.Me
 	return &Biometrics{store: st, latest: latest, audit: audit, m: m, logger: logger, stopping: stopping, resync: resync, now: time.Now}
 }
 
-func (b *Biometrics) record(ctx context.Context, method, user string, metrics []string) {
-	b.audit.Record(store.AuditEntry{
+// record audits a read before it is served. When the audit log cannot take
+// the entry (PostgreSQL unreachable long enough to fill the buffer), the read
+// fails closed with UNAVAILABLE: no unaudited read of health data.
+func (b *Biometrics) record(ctx context.Context, method, user string, metrics []string) error {
+	err := b.audit.Record(store.AuditEntry{
 		At:      b.now(),
 		Caller:  auth.Caller(ctx),
 		UserID:  user,
 		Method:  method,
 		Metrics: slices.Clone(metrics),
 	})
+	if err != nil {
+		return apperr.Wrap(err, apperr.Unavailable, "audit_unavailable", "the audit log cannot record this read right now; retry later").
+			WithRetryAfter(2 * time.Second)
+	}
+	return nil
 }
 
 func validUser(user string) error {
@@ -128,7 +138,9 @@ func (b *Biometrics) GetLatest(ctx context.Context, req *biometricsv1.GetLatestR
 	if err != nil {
 		return nil, err
 	}
-	b.record(ctx, "GetLatest", req.GetUserId(), req.GetMetrics())
+	if err := b.record(ctx, "GetLatest", req.GetUserId(), req.GetMetrics()); err != nil {
+		return nil, err
+	}
 	vals, _, err := b.latest.Get(ctx, req.GetUserId())
 	if err != nil {
 		return nil, apperr.Wrap(err, apperr.Unavailable, "storage_unavailable", "could not read latest values, retry")
@@ -217,7 +229,9 @@ func (b *Biometrics) QueryReadings(ctx context.Context, req *biometricsv1.QueryR
 		end = record.Micros(b.now())
 	}
 	q.End = end
-	b.record(ctx, "QueryReadings", req.GetUserId(), []string{m.Name})
+	if err := b.record(ctx, "QueryReadings", req.GetUserId(), []string{m.Name}); err != nil {
+		return nil, err
+	}
 
 	rows, err := b.store.QueryReadings(ctx, q)
 	if err != nil {
@@ -290,7 +304,9 @@ func (b *Biometrics) WatchLatest(req *biometricsv1.WatchLatestRequest, stream gr
 		return apperr.E(apperr.FailedPrecondition, "watch_unavailable", "WatchLatest needs the Redis cache, which is not configured")
 	}
 	user := req.GetUserId()
-	b.record(ctx, "WatchLatest", user, req.GetMetrics())
+	if err := b.record(ctx, "WatchLatest", user, req.GetMetrics()); err != nil {
+		return err
+	}
 	b.m.WatchStreams.Inc()
 	defer b.m.WatchStreams.Dec()
 

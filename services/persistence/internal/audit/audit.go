@@ -7,6 +7,7 @@ package audit
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -29,8 +30,9 @@ type Config struct {
 	// FlushInterval is the longest an entry waits before its batch is
 	// written (default 200ms).
 	FlushInterval time.Duration
-	// Retries is how often a failed batch is retried before it is dropped
-	// (default 5, with growing pauses).
+	// Retries is how often a failed batch is retried at shutdown before it
+	// is dropped (default 5, with growing pauses); while the service runs a
+	// batch is retried until it is written.
 	Retries int
 }
 
@@ -70,8 +72,16 @@ func New(sink Sink, cfg Config, m *metrics.Metrics, logger *slog.Logger) *Writer
 	}
 }
 
-// Record queues an entry without blocking.
-func (w *Writer) Record(e store.AuditEntry) {
+// ErrFull is returned by Record when the buffer cannot take the entry.
+var ErrFull = errors.New("audit buffer full")
+
+// ErrClosed is returned by Record after shutdown began.
+var ErrClosed = errors.New("audit writer closed")
+
+// Record queues an entry without blocking. It fails (and counts the entry as
+// dropped) when the buffer is full or the writer closed; callers then refuse
+// the read they were about to serve.
+func (w *Writer) Record(e store.AuditEntry) error {
 	if e.At.IsZero() {
 		e.At = time.Now()
 	}
@@ -79,14 +89,16 @@ func (w *Writer) Record(e store.AuditEntry) {
 	defer w.mu.RUnlock()
 	if w.closed {
 		w.m.AuditDropped.Inc()
-		w.logger.Error("audit entry after shutdown dropped", "method", e.Method, "caller", e.Caller)
-		return
+		w.logger.Error("audit entry after shutdown refused", "method", e.Method, "caller", e.Caller)
+		return ErrClosed
 	}
 	select {
 	case w.ch <- e:
+		return nil
 	default:
 		w.m.AuditDropped.Inc()
-		w.logger.Error("audit buffer full, entry dropped", "method", e.Method, "caller", e.Caller)
+		w.logger.Error("audit buffer full, read refused", "method", e.Method, "caller", e.Caller)
+		return ErrFull
 	}
 }
 
@@ -164,6 +176,12 @@ func (w *Writer) Close(ctx context.Context) {
 	}
 }
 
+func (w *Writer) isClosed() bool {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	return w.closed
+}
+
 // write inserts a batch, retrying with backoff; it never gives up on the
 // first failure because an audit record is a compliance record.
 func (w *Writer) write(batch []store.AuditEntry) {
@@ -177,7 +195,10 @@ func (w *Writer) write(batch []store.AuditEntry) {
 			return
 		}
 		w.m.AuditErrors.Inc()
-		if attempt >= w.cfg.Retries {
+		// While the service runs a batch is retried until it is written:
+		// the reads it records were already served. New reads fail closed
+		// once the buffer fills. Only at shutdown does a batch give up.
+		if attempt >= w.cfg.Retries && w.isClosed() {
 			w.m.AuditDropped.Add(float64(len(batch)))
 			w.logger.Error("audit batch dropped after retries", "entries", len(batch), "err", err)
 			return
