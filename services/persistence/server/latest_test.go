@@ -153,12 +153,12 @@ func TestDeletingTheOnlyRecordRemovesTheMetric(t *testing.T) {
 	e := start(t)
 	user := newUser()
 	at := time.Date(2026, 11, 1, 7, 0, 0, 0, time.UTC)
-	e.write(event(user, "sleep-1", reading("sleep_score", 80, at), reading("heart_rate_bpm", 50, at)))
+	e.write(vendorEvent(user, "sleep-1", at, reading("sleep_score", 80, at), reading("heart_rate_bpm", 50, at)))
 	e.write(event(user, "hr-1", reading("heart_rate_bpm", 55, at.Add(-time.Hour))))
 	require.Len(t, e.latest(user), 2)
 
 	_, err := e.persistence.DeleteRecords(e.ingestCtx(), &persistencev1.DeleteRecordsRequest{Records: []*persistencev1.RecordRef{
-		{UserId: user, Source: biometricsv1.Source_SOURCE_HEALTHKIT, VendorRecordId: "sleep-1"},
+		{UserId: user, Source: biometricsv1.Source_SOURCE_WHOOP, VendorRecordId: "sleep-1", DeletedAt: ts(at.Add(time.Hour))},
 	}})
 	require.NoError(t, err)
 	got := e.latest(user)
@@ -166,8 +166,9 @@ func TestDeletingTheOnlyRecordRemovesTheMetric(t *testing.T) {
 	require.Equal(t, 55.0, got["heart_rate_bpm"].GetValue())
 	e.requireCacheMatchesPostgres(user)
 
-	// The record comes back (re-created at the source): a new version.
-	res := e.write(event(user, "sleep-1", reading("sleep_score", 80, at), reading("heart_rate_bpm", 50, at)))
+	// The record comes back (re-created at the source after the delete):
+	// a new version.
+	res := e.write(vendorEvent(user, "sleep-1", at.Add(2*time.Hour), reading("sleep_score", 80, at), reading("heart_rate_bpm", 50, at)))
 	require.Equal(t, persistencev1.WriteStatus_WRITE_STATUS_UPDATED, res[0].GetStatus())
 	require.EqualValues(t, 3, res[0].GetVersion())
 	require.Len(t, e.latest(user), 2)

@@ -128,6 +128,11 @@ func (p *Persistence) WriteEvents(ctx context.Context, req *persistencev1.WriteE
 		for j, r := range out {
 			res := results[opIndex[j]]
 			res.Status, res.EventId, res.Version = r.Status, r.EventID, r.Version
+			if r.Status == persistencev1.WriteStatus_WRITE_STATUS_REJECTED {
+				// stale_version or record_deleted (see store.Reason*).
+				res.Reason = r.Reason
+				p.m.Rejections.WithLabelValues("event", r.Reason).Inc()
+			}
 			p.m.EventsWritten.WithLabelValues(statusLabel(r.Status)).Inc()
 		}
 	}

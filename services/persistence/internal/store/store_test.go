@@ -123,3 +123,61 @@ func explain(t *testing.T, st *store.Store, q string, args ...any) string {
 	require.NoError(t, rows.Err())
 	return out
 }
+
+func upsertAt(t *testing.T, src biometricsv1.Source, user, id string, v float64, observed, occurred time.Time) store.Op {
+	t.Helper()
+	ev, _, reason, _ := record.Normalize(&persistencev1.EventInput{
+		UserId: user, Source: src, Kind: "sample", VendorRecordId: id, OccurredAt: timestamppb.New(occurred),
+		Readings: []*biometricsv1.Reading{{Metric: "heart_rate_bpm", Value: v, ObservedAt: timestamppb.New(observed)}},
+	})
+	require.Empty(t, reason)
+	return store.Op{Upsert: &ev}
+}
+
+// TestStaleAndDeletedUpsertsInOneTransaction: group commit puts a deletion
+// and the upserts around it into one transaction; each op must be judged
+// against the state the ops before it left, not the stored one.
+func TestStaleAndDeletedUpsertsInOneTransaction(t *testing.T) {
+	t.Parallel()
+	st := open(t)
+	ctx := context.Background()
+	at := time.Date(2026, 11, 20, 8, 0, 0, 0, time.UTC)
+	hk, whoop := biometricsv1.Source_SOURCE_HEALTHKIT, biometricsv1.Source_SOURCE_WHOOP
+	del := func(src biometricsv1.Source, id string, when time.Time) store.Op {
+		return store.Op{Delete: &store.Delete{Key: record.Key{UserID: "u1", Source: src, VendorRecordID: id}, DeletedAt: when}}
+	}
+	res, _, err := st.Apply(ctx, []store.Op{
+		upsertAt(t, hk, "u1", "x", 70, at, at),                         // inserted
+		del(hk, "x", time.Time{}),                                      // deleted
+		upsertAt(t, hk, "u1", "x", 70, at, at),                         // the retried push
+		upsertAt(t, whoop, "u1", "w", 60, at, at.Add(time.Hour)),       // inserted
+		upsertAt(t, whoop, "u1", "w", 61, at, at),                      // older fetch: stale
+		del(whoop, "w", at.Add(2*time.Hour)),                           // deleted
+		upsertAt(t, whoop, "u1", "w", 62, at, at.Add(2*time.Hour)),     // not after the delete
+		upsertAt(t, whoop, "u1", "w", 63, at, at.Add(3*time.Hour)),     // re-created
+		upsertAt(t, whoop, "u1", "w", 64, at, at.Add(150*time.Minute)), // older than the re-creation
+	})
+	require.NoError(t, err)
+	type outcome struct {
+		status  persistencev1.WriteStatus
+		reason  string
+		version int64
+	}
+	got := make([]outcome, len(res))
+	for i, r := range res {
+		got[i] = outcome{r.Status, r.Reason, r.Version}
+	}
+	ins, upd, rej := persistencev1.WriteStatus_WRITE_STATUS_INSERTED, persistencev1.WriteStatus_WRITE_STATUS_UPDATED, persistencev1.WriteStatus_WRITE_STATUS_REJECTED
+	require.Equal(t, []outcome{
+		{ins, "", 1}, {0, "", 2}, {rej, store.ReasonRecordDeleted, 2},
+		{ins, "", 1}, {rej, store.ReasonStaleVersion, 1}, {0, "", 2}, {rej, store.ReasonRecordDeleted, 2},
+		{upd, "", 3}, {rej, store.ReasonStaleVersion, 3},
+	}, got)
+	require.Equal(t, persistencev1.DeleteStatus_DELETE_STATUS_DELETED, res[1].DeleteStatus)
+	require.Equal(t, 1, count(t, st, `SELECT count(*) FROM readings WHERE user_id = 'u1'`))
+	require.Equal(t, 1, count(t, st, `SELECT count(*) FROM latest WHERE user_id = 'u1' AND value = 63`))
+	require.Equal(t, 5, count(t, st, `SELECT count(*) FROM outbox WHERE key = 'u1'`))
+	require.Equal(t, 1, count(t, st, `SELECT count(*) FROM records WHERE vendor_record_id = 'x' AND deleted AND deleted_at IS NOT NULL`))
+	require.Equal(t, 1, count(t, st, `SELECT count(*) FROM records WHERE vendor_record_id = 'w' AND NOT deleted
+		AND deleted_at IS NULL AND occurred_at = $1`, at.Add(3*time.Hour)))
+}

@@ -54,6 +54,23 @@ type Delete struct {
 	DeletedAt time.Time
 }
 
+// Reasons an upsert is rejected by the store (WriteResult.reason with
+// WRITE_STATUS_REJECTED). Nothing is written for a rejected upsert: no
+// event, no readings, no outbox entry.
+const (
+	// ReasonStaleVersion: the upsert's occurred_at is older than the
+	// newest occurred_at the record has seen, so it is an old fetch (a
+	// reconcile or backfill page, a retried request) arriving after a newer
+	// version; storing it would roll the record back.
+	ReasonStaleVersion = "stale_version"
+	// ReasonRecordDeleted: the record is deleted and the upsert does not
+	// prove a re-creation. HealthKit sample UUIDs never come back once
+	// deleted (a retried push after a delete must not resurrect the
+	// sample); other sources re-create a record only with an occurred_at
+	// strictly after the deletion.
+	ReasonRecordDeleted = "record_deleted"
+)
+
 // OpResult is the outcome of one Op.
 type OpResult struct {
 	// Status is set for upserts, DeleteStatus for deletions.
@@ -61,6 +78,8 @@ type OpResult struct {
 	DeleteStatus persistencev1.DeleteStatus
 	EventID      string
 	Version      int64
+	// Reason is set when Status is WRITE_STATUS_REJECTED.
+	Reason string
 }
 
 // recState tracks one record through a transaction.
@@ -72,6 +91,14 @@ type recState struct {
 	eventID pgtype.UUID
 	deleted bool
 	kind    string
+	// occurredAt is the newest source time of the record's accepted
+	// versions (zero: never known); deletedAt is when the source deleted
+	// it (zero while live).
+	occurredAt time.Time
+	deletedAt  time.Time
+	// occBumped: a duplicate carried a newer occurredAt, which must be
+	// stored even though no version is written.
+	occBumped bool
 
 	// What the database holds before the transaction.
 	storedLive    bool
@@ -109,7 +136,7 @@ func (s *Store) Apply(ctx context.Context, ops []Op) ([]OpResult, []record.UserC
 
 const selectRecordsSQL = `
 SELECT r.user_id, r.source, r.vendor_record_id, r.version, r.content_hash, r.event_id, r.deleted, r.kind,
-       r.metrics, r.observed_min, r.observed_max
+       r.metrics, r.observed_min, r.observed_max, r.occurred_at, r.deleted_at
 FROM records r
 JOIN unnest($1::text[], $2::int2[], $3::text[]) AS k(u, s, v)
   ON r.user_id = k.u AND r.source = k.s AND r.vendor_record_id = k.v`
@@ -144,14 +171,25 @@ SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::int2[], $5::
 
 const upsertRecordsSQL = `
 INSERT INTO records AS r (user_id, source, vendor_record_id, kind, version, content_hash, event_id, deleted,
-                          metrics, observed_min, observed_max, created_at, updated_at)
-SELECT x.u, x.s, x.v, x.k, x.ver, x.h, x.e, x.d, string_to_array(x.m, ','), x.lo, x.hi, $12, $12
+                          metrics, observed_min, observed_max, occurred_at, deleted_at, created_at, updated_at)
+SELECT x.u, x.s, x.v, x.k, x.ver, x.h, x.e, x.d, string_to_array(x.m, ','), x.lo, x.hi, x.o, x.da, $14, $14
 FROM unnest($1::text[], $2::int2[], $3::text[], $4::text[], $5::int8[], $6::bytea[], $7::uuid[], $8::bool[],
-            $9::text[], $10::timestamptz[], $11::timestamptz[]) AS x(u, s, v, k, ver, h, e, d, m, lo, hi)
+            $9::text[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[], $13::timestamptz[])
+     AS x(u, s, v, k, ver, h, e, d, m, lo, hi, o, da)
 ON CONFLICT (user_id, source, vendor_record_id) DO UPDATE SET
   kind = excluded.kind, version = excluded.version, content_hash = excluded.content_hash,
   event_id = excluded.event_id, deleted = excluded.deleted, metrics = excluded.metrics,
-  observed_min = excluded.observed_min, observed_max = excluded.observed_max, updated_at = excluded.updated_at`
+  observed_min = excluded.observed_min, observed_max = excluded.observed_max,
+  occurred_at = excluded.occurred_at, deleted_at = excluded.deleted_at, updated_at = excluded.updated_at`
+
+// bumpOccurredSQL stores a newer occurred_at that arrived with a duplicate
+// (the source touched the record without changing it), so an older fetch
+// that arrives later is still recognized as stale.
+const bumpOccurredSQL = `
+UPDATE records r SET occurred_at = x.o
+FROM unnest($1::text[], $2::int2[], $3::text[], $4::timestamptz[]) AS x(u, s, v, o)
+WHERE r.user_id = x.u AND r.source = x.s AND r.vendor_record_id = x.v
+  AND (r.occurred_at IS NULL OR r.occurred_at < x.o)`
 
 const latestColumns = `user_id, metric, observed_at, source, vendor_record_id, seq, value, start_time,
   device_name, device_model, device_bundle_id`
@@ -329,6 +367,27 @@ func uuidString(u pgtype.UUID) string {
 	return uuid.UUID(u.Bytes).String()
 }
 
+// rejectUpsert returns why an upsert of changed content (or onto a
+// tombstone) must not become a new version, or "" to accept it. An unknown
+// occurred_at (zero) never proves anything: it cannot be stale, and it
+// cannot re-create a deleted record. Equal times with different content are
+// a new version, since vendors do not always bump their timestamps.
+func (st *recState) rejectUpsert(ev *record.Event) string {
+	if !st.exists {
+		return ""
+	}
+	if st.deleted {
+		if ev.Source == biometricsv1.Source_SOURCE_HEALTHKIT || ev.OccurredAt.IsZero() || st.deletedAt.IsZero() ||
+			!ev.OccurredAt.After(st.deletedAt) {
+			return ReasonRecordDeleted
+		}
+	}
+	if !ev.OccurredAt.IsZero() && ev.OccurredAt.Before(st.occurredAt) {
+		return ReasonStaleVersion
+	}
+	return ""
+}
+
 // apply is one attempt of Apply.
 func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.UserChange, err error) {
 	now := record.Micros(time.Now())
@@ -389,7 +448,16 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 			ev := op.Upsert
 			st := states[ev.Key()]
 			if st.exists && !st.deleted && bytes.Equal(st.hash, ev.Hash[:]) {
+				// The content is already stored, whatever its time: a
+				// duplicate, never a rejection. A newer time is kept.
+				if ev.OccurredAt.After(st.occurredAt) {
+					st.occurredAt, st.occBumped = ev.OccurredAt, true
+				}
 				results[i] = OpResult{Status: persistencev1.WriteStatus_WRITE_STATUS_DUPLICATE, EventID: uuidString(st.eventID), Version: st.version}
+				continue
+			}
+			if reason := st.rejectUpsert(ev); reason != "" {
+				results[i] = OpResult{Status: persistencev1.WriteStatus_WRITE_STATUS_REJECTED, Reason: reason, Version: st.version}
 				continue
 			}
 			status := persistencev1.WriteStatus_WRITE_STATUS_INSERTED
@@ -405,6 +473,10 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 			}
 			st.exists, st.deleted, st.touched = true, false, true
 			st.version++
+			if ev.OccurredAt.After(st.occurredAt) {
+				st.occurredAt = ev.OccurredAt
+			}
+			st.deletedAt = time.Time{}
 			st.hash = append([]byte(nil), ev.Hash[:]...)
 			st.eventID = id
 			st.kind = ev.Kind
@@ -447,17 +519,20 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 			if st.storedLive {
 				st.replaceStored = true
 			}
+			// A deletion always tombstones, even one dated before the
+			// record's occurred_at: the source says it is gone now.
+			deletedAt := now
+			if !op.Delete.DeletedAt.IsZero() {
+				deletedAt = record.Micros(op.Delete.DeletedAt)
+			}
 			st.deleted, st.touched = true, true
+			st.deletedAt = deletedAt
 			st.version++
 			st.eventID = id
 			st.final = nil
 			results[i] = OpResult{DeleteStatus: persistencev1.DeleteStatus_DELETE_STATUS_DELETED, EventID: idStr, Version: st.version}
 			markChanged(st.key.UserID)
 
-			deletedAt := now
-			if !op.Delete.DeletedAt.IsZero() {
-				deletedAt = record.Micros(op.Delete.DeletedAt)
-			}
 			evRows.ids = append(evRows.ids, id)
 			evRows.received = append(evRows.received, now)
 			evRows.users = append(evRows.users, st.key.UserID)
@@ -488,8 +563,30 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 		}
 	}
 
+	// Newer times that came with duplicates of records this transaction
+	// does not otherwise write.
+	var bump struct {
+		users, recordIDs []string
+		sources          []int16
+		occurred         []time.Time
+	}
+	for _, k := range keys {
+		if st := states[k]; st.occBumped && !st.touched {
+			bump.users = append(bump.users, k.UserID)
+			bump.sources = append(bump.sources, int16(k.Source))
+			bump.recordIDs = append(bump.recordIDs, k.VendorRecordID)
+			bump.occurred = append(bump.occurred, st.occurredAt)
+		}
+	}
+
 	if len(changedUserList) == 0 {
-		// Only duplicates and no-op deletions: nothing to write.
+		// Only duplicates, rejections and no-op deletions: no version,
+		// no outbox entry; at most newer times to keep.
+		if len(bump.users) > 0 {
+			if _, err := tx.Exec(ctx, bumpOccurredSQL, bump.users, bump.sources, bump.recordIDs, bump.occurred); err != nil {
+				return nil, nil, fmt.Errorf("store occurred_at: %w", err)
+			}
+		}
 		if err := tx.Commit(ctx); err != nil {
 			return nil, nil, fmt.Errorf("commit: %w", err)
 		}
@@ -513,7 +610,7 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 		hashes                           [][]byte
 		ids                              []pgtype.UUID
 		deleted                          []bool
-		lo, hi                           []pgtype.Timestamptz
+		lo, hi, occurred, deletedAt      []pgtype.Timestamptz
 	}
 	total := 0
 	for _, k := range keys {
@@ -582,6 +679,8 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 		recs.metrics = append(recs.metrics, strings.Join(metrics, ","))
 		recs.lo = append(recs.lo, lo)
 		recs.hi = append(recs.hi, hi)
+		recs.occurred = append(recs.occurred, tsOrNull(st.occurredAt))
+		recs.deletedAt = append(recs.deletedAt, tsOrNull(st.deletedAt))
 	}
 	var latestRows readingRows
 	for _, bk := range bestOrder {
@@ -615,7 +714,10 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 	b.Queue(insertEventsSQL, evRows.ids, evRows.received, evRows.users, evRows.sources, evRows.recordIDs,
 		evRows.kinds, evRows.versions, evRows.operations, evRows.occurred, evRows.hashes, evRows.readingsCnt)
 	b.Queue(upsertRecordsSQL, recs.users, recs.sources, recs.recordIDs, recs.kinds, recs.versions, recs.hashes,
-		recs.ids, recs.deleted, recs.metrics, recs.lo, recs.hi, now)
+		recs.ids, recs.deleted, recs.metrics, recs.lo, recs.hi, recs.occurred, recs.deletedAt, now)
+	if len(bump.users) > 0 {
+		b.Queue(bumpOccurredSQL, bump.users, bump.sources, bump.recordIDs, bump.occurred)
+	}
 
 	latest := map[string]map[string]*record.Latest{}
 	scanLatest := func(rows pgx.Rows) error {
@@ -709,8 +811,9 @@ func (s *Store) loadRecords(ctx context.Context, tx pgx.Tx, users []string, keys
 				kind    string
 				metrics []string
 				lo, hi  pgtype.Timestamptz
+				occ, da pgtype.Timestamptz
 			)
-			if err := rows.Scan(&k.UserID, &src, &k.VendorRecordID, &version, &hash, &id, &deleted, &kind, &metrics, &lo, &hi); err != nil {
+			if err := rows.Scan(&k.UserID, &src, &k.VendorRecordID, &version, &hash, &id, &deleted, &kind, &metrics, &lo, &hi, &occ, &da); err != nil {
 				return err
 			}
 			k.Source = biometricsv1.Source(src)
@@ -722,6 +825,12 @@ func (s *Store) loadRecords(ctx context.Context, tx pgx.Tx, users []string, keys
 			st.storedLive = !deleted
 			st.storedMetrics = metrics
 			st.storedMin, st.storedMax = lo.Time, hi.Time
+			if occ.Valid {
+				st.occurredAt = occ.Time.UTC()
+			}
+			if da.Valid {
+				st.deletedAt = da.Time.UTC()
+			}
 		}
 		return rows.Err()
 	})

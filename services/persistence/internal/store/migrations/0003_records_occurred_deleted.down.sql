@@ -1,0 +1,1 @@
+ALTER TABLE records DROP COLUMN IF EXISTS deleted_at, DROP COLUMN IF EXISTS occurred_at;
