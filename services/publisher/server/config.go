@@ -57,6 +57,10 @@ type Config struct {
 	// ServiceTokens are the callers allowed to call PublisherService:
 	// SERVICE_TOKENS (required, "name:token,...").
 	ServiceTokens *auth.ServiceTokens
+	// ServiceACL is SERVICE_ACL ("caller=pattern|pattern;...", default
+	// empty): the PublisherService methods each caller may call. Nil (unset)
+	// lets every caller call every method.
+	ServiceACL *auth.ACL
 
 	// Holder names this instance in outbox leases: PUBLISH_HOLDER (host name).
 	Holder string
@@ -147,6 +151,11 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		tokens, err := auth.ParseServiceTokens(raw)
 		l.Check("SERVICE_TOKENS", err == nil, fmt.Sprintf("%v", err))
 		c.ServiceTokens = tokens
+	}
+	if acl, err := auth.ParseACL(l.String("SERVICE_ACL", "")); err != nil {
+		l.Check("SERVICE_ACL", false, err.Error())
+	} else {
+		c.ServiceACL = acl
 	}
 	l.Check("PUBLISH_LEASE_DURATION", c.LeaseDuration >= 2*time.Second && c.LeaseDuration <= 10*time.Minute, "must be between 2s and 10m")
 	l.Check("PUBLISH_WAIT_TIMEOUT", c.WaitTimeout <= time.Minute, "must be at most 1m")

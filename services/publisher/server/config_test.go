@@ -42,6 +42,14 @@ func TestLoadConfigDefaults(t *testing.T) {
 	require.Equal(t, 1000000, cfg.MaxMessageBytes)
 	require.Equal(t, 8<<20, cfg.DeadLetterMaxMessageBytes)
 	require.Equal(t, []string{"ops", "gateway"}, cfg.ServiceTokens.Names())
+	require.False(t, cfg.ServiceACL.Enforced(), "SERVICE_ACL unset lets every caller call every method")
+
+	vars := validEnv()
+	vars["SERVICE_ACL"] = "ops=/biobridge.publisher.v1.PublisherService/*"
+	cfg, err = server.LoadConfig(env(vars))
+	require.NoError(t, err)
+	require.True(t, cfg.ServiceACL.Allowed("ops", "/biobridge.publisher.v1.PublisherService/ReplayDeadLetters"))
+	require.False(t, cfg.ServiceACL.Allowed("gateway", "/biobridge.publisher.v1.PublisherService/GetStatus"))
 }
 
 func TestLoadConfigReportsEveryProblem(t *testing.T) {
@@ -66,10 +74,11 @@ func TestLoadConfigReportsEveryProblem(t *testing.T) {
 				"PUBLISH_LEASE_DURATION": "1s",
 				"KAFKA_TOPIC_PARTITIONS": "x",
 				"SERVICE_TOKENS":         "nocolon",
+				"SERVICE_ACL":            "operator=GetStatus",
 				"LOG_PSEUDONYM_KEY":      "short",
 			},
 			want: []string{"KAFKA_BROKERS", "KAFKA_VERSION", "PUBLISH_MAX_ATTEMPTS", "PUBLISH_BATCH_SIZE",
-				"PUBLISH_LEASE_DURATION", "KAFKA_TOPIC_PARTITIONS", "SERVICE_TOKENS", "LOG_PSEUDONYM_KEY"},
+				"PUBLISH_LEASE_DURATION", "KAFKA_TOPIC_PARTITIONS", "SERVICE_TOKENS", "SERVICE_ACL", "LOG_PSEUDONYM_KEY"},
 		},
 		{
 			name: "inconsistent limits",

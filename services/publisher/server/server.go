@@ -118,7 +118,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		Service:  "publisher",
 		Logger:   logger,
 		Registry: reg,
-		Auth:     serviceAuth(cfg.ServiceTokens),
+		Auth:     serviceAuth(cfg.ServiceTokens, cfg.ServiceACL),
 	}); err != nil {
 		return nil, err
 	}
@@ -139,12 +139,17 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	return s, nil
 }
 
-// serviceAuth admits callers presenting one of the configured service tokens.
-func serviceAuth(tokens *auth.ServiceTokens) func(context.Context, string) (context.Context, error) {
-	return func(ctx context.Context, _ string) (context.Context, error) {
+// serviceAuth admits callers presenting one of the configured service
+// tokens, to the methods acl allows them (replaying dead letters republishes
+// events, so not every token holder should reach it).
+func serviceAuth(tokens *auth.ServiceTokens, acl *auth.ACL) func(context.Context, string) (context.Context, error) {
+	return func(ctx context.Context, fullMethod string) (context.Context, error) {
 		name, ok := tokens.Authenticate(auth.BearerToken(ctx))
 		if !ok {
 			return nil, apperr.E(apperr.Unauthenticated, "invalid_service_token", "missing or invalid service token")
+		}
+		if err := acl.Check(name, fullMethod); err != nil {
+			return nil, err
 		}
 		return auth.WithCaller(ctx, name), nil
 	}
