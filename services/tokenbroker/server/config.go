@@ -65,6 +65,11 @@ type Config struct {
 	// ServiceTokens is SERVICE_TOKENS (required): "name:token,..." allowed
 	// to call GetAccessToken and ResolveVendorUser.
 	ServiceTokens string
+	// ServiceACL is SERVICE_ACL ("caller=pattern|pattern;...", default
+	// empty: every caller may call every service-token method): which
+	// service-token methods each caller may call. User-JWT and state
+	// methods are not affected.
+	ServiceACL string
 	// PersistenceTarget is PERSISTENCE_TARGET (default "": connection events
 	// stay queued in the broker's outbox, see the pending gauge).
 	PersistenceTarget string
@@ -139,6 +144,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		PublicBaseURL:     l.String("PUBLIC_BASE_URL", ""),
 		UserTokenSecret:   []byte(l.Required("USER_TOKEN_SECRET")),
 		ServiceTokens:     l.Required("SERVICE_TOKENS"),
+		ServiceACL:        l.String("SERVICE_ACL", ""),
 		PersistenceTarget: l.String("PERSISTENCE_TARGET", ""),
 		ServiceToken:      l.String("SERVICE_TOKEN", ""),
 		TLS:               l.TLS(),
@@ -160,6 +166,9 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		if _, err := auth.ParseServiceTokens(c.ServiceTokens); err != nil {
 			l.Check("SERVICE_TOKENS", false, indentJoined(err))
 		}
+	}
+	if _, err := auth.ParseACL(c.ServiceACL); err != nil {
+		l.Check("SERVICE_ACL", false, err.Error())
 	}
 	if len(c.UserTokenSecret) > 0 {
 		l.Check("USER_TOKEN_SECRET", len(c.UserTokenSecret) >= 32, "must be at least 32 bytes")

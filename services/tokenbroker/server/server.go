@@ -80,6 +80,10 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	if err != nil {
 		return nil, fmt.Errorf("SERVICE_TOKENS: %w", err)
 	}
+	acl, err := auth.ParseACL(cfg.ServiceACL)
+	if err != nil {
+		return nil, fmt.Errorf("SERVICE_ACL: %w", err)
+	}
 	if len(cfg.UserTokenSecret) == 0 {
 		return nil, errors.New("USER_TOKEN_SECRET: is required")
 	}
@@ -146,7 +150,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		return nil, fmt.Errorf("TOKENBROKER_LOCK_LEASE: %w", err)
 	}
 
-	authn := &grpcapi.Authenticator{Services: services, Users: auth.NewUserVerifier(cfg.UserTokenSecret)}
+	authn := &grpcapi.Authenticator{Services: services, ACL: acl, Users: auth.NewUserVerifier(cfg.UserTokenSecret)}
 	s.grpc, err = grpcserver.New(grpcserver.Config{Addr: cfg.GRPCAddr, TLS: cfg.TLS}, grpcserver.Options{
 		Service: "tokenbroker", Logger: logger, Registry: s.reg, Auth: authn.Auth,
 	})

@@ -272,6 +272,7 @@ func TestLoadConfig(t *testing.T) {
 				"TOKEN_ENCRYPTION_KEYS":       "k1:c2hvcnQ=",
 				"USER_TOKEN_SECRET":           "short",
 				"SERVICE_TOKENS":              "nocolon",
+				"SERVICE_ACL":                 "ingest=GetAccessToken",
 				"WHOOP_CLIENT_ID":             "id",
 				"OURA_CLIENT_SECRET":          "s",
 				"OURA_API_URL":                "not a url",
@@ -282,6 +283,7 @@ func TestLoadConfig(t *testing.T) {
 			wantErr: []string{
 				"POSTGRES_URL: is required", "REDIS_URL: is required", "TOKEN_ENCRYPTION_KEYS: entry 1 (k1): key must be 32 bytes",
 				"USER_TOKEN_SECRET: must be at least 32 bytes", "SERVICE_TOKENS: entry 1: want name:token",
+				`SERVICE_ACL: entry 1 (ingest): pattern "GetAccessToken"`,
 				"WHOOP_CLIENT_SECRET: is required when WHOOP_CLIENT_ID is set", "OURA_CLIENT_ID: is required when OURA_CLIENT_SECRET is set",
 				"OURA_API_URL: must be an absolute http(s) URL", "PUBLIC_BASE_URL: is required when a vendor is configured",
 				"SERVICE_TOKEN: is required when PERSISTENCE_TARGET is set", "TOKENBROKER_LOCK_LEASE: must be at least",

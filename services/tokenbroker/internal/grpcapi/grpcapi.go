@@ -43,7 +43,11 @@ var methodAccess = map[string]access{
 // Authenticator is the grpcserver auth hook.
 type Authenticator struct {
 	Services *auth.ServiceTokens
-	Users    *auth.UserVerifier
+	// ACL says which service-token methods each caller may call; a token
+	// alone must not let any internal caller fetch every user's vendor
+	// access token. Nil allows every caller every service-token method.
+	ACL   *auth.ACL
+	Users *auth.UserVerifier
 }
 
 // Auth authenticates a call according to methodAccess. Unknown methods are
@@ -54,6 +58,9 @@ func (a *Authenticator) Auth(ctx context.Context, fullMethod string) (context.Co
 		name, ok := a.Services.Authenticate(auth.BearerToken(ctx))
 		if !ok {
 			return nil, apperr.E(apperr.Unauthenticated, "invalid_service_token", "a valid service token is required")
+		}
+		if err := a.ACL.Check(name, fullMethod); err != nil {
+			return nil, err
 		}
 		return auth.WithCaller(ctx, name), nil
 	case accessUser:
