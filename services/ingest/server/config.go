@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/config"
 	"github.com/biobridge/bridge/pkg/service"
 )
@@ -34,8 +35,12 @@ type Config struct {
 	// presents to internal services.
 	ServiceToken string
 	// ServiceTokens is SERVICE_TOKENS (required): "name:token,..." allowed to
-	// call IngestEvents, ListJobs and RetryJobs.
+	// call IngestEvents, ListJobs, RetryJobs and GetBackfillProgress.
 	ServiceTokens string
+	// ServiceACL is SERVICE_ACL ("caller=pattern|pattern;...", default
+	// empty: every caller may call every service-token method): which of
+	// those methods each caller may call.
+	ServiceACL string
 	// UserTokenSecret is USER_TOKEN_SECRET (required, >= 32 bytes): HS256 key
 	// of the users' JWTs (HealthKit pushes).
 	UserTokenSecret []byte
@@ -254,6 +259,7 @@ func LoadConfig(getenv func(string) string) (Config, service.Common, error) {
 		RedisKeyPrefix:        l.String("REDIS_KEY_PREFIX", ""),
 		ServiceToken:          l.Required("SERVICE_TOKEN"),
 		ServiceTokens:         l.Required("SERVICE_TOKENS"),
+		ServiceACL:            l.String("SERVICE_ACL", ""),
 		UserTokenSecret:       []byte(l.Required("USER_TOKEN_SECRET")),
 		OuraVerificationToken: l.String("OURA_VERIFICATION_TOKEN", ""),
 		HealthKitMaxSamples:   l.Int("HEALTHKIT_MAX_SAMPLES", 10000, 1, 100000),
@@ -303,6 +309,9 @@ func LoadConfig(getenv func(string) string) (Config, service.Common, error) {
 		PublicBaseURL:               strings.TrimRight(l.String("PUBLIC_BASE_URL", ""), "/"),
 		OuraSubscriptionInterval:    l.Duration("INGEST_OURA_SUBSCRIPTION_INTERVAL", time.Hour),
 		OuraSubscriptionRenewBefore: l.Duration("INGEST_OURA_SUBSCRIPTION_RENEW_BEFORE", 7*24*time.Hour),
+	}
+	if _, err := auth.ParseACL(c.ServiceACL); err != nil {
+		l.Check("SERVICE_ACL", false, err.Error())
 	}
 	if len(c.UserTokenSecret) > 0 {
 		l.Check("USER_TOKEN_SECRET", len(c.UserTokenSecret) >= 32, "must be at least 32 bytes")
