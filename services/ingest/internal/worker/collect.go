@@ -367,8 +367,7 @@ func (f *Fetcher) writeBatch(ctx context.Context, vendor string, events []*persi
 			stored++
 		default:
 			f.writes.WithLabelValues(vendor, ev.GetKind(), "rejected").Inc()
-			f.logger.WarnContext(ctx, "persistence rejected a vendor record", slog.String("vendor", vendor),
-				slog.String("kind", ev.GetKind()), slog.String("reason", r.GetReason()))
+			f.logRejection(ctx, vendor, ev.GetKind(), r.GetReason())
 		}
 	}
 	return stored, fresh, nil

@@ -336,9 +336,21 @@ func (f *Fetcher) write(ctx context.Context, vendor string, ev *persistencev1.Ev
 		return OutcomeUnchanged, nil
 	}
 	f.writes.WithLabelValues(vendor, ev.GetKind(), "rejected").Inc()
-	f.logger.WarnContext(ctx, "persistence rejected a vendor record", slog.String("vendor", vendor),
-		slog.String("kind", ev.GetKind()), slog.String("reason", r.GetReason()))
+	f.logRejection(ctx, vendor, ev.GetKind(), r.GetReason())
 	return OutcomeRejected, nil
+}
+
+// logRejection logs a record persistence refused. An older copy arriving
+// after a newer version or a deletion (stale_version, record_deleted) is the
+// normal outcome of reconciliation and backfill overlapping live webhooks,
+// so only other reasons are warnings; the writes metric counts them all.
+func (f *Fetcher) logRejection(ctx context.Context, vendor, kind, reason string) {
+	level := slog.LevelWarn
+	if reason == "stale_version" || reason == "record_deleted" {
+		level = slog.LevelDebug
+	}
+	f.logger.Log(ctx, level, "persistence rejected a vendor record", slog.String("vendor", vendor),
+		slog.String("kind", kind), slog.String("reason", reason))
 }
 
 func (f *Fetcher) delete(ctx context.Context, vendor, kind, user string, source biometricsv1.Source, id string) (string, error) {
