@@ -315,7 +315,10 @@ type WriteResult struct {
 	EventId string `protobuf:"bytes,3,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
 	// Record version after the write.
 	Version int64 `protobuf:"varint,4,opt,name=version,proto3" json:"version,omitempty"`
-	// For rejected events: stable reason, e.g. "invalid_event", "no_valid_readings".
+	// For rejected events: stable reason: "invalid_event", "no_valid_readings",
+	// "stale_version" (older than the stored version), "record_deleted" (the
+	// record was deleted; HealthKit samples never come back, vendor records only
+	// with content newer than the deletion).
 	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
 	// Readings of this event that were rejected; the rest were stored.
 	RejectedReadings []*ReadingRejection `protobuf:"bytes,6,rep,name=rejected_readings,json=rejectedReadings,proto3" json:"rejected_readings,omitempty"`
