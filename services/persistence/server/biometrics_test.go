@@ -271,3 +271,36 @@ func TestShutdownFlushesAudit(t *testing.T) {
 	e.stop()
 	require.Equal(t, 5, e.count(`SELECT count(*) FROM audit_log WHERE user_id = $1`, user))
 }
+
+// TestWatchStreamsAreBounded: past WATCH_MAX_STREAMS a new watch is refused
+// with RESOURCE_EXHAUSTED (each one holds a Redis connection), and a slot
+// frees when a watch ends.
+func TestWatchStreamsAreBounded(t *testing.T) {
+	t.Parallel()
+	e := start(t, func(c *server.Config) { c.WatchMaxStreams = 1 })
+	user := newUser()
+	e.write(event(user, "a", reading("heart_rate_bpm", 60, time.Date(2026, 11, 1, 7, 0, 0, 0, time.UTC))))
+
+	first, cancelFirst := context.WithCancel(e.agentCtx())
+	stream, err := e.biometrics.WatchLatest(first, &biometricsv1.WatchLatestRequest{UserId: user})
+	require.NoError(t, err)
+	_, err = stream.Recv()
+	require.NoError(t, err, "the first watch is served")
+
+	second, err := e.biometrics.WatchLatest(e.agentCtx(), &biometricsv1.WatchLatestRequest{UserId: user})
+	require.NoError(t, err)
+	_, err = second.Recv()
+	require.Equal(t, codes.ResourceExhausted, status.Code(err), "the second watch is refused: %v", err)
+
+	cancelFirst()
+	require.Eventually(t, func() bool {
+		ctx, cancel := context.WithCancel(e.agentCtx())
+		defer cancel()
+		s, err := e.biometrics.WatchLatest(ctx, &biometricsv1.WatchLatestRequest{UserId: user})
+		if err != nil {
+			return false
+		}
+		_, err = s.Recv()
+		return err == nil
+	}, 10*time.Second, 50*time.Millisecond, "the slot frees when the first watch ends")
+}

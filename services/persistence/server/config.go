@@ -66,6 +66,11 @@ type Config struct {
 	// WatchResyncInterval is WATCH_RESYNC_INTERVAL (default 30s): how often
 	// an open WatchLatest stream re-reads the values.
 	WatchResyncInterval time.Duration
+	// WatchMaxStreams is WATCH_MAX_STREAMS (default 1000, 1..100000): open
+	// WatchLatest streams per replica. Each holds a Redis subscription
+	// connection, so the cap protects Redis's client limit; past it a new
+	// watch gets RESOURCE_EXHAUSTED with Retry-After.
+	WatchMaxStreams int
 	// OutboxPollInterval is OUTBOX_POLL_INTERVAL (default 1s): the longest
 	// a long-polling LeaseOutbox sleeps without a notification (commits
 	// wake it at once; this covers expired leases and retry delays).
@@ -97,6 +102,7 @@ const (
 	DefaultAuditFlushInterval     = 200 * time.Millisecond
 	DefaultLatestCacheTTL         = 24 * time.Hour
 	DefaultWatchResyncInterval    = 30 * time.Second
+	DefaultWatchMaxStreams        = 1000
 	DefaultOutboxPollInterval     = time.Second
 	DefaultPartitionMonthsAhead   = 3
 	DefaultMaintenanceInterval    = time.Hour
@@ -124,6 +130,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		AuditFlushInterval:     l.Duration("AUDIT_FLUSH_INTERVAL", DefaultAuditFlushInterval),
 		LatestCacheTTL:         l.Duration("LATEST_CACHE_TTL", DefaultLatestCacheTTL),
 		WatchResyncInterval:    l.Duration("WATCH_RESYNC_INTERVAL", DefaultWatchResyncInterval),
+		WatchMaxStreams:        l.Int("WATCH_MAX_STREAMS", DefaultWatchMaxStreams, 1, 100_000),
 		OutboxPollInterval:     l.Duration("OUTBOX_POLL_INTERVAL", DefaultOutboxPollInterval),
 		PartitionMonthsAhead:   l.Int("PARTITION_MONTHS_AHEAD", DefaultPartitionMonthsAhead, 1, 36),
 		MaintenanceInterval:    l.Duration("PARTITION_MAINTENANCE_INTERVAL", DefaultMaintenanceInterval),
@@ -180,6 +187,7 @@ func (c *Config) setDefaults() {
 	def(&c.AuditFlushInterval, DefaultAuditFlushInterval)
 	def(&c.LatestCacheTTL, DefaultLatestCacheTTL)
 	def(&c.WatchResyncInterval, DefaultWatchResyncInterval)
+	defInt(&c.WatchMaxStreams, DefaultWatchMaxStreams)
 	def(&c.OutboxPollInterval, DefaultOutboxPollInterval)
 	defInt(&c.PartitionMonthsAhead, DefaultPartitionMonthsAhead)
 	def(&c.MaintenanceInterval, DefaultMaintenanceInterval)

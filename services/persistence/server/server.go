@@ -168,7 +168,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	persistencev1.RegisterPersistenceServiceServer(s.grpc.Registrar(),
 		api.NewPersistence(s.store, s.committer, s.notifier, s.m, logger, s.stopping, cfg.OutboxPollInterval))
 	biometricsv1.RegisterBiometricsServiceServer(s.grpc.Registrar(),
-		api.NewBiometrics(s.store, s.latest, s.audit, s.m, logger, s.stopping, cfg.WatchResyncInterval))
+		api.NewBiometrics(s.store, s.latest, s.audit, s.m, logger, s.stopping, cfg.WatchResyncInterval, cfg.WatchMaxStreams))
 
 	// Redis is deliberately not a readiness check: the service keeps
 	// working without it (cache_errors_total shows the outage).

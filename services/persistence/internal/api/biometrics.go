@@ -55,15 +55,21 @@ type Biometrics struct {
 	// bounds the staleness left by a lost pub/sub message.
 	resync time.Duration
 	now    func() time.Time
+	// watchSlots bounds the open watches (one token per stream).
+	watchSlots chan struct{}
 }
 
 // NewBiometrics returns the BiometricsService implementation.
 func NewBiometrics(st *store.Store, latest *Latest, audit Auditor, m *metrics.Metrics, logger *slog.Logger,
-	stopping <-chan struct{}, resync time.Duration) *Biometrics {
+	stopping <-chan struct{}, resync time.Duration, maxWatches int) *Biometrics {
 	if resync <= 0 {
 		resync = 30 * time.Second
 	}
-	return &Biometrics{store: st, latest: latest, audit: audit, m: m, logger: logger, stopping: stopping, resync: resync, now: time.Now}
+	if maxWatches <= 0 {
+		maxWatches = 1000
+	}
+	return &Biometrics{store: st, latest: latest, audit: audit, m: m, logger: logger, stopping: stopping, resync: resync, now: time.Now,
+		watchSlots: make(chan struct{}, maxWatches)}
 }
 
 // record audits a read before it is served. When the audit log cannot take
@@ -302,6 +308,15 @@ func (b *Biometrics) WatchLatest(req *biometricsv1.WatchLatestRequest, stream gr
 	cache := b.latest.Cache()
 	if cache == nil {
 		return apperr.E(apperr.FailedPrecondition, "watch_unavailable", "WatchLatest needs the Redis cache, which is not configured")
+	}
+	// Each watch holds its own Redis subscription connection: bounded, so a
+	// fleet of agents cannot exhaust Redis's client limit.
+	select {
+	case b.watchSlots <- struct{}{}:
+		defer func() { <-b.watchSlots }()
+	default:
+		return apperr.E(apperr.ResourceExhausted, "too_many_watches", "this replica serves its maximum of open watches; retry later").
+			WithRetryAfter(5 * time.Second)
 	}
 	user := req.GetUserId()
 	if err := b.record(ctx, "WatchLatest", user, req.GetMetrics()); err != nil {
