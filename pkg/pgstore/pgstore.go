@@ -6,12 +6,15 @@ package pgstore
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
 	"net/url"
 	"path"
+	"sort"
 	"strings"
 	"time"
 
@@ -228,4 +231,25 @@ func Redact(rawURL string) string {
 		return "(invalid url)"
 	}
 	return u.Redacted()
+}
+
+// Version is a short hash of every file in a migrations FS. It changes
+// whenever a migration does, which is what test template databases are keyed
+// by (pkg/testpg), so a changed migration never reuses an old template.
+func Version(migrations fs.FS) string {
+	names, err := fs.Glob(migrations, "*")
+	if err != nil {
+		return "unknown"
+	}
+	sort.Strings(names)
+	h := sha256.New()
+	for _, n := range names {
+		b, err := fs.ReadFile(migrations, n)
+		if err != nil {
+			return "unknown"
+		}
+		fmt.Fprintf(h, "%s\x00%d\x00", n, len(b))
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:12]
 }

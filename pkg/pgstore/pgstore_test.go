@@ -113,3 +113,15 @@ func TestEnsureDatabase(t *testing.T) {
 	require.NoError(t, conn.Close(ctx))
 	require.NoError(t, pgstore.EnsureDatabase(ctx, url), "idempotent")
 }
+
+func TestVersionChangesWithAnyMigration(t *testing.T) {
+	t.Parallel()
+	a := fstest.MapFS{"0001_init.up.sql": {Data: []byte("CREATE TABLE a ();")}, "0001_init.down.sql": {Data: []byte("DROP TABLE a;")}}
+	b := fstest.MapFS{"0001_init.up.sql": {Data: []byte("CREATE TABLE b ();")}, "0001_init.down.sql": {Data: []byte("DROP TABLE a;")}}
+	if pgstore.Version(a) != pgstore.Version(a) {
+		t.Fatal("Version is not deterministic")
+	}
+	if pgstore.Version(a) == pgstore.Version(b) {
+		t.Fatal("a changed migration keeps the same version")
+	}
+}

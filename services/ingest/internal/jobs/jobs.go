@@ -12,9 +12,7 @@ package jobs
 
 import (
 	"context"
-	"crypto/sha256"
 	"embed"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -47,19 +45,11 @@ func Migrate(ctx context.Context, url string) error {
 // MigrationsVersion is a hash of the migration files: test templates built
 // from an older set are not reused.
 func MigrationsVersion() string {
-	entries, _ := fs.ReadDir(migrationFiles, "migrations")
-	names := make([]string, 0, len(entries))
-	for _, e := range entries {
-		names = append(names, e.Name())
+	sub, err := fs.Sub(migrationFiles, "migrations")
+	if err != nil {
+		return "unknown"
 	}
-	sort.Strings(names)
-	h := sha256.New()
-	for _, n := range names {
-		b, _ := migrationFiles.ReadFile("migrations/" + n)
-		h.Write([]byte(n))
-		h.Write(b)
-	}
-	return hex.EncodeToString(h.Sum(nil))[:12]
+	return pgstore.Version(sub)
 }
 
 // State mirrors ingest.v1.JobState.

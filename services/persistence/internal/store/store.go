@@ -15,15 +15,12 @@ package store
 
 import (
 	"context"
-	"crypto/sha256"
 	"embed"
-	"encoding/hex"
 	"errors"
 	"hash/fnv"
 	"io/fs"
 	"log/slog"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -52,17 +49,11 @@ func Migrations() (fs.FS, error) {
 // MigrationsVersion is a hash of the embedded migration files. Test
 // templates are keyed by it, so a changed migration builds a new template.
 var MigrationsVersion = func() string {
-	h := sha256.New()
-	names, _ := fs.Glob(migrationFiles, "migrations/*.sql")
-	sort.Strings(names)
-	for _, n := range names {
-		b, _ := fs.ReadFile(migrationFiles, n)
-		h.Write([]byte(n))
-		h.Write([]byte{0})
-		h.Write(b)
-		h.Write([]byte{0})
+	sub, err := Migrations()
+	if err != nil {
+		return "unknown"
 	}
-	return hex.EncodeToString(h.Sum(nil))[:12]
+	return pgstore.Version(sub)
 }()
 
 // Migrate applies the migrations to url (advisory-locked by golang-migrate,
