@@ -20,7 +20,6 @@ import (
 
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
 	ingestv1 "github.com/biobridge/bridge/gen/go/biobridge/ingest/v1"
-	"github.com/biobridge/bridge/pkg/testpg"
 	"github.com/biobridge/bridge/pkg/vendoremu"
 	"github.com/biobridge/bridge/services/devstack/stack"
 )
@@ -39,44 +38,8 @@ type world struct {
 // prefix and ports, and the emulator configured by emu.
 func startWorld(t *testing.T, env map[string]string, emu vendoremu.Config) *world {
 	t.Helper()
-	dbURL := testpg.New(t, "e2e-empty", func(context.Context, string) error { return nil })
-	redisURL, prefix := testpg.NewRedis(t)
-	all := map[string]string{
-		"POSTGRES_URL":     dbURL,
-		"REDIS_URL":        redisURL,
-		"REDIS_KEY_PREFIX": prefix,
-		"LOG_LEVEL":        "warn",
-	}
-	for k, v := range env {
-		all[k] = v
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s, err := stack.Start(ctx, stack.Options{Getenv: func(k string) string { return all[k] }, Ephemeral: true, EmulatorConfig: emu})
-	if err != nil {
-		cancel()
-		t.Fatalf("start stack: %v", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("stack stopped with: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("stack did not stop within 30s")
-		}
-	})
-	require.Eventually(t, func() bool {
-		resp, err := http.Get(s.GatewayURL() + "/readyz")
-		if err != nil {
-			return false
-		}
-		_ = resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	}, 30*time.Second, 50*time.Millisecond, "gateway never became ready")
+	s := startStackWith(t, env, emu)
+	dbURL := s.Env("POSTGRES_URL")
 	db, err := pgxpool.New(context.Background(), dbURL)
 	require.NoError(t, err)
 	t.Cleanup(db.Close)

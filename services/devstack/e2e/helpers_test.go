@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,12 +17,22 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/biobridge/bridge/pkg/testpg"
+	"github.com/biobridge/bridge/pkg/vendoremu"
 	"github.com/biobridge/bridge/services/devstack/stack"
 )
 
 // startStack runs a private stack (own database, Redis prefix, ports and
 // embedded Kafka) for one test.
 func startStack(t *testing.T) *stack.Stack {
+	t.Helper()
+	return startStackWith(t, nil, vendoremu.Config{})
+}
+
+// startStackWith is startStack with extra environment and emulator settings.
+// The stack's ports are picked free before it starts (services need each
+// other's addresses up front), so another test process can take one in
+// between: such a start is retried with new ports.
+func startStackWith(t *testing.T, extra map[string]string, emu vendoremu.Config) *stack.Stack {
 	t.Helper()
 	dbURL := testpg.New(t, "e2e-empty", func(context.Context, string) error { return nil })
 	redisURL, prefix := testpg.NewRedis(t)
@@ -31,8 +42,18 @@ func startStack(t *testing.T) *stack.Stack {
 		"REDIS_KEY_PREFIX": prefix,
 		"LOG_LEVEL":        "warn",
 	}
+	for k, v := range extra {
+		env[k] = v
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s, err := stack.Start(ctx, stack.Options{Getenv: func(k string) string { return env[k] }, Ephemeral: true})
+	var s *stack.Stack
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		s, err = stack.Start(ctx, stack.Options{Getenv: func(k string) string { return env[k] }, Ephemeral: true, EmulatorConfig: emu})
+		if err == nil || !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
+	}
 	if err != nil {
 		cancel()
 		t.Fatalf("start stack: %v", err)

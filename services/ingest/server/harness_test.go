@@ -171,7 +171,13 @@ func newEnv(t *testing.T, o options) *env {
 	e.brokerAddr = bs.GRPCAddr()
 	serve(t, bs.Serve)
 
-	e.ingestAddr = freeAddr(t)
+	// An in-process ingest binds :0 and its real address is read back (a
+	// port picked ahead and closed can be taken by another test process in
+	// between); only an ingest run as a separate process needs one up front.
+	e.ingestAddr = "127.0.0.1:0"
+	if o.externalIngest {
+		e.ingestAddr = freeAddr(t)
+	}
 	e.ingestCfg = server.Config{
 		GRPCAddr: e.ingestAddr, AdminAddr: "127.0.0.1:0",
 		PersistenceTarget: e.persistenceAddr, TokenBrokerTarget: e.brokerAddr,
@@ -244,6 +250,9 @@ func (e *env) startIngest() {
 	e.t.Helper()
 	s, err := server.New(context.Background(), e.ingestCfg, e.ingestLogger)
 	require.NoError(e.t, err)
+	// A restart binds the same address again, so clients keep reaching it.
+	e.ingestCfg.GRPCAddr = s.GRPCAddr()
+	e.ingestAddr = s.GRPCAddr()
 	e.ingest = s
 	e.stopIngest = serve(e.t, s.Serve)
 }
