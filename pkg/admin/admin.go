@@ -148,16 +148,7 @@ type checkResult struct {
 // message for a failing check is generic (it failed or timed out) because
 // driver errors can carry connection strings; the full error is logged.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	results := make([]error, len(s.checks))
-	var wg sync.WaitGroup
-	for i, c := range s.checks {
-		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(r.Context(), CheckTimeout)
-			defer cancel()
-			results[i] = runCheck(ctx, c)
-		})
-	}
-	wg.Wait()
+	results := runChecks(r.Context(), s.checks)
 	var failed []checkResult
 	for i, err := range results {
 		if err == nil {
@@ -175,6 +166,26 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
+}
+
+// ReadyHandler is the /readyz handler, for a service that also answers
+// readiness on another listener (the gateway's public port).
+func (s *Server) ReadyHandler() http.Handler { return http.HandlerFunc(s.readyz) }
+
+// runChecks runs every check concurrently, each bounded by CheckTimeout, and
+// returns their errors in order.
+func runChecks(ctx context.Context, checks []Check) []error {
+	results := make([]error, len(checks))
+	var wg sync.WaitGroup
+	for i, c := range checks {
+		wg.Go(func() {
+			cctx, cancel := context.WithTimeout(ctx, CheckTimeout)
+			defer cancel()
+			results[i] = runCheck(cctx, c)
+		})
+	}
+	wg.Wait()
+	return results
 }
 
 // runCheck runs c but returns when ctx expires even if c ignores ctx.
@@ -220,21 +231,11 @@ type readinessCollector struct {
 func (c *readinessCollector) Describe(ch chan<- *prometheus.Desc) { ch <- readinessDesc }
 
 func (c *readinessCollector) Collect(ch chan<- prometheus.Metric) {
-	results := make([]float64, len(c.checks))
-	var wg sync.WaitGroup
-	for i, check := range c.checks {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), CheckTimeout)
-			defer cancel()
-			if runCheck(ctx, check) == nil {
-				results[i] = 1
-			}
-		}()
-	}
-	wg.Wait()
-	for i, check := range c.checks {
-		ch <- prometheus.MustNewConstMetric(readinessDesc, prometheus.GaugeValue, results[i], check.Name)
+	for i, err := range runChecks(context.Background(), c.checks) {
+		ok := 0.0
+		if err == nil {
+			ok = 1
+		}
+		ch <- prometheus.MustNewConstMetric(readinessDesc, prometheus.GaugeValue, ok, c.checks[i].Name)
 	}
 }

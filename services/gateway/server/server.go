@@ -126,7 +126,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Server, error) 
 	root.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	root.Handle("GET /readyz", readyHandler(checks))
+	root.Handle("GET /readyz", s.admin.ReadyHandler())
 
 	s.http = &http.Server{
 		Handler:           instrument(reg, requestID(root)),
@@ -228,24 +228,6 @@ func backendCheck(name string, conn *grpc.ClientConn) admin.Check {
 		}
 		return nil
 	}}
-}
-
-func readyHandler(checks []admin.Check) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		failed := map[string]string{}
-		for _, c := range checks {
-			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-			if err := c.Fn(ctx); err != nil {
-				failed[c.Name] = "unreachable"
-			}
-			cancel()
-		}
-		if len(failed) > 0 {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "failed": failed})
-			return
-		}
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
-	})
 }
 
 // headerMatcher forwards the request id and the standard headers; grpc-gateway
