@@ -150,51 +150,39 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	// Services, in dependency order (clients connect lazily, so the order
 	// only matters for migrations and readiness).
 	if err := s.add(ctx, "persistence", func(ctx context.Context, l *slog.Logger) (func(context.Context) error, error) {
-		srv, err := persistence.New(ctx, persistenceCfg, l)
-		if err != nil {
-			return nil, err
-		}
-		return srv.Serve, nil
+		return serving(persistence.New(ctx, persistenceCfg, l))
 	}); err != nil {
 		return nil, err
 	}
 	if err := s.add(ctx, "tokenbroker", func(ctx context.Context, l *slog.Logger) (func(context.Context) error, error) {
-		srv, err := tokenbroker.New(ctx, brokerCfg, l)
-		if err != nil {
-			return nil, err
-		}
-		return srv.Serve, nil
+		return serving(tokenbroker.New(ctx, brokerCfg, l))
 	}); err != nil {
 		return nil, err
 	}
 	if err := s.add(ctx, "ingest", func(ctx context.Context, l *slog.Logger) (func(context.Context) error, error) {
-		srv, err := ingest.New(ctx, ingestCfg, l)
-		if err != nil {
-			return nil, err
-		}
-		return srv.Serve, nil
+		return serving(ingest.New(ctx, ingestCfg, l))
 	}); err != nil {
 		return nil, err
 	}
 	if err := s.add(ctx, "publisher", func(ctx context.Context, l *slog.Logger) (func(context.Context) error, error) {
-		srv, err := publisher.New(ctx, publisherCfg, l)
-		if err != nil {
-			return nil, err
-		}
-		return srv.Serve, nil
+		return serving(publisher.New(ctx, publisherCfg, l))
 	}); err != nil {
 		return nil, err
 	}
 	if err := s.add(ctx, "gateway", func(ctx context.Context, l *slog.Logger) (func(context.Context) error, error) {
-		srv, err := gateway.New(ctx, gatewayCfg, l)
-		if err != nil {
-			return nil, err
-		}
-		return srv.Serve, nil
+		return serving(gateway.New(ctx, gatewayCfg, l))
 	}); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// serving turns a constructor's result into the Serve function of what it built.
+func serving[S interface{ Serve(context.Context) error }](srv S, err error) (func(context.Context) error, error) {
+	if err != nil {
+		return nil, err
+	}
+	return srv.Serve, nil
 }
 
 func (s *Stack) add(ctx context.Context, name string, build func(context.Context, *slog.Logger) (func(context.Context) error, error)) error {
