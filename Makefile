@@ -29,12 +29,13 @@ checkgenerate: generate ## Fail when generated code is not in sync with proto/.
 		echo "generated code is stale; run 'make generate' and commit:"; git status --porcelain -- gen proto; exit 1; fi
 
 .PHONY: lint
-lint: ## gofmt, go vet over every module, buf lint and buf format.
+lint: ## gofmt, go vet over every module, buf lint and buf format, documents named are in the repo.
 	@unformatted="$$(gofmt -l $(MODULE_DIRS) | grep -v '^$(CURDIR)/gen/go/' || true)"; \
 		if [ -n "$$unformatted" ]; then echo "not gofmt-ed:"; echo "$$unformatted"; exit 1; fi
 	go vet $(ALL_PKGS)
 	go tool buf lint
 	go tool buf format --diff --exit-code
+	scripts/check-doc-refs.sh
 
 .PHONY: build
 build: ## Build every service binary into bin/.

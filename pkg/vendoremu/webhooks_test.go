@@ -17,7 +17,7 @@ import (
 	"github.com/biobridge/bridge/pkg/vendoremu"
 )
 
-// The verifiers below are written from VENDORS.md, independently of the
+// The verifiers below are written from docs/vendors.md, independently of the
 // emulator's signing code, so a shared mistake cannot hide.
 
 func verifyWhoop(secret string, h http.Header, body []byte, now time.Time) bool {

@@ -239,7 +239,7 @@ func whoopSleepBundleFields(c *whoopCycle, s *whoopSleep, r *whoopRecovery) fiel
 	return fs
 }
 
-// WHOOP scopes (VENDORS.md).
+// WHOOP scopes (docs/vendors.md).
 var whoopScopes = []string{
 	"read:recovery", "read:cycles", "read:workout", "read:sleep", "read:profile", "read:body_measurement", "offline",
 }

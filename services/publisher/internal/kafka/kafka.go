@@ -17,7 +17,7 @@ import (
 	"github.com/IBM/sarama"
 )
 
-// Topics of the Kafka contract (DESIGN.md §5).
+// Topics of the Kafka contract (docs/architecture.md, "The external contract").
 const (
 	TopicEvents      = "biometrics.events.v1"
 	TopicConnections = "biometrics.connections.v1"

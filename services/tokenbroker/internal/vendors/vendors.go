@@ -30,7 +30,7 @@ const (
 	Oura  = "oura"
 )
 
-// Default vendor URLs (DESIGN.md §6).
+// Default vendor URLs (docs/vendors.md).
 const (
 	DefaultWhoopAPIURL       = "https://api.prod.whoop.com"
 	DefaultOuraAPIURL        = "https://api.ouraring.com"
@@ -75,7 +75,7 @@ type Vendor struct {
 
 // New returns the vendor name configured with creds. publicBaseURL is the
 // broker's public root: the redirect URI is publicBaseURL +
-// /v1/oauth/{vendor}/callback (the gateway route of DESIGN.md §3).
+// /v1/oauth/{vendor}/callback (the gateway route; docs/architecture.md, "The external contract").
 func New(name string, creds Credentials, publicBaseURL string, client *http.Client) (*Vendor, error) {
 	api := strings.TrimRight(creds.APIURL, "/")
 	var ep oauth2.Endpoint
@@ -210,7 +210,7 @@ func (v *Vendor) UserID(ctx context.Context, accessToken string) (string, error)
 }
 
 // Revoke ends the grant at the vendor. WHOOP: DELETE
-// /developer/v2/user/access with the access token. Oura: VENDORS.md names
+// /developer/v2/user/access with the access token. Oura: its documentation names
 // no revoke endpoint, but Oura's API serves /oauth/revoke (as does the
 // emulator); the token goes in a POST form body rather than the query
 // string so it cannot end up in access logs. It reports whether the vendor
