@@ -35,7 +35,7 @@ import (
 	"github.com/biobridge/bridge/services/ingest/internal/completeness"
 	"github.com/biobridge/bridge/services/ingest/internal/jobs"
 	"github.com/biobridge/bridge/services/ingest/internal/oura"
-	"github.com/biobridge/bridge/services/ingest/internal/ratebudget"
+	"github.com/biobridge/bridge/pkg/ratebudget"
 	"github.com/biobridge/bridge/services/ingest/internal/vendorhttp"
 	"github.com/biobridge/bridge/services/ingest/internal/webhook"
 	"github.com/biobridge/bridge/services/ingest/internal/whoop"
