@@ -155,7 +155,7 @@ func (s *Service) ResolveVendorUser(ctx context.Context, req *tokensv1.ResolveVe
 	if err != nil {
 		return nil, err
 	}
-	return &tokensv1.ResolveVendorUserResponse{UserId: c.UserID, Status: statuses[c.Status]}, nil
+	return &tokensv1.ResolveVendorUserResponse{UserId: c.UserID, Status: statuses[c.Status], ConnectedAt: ts(c.ConnectedAt)}, nil
 }
 
 // ListConnections implements TokenBrokerServiceServer.
