@@ -250,3 +250,32 @@ func TestCheckReturnTo(t *testing.T) {
 		})
 	}
 }
+
+// TestLoserDoesNotBreakWhileWinnerMayLand: B presents a spent refresh token
+// (its Redis lock was lost) while A's claim on the row is still running: A
+// may be about to store the tokens that replaced it. B's invalid_grant must
+// not mark the connection broken; it is told to retry instead.
+func TestLoserDoesNotBreakWhileWinnerMayLand(t *testing.T) {
+	w := newWorld(t, vendoremu.Config{ReuseKeepsGrant: true})
+	ctx := context.Background()
+	w.connect(t, "user-1")
+	stale := w.expire(t, "user-1")
+	// A's refresh reached the vendor (the refresh token is spent) and A
+	// still holds its claim, its result not stored yet.
+	refresh, err := w.a.keys.Open(stale.KeyID, stale.RefreshTokenEnc, aad("user-1", vendors.Whoop, "refresh"))
+	require.NoError(t, err)
+	_, err = w.a.vendors[vendors.Whoop].Refresh(ctx, string(refresh))
+	require.NoError(t, err)
+	require.NoError(t, w.store.ClaimRefresh(ctx, "user-1", vendors.Whoop, stale.Version, "instance-a", time.Minute))
+
+	_, err = w.b.refreshConn(ctx, w.lock(t, "user-1"), stale, time.Now().Add(5*time.Second), true)
+	require.Error(t, err)
+	require.Equal(t, ReasonRefreshInProgress, apperr.ReasonOf(err))
+	c, err := w.store.Get(ctx, "user-1", vendors.Whoop)
+	require.NoError(t, err)
+	require.Equal(t, postgres.StatusActive, c.Status, "not broken while the winner may land")
+	events, err := w.store.Events(ctx, "user-1")
+	require.NoError(t, err)
+	require.Len(t, events, 1, "no refresh_failed event")
+	require.EqualValues(t, 0, testutil.ToFloat64(w.bm.Refreshes.WithLabelValues(vendors.Whoop, OutcomeBroken)))
+}
