@@ -234,9 +234,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	// A refresh the vendor already answered must reach the store.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RefreshTimeout+5*time.Second)
 	if derr := s.broker.Drain(dctx); derr != nil {
-		s.log.Warn("refreshes still running at shutdown", "err", derr)
+		s.log.Warn("refreshes still running at shutdown; results not yet stored stay parked in Redis", "err", derr)
 	}
 	cancel()
+	s.broker.Stop()
 	s.close()
 	return err
 }

@@ -53,6 +53,7 @@ import (
 	mathrand "math/rand/v2"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -157,6 +158,10 @@ type Broker struct {
 	// inflight counts running flights, so shutdown can wait for refreshes
 	// that the vendor may already have answered before closing the store.
 	inflight atomic.Int64
+	// stopped is closed by Stop: holders still retrying a store give up
+	// (their result stays parked in Redis).
+	stopped  chan struct{}
+	stopOnce sync.Once
 }
 
 // New returns a Broker.
@@ -173,7 +178,7 @@ func New(cfg Config, d Deps) (*Broker, error) {
 	}
 	return &Broker{
 		cfg: cfg, store: d.Store, cache: d.Cache, locker: d.Locker, keys: d.Keys,
-		vendors: d.Vendors, m: d.Metrics, log: d.Logger, kick: d.EventsWritten,
+		vendors: d.Vendors, m: d.Metrics, log: d.Logger, kick: d.EventsWritten, stopped: make(chan struct{}),
 	}, nil
 }
 
@@ -325,6 +330,11 @@ func (b *Broker) Drain(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Stop makes holders that are still retrying to store a refresh result
+// give up at once, leaving the result parked for the next holder (call it
+// after Drain timed out, before the stores are closed).
+func (b *Broker) Stop() { b.stopOnce.Do(func() { close(b.stopped) }) }
 
 // revokedTombstoneTTL outlives any access token a concurrent caller could
 // still be putting into the cache when a connection is revoked.
@@ -628,7 +638,7 @@ func (b *Broker) keep(ctx context.Context, lock *tokenlock.Lock, c *postgres.Con
 			b.renew(ctx, lock, c)
 		}
 		select {
-		case <-ctx.Done():
+		case <-b.stopped:
 			return nil, err
 		case <-time.After(backoff):
 		}
