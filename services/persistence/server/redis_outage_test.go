@@ -2,10 +2,8 @@ package server_test
 
 import (
 	"context"
-	"io"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,76 +14,6 @@ import (
 	"github.com/biobridge/bridge/services/persistence/server"
 )
 
-// proxy is a TCP proxy in front of the shared Redis that a test can cut
-// and restore, so an outage never touches the real server.
-type proxy struct {
-	ln       net.Listener
-	upstream string
-	mu       sync.Mutex
-	cut      bool
-	conns    map[net.Conn]struct{}
-}
-
-func newProxy(t *testing.T, upstream string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	p := &proxy{ln: ln, upstream: upstream, conns: map[net.Conn]struct{}{}}
-	go p.serve()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		p.setCut(true)
-	})
-	return p
-}
-
-func (p *proxy) addr() string { return p.ln.Addr().String() }
-
-func (p *proxy) serve() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		if p.cut {
-			p.mu.Unlock()
-			_ = c.Close()
-			continue
-		}
-		up, err := net.Dial("tcp", p.upstream)
-		if err != nil {
-			p.mu.Unlock()
-			_ = c.Close()
-			continue
-		}
-		p.conns[c], p.conns[up] = struct{}{}, struct{}{}
-		p.mu.Unlock()
-		go pipe(c, up)
-		go pipe(up, c)
-	}
-}
-
-func pipe(dst, src net.Conn) {
-	_, _ = io.Copy(dst, src)
-	_ = dst.Close()
-	_ = src.Close()
-}
-
-// setCut cuts (closing every open connection and refusing new ones) or
-// restores the proxy.
-func (p *proxy) setCut(cut bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = cut
-	if cut {
-		for c := range p.conns {
-			_ = c.Close()
-		}
-		p.conns = map[net.Conn]struct{}{}
-	}
-}
-
 // TestRedisOutage: with Redis cut off, writes still succeed and GetLatest
 // answers from PostgreSQL; after Redis returns the cache converges to
 // PostgreSQL without any further write.
@@ -94,10 +22,10 @@ func TestRedisOutage(t *testing.T) {
 	redisURL, prefix := testpg.NewRedis(t)
 	opts, err := redis.ParseURL(redisURL)
 	require.NoError(t, err)
-	px := newProxy(t, opts.Addr)
+	px := testpg.NewProxy(t, opts.Addr)
 
 	e := start(t, func(c *server.Config) {
-		c.RedisURL = "redis://" + px.addr() + "/0"
+		c.RedisURL = "redis://" + px.Addr() + "/0"
 		c.RedisKeyPrefix = prefix
 	})
 	direct := redis.NewClient(opts)
@@ -110,7 +38,7 @@ func TestRedisOutage(t *testing.T) {
 	require.Equal(t, 60.0, e.latest(user)["heart_rate_bpm"].GetValue())
 	e.requireCacheMatchesPostgres(user)
 
-	px.setCut(true)
+	px.SetCut(true)
 	// Writes succeed: a newer value, a new metric, and a deletion that
 	// must restore an older value.
 	e.write(event(user, "b", reading("heart_rate_bpm", 70, at.Add(time.Hour))))
@@ -124,7 +52,7 @@ func TestRedisOutage(t *testing.T) {
 
 	// The cache still holds the pre-outage value; it must not be served
 	// once Redis is back, and it converges without another write.
-	px.setCut(false)
+	px.SetCut(false)
 	require.Eventually(t, func() bool {
 		h, err := direct.HGetAll(context.Background(), prefix+"bb:{u:"+user+"}:latest").Result()
 		return err == nil && h["_ok"] == "1" && len(h) == 3 && strings.Contains(h["heart_rate_bpm"], `"r":"b"`)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/config"
+	"github.com/biobridge/bridge/pkg/ratebudget"
 	"github.com/biobridge/bridge/pkg/service"
 	"github.com/biobridge/bridge/services/tokenbroker/internal/tokencrypt"
 	"github.com/biobridge/bridge/services/tokenbroker/internal/vendors"
@@ -105,6 +106,27 @@ type Config struct {
 	// RelayInterval is TOKENBROKER_RELAY_INTERVAL (default 2s): how often
 	// pending connection events are forwarded when nothing new was written.
 	RelayInterval time.Duration
+	// StorePatience is TOKENBROKER_REFRESH_STORE_PATIENCE (default 2m): how
+	// long a refresh the vendor answered keeps retrying to store its
+	// result (renewing its lock and claim) before it leaves the sealed
+	// result parked in Redis for the next holder.
+	StorePatience time.Duration
+
+	// The shared vendor rate budget, the same variables and Redis keys as
+	// ingest's, so the broker's own API calls (the user-id lookup on
+	// connect, revocation) and ingest's fetches add up to one limit.
+	// WhoopRateLimit is WHOOP_RATE_LIMIT (default 100) per WhoopRateWindow,
+	// WHOOP_RATE_WINDOW (default 1m); WhoopDailyLimit is WHOOP_DAILY_LIMIT
+	// (default 10000, 0 turns the daily window off).
+	WhoopRateLimit  int
+	WhoopRateWindow time.Duration
+	WhoopDailyLimit int
+	// OuraRateLimit is OURA_RATE_LIMIT (default 5000) per OuraRateWindow,
+	// OURA_RATE_WINDOW (default 5m).
+	OuraRateLimit  int
+	OuraRateWindow time.Duration
+	// RateBudgetSlack is RATE_BUDGET_SLACK (default 0: window/50 + 500ms).
+	RateBudgetSlack time.Duration
 }
 
 // Defaults of the tunables (New applies them to zero fields as well).
@@ -117,6 +139,7 @@ const (
 	DefaultProactiveInterval = 30 * time.Second
 	DefaultActiveWindow      = 72 * time.Hour
 	DefaultRelayInterval     = 2 * time.Second
+	DefaultStorePatience     = 2 * time.Minute
 )
 
 // LoadConfig reads and validates the whole configuration, reporting every
@@ -156,7 +179,16 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		ProactiveInterval: l.Duration("TOKENBROKER_PROACTIVE_REFRESH_INTERVAL", DefaultProactiveInterval),
 		ActiveWindow:      l.Duration("TOKENBROKER_ACTIVE_WINDOW", DefaultActiveWindow),
 		RelayInterval:     l.Duration("TOKENBROKER_RELAY_INTERVAL", DefaultRelayInterval),
+		StorePatience:     l.Duration("TOKENBROKER_REFRESH_STORE_PATIENCE", DefaultStorePatience),
+		WhoopRateLimit:    l.Int("WHOOP_RATE_LIMIT", ratebudget.DefaultWhoopLimit, 1, 1_000_000),
+		WhoopRateWindow:   l.Duration("WHOOP_RATE_WINDOW", ratebudget.DefaultWhoopWindow),
+		WhoopDailyLimit:   l.Int("WHOOP_DAILY_LIMIT", ratebudget.DefaultWhoopDailyLimit, 0, 100_000_000),
+		OuraRateLimit:     l.Int("OURA_RATE_LIMIT", ratebudget.DefaultOuraLimit, 1, 1_000_000),
+		OuraRateWindow:    l.Duration("OURA_RATE_WINDOW", ratebudget.DefaultOuraWindow),
+		RateBudgetSlack:   l.Duration("RATE_BUDGET_SLACK", 0),
 	}
+	l.Check("WHOOP_RATE_WINDOW", c.WhoopRateWindow >= time.Second, "must be at least 1s")
+	l.Check("OURA_RATE_WINDOW", c.OuraRateWindow >= time.Second, "must be at least 1s")
 	if c.TokenEncryptionKeys != "" {
 		if _, err := tokencrypt.Parse(c.TokenEncryptionKeys); err != nil {
 			l.Check("TOKEN_ENCRYPTION_KEYS", false, indentJoined(err))
@@ -198,7 +230,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		{"TOKENBROKER_TOKEN_SAFETY_MARGIN", c.SafetyMargin}, {"TOKENBROKER_REFRESH_TIMEOUT", c.RefreshTimeout},
 		{"TOKENBROKER_STATE_TTL", c.StateTTL}, {"TOKENBROKER_PROACTIVE_REFRESH_WINDOW", c.ProactiveWindow},
 		{"TOKENBROKER_PROACTIVE_REFRESH_INTERVAL", c.ProactiveInterval}, {"TOKENBROKER_ACTIVE_WINDOW", c.ActiveWindow},
-		{"TOKENBROKER_RELAY_INTERVAL", c.RelayInterval},
+		{"TOKENBROKER_RELAY_INTERVAL", c.RelayInterval}, {"TOKENBROKER_REFRESH_STORE_PATIENCE", c.StorePatience},
 	} {
 		l.Check(d.name, d.v > 0, "must be positive")
 	}
@@ -230,6 +262,15 @@ func (c *Config) setDefaults() {
 	def(&c.ProactiveInterval, DefaultProactiveInterval)
 	def(&c.ActiveWindow, DefaultActiveWindow)
 	def(&c.RelayInterval, DefaultRelayInterval)
+	def(&c.StorePatience, DefaultStorePatience)
+	def(&c.WhoopRateWindow, ratebudget.DefaultWhoopWindow)
+	def(&c.OuraRateWindow, ratebudget.DefaultOuraWindow)
+	if c.WhoopRateLimit <= 0 {
+		c.WhoopRateLimit = ratebudget.DefaultWhoopLimit
+	}
+	if c.OuraRateLimit <= 0 {
+		c.OuraRateLimit = ratebudget.DefaultOuraLimit
+	}
 	if c.Whoop.APIURL == "" {
 		c.Whoop.APIURL = vendors.DefaultWhoopAPIURL
 	}

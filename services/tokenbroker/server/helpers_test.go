@@ -1,13 +1,17 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -48,6 +52,9 @@ type env struct {
 	emu      *vendoremu.Emulator
 	emuURL   string
 	keys     string
+	// afterRefresh, when set, runs right after the emulator answered a
+	// refresh_token grant with 200 (and before the broker reads it).
+	afterRefresh atomic.Pointer[func()]
 }
 
 func newKey(t *testing.T) string {
@@ -67,14 +74,50 @@ func newEnv(t *testing.T, emuCfg vendoremu.Config) *env {
 	emuCfg.OuraRateLimit = -1
 	emu, err := vendoremu.New(emuCfg, nil)
 	require.NoError(t, err)
-	srv := httptest.NewServer(emu.Handler())
+	e := &env{t: t}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasSuffix(r.URL.Path, "/token") || r.Method != http.MethodPost {
+			emu.Handler().ServeHTTP(w, r)
+			return
+		}
+		body, err := io.ReadAll(r.Body)
+		require.NoError(t, err)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		rec := &statusRecorder{ResponseWriter: w}
+		emu.Handler().ServeHTTP(rec, r)
+		form, _ := url.ParseQuery(string(body))
+		if hook := e.afterRefresh.Load(); hook != nil && form.Get("grant_type") == "refresh_token" && rec.status == http.StatusOK {
+			// The vendor has rotated; the broker has not seen the answer:
+			// the hook runs before the response is flushed to it.
+			(*hook)()
+		}
+	}))
 	t.Cleanup(func() {
 		srv.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = emu.Close(ctx)
 	})
-	return &env{t: t, pgURL: pgURL, redisURL: redisURL, prefix: prefix, emu: emu, emuURL: srv.URL, keys: "k1:" + newKey(t)}
+	e.pgURL, e.redisURL, e.prefix, e.emu, e.emuURL, e.keys = pgURL, redisURL, prefix, emu, srv.URL, "k1:"+newKey(t)
+	return e
+}
+
+// statusRecorder remembers the status a handler wrote.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.status = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return r.ResponseWriter.Write(b)
 }
 
 func (e *env) config() server.Config {

@@ -27,6 +27,7 @@ import (
 	"github.com/biobridge/bridge/pkg/grpcclient"
 	"github.com/biobridge/bridge/pkg/grpcserver"
 	"github.com/biobridge/bridge/pkg/pgstore"
+	"github.com/biobridge/bridge/pkg/ratebudget"
 	"github.com/biobridge/bridge/pkg/telemetry"
 	"github.com/biobridge/bridge/services/tokenbroker/internal/broker"
 	"github.com/biobridge/bridge/services/tokenbroker/internal/grpcapi"
@@ -121,6 +122,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		if err != nil {
 			return nil, err
 		}
+		v.SetBudget(ratebudget.New(s.redis, cfg.RedisKeyPrefix, name, cfg.budgetWindows(name), cfg.RateBudgetSlack))
 		vendorMap[name] = v
 	}
 
@@ -141,7 +143,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	s.broker, err = broker.New(broker.Config{
 		SafetyMargin: cfg.SafetyMargin, RefreshTimeout: cfg.RefreshTimeout, LockLease: cfg.LockLease,
 		StateTTL: cfg.StateTTL, ProactiveWindow: cfg.ProactiveWindow, ActiveWindow: cfg.ActiveWindow,
-		PublicBaseURL: cfg.PublicBaseURL,
+		PublicBaseURL: cfg.PublicBaseURL, StorePatience: cfg.StorePatience,
 	}, broker.Deps{
 		Store: store, Cache: cache, Locker: tokenlock.New(s.redis), Keys: keys, Vendors: vendorMap,
 		Metrics: broker.NewMetrics(s.reg), Logger: logger.With("component", "broker"), EventsWritten: s.relay.Kick,
@@ -202,6 +204,18 @@ func (s *Server) GRPCAddr() string { return s.grpc.Addr() }
 // AdminAddr is the bound admin HTTP address.
 func (s *Server) AdminAddr() string { return s.admin.Addr() }
 
+// budgetWindows are the windows of vendor's shared rate budget; they must
+// match ingest's (same variables), or the two would disagree on the limit.
+func (c Config) budgetWindows(vendor string) []ratebudget.Window {
+	if vendor == vendors.Oura {
+		return []ratebudget.Window{{Limit: c.OuraRateLimit, Period: c.OuraRateWindow}}
+	}
+	return []ratebudget.Window{
+		{Limit: c.WhoopRateLimit, Period: c.WhoopRateWindow},
+		{Limit: c.WhoopDailyLimit, Period: 24 * time.Hour},
+	}
+}
+
 // Registry is the server's metrics registry (tests, benchmarks).
 func (s *Server) Registry() *prometheus.Registry { return s.reg }
 
@@ -220,9 +234,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	// A refresh the vendor already answered must reach the store.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RefreshTimeout+5*time.Second)
 	if derr := s.broker.Drain(dctx); derr != nil {
-		s.log.Warn("refreshes still running at shutdown", "err", derr)
+		s.log.Warn("refreshes still running at shutdown; results not yet stored stay parked in Redis", "err", derr)
 	}
 	cancel()
+	s.broker.Stop()
 	s.close()
 	return err
 }

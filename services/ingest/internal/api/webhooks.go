@@ -206,7 +206,7 @@ func (h *Handler) webhook(ctx context.Context, vendor string, v webhook.Verifier
 func (h *Handler) ListJobs(ctx context.Context, req *ingestv1.ListJobsRequest) (*ingestv1.ListJobsResponse, error) {
 	state := jobs.Dead
 	if s := req.GetState(); s != ingestv1.JobState_JOB_STATE_UNSPECIFIED {
-		if s < ingestv1.JobState_JOB_STATE_QUEUED || s > ingestv1.JobState_JOB_STATE_DEAD {
+		if s < ingestv1.JobState_JOB_STATE_QUEUED || s > ingestv1.JobState_JOB_STATE_PARKED {
 			return nil, apperr.E(apperr.Invalid, "invalid_state", "unknown job state")
 		}
 		state = jobs.State(s)

@@ -126,6 +126,7 @@ type metrics struct {
 	reportFailures   prometheus.Counter
 	loopFailures     *prometheus.CounterVec
 	lastReconcileAt  prometheus.Gauge
+	resumed          *prometheus.CounterVec
 }
 
 // New builds the loops. wake (optional) tells the local workers that jobs
@@ -173,6 +174,10 @@ func New(cfg Config, store *jobs.Store, broker tokensv1.TokenBrokerServiceClient
 			Name: "biobridge_ingest_reconcile_last_round_timestamp_seconds",
 			Help: "When this replica last scheduled a reconciliation round (0: never).",
 		}),
+		resumed: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "biobridge_ingest_jobs_resumed_total",
+			Help: "Parked jobs queued again because their user reconnected the vendor connection.",
+		}, []string{"vendor"}),
 	}
 	for _, v := range cfg.Vendors {
 		for _, st := range []string{"running", "completed"} {
@@ -212,6 +217,8 @@ func (l *Loops) Run(ctx context.Context) error {
 		loop(l.cfg.SyncInterval, l.syncOnce)
 		loop(min(l.cfg.SyncInterval, 2*time.Second), l.finishOnce)
 	}
+	// Parked jobs resume whatever else is on: they hold acknowledged data.
+	loop(l.cfg.SyncInterval, l.resumeOnce)
 	if l.cfg.ReconcileInterval > 0 {
 		loop(min(max(l.cfg.ReconcileInterval/20, 100*time.Millisecond), time.Minute), l.reconcileOnce)
 	}
@@ -246,6 +253,52 @@ func (l *Loops) failed(ctx context.Context, loop string, err error) {
 	}
 	l.m.loopFailures.WithLabelValues(loop).Inc()
 	l.logger.WarnContext(ctx, "completeness loop failed", slog.String("loop", loop), slog.Any("error", err))
+}
+
+// --- parked jobs ---
+
+// resumeOnce queues again the parked jobs whose user reconnected: each
+// waits on one generation of a connection (its connected_at), and an
+// active connection made after that generation resumes it. Only
+// connections made since the oldest such generation are read.
+func (l *Loops) resumeOnce(ctx context.Context) {
+	oldest, err := l.store.OldestParked(ctx)
+	if err != nil {
+		l.failed(ctx, "resume", err)
+		return
+	}
+	if len(oldest) == 0 {
+		return
+	}
+	var since time.Time
+	for _, t := range oldest {
+		if since.IsZero() || t.Before(since) {
+			since = t
+		}
+	}
+	total := 0
+	_, err = l.eachActive(ctx, since, func(ctx context.Context, conns []*tokensv1.Connection) error {
+		keys := make([]jobs.GenerationKey, 0, len(conns))
+		for _, c := range conns {
+			if c.GetConnectedAt() == nil {
+				continue
+			}
+			keys = append(keys, jobs.GenerationKey{UserID: c.GetUserId(), Vendor: c.GetVendor(), ConnectedAt: c.GetConnectedAt().AsTime()})
+		}
+		moved, err := l.store.Resume(ctx, keys)
+		for vendor, n := range moved {
+			total += n
+			l.m.resumed.WithLabelValues(vendor).Add(float64(n))
+		}
+		return err
+	})
+	if err != nil {
+		l.failed(ctx, "resume", err)
+	}
+	if total > 0 {
+		l.wake()
+		l.logger.InfoContext(ctx, "parked jobs resumed after reconnects", slog.Int("jobs", total))
+	}
 }
 
 // --- backfill ---

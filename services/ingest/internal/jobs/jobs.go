@@ -61,6 +61,8 @@ const (
 	Running State = 2
 	Done    State = 3
 	Dead    State = 4
+	// Parked: waiting for the user to reconnect a broken connection.
+	Parked State = 5
 )
 
 func (s State) String() string {
@@ -73,6 +75,8 @@ func (s State) String() string {
 		return "done"
 	case Dead:
 		return "dead"
+	case Parked:
+		return "parked"
 	}
 	return "unknown"
 }
@@ -279,6 +283,73 @@ func (s *Store) Bury(ctx context.Context, j Job, lastError string) error {
 		WHERE id = $1 AND lease_token = $2 AND state = 2`, truncate(lastError))
 }
 
+// Park sets a held job aside until userID reconnects at the job's vendor:
+// a generation of the connection newer than generation (its connected_at)
+// requeues it (Resume). The attempt is given back: waiting for the user is
+// not the job's failure. reason is recorded as its last error.
+func (s *Store) Park(ctx context.Context, j Job, userID string, generation time.Time, reason string) error {
+	return s.fenced(ctx, j, "park", `
+		UPDATE ingest.jobs SET state = 5, park_user_id = $3, park_generation = $4, last_error = $5,
+		       attempts = greatest(attempts - 1, 0), lease_token = NULL, updated_at = now()
+		WHERE id = $1 AND lease_token = $2 AND state = 2`, userID, generation, truncate(reason))
+}
+
+// OldestParked returns, per vendor, the oldest connection generation a
+// parked job waits on: connections made after it are the ones that can
+// resume anything.
+func (s *Store) OldestParked(ctx context.Context) (map[string]time.Time, error) {
+	rows, err := s.pool.Query(ctx, `SELECT vendor, min(park_generation) FROM ingest.jobs WHERE state = 5 GROUP BY vendor`)
+	if err != nil {
+		return nil, fmt.Errorf("find parked jobs: %w", err)
+	}
+	out := map[string]time.Time{}
+	var vendor string
+	var oldest time.Time
+	_, err = pgx.ForEachRow(rows, []any{&vendor, &oldest}, func() error {
+		out[vendor] = oldest
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("find parked jobs: %w", err)
+	}
+	return out, nil
+}
+
+// Resume requeues, with fresh attempts, the parked jobs of the connection
+// generations in keys that are older than the generation named (the user
+// reconnected since they were parked). It returns how many moved, by
+// vendor.
+func (s *Store) Resume(ctx context.Context, keys []GenerationKey) (map[string]int, error) {
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	users := make([]string, len(keys))
+	vendors := make([]string, len(keys))
+	ats := make([]time.Time, len(keys))
+	for i, k := range keys {
+		users[i], vendors[i], ats[i] = k.UserID, k.Vendor, k.ConnectedAt
+	}
+	rows, err := s.pool.Query(ctx, `
+		UPDATE ingest.jobs j SET state = 1, attempts = 0, run_at = now(), park_user_id = NULL, park_generation = NULL,
+		       last_error = 'resumed: ' || j.last_error, updated_at = now()
+		FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(user_id, vendor, connected_at)
+		WHERE j.state = 5 AND j.vendor = k.vendor AND j.park_user_id = k.user_id AND j.park_generation < k.connected_at
+		RETURNING j.vendor`,
+		users, vendors, ats)
+	if err != nil {
+		return nil, fmt.Errorf("resume parked jobs: %w", err)
+	}
+	out := map[string]int{}
+	var vendor string
+	if _, err := pgx.ForEachRow(rows, []any{&vendor}, func() error {
+		out[vendor]++
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("resume parked jobs: %w", err)
+	}
+	return out, nil
+}
+
 // Release hands a held job back untouched (shutdown): due at once, the
 // attempt not counted.
 func (s *Store) Release(ctx context.Context, j Job) error {
@@ -345,8 +416,8 @@ func (s *Store) Requeue(ctx context.Context, ids []int64) (int, error) {
 	return int(tag.RowsAffected()), nil
 }
 
-// Depth counts jobs per vendor and state for the unfinished states and the
-// dead ones (finished done jobs are not counted: they are history).
+// Depth counts jobs per vendor and state for the unfinished states, the
+// parked and the dead ones (finished done jobs are not counted: they are history).
 type Depth struct {
 	Vendor string
 	State  State
@@ -356,7 +427,7 @@ type Depth struct {
 // Depths reports the queue depth.
 func (s *Store) Depths(ctx context.Context) ([]Depth, error) {
 	rows, err := s.pool.Query(ctx, `SELECT vendor, state, count(*) FROM ingest.jobs
-		WHERE state IN (1, 2, 4) GROUP BY vendor, state`)
+		WHERE state IN (1, 2, 4, 5) GROUP BY vendor, state`)
 	if err != nil {
 		return nil, fmt.Errorf("count jobs: %w", err)
 	}

@@ -337,3 +337,65 @@ func TestReconcileRoundClaims(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, ok, "a completed round is never scheduled again")
 }
+
+// TestParkAndResume: a parked job is never leased, gives its attempt back
+// and resumes only for a newer generation of its own user's connection at
+// its own vendor.
+func TestParkAndResume(t *testing.T) {
+	t.Parallel()
+	gen := time.Date(2026, 11, 1, 8, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name    string
+		key     GenerationKey
+		resumed bool
+	}{
+		{"a reconnect resumes", GenerationKey{UserID: "u1", Vendor: "whoop", ConnectedAt: gen.Add(time.Second)}, true},
+		{"the same generation does not", GenerationKey{UserID: "u1", Vendor: "whoop", ConnectedAt: gen}, false},
+		{"an older generation does not", GenerationKey{UserID: "u1", Vendor: "whoop", ConnectedAt: gen.Add(-time.Hour)}, false},
+		{"another user's reconnect does not", GenerationKey{UserID: "u2", Vendor: "whoop", ConnectedAt: gen.Add(time.Hour)}, false},
+		{"the user's other vendor does not", GenerationKey{UserID: "u1", Vendor: "oura", ConnectedAt: gen.Add(time.Hour)}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s, _ := newStore(t)
+			ctx := context.Background()
+			id, _, err := s.Enqueue(ctx, job("whoop", "trace-1"))
+			require.NoError(t, err)
+			leased, err := s.Lease(ctx, "w1", 1, time.Minute)
+			require.NoError(t, err)
+			require.Len(t, leased, 1)
+			require.NoError(t, s.Park(ctx, leased[0], "u1", gen, "connection_broken"))
+
+			j, err := s.Get(ctx, id)
+			require.NoError(t, err)
+			assert.Equal(t, Parked, j.State)
+			assert.Equal(t, 0, j.Attempts, "waiting for the user is not a failed attempt")
+			assert.Equal(t, "connection_broken", j.LastError)
+			listed, err := s.List(ctx, Parked, 10)
+			require.NoError(t, err)
+			require.Len(t, listed, 1)
+			none, err := s.Lease(ctx, "w1", 1, time.Minute)
+			require.NoError(t, err)
+			assert.Empty(t, none, "a parked job is not leased")
+			oldest, err := s.OldestParked(ctx)
+			require.NoError(t, err)
+			assert.True(t, gen.Equal(oldest["whoop"]))
+
+			moved, err := s.Resume(ctx, []GenerationKey{tc.key})
+			require.NoError(t, err)
+			j, err = s.Get(ctx, id)
+			require.NoError(t, err)
+			if tc.resumed {
+				assert.Equal(t, map[string]int{"whoop": 1}, moved)
+				assert.Equal(t, Queued, j.State)
+				again, err := s.Lease(ctx, "w1", 1, time.Minute)
+				require.NoError(t, err)
+				assert.Len(t, again, 1, "a resumed job runs again")
+			} else {
+				assert.Empty(t, moved)
+				assert.Equal(t, Parked, j.State)
+			}
+		})
+	}
+}

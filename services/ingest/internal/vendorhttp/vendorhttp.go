@@ -43,7 +43,8 @@ const (
 	Unavailable
 	// NotFound: 404. The record is gone (deleted since the webhook).
 	NotFound
-	// Unauthorized: 401/403. The token was rejected or lacks a scope.
+	// Unauthorized: 401/403. The token was rejected (TokenRejected) or
+	// lacks a scope.
 	Unauthorized
 	// Permanent: any other 4xx or an undecodable answer; retrying the same
 	// request cannot help.
@@ -74,7 +75,11 @@ type Error struct {
 	Endpoint   string
 	Status     int
 	RetryAfter time.Duration
-	Err        error
+	// TokenRejected: the vendor refused the access token itself (a 401, or
+	// a 403 that says so), not a scope or the account's plan. A new token
+	// may work; the same one never will.
+	TokenRejected bool
+	Err           error
 }
 
 func (e *Error) Error() string {
@@ -89,6 +94,13 @@ func (e *Error) Error() string {
 }
 
 func (e *Error) Unwrap() error { return e.Err }
+
+// IsTokenRejected reports whether err is a vendor call that failed because
+// the vendor refused the access token.
+func IsTokenRejected(err error) bool {
+	var ve *Error
+	return errors.As(err, &ve) && ve.TokenRejected
+}
 
 // KindOf returns the Kind of the first *Error in err's chain (0 if none).
 func KindOf(err error) Kind {
@@ -392,7 +404,9 @@ func (c *Client) do(ctx context.Context, endpoint, path, token string, dst any, 
 	case resp.StatusCode == http.StatusNotFound:
 		return c.fail(endpoint, NotFound, resp.StatusCode, 0, nil)
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
-		return c.fail(endpoint, Unauthorized, resp.StatusCode, 0, nil)
+		e := c.fail(endpoint, Unauthorized, resp.StatusCode, 0, nil).(*Error)
+		e.TokenRejected = TokenRejected(resp.StatusCode, resp.Header, body)
+		return e
 	case resp.StatusCode >= 500 || resp.StatusCode == http.StatusRequestTimeout:
 		// Only Retry-After counts here: WHOOP sends X-RateLimit-Reset on
 		// every answer, and on a 500 it says nothing about the outage.
@@ -474,6 +488,49 @@ func (c *Client) Close(ctx context.Context) error {
 	}
 	c.transport.CloseIdleConnections()
 	return err
+}
+
+// TokenRejected decides whether a 401 or 403 answer means the access token
+// itself was refused (a refreshed token may work) rather than a missing
+// scope or an account without access to the data (nothing a refresh can
+// fix). A 401 always means the token (RFC 6750 §3.1: invalid_token). A 403
+// means the token only when it says so: WWW-Authenticate error
+// "invalid_token", or an error text naming the token (expired, revoked,
+// invalid) and no scope. Oura answers 403 for an expired subscription, so a
+// 403 that says nothing is not taken for a token problem.
+func TokenRejected(status int, h http.Header, body []byte) bool {
+	switch status {
+	case http.StatusUnauthorized:
+		return true
+	case http.StatusForbidden:
+	default:
+		return false
+	}
+	if auth := strings.ToLower(h.Get("WWW-Authenticate")); auth != "" {
+		switch {
+		case strings.Contains(auth, "insufficient_scope"):
+			return false
+		case strings.Contains(auth, "invalid_token"):
+			return true
+		}
+	}
+	var fields map[string]any
+	if len(body) > 4096 || json.Unmarshal(body, &fields) != nil {
+		return false
+	}
+	var text strings.Builder
+	for _, k := range []string{"error", "error_description", "detail", "message", "title"} {
+		if v, ok := fields[k].(string); ok {
+			text.WriteString(strings.ToLower(v))
+			text.WriteByte(' ')
+		}
+	}
+	t := text.String()
+	if strings.Contains(t, "scope") {
+		return false
+	}
+	return strings.Contains(t, "invalid_token") || strings.Contains(t, "token") &&
+		(strings.Contains(t, "expired") || strings.Contains(t, "revoked") || strings.Contains(t, "invalid"))
 }
 
 // retryAfter reads, for a 429, Retry-After (seconds or an HTTP date) and

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -135,25 +136,30 @@ func (c *Collector) Handle(ctx context.Context, j jobs.Job) (string, error) {
 		p.End = time.Now().UTC()
 		p.Start = p.End.Add(-p.Window)
 	}
-	token, outcome, err := c.f.token(ctx, p.UserID, j.Vendor)
-	if token == "" {
-		// A revoked or broken connection ends its streams; a reconnect is
-		// a new generation with a backfill of its own.
-		return outcome, err
+	var fetch func(context.Context, string, Page) (pageResult, error)
+	switch {
+	case j.Vendor == VendorWhoop && p.Stream == StreamWhoopSleep:
+		fetch = c.whoopSleeps
+	case j.Vendor == VendorWhoop && p.Stream == StreamWhoopRecovery:
+		fetch = c.whoopRecoveries
+	case j.Vendor == VendorWhoop && p.Stream == StreamWhoopWorkout:
+		fetch = c.whoopWorkouts
+	case j.Vendor == VendorOura && oura.Supported(p.Stream):
+		fetch = c.ouraDocuments
+	default:
+		return "", &Permanent{Reason: "unknown stream " + j.Vendor + "/" + p.Stream}
 	}
 	ctx = vendorhttp.Background(ctx)
 	var res pageResult
-	switch {
-	case j.Vendor == VendorWhoop && p.Stream == StreamWhoopSleep:
-		res, err = c.whoopSleeps(ctx, token, p)
-	case j.Vendor == VendorWhoop && p.Stream == StreamWhoopRecovery:
-		res, err = c.whoopRecoveries(ctx, token, p)
-	case j.Vendor == VendorWhoop && p.Stream == StreamWhoopWorkout:
-		res, err = c.whoopWorkouts(ctx, token, p)
-	case j.Vendor == VendorOura && oura.Supported(p.Stream):
-		res, err = c.ouraDocuments(ctx, token, p)
-	default:
-		return "", &Permanent{Reason: "unknown stream " + j.Vendor + "/" + p.Stream}
+	_, err := c.f.withToken(ctx, p.UserID, j.Vendor, func(token string) (string, error) {
+		var err error
+		res, err = fetch(ctx, token, p)
+		return "", err
+	})
+	if errors.Is(err, errConnectionBroken) || errors.Is(err, errConnectionGone) {
+		// A revoked or broken connection ends its streams; a reconnect is
+		// a new generation with a backfill of its own.
+		return OutcomeInactive, nil
 	}
 	if err != nil {
 		if vendorhttp.KindOf(err) == vendorhttp.NotFound {

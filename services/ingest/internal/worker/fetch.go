@@ -85,6 +85,7 @@ type Fetcher struct {
 	skipped      *prometheus.CounterVec
 	unknownUsers *prometheus.CounterVec
 	writes       *prometheus.CounterVec
+	rejected     *prometheus.CounterVec
 }
 
 // NewFetcher builds the webhook handler.
@@ -110,9 +111,13 @@ func NewFetcher(cfg FetchConfig, tokens tokensv1.TokenBrokerServiceClient, persi
 			Name: "biobridge_ingest_vendor_records_total",
 			Help: "Vendor records handed to persistence, by vendor, kind and result (inserted, updated, duplicate, rejected, deleted, ...).",
 		}, []string{"vendor", "kind", "result"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "biobridge_ingest_vendor_tokens_rejected_total",
+			Help: "Vendor calls that found the access token refused (401) and asked the token broker for a new one.",
+		}, []string{"vendor"}),
 	}
 	if reg != nil {
-		reg.MustRegister(f.skipped, f.unknownUsers, f.writes)
+		reg.MustRegister(f.skipped, f.unknownUsers, f.writes, f.rejected)
 	}
 	return f
 }
@@ -154,26 +159,36 @@ func (f *Fetcher) whoopEvent(ctx context.Context, j jobs.Job, ev webhook.WhoopEv
 	if !ev.Supported() {
 		return OutcomeUnsupported, nil
 	}
-	user, outcome, err := f.resolve(ctx, VendorWhoop, ev.VendorUserID())
-	if user == "" {
+	conn, outcome, err := f.resolve(ctx, VendorWhoop, ev.VendorUserID())
+	if conn.user == "" {
 		return outcome, err
 	}
 	if ev.Action() == webhook.WhoopDeleted {
+		// A deletion needs no token: it is applied even while the
+		// connection is broken.
 		id := ev.ID
 		if ev.Resource() == webhook.WhoopRecovery {
 			id = whoop.RecoveryRecordID(ev.ID)
 		}
-		return f.delete(ctx, VendorWhoop, ev.Resource(), user, biometricsv1.Source_SOURCE_WHOOP, id)
+		return f.delete(ctx, VendorWhoop, ev.Resource(), conn.user, biometricsv1.Source_SOURCE_WHOOP, id)
 	}
-	token, outcome, err := f.token(ctx, user, VendorWhoop)
-	if token == "" {
-		return outcome, err
+	if conn.broken {
+		return "", conn.park()
 	}
+	outcome, err = f.withToken(ctx, conn.user, VendorWhoop, func(token string) (string, error) {
+		return f.whoopFetch(ctx, j, ev, conn.user, token)
+	})
+	return conn.settle(outcome, err)
+}
+
+// whoopFetch fetches, normalizes and writes the record ev names. Vendor
+// errors are returned as they are (withToken looks for a rejected token).
+func (f *Fetcher) whoopFetch(ctx context.Context, j jobs.Job, ev webhook.WhoopEvent, user, token string) (string, error) {
 	switch ev.Resource() {
 	case webhook.WhoopSleep:
 		s, err := f.whoop.Sleep(ctx, token, ev.ID)
 		if err != nil {
-			return vendorOutcome(err)
+			return "", err
 		}
 		if done, outcome, err := f.scoreState(j, s.ScoreState); done {
 			return outcome, err
@@ -186,7 +201,7 @@ func (f *Fetcher) whoopEvent(ctx context.Context, j jobs.Job, ev webhook.WhoopEv
 	case webhook.WhoopWorkout:
 		w, err := f.whoop.Workout(ctx, token, ev.ID)
 		if err != nil {
-			return vendorOutcome(err)
+			return "", err
 		}
 		if done, outcome, err := f.scoreState(j, w.ScoreState); done {
 			return outcome, err
@@ -201,14 +216,14 @@ func (f *Fetcher) whoopEvent(ctx context.Context, j jobs.Job, ev webhook.WhoopEv
 		// cycle has the recovery.
 		s, err := f.whoop.Sleep(ctx, token, ev.ID)
 		if err != nil {
-			return vendorOutcome(err)
+			return "", err
 		}
 		if s.CycleID == 0 {
 			return OutcomeIncompleteEntry, nil
 		}
 		r, err := f.whoop.CycleRecovery(ctx, token, s.CycleID)
 		if err != nil {
-			return vendorOutcome(err)
+			return "", err
 		}
 		if done, outcome, err := f.scoreState(j, r.ScoreState); done {
 			return outcome, err
@@ -242,34 +257,72 @@ func (f *Fetcher) ouraEvent(ctx context.Context, _ jobs.Job, ev webhook.OuraEven
 	if !oura.Supported(ev.DataType) {
 		return OutcomeUnsupported, nil
 	}
-	user, outcome, err := f.resolve(ctx, VendorOura, ev.UserID)
-	if user == "" {
+	conn, outcome, err := f.resolve(ctx, VendorOura, ev.UserID)
+	if conn.user == "" {
 		return outcome, err
 	}
 	if ev.EventType == webhook.OuraDelete {
-		return f.delete(ctx, VendorOura, ev.DataType, user, biometricsv1.Source_SOURCE_OURA, ev.ObjectID)
+		return f.delete(ctx, VendorOura, ev.DataType, conn.user, biometricsv1.Source_SOURCE_OURA, ev.ObjectID)
 	}
-	token, outcome, err := f.token(ctx, user, VendorOura)
-	if token == "" {
-		return outcome, err
+	if conn.broken {
+		return "", conn.park()
 	}
-	d, err := f.oura.Document(ctx, token, ev.DataType, ev.ObjectID)
-	if err != nil {
-		return vendorOutcome(err)
-	}
-	if d.ID == "" {
-		d.ID = ev.ObjectID
-	}
-	n, err := oura.Normalize(user, ev.DataType, d, ev.Time())
-	if err != nil {
-		return OutcomeIncompleteEntry, nil
-	}
-	return f.write(ctx, VendorOura, n.Event, n.Skipped)
+	outcome, err = f.withToken(ctx, conn.user, VendorOura, func(token string) (string, error) {
+		d, err := f.oura.Document(ctx, token, ev.DataType, ev.ObjectID)
+		if err != nil {
+			return "", err
+		}
+		if d.ID == "" {
+			d.ID = ev.ObjectID
+		}
+		n, err := oura.Normalize(conn.user, ev.DataType, d, ev.Time())
+		if err != nil {
+			return OutcomeIncompleteEntry, nil
+		}
+		return f.write(ctx, VendorOura, n.Event, n.Skipped)
+	})
+	return conn.settle(outcome, err)
 }
 
-// resolve maps the vendor user to the internal user. user is "" when the
-// job ends here (outcome, nil) or must be retried (err).
-func (f *Fetcher) resolve(ctx context.Context, vendor, vendorUserID string) (user, outcome string, err error) {
+// connection is what a webhook job learned of the vendor user's connection.
+type connection struct {
+	user string
+	// generation is the connection's connected_at.
+	generation time.Time
+	// broken: the vendor rejected the refresh token; the user must reconnect.
+	broken bool
+}
+
+// ReasonConnectionBroken is why jobs are parked while their connection is
+// broken (shown in ListJobs).
+const ReasonConnectionBroken = "connection_broken: waiting for the user to reconnect"
+
+// park sets the job aside until the user reconnects (a newer generation).
+func (c connection) park() error {
+	return &Park{UserID: c.user, Generation: c.generation, Reason: ReasonConnectionBroken}
+}
+
+// settle turns the result of a fetch into the job's fate: a connection
+// that broke on the way parks the job, a revoked one ends it, a failed
+// vendor call is judged by vendorOutcome.
+func (c connection) settle(outcome string, err error) (string, error) {
+	switch {
+	case err == nil:
+		return outcome, nil
+	case errors.Is(err, errConnectionBroken):
+		return "", c.park()
+	case errors.Is(err, errConnectionGone):
+		return OutcomeInactive, nil
+	case vendorhttp.KindOf(err) != 0:
+		return vendorOutcome(err)
+	}
+	return outcome, err
+}
+
+// resolve maps the vendor user to the internal user and its connection.
+// conn.user is "" when the job ends here (outcome, nil) or must be retried
+// (err).
+func (f *Fetcher) resolve(ctx context.Context, vendor, vendorUserID string) (conn connection, outcome string, err error) {
 	resp, err := f.tokens.ResolveVendorUser(f.outgoing(ctx), &tokensv1.ResolveVendorUserRequest{Vendor: vendor, VendorUserId: vendorUserID})
 	if err != nil {
 		if status.Code(err) == codes.NotFound {
@@ -279,28 +332,72 @@ func (f *Fetcher) resolve(ctx context.Context, vendor, vendorUserID string) (use
 			f.unknownUsers.WithLabelValues(vendor).Inc()
 			f.logger.InfoContext(ctx, "notification for a vendor user without a connection",
 				slog.String("vendor", vendor), logging.UserID(vendor+":"+vendorUserID))
-			return "", OutcomeUnknownUser, nil
+			return connection{}, OutcomeUnknownUser, nil
 		}
-		return "", "", grpcFailure("resolve vendor user", err)
+		return connection{}, "", grpcFailure("resolve vendor user", err)
 	}
-	if resp.GetStatus() != tokensv1.ConnectionStatus_CONNECTION_STATUS_ACTIVE {
-		return "", OutcomeInactive, nil
+	conn = connection{user: resp.GetUserId(), generation: resp.GetConnectedAt().AsTime()}
+	switch resp.GetStatus() {
+	case tokensv1.ConnectionStatus_CONNECTION_STATUS_ACTIVE:
+	case tokensv1.ConnectionStatus_CONNECTION_STATUS_BROKEN:
+		conn.broken = true
+	default:
+		// Revoked: the user chose to stop sharing this vendor's data.
+		return connection{}, OutcomeInactive, nil
 	}
-	return resp.GetUserId(), "", nil
+	return conn, "", nil
 }
 
-func (f *Fetcher) token(ctx context.Context, user, vendor string) (token, outcome string, err error) {
-	resp, err := f.tokens.GetAccessToken(f.outgoing(ctx), &tokensv1.GetAccessTokenRequest{UserId: user, Vendor: vendor})
+// Why token gives no token.
+var (
+	// errConnectionBroken: the vendor rejected the refresh token; the
+	// user must reconnect.
+	errConnectionBroken = errors.New("vendor connection broken")
+	// errConnectionGone: revoked or deleted.
+	errConnectionGone = errors.New("vendor connection revoked")
+)
+
+// token asks the broker for the user's access token. rejected, when not
+// empty, is the token the vendor just refused: the broker refreshes early
+// if it is still the current one, or hands out its replacement.
+func (f *Fetcher) token(ctx context.Context, user, vendor, rejected string) (string, error) {
+	resp, err := f.tokens.GetAccessToken(f.outgoing(ctx), &tokensv1.GetAccessTokenRequest{UserId: user, Vendor: vendor, RejectedAccessToken: rejected})
 	if err != nil {
 		switch status.Code(err) {
-		case codes.NotFound, codes.FailedPrecondition:
-			// Revoked or broken: the user must reconnect; reconciliation
-			// after the reconnect fetches what was missed.
-			return "", OutcomeInactive, nil
+		case codes.FailedPrecondition:
+			if st, _ := status.FromError(err); apperr.ReasonFromStatus(st) == "connection_broken" {
+				return "", errConnectionBroken
+			}
+			return "", errConnectionGone
+		case codes.NotFound:
+			return "", errConnectionGone
 		}
-		return "", "", grpcFailure("get access token", err)
+		return "", grpcFailure("get access token", err)
 	}
-	return resp.GetAccessToken(), "", nil
+	return resp.GetAccessToken(), nil
+}
+
+// withToken runs call with the user's access token. When the vendor
+// refuses the token (it can invalidate tokens long before their expiry:
+// a password change, a grant rotated elsewhere), the broker is told which
+// token was refused, and call runs once more at once with the token the
+// broker hands out then. The broker refreshes at most once for any number
+// of jobs reporting the same token, and the job spends no attempt on it.
+// call must return vendor errors unconverted.
+func (f *Fetcher) withToken(ctx context.Context, user, vendor string, call func(token string) (string, error)) (string, error) {
+	token, err := f.token(ctx, user, vendor, "")
+	if err != nil {
+		return "", err
+	}
+	outcome, err := call(token)
+	if !vendorhttp.IsTokenRejected(err) {
+		return outcome, err
+	}
+	f.rejected.WithLabelValues(vendor).Inc()
+	if token, err = f.token(ctx, user, vendor, token); err != nil {
+		return "", err
+	}
+	return call(token)
 }
 
 func (f *Fetcher) write(ctx context.Context, vendor string, ev *persistencev1.EventInput, skipped []readings.Skipped) (string, error) {

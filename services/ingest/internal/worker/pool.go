@@ -2,7 +2,8 @@
 // from the durable queue, keeps each lease alive while its job runs, hands
 // the job to the handler registered for its kind, and records the outcome:
 // done, retried later (with backoff and jitter, or at the time a rate limit
-// or a pending score names), or dead after the last attempt.
+// or a pending score names), parked until the user reconnects a broken
+// vendor connection, or dead after the last attempt.
 //
 // Nothing is held only in memory: a job is in PostgreSQL from the moment it
 // is acknowledged until it is done or dead. If the process dies, its leases
@@ -77,6 +78,19 @@ func (p *Permanent) Error() string {
 }
 
 func (p *Permanent) Unwrap() error { return p.Err }
+
+// Park sets the job aside until the user reconnects: the vendor connection
+// it needs is broken, and running it again before then would only spend its
+// attempts. UserID's connection at the job's vendor, generation Generation
+// (its connected_at), is the one it waits on; a newer generation resumes
+// it (jobs.Store.Resume). Reason is a short stable word, shown in ListJobs.
+type Park struct {
+	UserID     string
+	Generation time.Time
+	Reason     string
+}
+
+func (p *Park) Error() string { return p.Reason }
 
 // Config tunes the pool.
 type Config struct {
@@ -314,6 +328,7 @@ func (p *Pool) run(ctx context.Context, j jobs.Job) {
 	var rerr error
 	var retry *Retry
 	var perm *Permanent
+	var park *Park
 	switch {
 	case err == nil:
 		rerr = p.store.Complete(rctx, j, outcome)
@@ -346,6 +361,12 @@ func (p *Pool) run(ctx context.Context, j jobs.Job) {
 		if rerr == nil {
 			p.m.retries.WithLabelValues(j.Vendor, j.Kind, retry.Reason).Inc()
 			log.Debug("job rescheduled", slog.String("reason", retry.Reason), slog.Duration("after", delay))
+		}
+	case errors.As(err, &park):
+		rerr = p.store.Park(rctx, j, park.UserID, park.Generation, park.Reason)
+		if rerr == nil {
+			p.m.parked.WithLabelValues(j.Vendor, j.Kind, park.Reason).Inc()
+			log.Info("job parked until the user reconnects", slog.String("reason", park.Reason))
 		}
 	case errors.As(err, &perm):
 		rerr = p.bury(rctx, j, perm.Error(), log)
@@ -435,7 +456,7 @@ func (p *Pool) backoff(attempt int) time.Duration {
 // queue must be exported as zero, not as nothing.
 func (p *Pool) initDepth() {
 	for _, v := range p.cfg.Vendors {
-		for _, st := range []jobs.State{jobs.Queued, jobs.Running, jobs.Dead} {
+		for _, st := range []jobs.State{jobs.Queued, jobs.Running, jobs.Dead, jobs.Parked} {
 			p.m.depth.WithLabelValues(v, st.String())
 		}
 	}
@@ -475,6 +496,7 @@ type poolMetrics struct {
 	dead      *prometheus.CounterVec
 	retries   *prometheus.CounterVec
 	leaseLost *prometheus.CounterVec
+	parked    *prometheus.CounterVec
 	duration  *prometheus.HistogramVec
 	depth     *prometheus.GaugeVec
 }
@@ -497,6 +519,10 @@ func newPoolMetrics(reg prometheus.Registerer) *poolMetrics {
 			Name: "biobridge_ingest_job_leases_lost_total",
 			Help: "Jobs whose lease expired before their result was recorded (another worker took over).",
 		}, []string{"vendor", "kind"}),
+		parked: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "biobridge_ingest_jobs_parked_total",
+			Help: "Jobs set aside until the user reconnects (their vendor connection is broken), by reason.",
+		}, []string{"vendor", "kind", "reason"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "biobridge_ingest_job_duration_seconds",
 			Help:    "Time to run one job attempt.",
@@ -504,11 +530,11 @@ func newPoolMetrics(reg prometheus.Registerer) *poolMetrics {
 		}, []string{"vendor", "kind"}),
 		depth: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "biobridge_ingest_jobs",
-			Help: "Jobs queued, running or dead, by vendor and state, counted in the job table (measured periodically; the same on every replica).",
+			Help: "Jobs queued, running, parked or dead, by vendor and state, counted in the job table (measured periodically; the same on every replica).",
 		}, []string{"vendor", "state"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.done, m.dead, m.retries, m.leaseLost, m.duration, m.depth)
+		reg.MustRegister(m.done, m.dead, m.retries, m.leaseLost, m.parked, m.duration, m.depth)
 	}
 	return m
 }

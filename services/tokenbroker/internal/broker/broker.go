@@ -19,7 +19,21 @@
 //     they take the lock themselves): they do not give up early;
 //  5. an invalid_grant answer is checked against the store before the
 //     connection is marked broken: if the version moved, someone else
-//     rotated the tokens and their tokens are used.
+//     rotated the tokens and their tokens are used; if another holder's
+//     claim is still running, nothing is concluded yet;
+//  6. the refresh is also claimed on the connection row before the vendor
+//     is asked (owner value and expiry), so losing the Redis lock alone
+//     (failover, eviction) never lets a second instance present the same
+//     refresh token;
+//  7. once the vendor answered, the result is kept until stored: the
+//     holder retries the store for the store patience, renewing its lease
+//     and claim, and parks the sealed result in Redis at the first failure;
+//     the next holder stores a parked result instead of calling the vendor.
+//
+// A caller whose access token the vendor rejected (HTTP 401) names it: if
+// it is still the stored token the connection is refreshed early, through
+// the same flight, lock and claim, so a hundred callers reporting one token
+// cause one refresh; a token already replaced just gets the current one.
 //
 // The vendor call runs on a context detached from the caller's: a caller
 // that gives up must not abort a refresh the vendor may already have
@@ -29,6 +43,8 @@ package broker
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -37,6 +53,7 @@ import (
 	mathrand "math/rand/v2"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -67,6 +84,11 @@ type Config struct {
 	// refresh (default LockLease + RefreshTimeout: a dead holder's lease
 	// expires and the next refresh finishes within it).
 	WaitTimeout time.Duration
+	// StorePatience is how long a holder whose refresh the vendor answered
+	// keeps retrying to store the result, renewing its lease, before it
+	// gives up and leaves the result parked for the next holder
+	// (default 2m).
+	StorePatience time.Duration
 	// StateTTL is how long an authorization state stays valid (default 10m).
 	StateTTL time.Duration
 	// ProactiveWindow: active connections whose token expires within this
@@ -90,6 +112,7 @@ func (c *Config) setDefaults() {
 	def(&c.RefreshTimeout, 10*time.Second)
 	def(&c.LockLease, 30*time.Second)
 	def(&c.WaitTimeout, c.LockLease+c.RefreshTimeout)
+	def(&c.StorePatience, 2*time.Minute)
 	def(&c.StateTTL, 10*time.Minute)
 	def(&c.ProactiveWindow, 5*time.Minute)
 	def(&c.ActiveWindow, 72*time.Hour)
@@ -135,6 +158,10 @@ type Broker struct {
 	// inflight counts running flights, so shutdown can wait for refreshes
 	// that the vendor may already have answered before closing the store.
 	inflight atomic.Int64
+	// stopped is closed by Stop: holders still retrying a store give up
+	// (their result stays parked in Redis).
+	stopped  chan struct{}
+	stopOnce sync.Once
 }
 
 // New returns a Broker.
@@ -151,7 +178,7 @@ func New(cfg Config, d Deps) (*Broker, error) {
 	}
 	return &Broker{
 		cfg: cfg, store: d.Store, cache: d.Cache, locker: d.Locker, keys: d.Keys,
-		vendors: d.Vendors, m: d.Metrics, log: d.Logger, kick: d.EventsWritten,
+		vendors: d.Vendors, m: d.Metrics, log: d.Logger, kick: d.EventsWritten, stopped: make(chan struct{}),
 	}, nil
 }
 
@@ -229,31 +256,57 @@ func aad(userID, vendor, field string) []byte {
 // --- access tokens ---
 
 // GetAccessToken returns a token with more than the safety margin of life
-// left, refreshing it if needed (see the package comment).
-func (b *Broker) GetAccessToken(ctx context.Context, userID, vendor string) (AccessToken, error) {
+// left, refreshing it if needed (see the package comment). rejected, when
+// not empty, is an access token the vendor refused: it is never handed out
+// again, and if it is still the stored one the connection is refreshed
+// early (once, however many callers report it).
+func (b *Broker) GetAccessToken(ctx context.Context, userID, vendor, rejected string) (AccessToken, error) {
 	if userID == "" {
 		return AccessToken{}, apperr.E(apperr.Invalid, "missing_user_id", "user_id is required")
 	}
 	if _, err := b.Vendor(vendor); err != nil {
 		return AccessToken{}, err
 	}
-	if tok, ok := b.fromCache(ctx, userID, vendor, b.cfg.SafetyMargin); ok {
+	if rejected != "" {
+		b.m.RejectedTokens.WithLabelValues(vendor).Inc()
+	}
+	if tok, ok := b.fromCache(ctx, userID, vendor, b.cfg.SafetyMargin); ok && !sameToken(tok.Token, rejected) {
 		b.m.CacheHits.WithLabelValues(vendor).Inc()
 		return tok, nil
 	}
 	b.m.CacheMisses.WithLabelValues(vendor).Inc()
-	return b.shared(ctx, userID, vendor, b.cfg.SafetyMargin, true)
+	return b.shared(ctx, userID, vendor, need{minLife: b.cfg.SafetyMargin, rejected: rejected}, true)
+}
+
+// need is what a caller requires of the stored access token.
+type need struct {
+	// minLife is the life the token must have left.
+	minLife time.Duration
+	// rejected is a token the vendor refused ("" for none): the stored
+	// token must not be this one.
+	rejected string
+}
+
+// sameToken compares a token with a rejected one in constant time; an
+// empty rejected token matches nothing.
+func sameToken(tok, rejected string) bool {
+	return rejected != "" && subtle.ConstantTimeCompare([]byte(tok), []byte(rejected)) == 1
 }
 
 // shared runs obtain once per connection per process however many callers
 // ask at once. The work runs detached from any one caller's cancellation;
-// each caller stops waiting when its own context ends.
-func (b *Broker) shared(ctx context.Context, userID, vendor string, minLife time.Duration, used bool) (AccessToken, error) {
+// each caller stops waiting when its own context ends. Callers reporting
+// the same rejected token share a flight of their own.
+func (b *Broker) shared(ctx context.Context, userID, vendor string, n need, used bool) (AccessToken, error) {
 	key := vendor + "\x00" + userID
+	if n.rejected != "" {
+		sum := sha256.Sum256([]byte(n.rejected))
+		key += "\x00rejected:" + hex.EncodeToString(sum[:8])
+	}
 	ch := b.flights.DoChan(key, func() (any, error) {
 		b.inflight.Add(1)
 		defer b.inflight.Add(-1)
-		return b.obtain(context.WithoutCancel(ctx), userID, vendor, minLife, used)
+		return b.obtain(context.WithoutCancel(ctx), userID, vendor, n, used)
 	})
 	select {
 	case r := <-ch:
@@ -277,6 +330,11 @@ func (b *Broker) Drain(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Stop makes holders that are still retrying to store a refresh result
+// give up at once, leaving the result parked for the next holder (call it
+// after Drain timed out, before the stores are closed).
+func (b *Broker) Stop() { b.stopOnce.Do(func() { close(b.stopped) }) }
 
 // revokedTombstoneTTL outlives any access token a concurrent caller could
 // still be putting into the cache when a connection is revoked.
@@ -357,9 +415,28 @@ func (b *Broker) deliver(ctx context.Context, c *postgres.Connection, used bool)
 	return tok, nil
 }
 
-// obtain returns a token with more than minLife left, refreshing under the
-// connection's lock when needed and otherwise waiting for the holder.
-func (b *Broker) obtain(ctx context.Context, userID, vendor string, minLife time.Duration, used bool) (AccessToken, error) {
+// needsRefresh reports whether c's stored token does not meet n: too
+// little life left, or the very token the vendor rejected.
+func (b *Broker) needsRefresh(c *postgres.Connection, n need) bool {
+	if !fresh(c, n.minLife) {
+		return true
+	}
+	if n.rejected == "" {
+		return false
+	}
+	tok, err := b.openAccess(c)
+	// An unreadable token is reported by deliver, not refreshed around.
+	return err == nil && sameToken(tok.Token, n.rejected)
+}
+
+// errClaimed: another holder's refresh claim is on the connection row
+// although this caller holds the Redis lock (the lock was lost meanwhile).
+// The caller waits for that holder like for a held lock.
+var errClaimed = errors.New("refresh claimed by another holder")
+
+// obtain returns a token meeting n, refreshing under the connection's lock
+// when needed and otherwise waiting for the holder.
+func (b *Broker) obtain(ctx context.Context, userID, vendor string, n need, used bool) (AccessToken, error) {
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.WaitTimeout+b.cfg.RefreshTimeout+minStoreBudget)
 	defer cancel()
 	var waitStart time.Time
@@ -379,7 +456,7 @@ func (b *Broker) obtain(ctx context.Context, userID, vendor string, minLife time
 		if err := usable(c); err != nil {
 			return AccessToken{}, err
 		}
-		if fresh(c, minLife) {
+		if !b.needsRefresh(c, n) {
 			return b.deliver(ctx, c, used)
 		}
 		lock, err := b.locker.TryAcquire(ctx, b.cache.LockKey(userID, vendor), b.cfg.LockLease)
@@ -387,11 +464,14 @@ func (b *Broker) obtain(ctx context.Context, userID, vendor string, minLife time
 			return AccessToken{}, apperr.Wrap(err, apperr.Unavailable, "lock_unavailable", "token refresh coordination unavailable, retry later")
 		}
 		if lock != nil {
-			observeWait()
-			return b.refreshLocked(ctx, lock, userID, vendor, minLife, used)
+			tok, err := b.refreshLocked(ctx, lock, userID, vendor, n, used)
+			if !errors.Is(err, errClaimed) {
+				observeWait()
+				return tok, err
+			}
 		}
 		// Another instance (or a dead one, until its lease expires) holds
-		// the lock: wait for its result.
+		// the lock or the claim: wait for its result.
 		if waitStart.IsZero() {
 			waitStart = time.Now()
 		} else if time.Since(waitStart) > b.cfg.WaitTimeout {
@@ -410,14 +490,14 @@ func (b *Broker) obtain(ctx context.Context, userID, vendor string, minLife time
 }
 
 // refreshLocked runs with the connection's lock held and releases it.
-func (b *Broker) refreshLocked(ctx context.Context, lock *tokenlock.Lock, userID, vendor string, minLife time.Duration, used bool) (AccessToken, error) {
+func (b *Broker) refreshLocked(ctx context.Context, lock *tokenlock.Lock, userID, vendor string, n need, used bool) (AccessToken, error) {
 	defer func() {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		defer cancel()
 		if ok, err := lock.Release(rctx); err != nil || !ok {
-			// The lease ran out before the release: harmless for
-			// correctness (the write was fenced) but a sign the lease is
-			// too short for this vendor's latency.
+			// The lease ran out (or the key was lost) before the release:
+			// harmless for correctness (the write was fenced and the
+			// refresh claimed in the database) but worth knowing.
 			b.log.WarnContext(ctx, "refresh lock was not held at release", "vendor", vendor, "err", err)
 		}
 	}()
@@ -429,8 +509,21 @@ func (b *Broker) refreshLocked(ctx context.Context, lock *tokenlock.Lock, userID
 	if err := usable(c); err != nil {
 		return AccessToken{}, err
 	}
-	if fresh(c, minLife) {
+	if !b.needsRefresh(c, n) {
 		return b.deliver(ctx, c, used)
+	}
+	// A previous holder's answer from the vendor that it could not store:
+	// it is the only working token pair, so it is stored, not refreshed.
+	if tok, ok, err := b.landParked(ctx, lock, c, used); ok {
+		return tok, err
+	}
+	// Claim the refresh on the row too: if the Redis lock is lost while we
+	// wait for the vendor, nobody else can present this refresh token.
+	if err := b.store.ClaimRefresh(ctx, userID, vendor, c.Version, lock.Owner(), time.Until(lock.Expires())); err != nil {
+		if errors.Is(err, postgres.ErrClaimed) {
+			return AccessToken{}, errClaimed
+		}
+		return AccessToken{}, err
 	}
 	// The vendor call must end while the lease still protects it, with
 	// time left to store the answer.
@@ -438,24 +531,24 @@ func (b *Broker) refreshLocked(ctx context.Context, lock *tokenlock.Lock, userID
 	if limit := lock.Expires().Add(-minStoreBudget); limit.Before(deadline) {
 		deadline = limit
 	}
-	return b.refreshConn(ctx, c, deadline, used)
+	return b.refreshConn(ctx, lock, c, deadline, used)
 }
 
 // refreshConn presents c's refresh token to the vendor once and stores the
-// answer fenced by c.Version. The caller holds the connection's lock; c is
-// what it read under the lock.
-func (b *Broker) refreshConn(ctx context.Context, c *postgres.Connection, deadline time.Time, used bool) (AccessToken, error) {
+// answer fenced by c.Version. The caller holds the connection's lock and
+// its claim; c is what it read under the lock.
+func (b *Broker) refreshConn(ctx context.Context, lock *tokenlock.Lock, c *postgres.Connection, deadline time.Time, used bool) (AccessToken, error) {
 	v, err := b.Vendor(c.Vendor)
 	if err != nil {
 		return AccessToken{}, err
 	}
-	log := b.log.With("vendor", c.Vendor, logging.UserID(c.UserID))
 	refresh, err := b.keys.Open(c.KeyID, c.RefreshTokenEnc, aad(c.UserID, c.Vendor, "refresh"))
 	if err != nil {
+		b.releaseClaim(ctx, c, lock.Owner())
 		return AccessToken{}, apperr.Wrap(err, apperr.Internal, ReasonTokenUnreadable, "stored token cannot be decrypted")
 	}
 	if len(refresh) == 0 {
-		return b.refreshFailed(ctx, c, vendors.ReasonNoRefreshToken, errors.New("connection has no refresh token"), used)
+		return b.refreshFailed(ctx, lock, c, vendors.ReasonNoRefreshToken, errors.New("connection has no refresh token"), used)
 	}
 	vctx, cancel := context.WithDeadline(ctx, deadline)
 	start := time.Now()
@@ -463,17 +556,25 @@ func (b *Broker) refreshConn(ctx context.Context, c *postgres.Connection, deadli
 	cancel()
 	b.m.RefreshSeconds.WithLabelValues(c.Vendor).Observe(time.Since(start).Seconds())
 	if err != nil {
-		return b.refreshFailed(ctx, c, vendors.Reason(err), err, used)
+		return b.refreshFailed(ctx, lock, c, vendors.Reason(err), err, used)
 	}
 	sealed, err := b.sealTokens(c.UserID, c.Vendor, tok)
 	if err != nil {
 		return AccessToken{}, err
 	}
-	updated, err := b.storeRefreshed(ctx, c, sealed)
+	return b.land(ctx, lock, c, sealed, used)
+}
+
+// land stores tokens the vendor issued from c (keeping them until stored)
+// and hands out the access token.
+func (b *Broker) land(ctx context.Context, lock *tokenlock.Lock, c *postgres.Connection, t postgres.Tokens, used bool) (AccessToken, error) {
+	log := b.log.With("vendor", c.Vendor, logging.UserID(c.UserID))
+	updated, err := b.keep(ctx, lock, c, t)
 	switch {
 	case errors.Is(err, postgres.ErrVersionConflict):
-		// Reconnected or revoked while we refreshed: that change wins and
-		// the tokens we got are dropped.
+		// Reconnected or revoked while we refreshed (or a successor stored
+		// our parked result): that change wins and our copy is dropped.
+		b.unpark(ctx, c, c.Version)
 		b.m.Refreshes.WithLabelValues(c.Vendor, OutcomeSuperseded).Inc()
 		log.InfoContext(ctx, "refreshed tokens superseded by a newer connection change")
 		cur, gerr := b.get(ctx, c.UserID, c.Vendor)
@@ -488,14 +589,15 @@ func (b *Broker) refreshConn(ctx context.Context, c *postgres.Connection, deadli
 		}
 		return b.deliver(ctx, cur, used)
 	case err != nil:
-		// The vendor rotated the tokens and we could not store them: the
-		// connection will fail its next refresh. Nothing more can be done
-		// here; make it loud.
+		// The store stayed unreachable for the whole patience. The result
+		// is parked in Redis (keep did that at the first failure): the next
+		// holder stores it instead of calling the vendor.
 		b.m.Refreshes.WithLabelValues(c.Vendor, OutcomeError).Inc()
 		b.m.RefreshFailures.WithLabelValues(c.Vendor, ReasonStoreFailed).Inc()
-		log.ErrorContext(ctx, "refreshed tokens could not be stored; the connection will need a reconnect", "err", err)
-		return AccessToken{}, apperr.Wrap(err, apperr.Unavailable, "store_unavailable", "token store unavailable, retry later")
+		log.ErrorContext(ctx, "refreshed tokens could not be stored; they stay parked for the next holder", "err", err)
+		return AccessToken{}, apperr.Wrap(err, apperr.Unavailable, "store_unavailable", "token store unavailable, retry later").WithRetryAfter(time.Second)
 	}
+	b.unpark(ctx, c, c.Version)
 	b.m.Refreshes.WithLabelValues(c.Vendor, OutcomeSuccess).Inc()
 	log.DebugContext(ctx, "token refreshed", "version", updated.Version)
 	if used {
@@ -504,19 +606,116 @@ func (b *Broker) refreshConn(ctx context.Context, c *postgres.Connection, deadli
 	return b.openAccess(updated)
 }
 
-// storeRefreshed retries transient store errors a few times: the vendor has
-// already rotated, so these tokens are the only ones that work.
-func (b *Broker) storeRefreshed(ctx context.Context, c *postgres.Connection, t postgres.Tokens) (*postgres.Connection, error) {
-	var err error
-	for attempt := range 3 {
-		var updated *postgres.Connection
-		updated, err = b.store.StoreRefreshed(ctx, c.UserID, c.Vendor, c.Version, t, time.Now())
-		if err == nil || errors.Is(err, postgres.ErrVersionConflict) || ctx.Err() != nil {
+// storeAttemptTimeout bounds one write of refreshed tokens, so a database
+// that stopped answering is retried rather than waited on.
+const storeAttemptTimeout = 5 * time.Second
+
+// keep writes the refreshed tokens fenced by c.Version, retrying transient
+// store errors for the store patience: the vendor has already rotated, so
+// these tokens are the only ones that work. At the first failure the
+// sealed result is parked in Redis, where a successor looks before it
+// refreshes; while retrying, the lock's lease and the row's claim are
+// renewed (each fenced by the owner value).
+func (b *Broker) keep(ctx context.Context, lock *tokenlock.Lock, c *postgres.Connection, t postgres.Tokens) (*postgres.Connection, error) {
+	ctx = context.WithoutCancel(ctx)
+	giveUp := time.Now().Add(b.cfg.StorePatience)
+	backoff := 100 * time.Millisecond
+	parked := false
+	for {
+		sctx, cancel := context.WithTimeout(ctx, storeAttemptTimeout)
+		updated, err := b.store.StoreRefreshed(sctx, c.UserID, c.Vendor, c.Version, t, time.Now())
+		cancel()
+		if err == nil || errors.Is(err, postgres.ErrVersionConflict) {
 			return updated, err
 		}
-		time.Sleep(time.Duration(attempt+1) * 100 * time.Millisecond)
+		if !parked {
+			parked = b.park(ctx, c, t)
+		}
+		if time.Now().After(giveUp) {
+			return nil, err
+		}
+		if time.Until(lock.Expires()) < b.cfg.LockLease/2 {
+			b.renew(ctx, lock, c)
+		}
+		select {
+		case <-b.stopped:
+			return nil, err
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 2*time.Second)
 	}
-	return nil, err
+}
+
+// renew extends the lock's lease and the row's claim while a holder keeps
+// retrying its store. Either may fail (the claim certainly does while the
+// database is down); the parked result covers what they no longer do.
+func (b *Broker) renew(ctx context.Context, lock *tokenlock.Lock, c *postgres.Connection) {
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if ok, err := lock.Extend(rctx, b.cfg.LockLease); err != nil || !ok {
+		b.log.WarnContext(ctx, "refresh lock lost while storing the result", "vendor", c.Vendor, "err", err)
+	}
+	if err := b.store.ClaimRefresh(rctx, c.UserID, c.Vendor, c.Version, lock.Owner(), b.cfg.LockLease); err != nil && !errors.Is(err, postgres.ErrClaimed) {
+		b.log.DebugContext(ctx, "refresh claim not renewed", "vendor", c.Vendor, "err", err)
+	}
+}
+
+// parkedTTL is how long a parked refresh result waits for a holder to
+// store it. Any use of the connection (a token request, the proactive
+// refresh) stores it much sooner; the TTL only bounds garbage.
+const parkedTTL = 30 * 24 * time.Hour
+
+// park keeps the sealed refresh result in Redis, and reports whether it did.
+func (b *Broker) park(ctx context.Context, c *postgres.Connection, t postgres.Tokens) bool {
+	err := b.cache.Park(ctx, c.UserID, c.Vendor, tokencache.Parked{
+		BaseVersion: c.Version, KeyID: t.KeyID, AccessTokenEnc: t.AccessTokenEnc, RefreshTokenEnc: t.RefreshTokenEnc,
+		AccessExpiresAt: t.AccessExpiresAt,
+	}, parkedTTL)
+	if err != nil {
+		b.log.ErrorContext(ctx, "cannot park the refresh result; it lives only in this process until stored", "vendor", c.Vendor, "err", err)
+		return false
+	}
+	b.m.ParkedResults.WithLabelValues(c.Vendor).Inc()
+	b.log.WarnContext(ctx, "token store unavailable after a refresh; result parked until stored", "vendor", c.Vendor, logging.UserID(c.UserID))
+	return true
+}
+
+func (b *Broker) unpark(ctx context.Context, c *postgres.Connection, stored int64) {
+	if err := b.cache.Unpark(ctx, c.UserID, c.Vendor, stored); err != nil {
+		b.log.WarnContext(ctx, "cannot drop the parked refresh result", "vendor", c.Vendor, "err", err)
+	}
+}
+
+// landParked stores a result parked from exactly c's version, if there is
+// one. ok reports whether there was.
+func (b *Broker) landParked(ctx context.Context, lock *tokenlock.Lock, c *postgres.Connection, used bool) (AccessToken, bool, error) {
+	p, err := b.cache.ParkedResult(ctx, c.UserID, c.Vendor)
+	if err != nil {
+		b.log.WarnContext(ctx, "cannot read parked refresh results", "vendor", c.Vendor, "err", err)
+		return AccessToken{}, false, nil
+	}
+	if p == nil {
+		return AccessToken{}, false, nil
+	}
+	if p.BaseVersion != c.Version {
+		if p.BaseVersion < c.Version {
+			// Stored (or superseded) since: garbage.
+			b.unpark(ctx, c, c.Version-1)
+		}
+		return AccessToken{}, false, nil
+	}
+	b.log.InfoContext(ctx, "storing a parked refresh result instead of refreshing", "vendor", c.Vendor, logging.UserID(c.UserID))
+	tok, err := b.land(ctx, lock, c, postgres.Tokens{
+		KeyID: p.KeyID, AccessTokenEnc: p.AccessTokenEnc, RefreshTokenEnc: p.RefreshTokenEnc, AccessExpiresAt: p.AccessExpiresAt,
+	}, used)
+	return tok, true, err
+}
+
+func (b *Broker) releaseClaim(ctx context.Context, c *postgres.Connection, owner string) {
+	if err := b.store.ReleaseClaim(ctx, c.UserID, c.Vendor, owner); err != nil {
+		// It expires with the lease anyway.
+		b.log.WarnContext(ctx, "cannot release the refresh claim", "vendor", c.Vendor, "err", err)
+	}
 }
 
 func (b *Broker) sealTokens(userID, vendor string, t *oauth2.Token) (postgres.Tokens, error) {
@@ -538,18 +737,22 @@ func (b *Broker) sealTokens(userID, vendor string, t *oauth2.Token) (postgres.To
 }
 
 // refreshFailed decides what a failed refresh means. Only invalid_grant (or
-// a missing refresh token) can break a connection, and only when the store
-// shows nobody else rotated the tokens meanwhile.
-func (b *Broker) refreshFailed(ctx context.Context, c *postgres.Connection, reason string, cause error, used bool) (AccessToken, error) {
+// a missing refresh token) can break a connection, and only when nobody
+// else rotated the tokens meanwhile: no parked result from this version,
+// no newer version in the store, and no other holder's claim still
+// running (a refresh of theirs may still land).
+func (b *Broker) refreshFailed(ctx context.Context, lock *tokenlock.Lock, c *postgres.Connection, reason string, cause error, used bool) (AccessToken, error) {
 	log := b.log.With("vendor", c.Vendor, logging.UserID(c.UserID))
 	b.m.RefreshFailures.WithLabelValues(c.Vendor, reason).Inc()
 	switch reason {
 	case vendors.ReasonInvalidGrant, vendors.ReasonNoRefreshToken:
 	case vendors.ReasonInvalidClient:
+		b.releaseClaim(ctx, c, lock.Owner())
 		b.m.Refreshes.WithLabelValues(c.Vendor, OutcomeError).Inc()
 		log.ErrorContext(ctx, "vendor rejected the client credentials on refresh", "err", cause)
 		return AccessToken{}, apperr.Wrap(cause, apperr.Unavailable, ReasonVendorRejected, "vendor rejected the broker's client credentials")
 	default:
+		b.releaseClaim(ctx, c, lock.Owner())
 		b.m.Refreshes.WithLabelValues(c.Vendor, OutcomeError).Inc()
 		log.WarnContext(ctx, "token refresh failed", "reason", reason, "err", cause)
 		retry := time.Second
@@ -558,18 +761,26 @@ func (b *Broker) refreshFailed(ctx context.Context, c *postgres.Connection, reas
 		}
 		return AccessToken{}, apperr.Wrap(cause, apperr.Unavailable, ReasonVendorUnavailable, "vendor token endpoint unavailable, retry later").WithRetryAfter(retry)
 	}
+	// Did a holder before us rotate and fail to store? Then its parked
+	// result is the working pair.
+	if tok, ok, err := b.landParked(ctx, lock, c, used); ok {
+		if err == nil {
+			b.m.Refreshes.WithLabelValues(c.Vendor, OutcomeLostRace).Inc()
+		}
+		return tok, err
+	}
 	// Did someone else rotate? Then the grant is fine and their tokens work.
-	if tok, ok, err := b.rotatedElsewhere(ctx, c, used); ok || err != nil {
+	if tok, ok, err := b.rotatedElsewhere(ctx, c, lock.Owner(), used); ok || err != nil {
 		if err == nil {
 			b.m.Refreshes.WithLabelValues(c.Vendor, OutcomeLostRace).Inc()
 			log.InfoContext(ctx, "invalid_grant after another holder rotated the tokens; using theirs")
 		}
 		return tok, err
 	}
-	err := b.store.MarkBroken(ctx, c.UserID, c.Vendor, c.Version, reason, time.Now())
+	err := b.store.MarkBroken(ctx, c.UserID, c.Vendor, c.Version, lock.Owner(), reason, time.Now())
 	if errors.Is(err, postgres.ErrVersionConflict) {
-		// Changed between our re-read and the fenced update.
-		tok, ok, err := b.rotatedElsewhere(ctx, c, used)
+		// Changed (or claimed) between our re-read and the fenced update.
+		tok, ok, err := b.rotatedElsewhere(ctx, c, lock.Owner(), used)
 		if ok && err == nil {
 			b.m.Refreshes.WithLabelValues(c.Vendor, OutcomeLostRace).Inc()
 		}
@@ -592,13 +803,18 @@ func (b *Broker) refreshFailed(ctx context.Context, c *postgres.Connection, reas
 }
 
 // rotatedElsewhere re-reads the connection: ok is true when its version
-// moved past c's, and then tok is the current token (or err why not).
-func (b *Broker) rotatedElsewhere(ctx context.Context, c *postgres.Connection, used bool) (AccessToken, bool, error) {
+// moved past c's (then tok is the current token, or err why not), or when
+// another holder's claim is still running (err says to retry: their
+// refresh may still land, so nothing may be concluded yet).
+func (b *Broker) rotatedElsewhere(ctx context.Context, c *postgres.Connection, owner string, used bool) (AccessToken, bool, error) {
 	cur, err := b.get(ctx, c.UserID, c.Vendor)
 	if err != nil {
 		return AccessToken{}, true, err
 	}
 	if cur.Version == c.Version {
+		if cur.ClaimedByOther(owner, time.Now()) {
+			return AccessToken{}, true, apperr.E(apperr.Unavailable, ReasonRefreshInProgress, "another refresh is still landing, retry").WithRetryAfter(time.Second)
+		}
 		return AccessToken{}, false, nil
 	}
 	if err := usable(cur); err != nil {
@@ -633,7 +849,7 @@ func (b *Broker) RefreshExpiring(ctx context.Context, limit int) (int, error) {
 		}
 		// Not a use: the cache keeps the old token until it expires, and
 		// the caller that then misses records the use.
-		if _, err := b.shared(ctx, k.UserID, k.Vendor, b.cfg.ProactiveWindow, false); err != nil {
+		if _, err := b.shared(ctx, k.UserID, k.Vendor, need{minLife: b.cfg.ProactiveWindow}, false); err != nil {
 			b.log.WarnContext(ctx, "proactive refresh failed", "vendor", k.Vendor, logging.UserID(k.UserID), "reason", apperr.ReasonOf(err))
 			continue
 		}
@@ -896,7 +1112,7 @@ func (b *Broker) RevokeConnection(ctx context.Context, userID, vendor string) (b
 	if v != nil && c.Status == postgres.StatusActive {
 		// The vendor wants a valid access token; refreshing for it is fine
 		// (under the usual lock).
-		tok, err := b.shared(ctx, userID, vendor, 30*time.Second, false)
+		tok, err := b.shared(ctx, userID, vendor, need{minLife: 30 * time.Second}, false)
 		if err == nil {
 			rctx, cancel := context.WithTimeout(ctx, b.cfg.RefreshTimeout)
 			atVendor, err = v.Revoke(rctx, tok.Token)

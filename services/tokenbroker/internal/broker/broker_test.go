@@ -29,6 +29,7 @@ import (
 type world struct {
 	store  *postgres.Store
 	cache  *tokencache.Cache
+	locker *tokenlock.Locker
 	emu    *vendoremu.Emulator
 	emuURL string
 	// a and b are two broker instances on the same store and Redis.
@@ -65,7 +66,7 @@ func newWorld(t *testing.T, emuCfg vendoremu.Config) *world {
 	}, "http://gateway.test", srv.Client())
 	require.NoError(t, err)
 
-	w := &world{store: postgres.New(pool), cache: tokencache.New(rdb, prefix), emu: emu, emuURL: srv.URL}
+	w := &world{store: postgres.New(pool), cache: tokencache.New(rdb, prefix), locker: tokenlock.New(rdb), emu: emu, emuURL: srv.URL}
 	mk := func() (*Broker, *Metrics) {
 		m := NewMetrics(prometheus.NewRegistry())
 		b, err := New(Config{RefreshTimeout: 5 * time.Second, LockLease: 10 * time.Second, PublicBaseURL: "http://gateway.test"}, Deps{
@@ -101,6 +102,15 @@ func (w *world) connect(t *testing.T, user string) {
 	require.NoError(t, err)
 }
 
+// lock takes user's refresh lock as a refreshing instance would.
+func (w *world) lock(t *testing.T, user string) *tokenlock.Lock {
+	t.Helper()
+	l, err := w.locker.TryAcquire(context.Background(), w.cache.LockKey(user, vendors.Whoop), 10*time.Second)
+	require.NoError(t, err)
+	require.NotNil(t, l)
+	return l
+}
+
 func (w *world) expire(t *testing.T, user string) *postgres.Connection {
 	t.Helper()
 	ctx := context.Background()
@@ -129,11 +139,11 @@ func TestInvalidGrantAfterAnotherInstanceRefreshedIsALostRace(t *testing.T) {
 	w.connect(t, "user-1")
 	stale := w.expire(t, "user-1")
 
-	fromA, err := w.a.GetAccessToken(ctx, "user-1", vendors.Whoop)
+	fromA, err := w.a.GetAccessToken(ctx, "user-1", vendors.Whoop, "")
 	require.NoError(t, err)
 	require.EqualValues(t, 1, w.emu.Counters().Whoop.TokenRefreshes)
 
-	got, err := w.b.refreshConn(ctx, stale, time.Now().Add(5*time.Second), true)
+	got, err := w.b.refreshConn(ctx, w.lock(t, "user-1"), stale, time.Now().Add(5*time.Second), true)
 	require.NoError(t, err, "a lost race is not an error")
 	require.Equal(t, fromA.Token, got.Token, "B hands out A's token")
 	require.EqualValues(t, 1, w.emu.Counters().Whoop.InvalidGrants, "the vendor did reject B's stale token")
@@ -158,7 +168,7 @@ func TestInvalidGrantWithNobodyElseBreaksTheConnection(t *testing.T) {
 	current := w.expire(t, "user-1")
 	require.Equal(t, 1, w.emu.RevokeGrants(vendoremu.Whoop, "alice"))
 
-	_, err := w.b.refreshConn(ctx, current, time.Now().Add(5*time.Second), true)
+	_, err := w.b.refreshConn(ctx, w.lock(t, "user-1"), current, time.Now().Add(5*time.Second), true)
 	require.Error(t, err)
 	require.Equal(t, ReasonConnectionBroken, apperr.ReasonOf(err))
 	c, err := w.store.Get(ctx, "user-1", vendors.Whoop)
@@ -182,7 +192,7 @@ func TestTransientVendorErrorsChangeNothing(t *testing.T) {
 	w.expire(t, "user-1")
 	require.NoError(t, w.emu.SetFaults(vendoremu.Faults{TokenErrorRate: 1}))
 
-	_, err := w.b.GetAccessToken(ctx, "user-1", vendors.Whoop)
+	_, err := w.b.GetAccessToken(ctx, "user-1", vendors.Whoop, "")
 	require.Error(t, err)
 	require.Equal(t, apperr.Unavailable, apperr.CodeOf(err))
 	c, err := w.store.Get(ctx, "user-1", vendors.Whoop)
@@ -190,7 +200,7 @@ func TestTransientVendorErrorsChangeNothing(t *testing.T) {
 	require.Equal(t, postgres.StatusActive, c.Status)
 
 	require.NoError(t, w.emu.SetFaults(vendoremu.Faults{}))
-	_, err = w.b.GetAccessToken(ctx, "user-1", vendors.Whoop)
+	_, err = w.b.GetAccessToken(ctx, "user-1", vendors.Whoop, "")
 	require.NoError(t, err)
 	require.Zero(t, w.emu.Counters().Whoop.RefreshTokenReuseViolations)
 	require.EqualValues(t, 1, testutil.ToFloat64(w.bm.RefreshFailures.WithLabelValues(vendors.Whoop, vendors.ReasonVendorError)))
@@ -239,4 +249,33 @@ func TestCheckReturnTo(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestLoserDoesNotBreakWhileWinnerMayLand: B presents a spent refresh token
+// (its Redis lock was lost) while A's claim on the row is still running: A
+// may be about to store the tokens that replaced it. B's invalid_grant must
+// not mark the connection broken; it is told to retry instead.
+func TestLoserDoesNotBreakWhileWinnerMayLand(t *testing.T) {
+	w := newWorld(t, vendoremu.Config{ReuseKeepsGrant: true})
+	ctx := context.Background()
+	w.connect(t, "user-1")
+	stale := w.expire(t, "user-1")
+	// A's refresh reached the vendor (the refresh token is spent) and A
+	// still holds its claim, its result not stored yet.
+	refresh, err := w.a.keys.Open(stale.KeyID, stale.RefreshTokenEnc, aad("user-1", vendors.Whoop, "refresh"))
+	require.NoError(t, err)
+	_, err = w.a.vendors[vendors.Whoop].Refresh(ctx, string(refresh))
+	require.NoError(t, err)
+	require.NoError(t, w.store.ClaimRefresh(ctx, "user-1", vendors.Whoop, stale.Version, "instance-a", time.Minute))
+
+	_, err = w.b.refreshConn(ctx, w.lock(t, "user-1"), stale, time.Now().Add(5*time.Second), true)
+	require.Error(t, err)
+	require.Equal(t, ReasonRefreshInProgress, apperr.ReasonOf(err))
+	c, err := w.store.Get(ctx, "user-1", vendors.Whoop)
+	require.NoError(t, err)
+	require.Equal(t, postgres.StatusActive, c.Status, "not broken while the winner may land")
+	events, err := w.store.Events(ctx, "user-1")
+	require.NoError(t, err)
+	require.Len(t, events, 1, "no refresh_failed event")
+	require.EqualValues(t, 0, testutil.ToFloat64(w.bm.Refreshes.WithLabelValues(vendors.Whoop, OutcomeBroken)))
 }

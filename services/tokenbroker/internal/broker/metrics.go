@@ -32,6 +32,12 @@ type Metrics struct {
 	LockWait        *prometheus.HistogramVec
 	CacheHits       *prometheus.CounterVec
 	CacheMisses     *prometheus.CounterVec
+	// RejectedTokens counts access tokens callers reported as rejected by
+	// the vendor.
+	RejectedTokens *prometheus.CounterVec
+	// ParkedResults counts refresh results parked in Redis because the
+	// store could not take them.
+	ParkedResults   *prometheus.CounterVec
 	Reencrypted     prometheus.Counter
 	ReencryptFailed prometheus.Counter
 }
@@ -55,6 +61,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.LockWait.WithLabelValues(v)
 		m.CacheHits.WithLabelValues(v)
 		m.CacheMisses.WithLabelValues(v)
+		m.RejectedTokens.WithLabelValues(v)
+		m.ParkedResults.WithLabelValues(v)
 	}
 	return m
 }
@@ -74,6 +82,14 @@ func newMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "biobridge_tokenbroker_refresh_failures_total",
 			Help: "Failed token refreshes by reason (invalid_grant, timeout, rate_limited, ...).",
 		}, []string{"vendor", "reason"}),
+		RejectedTokens: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "biobridge_tokenbroker_rejected_tokens_total",
+			Help: "Access tokens callers reported as rejected by the vendor (each may cause an early refresh).",
+		}, []string{"vendor"}),
+		ParkedResults: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "biobridge_tokenbroker_refresh_results_parked_total",
+			Help: "Refresh results parked in Redis because the token store could not take them at once.",
+		}, []string{"vendor"}),
 		RefreshSeconds: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "biobridge_tokenbroker_refresh_seconds",
 			Help:    "Duration of the vendor token refresh call.",

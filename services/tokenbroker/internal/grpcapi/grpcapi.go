@@ -142,7 +142,7 @@ func (s *Service) CompleteAuthorization(ctx context.Context, req *tokensv1.Compl
 
 // GetAccessToken implements TokenBrokerServiceServer.
 func (s *Service) GetAccessToken(ctx context.Context, req *tokensv1.GetAccessTokenRequest) (*tokensv1.GetAccessTokenResponse, error) {
-	tok, err := s.b.GetAccessToken(ctx, req.GetUserId(), req.GetVendor())
+	tok, err := s.b.GetAccessToken(ctx, req.GetUserId(), req.GetVendor(), req.GetRejectedAccessToken())
 	if err != nil {
 		return nil, err
 	}
@@ -155,7 +155,7 @@ func (s *Service) ResolveVendorUser(ctx context.Context, req *tokensv1.ResolveVe
 	if err != nil {
 		return nil, err
 	}
-	return &tokensv1.ResolveVendorUserResponse{UserId: c.UserID, Status: statuses[c.Status]}, nil
+	return &tokensv1.ResolveVendorUserResponse{UserId: c.UserID, Status: statuses[c.Status], ConnectedAt: ts(c.ConnectedAt)}, nil
 }
 
 // ListConnections implements TokenBrokerServiceServer.

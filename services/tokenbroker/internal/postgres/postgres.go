@@ -77,6 +77,9 @@ var (
 	// ErrVendorAccountInUse means the vendor account is already connected
 	// to another internal user.
 	ErrVendorAccountInUse = errors.New("vendor account connected to another user")
+	// ErrClaimed means another holder's unexpired refresh claim is on the
+	// connection (or the version moved): this caller must not refresh.
+	ErrClaimed = errors.New("refresh claimed by another holder")
 )
 
 // Connection is one row of the connections table, tokens sealed.
@@ -97,6 +100,16 @@ type Connection struct {
 	LastUsedAt      time.Time // zero when never used
 	LastDataAt      time.Time // zero when no data was reported yet
 	Stale           bool
+	// ClaimOwner holds the refresh claim until ClaimUntil ("" and zero
+	// when nobody claimed).
+	ClaimOwner string
+	ClaimUntil time.Time
+}
+
+// ClaimedByOther reports whether someone other than owner holds an
+// unexpired refresh claim at now: a refresh of theirs may still land.
+func (c *Connection) ClaimedByOther(owner string, now time.Time) bool {
+	return c.ClaimOwner != "" && c.ClaimOwner != owner && c.ClaimUntil.After(now)
 }
 
 // Tokens are the sealed tokens of one write; both are sealed with KeyID.
@@ -130,15 +143,16 @@ func (s *Store) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }
 
 const connectionColumns = `user_id, vendor, vendor_user_id, status, scopes, key_id,
 	access_token_enc, refresh_token_enc, access_expires_at, version, broken_reason,
-	connected_at, last_refresh_at, last_used_at, last_data_at, stale`
+	connected_at, last_refresh_at, last_used_at, last_data_at, stale,
+	coalesce(refresh_claim_owner, ''), refresh_claim_until`
 
 func scanConnection(row pgx.Row) (*Connection, error) {
 	var c Connection
 	var keyID *string
-	var expires, lastRefresh, lastUsed, lastData *time.Time
+	var expires, lastRefresh, lastUsed, lastData, claimUntil *time.Time
 	err := row.Scan(&c.UserID, &c.Vendor, &c.VendorUserID, &c.Status, &c.Scopes, &keyID,
 		&c.AccessTokenEnc, &c.RefreshTokenEnc, &expires, &c.Version, &c.BrokenReason,
-		&c.ConnectedAt, &lastRefresh, &lastUsed, &lastData, &c.Stale)
+		&c.ConnectedAt, &lastRefresh, &lastUsed, &lastData, &c.Stale, &c.ClaimOwner, &claimUntil)
 	if err != nil {
 		return nil, err
 	}
@@ -156,6 +170,9 @@ func scanConnection(row pgx.Row) (*Connection, error) {
 	}
 	if lastData != nil {
 		c.LastDataAt = *lastData
+	}
+	if claimUntil != nil {
+		c.ClaimUntil = *claimUntil
 	}
 	return &c, nil
 }
@@ -226,7 +243,8 @@ func (s *Store) Connect(ctx context.Context, c *Connection, now time.Time) (*Con
 				key_id = EXCLUDED.key_id, access_token_enc = EXCLUDED.access_token_enc,
 				refresh_token_enc = EXCLUDED.refresh_token_enc, access_expires_at = EXCLUDED.access_expires_at,
 				version = connections.version + 1, broken_reason = '', connected_at = EXCLUDED.connected_at,
-				last_refresh_at = NULL, updated_at = EXCLUDED.updated_at
+				last_refresh_at = NULL, updated_at = EXCLUDED.updated_at,
+				refresh_claim_owner = NULL, refresh_claim_until = NULL
 			RETURNING `+connectionColumns,
 			c.UserID, c.Vendor, c.VendorUserID, c.Scopes, c.KeyID, c.AccessTokenEnc, c.RefreshTokenEnc,
 			c.AccessExpiresAt, now))
@@ -246,12 +264,14 @@ func (s *Store) Connect(ctx context.Context, c *Connection, now time.Time) (*Con
 }
 
 // StoreRefreshed writes the tokens of a refresh if the connection is still
-// at version old and active, bumping the version. ErrVersionConflict means
-// someone else wrote first and nothing was changed.
+// at version old and active, bumping the version and clearing the refresh
+// claim. ErrVersionConflict means someone else wrote first and nothing was
+// changed.
 func (s *Store) StoreRefreshed(ctx context.Context, userID, vendor string, old int64, t Tokens, now time.Time) (*Connection, error) {
 	c, err := scanConnection(s.pool.QueryRow(ctx, `
 		UPDATE tokens.connections SET key_id = $4, access_token_enc = $5, refresh_token_enc = $6,
-			access_expires_at = $7, version = version + 1, last_refresh_at = $8, updated_at = $8
+			access_expires_at = $7, version = version + 1, last_refresh_at = $8, updated_at = $8,
+			refresh_claim_owner = NULL, refresh_claim_until = NULL
 		WHERE user_id = $1 AND vendor = $2 AND version = $3 AND status = 'active'
 		RETURNING `+connectionColumns,
 		userID, vendor, old, t.KeyID, t.AccessTokenEnc, t.RefreshTokenEnc, t.AccessExpiresAt, now))
@@ -264,15 +284,53 @@ func (s *Store) StoreRefreshed(ctx context.Context, userID, vendor string, old i
 	return c, nil
 }
 
-// MarkBroken marks the connection broken if it is still at version old and
-// records a refresh_failed event, in one transaction. The tokens stay (they
-// are useless, but kept for diagnosis until the user reconnects or revokes).
-func (s *Store) MarkBroken(ctx context.Context, userID, vendor string, old int64, reason string, now time.Time) error {
+// ClaimRefresh records owner's claim to refresh the connection at version
+// for lease, unless another holder's claim is still running. It is taken
+// before the vendor call, so a holder that lost its Redis lock still keeps
+// everyone else from presenting the same single-use refresh token.
+// ErrClaimed means someone else holds it or the version moved.
+func (s *Store) ClaimRefresh(ctx context.Context, userID, vendor string, version int64, owner string, lease time.Duration) error {
+	tag, err := s.pool.Exec(ctx, `
+		UPDATE tokens.connections SET refresh_claim_owner = $4,
+			refresh_claim_until = clock_timestamp() + $5 * interval '1 microsecond'
+		WHERE user_id = $1 AND vendor = $2 AND version = $3 AND status = 'active'
+		  AND (refresh_claim_owner IS NULL OR refresh_claim_owner = $4 OR refresh_claim_until < clock_timestamp())`,
+		userID, vendor, version, owner, lease.Microseconds())
+	if err != nil {
+		return fmt.Errorf("claim refresh: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return ErrClaimed
+	}
+	return nil
+}
+
+// ReleaseClaim drops owner's refresh claim (the vendor call failed and
+// changed nothing). Another holder's claim is left alone.
+func (s *Store) ReleaseClaim(ctx context.Context, userID, vendor, owner string) error {
+	_, err := s.pool.Exec(ctx, `
+		UPDATE tokens.connections SET refresh_claim_owner = NULL, refresh_claim_until = NULL
+		WHERE user_id = $1 AND vendor = $2 AND refresh_claim_owner = $3`, userID, vendor, owner)
+	if err != nil {
+		return fmt.Errorf("release refresh claim: %w", err)
+	}
+	return nil
+}
+
+// MarkBroken marks the connection broken if it is still at version old,
+// nobody but owner holds an unexpired refresh claim on it (a refresh of
+// theirs may still land), and records a refresh_failed event, in one
+// transaction. The tokens stay (they are useless, but kept for diagnosis
+// until the user reconnects or revokes). ErrVersionConflict covers both
+// fences.
+func (s *Store) MarkBroken(ctx context.Context, userID, vendor string, old int64, owner, reason string, now time.Time) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `
-			UPDATE tokens.connections SET status = 'broken', broken_reason = $4, version = version + 1, updated_at = $5
-			WHERE user_id = $1 AND vendor = $2 AND version = $3 AND status = 'active'`,
-			userID, vendor, old, reason, now)
+			UPDATE tokens.connections SET status = 'broken', broken_reason = $4, version = version + 1, updated_at = $5,
+				refresh_claim_owner = NULL, refresh_claim_until = NULL
+			WHERE user_id = $1 AND vendor = $2 AND version = $3 AND status = 'active'
+			  AND (refresh_claim_owner IS NULL OR refresh_claim_owner = $6 OR refresh_claim_until < clock_timestamp())`,
+			userID, vendor, old, reason, now, owner)
 		if err != nil {
 			return fmt.Errorf("mark connection broken: %w", err)
 		}
@@ -296,7 +354,7 @@ func (s *Store) Revoke(ctx context.Context, userID, vendor, reason string, now t
 		err := tx.QueryRow(ctx, `
 			UPDATE tokens.connections SET status = 'revoked', key_id = NULL, access_token_enc = NULL,
 				refresh_token_enc = NULL, access_expires_at = NULL, version = version + 1, updated_at = $3,
-				stale = false, stale_since = NULL
+				stale = false, stale_since = NULL, refresh_claim_owner = NULL, refresh_claim_until = NULL
 			WHERE user_id = $1 AND vendor = $2 AND status <> 'revoked'
 			RETURNING version`, userID, vendor, now).Scan(&version)
 		if errors.Is(err, pgx.ErrNoRows) {

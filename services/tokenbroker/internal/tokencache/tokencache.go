@@ -95,6 +95,74 @@ redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[3])
 return 1
 `)
 
+// ParkedKey is the key of a connection's parked refresh result.
+func (c *Cache) ParkedKey(userID, vendor string) string {
+	return c.prefix + "bb:{u:" + userID + "}:tokenparked:" + vendor
+}
+
+// Parked is the sealed result of a refresh the vendor answered but the
+// database could not record in time. BaseVersion is the connection version
+// the refresh was made from: the result replaces exactly that version.
+type Parked struct {
+	BaseVersion     int64     `json:"v"`
+	KeyID           string    `json:"k"`
+	AccessTokenEnc  []byte    `json:"a"`
+	RefreshTokenEnc []byte    `json:"r"`
+	AccessExpiresAt time.Time `json:"e"`
+}
+
+// Park keeps p until ttl. It holds ciphertext only.
+func (c *Cache) Park(ctx context.Context, userID, vendor string, p Parked, ttl time.Duration) error {
+	b, err := json.Marshal(p)
+	if err != nil {
+		return fmt.Errorf("encode parked refresh: %w", err)
+	}
+	if err := c.client.Set(ctx, c.ParkedKey(userID, vendor), b, ttl).Err(); err != nil {
+		return fmt.Errorf("park refresh result: %w", err)
+	}
+	return nil
+}
+
+// ParkedResult returns the parked refresh result, or (nil, nil) when
+// there is none.
+func (c *Cache) ParkedResult(ctx context.Context, userID, vendor string) (*Parked, error) {
+	b, err := c.client.Get(ctx, c.ParkedKey(userID, vendor)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read parked refresh: %w", err)
+	}
+	var p Parked
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, fmt.Errorf("decode parked refresh: %w", err)
+	}
+	return &p, nil
+}
+
+// unparkScript deletes KEYS[1] only when its base version is at most
+// ARGV[1]: a result parked from a newer version is left alone.
+var unparkScript = redis.NewScript(`
+local cur = redis.call("GET", KEYS[1])
+if not cur then
+	return 0
+end
+local ok, dec = pcall(cjson.decode, cur)
+if ok and type(dec) == "table" and tonumber(dec["v"]) and tonumber(dec["v"]) > tonumber(ARGV[1]) then
+	return 0
+end
+return redis.call("DEL", KEYS[1])
+`)
+
+// Unpark drops the parked result once the connection moved past
+// stored (the result was stored, or superseded).
+func (c *Cache) Unpark(ctx context.Context, userID, vendor string, stored int64) error {
+	if err := unparkScript.Run(ctx, c.client, []string{c.ParkedKey(userID, vendor)}, stored).Err(); err != nil && !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("drop parked refresh: %w", err)
+	}
+	return nil
+}
+
 // Delete removes the entry (revoke, broken connection).
 func (c *Cache) Delete(ctx context.Context, userID, vendor string) error {
 	if err := c.client.Del(ctx, c.Key(userID, vendor)).Err(); err != nil {

@@ -68,6 +68,34 @@ func (l *Locker) TryAcquire(ctx context.Context, key string, lease time.Duration
 // Expires is a conservative local estimate of when the lease runs out.
 func (k *Lock) Expires() time.Time { return k.expires }
 
+// Owner is the holder's random owner value (also used to name the
+// holder's refresh claim in the database).
+func (k *Lock) Owner() string { return k.owner }
+
+// extendScript sets a new PX on KEYS[1] only while its value is ARGV[1].
+var extendScript = redis.NewScript(`
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+	return redis.call("PEXPIRE", KEYS[1], ARGV[2])
+end
+return 0
+`)
+
+// Extend renews the lease for lease from now if this holder still owns
+// it (compare-and-expire, so a holder whose lease already ran out never
+// extends a newer holder's). It reports whether the lease was renewed.
+func (k *Lock) Extend(ctx context.Context, lease time.Duration) (bool, error) {
+	start := time.Now()
+	n, err := extendScript.Run(ctx, k.client, []string{k.key}, k.owner, lease.Milliseconds()).Int()
+	if err != nil {
+		return false, fmt.Errorf("extend lock: %w", err)
+	}
+	if n != 1 {
+		return false, nil
+	}
+	k.expires = start.Add(lease)
+	return true, nil
+}
+
 // Release gives the lease back if this holder still owns it. It reports
 // whether the key was deleted; false means the lease had already expired
 // (and possibly been taken by another holder, whose lease is left alone).

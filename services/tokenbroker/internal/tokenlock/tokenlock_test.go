@@ -99,3 +99,36 @@ func TestExpiredHolderCannotReleaseNewHolder(t *testing.T) {
 	require.True(t, ok)
 	require.EqualValues(t, 0, client.Exists(ctx, key).Val())
 }
+
+// TestExtendOnlyOwnLease: a holder renews its own lease; once the key was
+// lost and taken by someone else, its renewal changes nothing.
+func TestExtendOnlyOwnLease(t *testing.T) {
+	t.Parallel()
+	client, prefix := newClient(t)
+	l := New(client)
+	ctx := context.Background()
+	key := prefix + "lock"
+
+	lk, err := l.TryAcquire(ctx, key, time.Second)
+	require.NoError(t, err)
+	require.NotNil(t, lk)
+	ok, err := lk.Extend(ctx, time.Minute)
+	require.NoError(t, err)
+	require.True(t, ok)
+	ttl, err := client.PTTL(ctx, key).Result()
+	require.NoError(t, err)
+	require.Greater(t, ttl, 30*time.Second, "the lease was renewed")
+	require.True(t, lk.Expires().After(time.Now().Add(30*time.Second)))
+
+	// The key is lost (failover, eviction) and another holder takes it.
+	require.NoError(t, client.Del(ctx, key).Err())
+	other, err := l.TryAcquire(ctx, key, 2*time.Second)
+	require.NoError(t, err)
+	require.NotNil(t, other)
+	ok, err = lk.Extend(ctx, time.Minute)
+	require.NoError(t, err)
+	require.False(t, ok, "a lost lease is not renewed")
+	ttl, err = client.PTTL(ctx, key).Result()
+	require.NoError(t, err)
+	require.LessOrEqual(t, ttl, 2*time.Second, "the new holder's lease is untouched")
+}

@@ -20,6 +20,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/oauth2"
 )
@@ -71,6 +72,53 @@ type Vendor struct {
 	oauth  *oauth2.Config
 	apiURL string
 	client *http.Client
+	budget Budget
+}
+
+// Budget is the vendor's app-wide API request budget, shared with ingest's
+// fetches (ratebudget.Budget): the broker's own API calls (the user-id
+// lookup on connect, revocation) spend it too, or together they would
+// exceed the vendor's limit and get every replica 429s.
+type Budget interface {
+	// Take reserves one request: 0 when it may be sent now, else how long
+	// to wait before asking again.
+	Take(ctx context.Context) (time.Duration, error)
+}
+
+// SetBudget makes every API call (not the token endpoint, which the
+// vendors limit separately) take b first.
+func (v *Vendor) SetBudget(b Budget) { v.budget = b }
+
+// ErrBudgetSpent: the shared rate budget did not free up before the call's
+// deadline.
+var ErrBudgetSpent = errors.New("shared vendor rate budget spent")
+
+// takeBudget waits for the shared budget until ctx's deadline.
+func (v *Vendor) takeBudget(ctx context.Context) error {
+	if v.budget == nil {
+		return nil
+	}
+	for {
+		wait, err := v.budget.Take(ctx)
+		if err != nil {
+			// Without Redis there is no shared budget; calling anyway could
+			// get the whole app throttled.
+			return fmt.Errorf("%s rate budget: %w", v.name, err)
+		}
+		if wait <= 0 {
+			return nil
+		}
+		if d, ok := ctx.Deadline(); ok && time.Now().Add(wait).After(d) {
+			return fmt.Errorf("%s: %w", v.name, ErrBudgetSpent)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
 }
 
 // New returns the vendor name configured with creds. publicBaseURL is the
@@ -167,6 +215,9 @@ func (v *Vendor) UserID(ctx context.Context, accessToken string) (string, error)
 	if v.name == Oura {
 		path = ouraPersonalInfoPath
 	}
+	if err := v.takeBudget(ctx); err != nil {
+		return "", fmt.Errorf("%s user id: %w", v.name, err)
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, v.apiURL+path, nil)
 	if err != nil {
 		return "", fmt.Errorf("%s user id: %w", v.name, err)
@@ -231,6 +282,9 @@ func (v *Vendor) Revoke(ctx context.Context, accessToken string) (bool, error) {
 		}
 	}
 	if err != nil {
+		return false, fmt.Errorf("%s revoke: %w", v.name, err)
+	}
+	if err := v.takeBudget(ctx); err != nil {
 		return false, fmt.Errorf("%s revoke: %w", v.name, err)
 	}
 	resp, err := v.client.Do(req)

@@ -154,6 +154,11 @@ const (
 	JobState_JOB_STATE_DONE JobState = 3
 	// Gave up after the last attempt; can be retried.
 	JobState_JOB_STATE_DEAD JobState = 4
+	// Waiting for the user: the vendor connection it needs is broken (the vendor
+	// rejected its refresh token). last_error says why. Parked jobs spend no
+	// attempts and resume by themselves when the user reconnects (a new
+	// connection generation).
+	JobState_JOB_STATE_PARKED JobState = 5
 )
 
 // Enum value maps for JobState.
@@ -164,6 +169,7 @@ var (
 		2: "JOB_STATE_RUNNING",
 		3: "JOB_STATE_DONE",
 		4: "JOB_STATE_DEAD",
+		5: "JOB_STATE_PARKED",
 	}
 	JobState_value = map[string]int32{
 		"JOB_STATE_UNSPECIFIED": 0,
@@ -171,6 +177,7 @@ var (
 		"JOB_STATE_RUNNING":     2,
 		"JOB_STATE_DONE":        3,
 		"JOB_STATE_DEAD":        4,
+		"JOB_STATE_PARKED":      5,
 	}
 )
 
@@ -1811,13 +1818,14 @@ const file_biobridge_ingest_v1_ingest_service_proto_rawDesc = "" +
 	"\x16SAMPLE_STATUS_ACCEPTED\x10\x01\x12\x1b\n" +
 	"\x17SAMPLE_STATUS_DUPLICATE\x10\x02\x12\x1a\n" +
 	"\x16SAMPLE_STATUS_REJECTED\x10\x03\x12\x19\n" +
-	"\x15SAMPLE_STATUS_SKIPPED\x10\x04*z\n" +
+	"\x15SAMPLE_STATUS_SKIPPED\x10\x04*\x90\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n" +
 	"\x11JOB_STATE_RUNNING\x10\x02\x12\x12\n" +
 	"\x0eJOB_STATE_DONE\x10\x03\x12\x12\n" +
-	"\x0eJOB_STATE_DEAD\x10\x04*i\n" +
+	"\x0eJOB_STATE_DEAD\x10\x04\x12\x14\n" +
+	"\x10JOB_STATE_PARKED\x10\x05*i\n" +
 	"\rBackfillState\x12\x1e\n" +
 	"\x1aBACKFILL_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16BACKFILL_STATE_RUNNING\x10\x01\x12\x1c\n" +

@@ -442,9 +442,13 @@ type GetAccessTokenRequest struct {
 	// Internal user id.
 	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// "whoop" or "oura".
-	Vendor        string `protobuf:"bytes,2,opt,name=vendor,proto3" json:"vendor,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Vendor string `protobuf:"bytes,2,opt,name=vendor,proto3" json:"vendor,omitempty"`
+	// The access token the vendor just rejected (HTTP 401, or a WHOOP/Oura 403
+	// about the token rather than a scope), if any. Empty for an ordinary
+	// request. Never log it.
+	RejectedAccessToken string `protobuf:"bytes,3,opt,name=rejected_access_token,json=rejectedAccessToken,proto3" json:"rejected_access_token,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *GetAccessTokenRequest) Reset() {
@@ -487,6 +491,13 @@ func (x *GetAccessTokenRequest) GetUserId() string {
 func (x *GetAccessTokenRequest) GetVendor() string {
 	if x != nil {
 		return x.Vendor
+	}
+	return ""
+}
+
+func (x *GetAccessTokenRequest) GetRejectedAccessToken() string {
+	if x != nil {
+		return x.RejectedAccessToken
 	}
 	return ""
 }
@@ -607,7 +618,11 @@ type ResolveVendorUserResponse struct {
 	// Internal user id.
 	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// Health of the connection.
-	Status        ConnectionStatus `protobuf:"varint,2,opt,name=status,proto3,enum=biobridge.tokens.v1.ConnectionStatus" json:"status,omitempty"`
+	Status ConnectionStatus `protobuf:"varint,2,opt,name=status,proto3,enum=biobridge.tokens.v1.ConnectionStatus" json:"status,omitempty"`
+	// When the user made this connection: its generation. A reconnect after a
+	// broken or revoked connection is a new generation with a later time, which
+	// is how ingest knows to resume the jobs it parked for the old one.
+	ConnectedAt   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=connected_at,json=connectedAt,proto3" json:"connected_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -654,6 +669,13 @@ func (x *ResolveVendorUserResponse) GetStatus() ConnectionStatus {
 		return x.Status
 	}
 	return ConnectionStatus_CONNECTION_STATUS_UNSPECIFIED
+}
+
+func (x *ResolveVendorUserResponse) GetConnectedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ConnectedAt
+	}
+	return nil
 }
 
 // ListConnectionsRequest names the user.
@@ -1260,20 +1282,22 @@ const file_biobridge_tokens_v1_token_broker_service_proto_rawDesc = "" +
 	"\x1dCompleteAuthorizationResponse\x12?\n" +
 	"\n" +
 	"connection\x18\x01 \x01(\v2\x1f.biobridge.tokens.v1.ConnectionR\n" +
-	"connection\"H\n" +
+	"connection\"|\n" +
 	"\x15GetAccessTokenRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x16\n" +
-	"\x06vendor\x18\x02 \x01(\tR\x06vendor\"v\n" +
+	"\x06vendor\x18\x02 \x01(\tR\x06vendor\x122\n" +
+	"\x15rejected_access_token\x18\x03 \x01(\tR\x13rejectedAccessToken\"v\n" +
 	"\x16GetAccessTokenResponse\x12!\n" +
 	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x129\n" +
 	"\n" +
 	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"X\n" +
 	"\x18ResolveVendorUserRequest\x12\x16\n" +
 	"\x06vendor\x18\x01 \x01(\tR\x06vendor\x12$\n" +
-	"\x0evendor_user_id\x18\x02 \x01(\tR\fvendorUserId\"s\n" +
+	"\x0evendor_user_id\x18\x02 \x01(\tR\fvendorUserId\"\xb2\x01\n" +
 	"\x19ResolveVendorUserResponse\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12=\n" +
-	"\x06status\x18\x02 \x01(\x0e2%.biobridge.tokens.v1.ConnectionStatusR\x06status\"1\n" +
+	"\x06status\x18\x02 \x01(\x0e2%.biobridge.tokens.v1.ConnectionStatusR\x06status\x12=\n" +
+	"\fconnected_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\vconnectedAt\"1\n" +
 	"\x16ListConnectionsRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\"\\\n" +
 	"\x17ListConnectionsResponse\x12A\n" +
@@ -1375,36 +1399,37 @@ var file_biobridge_tokens_v1_token_broker_service_proto_depIdxs = []int32{
 	1,  // 5: biobridge.tokens.v1.CompleteAuthorizationResponse.connection:type_name -> biobridge.tokens.v1.Connection
 	22, // 6: biobridge.tokens.v1.GetAccessTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
 	0,  // 7: biobridge.tokens.v1.ResolveVendorUserResponse.status:type_name -> biobridge.tokens.v1.ConnectionStatus
-	1,  // 8: biobridge.tokens.v1.ListConnectionsResponse.connections:type_name -> biobridge.tokens.v1.Connection
-	22, // 9: biobridge.tokens.v1.ListActiveConnectionsRequest.connected_since:type_name -> google.protobuf.Timestamp
-	1,  // 10: biobridge.tokens.v1.ListActiveConnectionsResponse.connections:type_name -> biobridge.tokens.v1.Connection
-	22, // 11: biobridge.tokens.v1.DataArrival.arrived_at:type_name -> google.protobuf.Timestamp
-	16, // 12: biobridge.tokens.v1.ReportDataArrivalRequest.arrivals:type_name -> biobridge.tokens.v1.DataArrival
-	23, // 13: biobridge.tokens.v1.MarkStaleConnectionsRequest.stale_after:type_name -> google.protobuf.Duration
-	21, // 14: biobridge.tokens.v1.MarkStaleConnectionsResponse.stale_by_vendor:type_name -> biobridge.tokens.v1.MarkStaleConnectionsResponse.StaleByVendorEntry
-	2,  // 15: biobridge.tokens.v1.TokenBrokerService.StartAuthorization:input_type -> biobridge.tokens.v1.StartAuthorizationRequest
-	4,  // 16: biobridge.tokens.v1.TokenBrokerService.CompleteAuthorization:input_type -> biobridge.tokens.v1.CompleteAuthorizationRequest
-	6,  // 17: biobridge.tokens.v1.TokenBrokerService.GetAccessToken:input_type -> biobridge.tokens.v1.GetAccessTokenRequest
-	8,  // 18: biobridge.tokens.v1.TokenBrokerService.ResolveVendorUser:input_type -> biobridge.tokens.v1.ResolveVendorUserRequest
-	10, // 19: biobridge.tokens.v1.TokenBrokerService.ListConnections:input_type -> biobridge.tokens.v1.ListConnectionsRequest
-	12, // 20: biobridge.tokens.v1.TokenBrokerService.RevokeConnection:input_type -> biobridge.tokens.v1.RevokeConnectionRequest
-	14, // 21: biobridge.tokens.v1.TokenBrokerService.ListActiveConnections:input_type -> biobridge.tokens.v1.ListActiveConnectionsRequest
-	17, // 22: biobridge.tokens.v1.TokenBrokerService.ReportDataArrival:input_type -> biobridge.tokens.v1.ReportDataArrivalRequest
-	19, // 23: biobridge.tokens.v1.TokenBrokerService.MarkStaleConnections:input_type -> biobridge.tokens.v1.MarkStaleConnectionsRequest
-	3,  // 24: biobridge.tokens.v1.TokenBrokerService.StartAuthorization:output_type -> biobridge.tokens.v1.StartAuthorizationResponse
-	5,  // 25: biobridge.tokens.v1.TokenBrokerService.CompleteAuthorization:output_type -> biobridge.tokens.v1.CompleteAuthorizationResponse
-	7,  // 26: biobridge.tokens.v1.TokenBrokerService.GetAccessToken:output_type -> biobridge.tokens.v1.GetAccessTokenResponse
-	9,  // 27: biobridge.tokens.v1.TokenBrokerService.ResolveVendorUser:output_type -> biobridge.tokens.v1.ResolveVendorUserResponse
-	11, // 28: biobridge.tokens.v1.TokenBrokerService.ListConnections:output_type -> biobridge.tokens.v1.ListConnectionsResponse
-	13, // 29: biobridge.tokens.v1.TokenBrokerService.RevokeConnection:output_type -> biobridge.tokens.v1.RevokeConnectionResponse
-	15, // 30: biobridge.tokens.v1.TokenBrokerService.ListActiveConnections:output_type -> biobridge.tokens.v1.ListActiveConnectionsResponse
-	18, // 31: biobridge.tokens.v1.TokenBrokerService.ReportDataArrival:output_type -> biobridge.tokens.v1.ReportDataArrivalResponse
-	20, // 32: biobridge.tokens.v1.TokenBrokerService.MarkStaleConnections:output_type -> biobridge.tokens.v1.MarkStaleConnectionsResponse
-	24, // [24:33] is the sub-list for method output_type
-	15, // [15:24] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	22, // 8: biobridge.tokens.v1.ResolveVendorUserResponse.connected_at:type_name -> google.protobuf.Timestamp
+	1,  // 9: biobridge.tokens.v1.ListConnectionsResponse.connections:type_name -> biobridge.tokens.v1.Connection
+	22, // 10: biobridge.tokens.v1.ListActiveConnectionsRequest.connected_since:type_name -> google.protobuf.Timestamp
+	1,  // 11: biobridge.tokens.v1.ListActiveConnectionsResponse.connections:type_name -> biobridge.tokens.v1.Connection
+	22, // 12: biobridge.tokens.v1.DataArrival.arrived_at:type_name -> google.protobuf.Timestamp
+	16, // 13: biobridge.tokens.v1.ReportDataArrivalRequest.arrivals:type_name -> biobridge.tokens.v1.DataArrival
+	23, // 14: biobridge.tokens.v1.MarkStaleConnectionsRequest.stale_after:type_name -> google.protobuf.Duration
+	21, // 15: biobridge.tokens.v1.MarkStaleConnectionsResponse.stale_by_vendor:type_name -> biobridge.tokens.v1.MarkStaleConnectionsResponse.StaleByVendorEntry
+	2,  // 16: biobridge.tokens.v1.TokenBrokerService.StartAuthorization:input_type -> biobridge.tokens.v1.StartAuthorizationRequest
+	4,  // 17: biobridge.tokens.v1.TokenBrokerService.CompleteAuthorization:input_type -> biobridge.tokens.v1.CompleteAuthorizationRequest
+	6,  // 18: biobridge.tokens.v1.TokenBrokerService.GetAccessToken:input_type -> biobridge.tokens.v1.GetAccessTokenRequest
+	8,  // 19: biobridge.tokens.v1.TokenBrokerService.ResolveVendorUser:input_type -> biobridge.tokens.v1.ResolveVendorUserRequest
+	10, // 20: biobridge.tokens.v1.TokenBrokerService.ListConnections:input_type -> biobridge.tokens.v1.ListConnectionsRequest
+	12, // 21: biobridge.tokens.v1.TokenBrokerService.RevokeConnection:input_type -> biobridge.tokens.v1.RevokeConnectionRequest
+	14, // 22: biobridge.tokens.v1.TokenBrokerService.ListActiveConnections:input_type -> biobridge.tokens.v1.ListActiveConnectionsRequest
+	17, // 23: biobridge.tokens.v1.TokenBrokerService.ReportDataArrival:input_type -> biobridge.tokens.v1.ReportDataArrivalRequest
+	19, // 24: biobridge.tokens.v1.TokenBrokerService.MarkStaleConnections:input_type -> biobridge.tokens.v1.MarkStaleConnectionsRequest
+	3,  // 25: biobridge.tokens.v1.TokenBrokerService.StartAuthorization:output_type -> biobridge.tokens.v1.StartAuthorizationResponse
+	5,  // 26: biobridge.tokens.v1.TokenBrokerService.CompleteAuthorization:output_type -> biobridge.tokens.v1.CompleteAuthorizationResponse
+	7,  // 27: biobridge.tokens.v1.TokenBrokerService.GetAccessToken:output_type -> biobridge.tokens.v1.GetAccessTokenResponse
+	9,  // 28: biobridge.tokens.v1.TokenBrokerService.ResolveVendorUser:output_type -> biobridge.tokens.v1.ResolveVendorUserResponse
+	11, // 29: biobridge.tokens.v1.TokenBrokerService.ListConnections:output_type -> biobridge.tokens.v1.ListConnectionsResponse
+	13, // 30: biobridge.tokens.v1.TokenBrokerService.RevokeConnection:output_type -> biobridge.tokens.v1.RevokeConnectionResponse
+	15, // 31: biobridge.tokens.v1.TokenBrokerService.ListActiveConnections:output_type -> biobridge.tokens.v1.ListActiveConnectionsResponse
+	18, // 32: biobridge.tokens.v1.TokenBrokerService.ReportDataArrival:output_type -> biobridge.tokens.v1.ReportDataArrivalResponse
+	20, // 33: biobridge.tokens.v1.TokenBrokerService.MarkStaleConnections:output_type -> biobridge.tokens.v1.MarkStaleConnectionsResponse
+	25, // [25:34] is the sub-list for method output_type
+	16, // [16:25] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_biobridge_tokens_v1_token_broker_service_proto_init() }

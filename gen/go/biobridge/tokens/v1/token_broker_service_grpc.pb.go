@@ -47,7 +47,14 @@ type TokenBrokerServiceClient interface {
 	// vendor user id and stores the connection.
 	CompleteAuthorization(ctx context.Context, in *CompleteAuthorizationRequest, opts ...grpc.CallOption) (*CompleteAuthorizationResponse, error)
 	// GetAccessToken returns a valid access token, refreshing it at most once at a
-	// time per connection across all broker instances.
+	// time per connection across all broker instances. A caller whose token the
+	// vendor answered 401 to names it in rejected_access_token: the broker then
+	// refreshes early, but only if that token is still the stored one (fenced by
+	// the stored version, under the same single-flight and lock as an expiry
+	// refresh), so any number of callers reporting the same token cause one
+	// refresh; a token that was already replaced just gets the current one.
+	// FAILED_PRECONDITION "connection_broken" means the vendor rejected the
+	// refresh token itself and no newer tokens exist: the user must reconnect.
 	GetAccessToken(ctx context.Context, in *GetAccessTokenRequest, opts ...grpc.CallOption) (*GetAccessTokenResponse, error)
 	// ResolveVendorUser maps a vendor's user id (from a webhook) to the internal user.
 	ResolveVendorUser(ctx context.Context, in *ResolveVendorUserRequest, opts ...grpc.CallOption) (*ResolveVendorUserResponse, error)
@@ -185,7 +192,14 @@ type TokenBrokerServiceServer interface {
 	// vendor user id and stores the connection.
 	CompleteAuthorization(context.Context, *CompleteAuthorizationRequest) (*CompleteAuthorizationResponse, error)
 	// GetAccessToken returns a valid access token, refreshing it at most once at a
-	// time per connection across all broker instances.
+	// time per connection across all broker instances. A caller whose token the
+	// vendor answered 401 to names it in rejected_access_token: the broker then
+	// refreshes early, but only if that token is still the stored one (fenced by
+	// the stored version, under the same single-flight and lock as an expiry
+	// refresh), so any number of callers reporting the same token cause one
+	// refresh; a token that was already replaced just gets the current one.
+	// FAILED_PRECONDITION "connection_broken" means the vendor rejected the
+	// refresh token itself and no newer tokens exist: the user must reconnect.
 	GetAccessToken(context.Context, *GetAccessTokenRequest) (*GetAccessTokenResponse, error)
 	// ResolveVendorUser maps a vendor's user id (from a webhook) to the internal user.
 	ResolveVendorUser(context.Context, *ResolveVendorUserRequest) (*ResolveVendorUserResponse, error)

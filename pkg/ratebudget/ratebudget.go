@@ -1,5 +1,6 @@
-// Package ratebudget is a vendor's app-wide request budget shared by every
-// ingest replica through Redis. WHOOP limits the whole app (all users
+// Package ratebudget is a vendor's app-wide request budget shared through
+// Redis by every ingest replica and the token broker (whose own API calls,
+// such as the user-id lookup on connect, count against the same limit). WHOOP limits the whole app (all users
 // together) to 100 requests a minute and 10,000 a day; exceeding that gets
 // 429s for everyone, so the replicas must agree on what has been spent.
 //
@@ -28,6 +29,16 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+)
+
+// The vendors' published limits, the defaults of WHOOP_RATE_LIMIT,
+// WHOOP_RATE_WINDOW, WHOOP_DAILY_LIMIT, OURA_RATE_LIMIT and OURA_RATE_WINDOW.
+const (
+	DefaultWhoopLimit      = 100
+	DefaultWhoopWindow     = time.Minute
+	DefaultWhoopDailyLimit = 10000
+	DefaultOuraLimit       = 5000
+	DefaultOuraWindow      = 5 * time.Minute
 )
 
 // Window is one limit: at most Limit requests per Period.

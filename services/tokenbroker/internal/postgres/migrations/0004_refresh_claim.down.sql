@@ -1,0 +1,2 @@
+ALTER TABLE connections DROP COLUMN refresh_claim_until;
+ALTER TABLE connections DROP COLUMN refresh_claim_owner;
