@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every document a tracked file names must be in the repository: a reader of
-# the repository alone has to find it. Checks each `something.md` a tracked
+# the repository alone has to find it. Checks each markdown file name a tracked
 # file mentions (relative to the file, to the root, or as this repository's
 # GitHub URL); test fixtures (*_test.go) are skipped, they name missing files
 # on purpose.
