@@ -113,7 +113,7 @@ build_buildah() {
       --user "$IMAGE_UID:$IMAGE_UID" --workingdir / \
       --entrypoint '["/service"]' --cmd "$cmd" \
       --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
-      --healthcheck 'CMD ["/service", "healthcheck"]' \
+      --healthcheck 'CMD /service healthcheck' \
       --healthcheck-interval 10s --healthcheck-timeout 5s \
       --healthcheck-start-period 20s --healthcheck-retries 3 \
       --label "org.opencontainers.image.title=biobridge-$svc" \
