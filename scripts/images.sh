@@ -2,7 +2,9 @@
 # Container images of the suite, built without pulling anything from a
 # registry: the host's Go builds a static binary (CGO_ENABLED=0, -trimpath,
 # version from git stamped with -ldflags) and buildah assembles it `FROM
-# scratch` with the host's CA certificates and a non-root numeric user.
+# scratch` with the host's CA certificates and a non-root numeric user. The
+# configuration (entrypoint, user, working directory /tmp, HEALTHCHECK,
+# labels) matches deploy/docker/Dockerfile's final stage.
 # deploy/docker/Dockerfile runs the same `rootfs` step inside golang's image,
 # so both paths produce the same file tree.
 #
@@ -17,6 +19,8 @@
 # CA_BUNDLE (default /etc/ssl/certs/ca-certificates.crt), GOARCH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# podman's and buildah's configuration for this sandbox and CI (see the file).
+export CONTAINERS_CONF="${CONTAINERS_CONF:-$PWD/deploy/podman/containers.conf}"
 
 # Defaults from deploy/docker/images.env; the environment overrides them.
 image_default() { sed -n "s/^$1=//p" deploy/docker/images.env; }
@@ -88,7 +92,7 @@ compressed_bytes() {
 }
 
 build_buildah() {
-  local work svc img ctr created version revision cmd
+  local work svc img ctr created version revision
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' RETURN
   version="$(version)"
@@ -105,13 +109,13 @@ build_buildah() {
     rootfs "$svc" "$work/$svc"
     ctr="$(buildah from --quiet scratch)"
     buildah add --quiet --chown 0:0 "$ctr" "$work/$svc/" / >/dev/null
-    # devstack keeps its embedded Kafka's data under the writable /tmp.
-    cmd='[]'
-    [ "$svc" = devstack ] && cmd='["-data-dir", "/tmp/devstack"]'
     buildah config \
       --os linux --arch "$(go env GOARCH)" \
-      --user "$IMAGE_UID:$IMAGE_UID" --workingdir / \
-      --entrypoint '["/service"]' --cmd "$cmd" \
+      --user "$IMAGE_UID:$IMAGE_UID" \
+      --workingdir /tmp \
+      --entrypoint '["/service"]' --cmd '' \
+      --port 8080 --port 9101 --port 9102 --port 9103 --port 9104 \
+      --port 9200 --port 9201 --port 9202 --port 9203 --port 9204 \
       --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
       --healthcheck 'CMD /service healthcheck' \
       --healthcheck-interval 10s --healthcheck-timeout 5s \
