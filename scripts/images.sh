@@ -16,7 +16,9 @@
 # VERSION (default: git describe), REVISION (default: git rev-parse HEAD),
 # IMAGE_SOURCE (the org.opencontainers.image.source label), IMAGE_MAX_MB
 # (default 25: a build fails when an image's compressed size is larger),
-# CA_BUNDLE (default /etc/ssl/certs/ca-certificates.crt), GOARCH.
+# CA_BUNDLE (default /etc/ssl/certs/ca-certificates.crt), GOARCH,
+# IMAGE_BUILDER (buildah or docker; default buildah when installed, else
+# docker: images then land in Docker's image store, for `docker compose`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # podman's and buildah's configuration for this sandbox and CI (see the file).
@@ -165,15 +167,18 @@ case "$cmd" in
   build)
     if [ $# -eq 0 ]; then set -- $(services); fi
     for svc in "$@"; do check_service "$svc"; done
-    if command -v buildah >/dev/null 2>&1; then
-      build_buildah "$@"
-    elif command -v docker >/dev/null 2>&1; then
-      echo "buildah not found; building with docker and deploy/docker/Dockerfile"
-      build_docker "$@"
-    else
-      echo "neither buildah nor docker found (Debian: apt-get install buildah)" >&2
-      exit 1
+    builder="${IMAGE_BUILDER:-}"
+    if [ -z "$builder" ]; then
+      if command -v buildah >/dev/null 2>&1; then builder=buildah
+      elif command -v docker >/dev/null 2>&1; then builder=docker
+      else echo "neither buildah nor docker found (Debian: apt-get install buildah)" >&2; exit 1
+      fi
     fi
+    case "$builder" in
+      buildah) build_buildah "$@" ;;
+      docker) echo "building with docker and deploy/docker/Dockerfile"; build_docker "$@" ;;
+      *) echo "IMAGE_BUILDER must be buildah or docker, not $builder" >&2; exit 2 ;;
+    esac
     ;;
   *)
     sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
