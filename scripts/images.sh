@@ -109,6 +109,10 @@ build_buildah() {
     img="$(image_name "$svc")"
     echo "==> $img ($version)"
     rootfs "$svc" "$work/$svc"
+    # Every file dated at the commit too: the same commit gives the same
+    # layer, byte for byte (the Docker-format config still records buildah's
+    # random container id, so image IDs differ).
+    find "$work/$svc" -exec touch -h -d "@$created" {} +
     ctr="$(buildah from --quiet scratch)"
     buildah add --quiet --chown 0:0 "$ctr" "$work/$svc/" / >/dev/null
     buildah config \
