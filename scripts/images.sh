@@ -75,11 +75,11 @@ rootfs() {
   CGO_ENABLED=0 GOOS=linux go build -trimpath -buildvcs=false \
     -ldflags "-s -w -X $VERSION_SYMBOL=$(version)" \
     -o "$dir/service" "./services/$svc/cmd/$svc"
-  install -m 0644 "$CA_BUNDLE" "$dir/etc/ssl/certs/ca-certificates.crt"
+  cp "$CA_BUNDLE" "$dir/etc/ssl/certs/ca-certificates.crt"
   printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:%d:%d:nonroot:/home/nonroot:/sbin/nologin\n' \
     "$IMAGE_UID" "$IMAGE_UID" > "$dir/etc/passwd"
   printf 'root:x:0:\nnonroot:x:%d:\n' "$IMAGE_UID" > "$dir/etc/group"
-  chmod 0644 "$dir/etc/passwd" "$dir/etc/group"
+  chmod 0644 "$dir/etc/ssl/certs/ca-certificates.crt" "$dir/etc/passwd" "$dir/etc/group"
   chmod 1777 "$dir/tmp"
 }
 
@@ -120,8 +120,9 @@ build_buildah() {
       --user "$IMAGE_UID:$IMAGE_UID" \
       --workingdir /tmp \
       --entrypoint '["/service"]' --cmd '' \
-      --port 8080 --port 9101 --port 9102 --port 9103 --port 9104 \
-      --port 9200 --port 9201 --port 9202 --port 9203 --port 9204 \
+      --port 8080/tcp --port 9101/tcp --port 9102/tcp --port 9103/tcp --port 9104/tcp \
+      --port 9200/tcp --port 9201/tcp --port 9202/tcp --port 9203/tcp --port 9204/tcp \
+      --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
       --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
       --healthcheck 'CMD /service healthcheck' \
       --healthcheck-interval 10s --healthcheck-timeout 5s \
