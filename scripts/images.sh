@@ -134,7 +134,14 @@ build_buildah() {
       --label "org.opencontainers.image.version=$version" \
       --label "org.opencontainers.image.created=$(date -u -d "@$created" +%Y-%m-%dT%H:%M:%SZ)" \
       "$ctr"
+    local previous
+    previous="$(buildah images --quiet --no-trunc "$img" 2>/dev/null || true)"
     buildah commit --quiet --rm --format docker --timestamp "$created" "$ctr" "$img" >/dev/null
+    # The image this build replaced, now untagged: remove it unless a
+    # container still uses it, so rebuilds do not pile up.
+    if [ -n "$previous" ] && [ "$previous" != "$(buildah images --quiet --no-trunc "$img")" ]; then
+      buildah rmi "$previous" >/dev/null 2>&1 || true
+    fi
     local size compressed
     size="$(du -sb --apparent-size "$work/$svc" | cut -f1)"
     compressed="$(compressed_bytes "$img")"
