@@ -92,6 +92,18 @@ fuzz: ## Run each fuzz target briefly (FUZZTIME=10s).
 				echo "fuzz $$pkg $$f"; (cd $$d && go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg); \
 			done; done; done
 
+.PHONY: images
+images: ## Build every image (services + devstack) FROM scratch with buildah, else docker; IMAGE_REPO, IMAGE_TAG override deploy/docker/images.env.
+	scripts/images.sh build
+
+.PHONY: images-test
+images-test: ## Run the built images with podman against the local PostgreSQL and Redis; ports 24000-24099 (IMAGES_TEST_PORT_BASE).
+	scripts/images-test.sh
+
+.PHONY: images-dockerfile-test
+images-dockerfile-test: ## deploy/docker/Dockerfile (built by buildah on a stand-in Go image) gives the same images as make images; SERVICES="gateway devstack" narrows it.
+	scripts/dockerfile-test.sh $(SERVICES)
+
 METRICS_WAIT ?= 2m
 .PHONY: deploy-check
 deploy-check: ## Static checks of deploy/: kustomize render + strict decode, docker-compose config, alert rules, dashboard.

@@ -97,6 +97,8 @@ func TestKustomizeFailsOnBrokenManifests(t *testing.T) {
 		{name: "committed secret", file: base + "kustomization.yaml", appendTxt: "\nsecretGenerator:\n  - name: leaked\n    literals: [\"SERVICE_TOKEN=abc\"]\n", wantErr: "Secrets must not be committed"},
 		{name: "service monitor port typo", file: base + "servicemonitor.yaml", old: "- port: admin", new: "- port: metrics", wantErr: `has no port named "metrics"`},
 		{name: "rule edited by hand", file: base + "prometheusrule.yaml", old: "> 300", new: "> 600", wantErr: "differs from deploy/prometheus/alerts.yaml"},
+		{name: "base image make images does not build", file: base + "ingest.yaml", old: "image: biobridge/ingest:dev", new: "image: biobridge/ingest", wantErr: `Deployment ingest: image "biobridge/ingest", but make images builds biobridge/ingest:dev`},
+		{name: "production images from two builds", file: prod + "kustomization.yaml", old: "newName: registry.example.com/biobridge/publisher\n    newTag: \"1.0.0\"", new: "newName: registry.example.com/biobridge/publisher\n    newTag: \"1.0.1\"", wantErr: "publisher: image \"registry.example.com/biobridge/publisher:1.0.1\" is not from the same build"},
 		{name: "unpinned production image", file: prod + "kustomization.yaml", old: "newTag: \"1.0.0\"", new: "newTag: latest", wantErr: "must be pinned"},
 		{name: "patch test no longer holds", file: prod + "patches/stores-ingest.yaml", old: "value: 5432", new: "value: 5433", wantErr: "kustomize build"},
 		{name: "ingress to an internal service", file: prod + "ingress.yaml", old: "name: gateway\n                port:\n                  name: http\n          - path: /openapi.json", new: "name: persistence\n                port:\n                  name: grpc\n          - path: /openapi.json", wantErr: "only the gateway may be reachable from outside"},
@@ -168,6 +170,9 @@ func TestComposeFailsOnBrokenFiles(t *testing.T) {
 		{name: "tls override typo", file: c + "compose.tls.yaml", old: "  publisher:\n    volumes", new: "  publsher:\n    volumes", wantErr: "compose.yaml + compose.tls.yaml"},
 		{name: "dockerfile runs as root", file: "deploy/docker/Dockerfile", old: "USER 65532:65532", new: "USER root", wantErr: "non-root USER"},
 		{name: "dockerfile without healthcheck", file: "deploy/docker/Dockerfile", old: `CMD ["/service", "healthcheck"]`, new: `CMD ["/service"]`, wantErr: "HEALTHCHECK"},
+		{name: "dockerfile builds its own way", file: "deploy/docker/Dockerfile", old: `scripts/images.sh rootfs "${SERVICE}" /out/rootfs`, new: `go build -o /out/rootfs/service ./services/${SERVICE}/cmd/${SERVICE}`, wantErr: "scripts/images.sh rootfs"},
+		{name: "image name make images does not build", file: c + "compose.yaml", old: "image: biobridge/ingest:dev", new: "image: biobridge/ingest:latest", wantErr: `service ingest: image "biobridge/ingest:latest", but make images builds biobridge/ingest:dev`},
+		{name: "images.env renames the images", file: "deploy/docker/images.env", old: "IMAGE_REPO=biobridge", new: "IMAGE_REPO=bb", wantErr: "but make images builds bb/gateway:dev"},
 		{name: "dockerignore drops a module", file: "deploy/docker/Dockerfile.dockerignore", appendTxt: "pkg\n", wantErr: `"pkg" excludes pkg`},
 	}
 	for _, tt := range tests {

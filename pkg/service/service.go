@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/biobridge/bridge/pkg/buildinfo"
 	"github.com/biobridge/bridge/pkg/config"
 	"github.com/biobridge/bridge/pkg/logging"
 	"github.com/biobridge/bridge/pkg/telemetry"
@@ -66,10 +67,15 @@ type Spec[C any] struct {
 	Probe func(ctx context.Context, cfg C) error
 }
 
-// Main is the whole of a service's run function: `healthcheck` as the first
-// argument probes the running service (for container health checks);
-// anything else starts it. Every configuration problem is reported at once.
+// Main is the whole of a service's run function: `version` as the first
+// argument prints the build's version, `healthcheck` probes the running
+// service (for container health checks); anything else starts it. Every
+// configuration problem is reported at once.
 func Main[C any](ctx context.Context, args []string, getenv func(string) string, stdout io.Writer, spec Spec[C]) error {
+	if len(args) > 1 && args[1] == "version" {
+		_, err := fmt.Fprintf(stdout, "%s %s\n", spec.Name, buildinfo.Version())
+		return err
+	}
 	cfg, common, err := spec.Load(getenv)
 	if err != nil {
 		return fmt.Errorf("invalid configuration for %s:\n%w", spec.Name, indent(err))
@@ -81,6 +87,7 @@ func Main[C any](ctx context.Context, args []string, getenv func(string) string,
 		return HealthCheck(ctx, spec.HealthAddr(cfg))
 	}
 	logger := common.Logger(stdout, spec.Name)
+	logger.Info("starting", slog.String("version", buildinfo.Version()))
 	shutdown, err := telemetry.SetupTracing(ctx, spec.Name, getenv)
 	if err != nil {
 		return fmt.Errorf("set up tracing: %w", err)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/biobridge/bridge/pkg/buildinfo"
 	"github.com/biobridge/bridge/pkg/config"
 )
 
@@ -50,5 +51,20 @@ func TestMainRunsWithValidConfiguration(t *testing.T) {
 	}
 	if got.Limit != 50 {
 		t.Fatalf("default not applied: %+v", got)
+	}
+}
+
+func TestMainVersionNeedsNoConfiguration(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	err := Main(context.Background(), []string{"svc", "version"}, func(string) string { return "" }, &out, Spec[cfg]{
+		Name: "svc", Load: load,
+		Run: func(context.Context, cfg, *slog.Logger) error { t.Error("version started the service"); return nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "svc " + buildinfo.Version() + "\n"; out.String() != want {
+		t.Fatalf("version printed %q, want %q", out.String(), want)
 	}
 }

@@ -219,3 +219,25 @@ func Wiring(p Project, repo, prometheusYML string) error {
 	}
 	return errors.Join(errs...)
 }
+
+// Images checks that every service compose builds is tagged with the name
+// `make images` gives that service's image (name(svc)), so `docker compose
+// up` and `make images` make and use the same images.
+func Images(p Project, name func(svc string) string) error {
+	var errs []error
+	names := make([]string, 0, len(p.Services))
+	for n := range p.Services {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		s := p.Services[n]
+		if s.Build == nil || s.Build.Args["SERVICE"] == "" {
+			continue
+		}
+		if want := name(s.Build.Args["SERVICE"]); s.Image != want {
+			errs = append(errs, fmt.Errorf("service %s: image %q, but make images builds %s", n, s.Image, want))
+		}
+	}
+	return errors.Join(errs...)
+}

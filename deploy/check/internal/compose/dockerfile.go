@@ -45,7 +45,8 @@ func parseDockerfile(data []byte) []instruction {
 }
 
 // Dockerfile checks what the images promise: one Dockerfile for every
-// service (build arg SERVICE), a static binary (CGO_ENABLED=0), a final
+// service (build arg SERVICE), the same file tree as `make images`
+// (scripts/images.sh rootfs), a static binary (CGO_ENABLED=0), a final
 // stage without a shell (distroless static or scratch) running as a
 // non-root user, and a HEALTHCHECK through the binary's healthcheck mode.
 // It also checks that the Dockerfile's ignore file keeps every module of
@@ -72,6 +73,9 @@ func Dockerfile(dockerfile, ignore []byte, goWork []byte) error {
 	}
 	if !has(0, "ARG", "SERVICE") {
 		errs = append(errs, errors.New("Dockerfile: no ARG SERVICE"))
+	}
+	if !has(0, "RUN", "scripts/images.sh rootfs") {
+		errs = append(errs, errors.New("Dockerfile: the build stage must lay out the image with scripts/images.sh rootfs (the file tree make images builds)"))
 	}
 	if !has(0, "ENV", "CGO_ENABLED=0") && !has(0, "RUN", "CGO_ENABLED=0") {
 		errs = append(errs, errors.New("Dockerfile: the build does not set CGO_ENABLED=0 (static binary)"))

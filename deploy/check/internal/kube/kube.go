@@ -517,3 +517,25 @@ func checkIngresses(ings []*networkingv1.Ingress, svcs []*corev1.Service) []erro
 	}
 	return errs
 }
+
+// DeploymentImages maps every Deployment's containers to their images:
+// "<deployment>" for a Deployment's only container, "<deployment>/<container>"
+// when it has several.
+func DeploymentImages(objs []Object) map[string]string {
+	out := map[string]string{}
+	for _, o := range objs {
+		d, ok := o.Obj.(*appsv1.Deployment)
+		if !ok {
+			continue
+		}
+		cs := d.Spec.Template.Spec.Containers
+		for _, c := range cs {
+			key := d.Name
+			if len(cs) > 1 {
+				key += "/" + c.Name
+			}
+			out[key] = c.Image
+		}
+	}
+	return out
+}

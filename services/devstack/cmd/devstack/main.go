@@ -1,6 +1,8 @@
 // Command devstack runs the whole suite in one process: every service on its
 // own loopback port, the vendor emulator and, unless KAFKA_BROKERS is set, an
-// embedded Kafka-protocol broker. `make run` starts it.
+// embedded Kafka-protocol broker. `make run` starts it. `devstack version`
+// prints the build's version; `devstack healthcheck` asks every service of a
+// running stack whether it is ready (the devstack image's HEALTHCHECK).
 package main
 
 import (
@@ -14,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/biobridge/bridge/pkg/buildinfo"
 	"github.com/biobridge/bridge/pkg/logging"
 	"github.com/biobridge/bridge/services/devstack/stack"
 )
@@ -29,6 +32,17 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	// Subcommands for containers: the image's HEALTHCHECK runs
+	// `devstack healthcheck` with the container's environment.
+	if len(args) > 1 {
+		switch args[1] {
+		case "version":
+			_, err := fmt.Fprintln(stdout, "devstack", buildinfo.Version())
+			return err
+		case "healthcheck":
+			return stack.HealthCheck(ctx, getenv)
+		}
+	}
 	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 	dataDir := fs.String("data-dir", ".devstack", "where the embedded Kafka broker keeps its data")
 	demo := fs.Bool("demo", false, "connect emulated users and keep producing WHOOP, Oura and HealthKit data")
@@ -44,6 +58,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	key := getenv("LOG_PSEUDONYM_KEY")
 	logger := logging.New(stdout, logging.Options{Format: "text", Level: level, PseudonymKey: []byte(key)})
 
+	logger.Info("starting", slog.String("version", buildinfo.Version()))
 	s, err := stack.Start(ctx, stack.Options{Getenv: getenv, DataDir: *dataDir, Logger: logger})
 	if err != nil {
 		return err
