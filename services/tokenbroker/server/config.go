@@ -59,14 +59,20 @@ type Config struct {
 	// configured): the OAuth redirect URI is PublicBaseURL +
 	// /v1/oauth/{vendor}/callback.
 	PublicBaseURL string
-	// UserTokenSecret is USER_TOKEN_SECRET (required, >= 32 bytes): HS256
-	// key of the users' JWTs.
+	// UserTokenSecret is USER_TOKEN_SECRET (>= 32 bytes): HS256 key of the
+	// users' JWTs, for development. Production verifies against the
+	// identity provider's JWKS (UserTokens).
 	UserTokenSecret []byte
+	// UserTokens is USER_JWKS_URL, USER_JWKS_REFRESH_INTERVAL,
+	// USER_TOKEN_ISSUER and USER_TOKEN_AUDIENCE (see auth.UserTokenConfig);
+	// its Secret defaults to UserTokenSecret.
+	UserTokens auth.UserTokenConfig
 	// ServiceTokens is SERVICE_TOKENS (required): "name:token,..." allowed
 	// to call GetAccessToken and ResolveVendorUser.
 	ServiceTokens string
-	// ServiceACL is SERVICE_ACL ("caller=pattern|pattern;...", default
-	// empty: every caller may call every service-token method): which
+	// ServiceACL is SERVICE_ACL ("caller=pattern|pattern;...", required
+	// by LoadConfig unless SERVICE_ACL_OPEN=true; empty in a hand-built
+	// Config: every caller may call every service-token method): which
 	// service-token methods each caller may call. User-JWT and state
 	// methods are not affected.
 	ServiceACL string
@@ -142,9 +148,9 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 			AuthorizeURL: l.String("OURA_AUTHORIZE_URL", vendors.DefaultOuraAuthorizeURL),
 		},
 		PublicBaseURL:     l.String("PUBLIC_BASE_URL", ""),
-		UserTokenSecret:   []byte(l.Required("USER_TOKEN_SECRET")),
+		UserTokens:        auth.LoadUserTokenConfig(l),
 		ServiceTokens:     l.Required("SERVICE_TOKENS"),
-		ServiceACL:        l.String("SERVICE_ACL", ""),
+		ServiceACL:        auth.LoadACL(l),
 		PersistenceTarget: l.String("PERSISTENCE_TARGET", ""),
 		ServiceToken:      l.String("SERVICE_TOKEN", ""),
 		TLS:               l.TLS(),
@@ -167,12 +173,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 			l.Check("SERVICE_TOKENS", false, indentJoined(err))
 		}
 	}
-	if _, err := auth.ParseACL(c.ServiceACL); err != nil {
-		l.Check("SERVICE_ACL", false, err.Error())
-	}
-	if len(c.UserTokenSecret) > 0 {
-		l.Check("USER_TOKEN_SECRET", len(c.UserTokenSecret) >= 32, "must be at least 32 bytes")
-	}
+	c.UserTokenSecret = c.UserTokens.Secret
 	for _, v := range []struct {
 		prefix string
 		cfg    VendorConfig

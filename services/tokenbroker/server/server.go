@@ -84,8 +84,13 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	if err != nil {
 		return nil, fmt.Errorf("SERVICE_ACL: %w", err)
 	}
-	if len(cfg.UserTokenSecret) == 0 {
-		return nil, errors.New("USER_TOKEN_SECRET: is required")
+	userTokens := cfg.UserTokens
+	if len(userTokens.Secret) == 0 {
+		userTokens.Secret = cfg.UserTokenSecret
+	}
+	users, err := auth.NewUserTokenVerifier(ctx, userTokens, logger)
+	if err != nil {
+		return nil, err
 	}
 	s := &Server{cfg: cfg, log: logger, reg: telemetry.NewRegistry()}
 	defer func() {
@@ -129,6 +134,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	if cfg.PersistenceTarget != "" {
 		s.persistConn, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{
 			TLS:                cfg.TLS,
+			OwnCredentials:     true,
 			IdempotentServices: []string{persistencev1.PersistenceService_ServiceDesc.ServiceName},
 		})
 		if err != nil {
@@ -150,9 +156,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		return nil, fmt.Errorf("TOKENBROKER_LOCK_LEASE: %w", err)
 	}
 
-	authn := &grpcapi.Authenticator{Services: services, ACL: acl, Users: auth.NewUserVerifier(cfg.UserTokenSecret)}
+	authn := &grpcapi.Authenticator{Services: services, ACL: acl, Users: users}
 	s.grpc, err = grpcserver.New(grpcserver.Config{Addr: cfg.GRPCAddr, TLS: cfg.TLS}, grpcserver.Options{
-		Service: "tokenbroker", Logger: logger, Registry: s.reg, Auth: authn.Auth,
+		Service: "tokenbroker", Logger: logger, Registry: s.reg, Auth: authn.Auth, ACL: acl,
 	})
 	if err != nil {
 		return nil, err

@@ -55,14 +55,7 @@ type Authenticator struct {
 func (a *Authenticator) Auth(ctx context.Context, fullMethod string) (context.Context, error) {
 	switch methodAccess[fullMethod] {
 	case accessService:
-		name, ok := a.Services.Authenticate(auth.BearerToken(ctx))
-		if !ok {
-			return nil, apperr.E(apperr.Unauthenticated, "invalid_service_token", "a valid service token is required")
-		}
-		if err := a.ACL.Check(name, fullMethod); err != nil {
-			return nil, err
-		}
-		return auth.WithCaller(ctx, name), nil
+		return auth.ServiceAuth(ctx, a.Services, a.ACL, fullMethod)
 	case accessUser:
 		sub, err := a.Users.Verify(auth.BearerToken(ctx))
 		if err != nil {
