@@ -153,6 +153,7 @@ func startStack(ctx context.Context, o options, sc stackConfig) (_ *stack, err e
 		"INGEST_TARGET":      s.ingest.GRPCAddr(),
 		"PERSISTENCE_TARGET": s.persistence.GRPCAddr(),
 		"TOKENBROKER_TARGET": brokerTarget,
+		"USER_TOKEN_SECRET":  userTokenSecret,
 		"LOG_PSEUDONYM_KEY":  pseudonymKey,
 	}))
 	if err != nil {
