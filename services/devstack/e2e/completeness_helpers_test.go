@@ -50,7 +50,7 @@ func startWorld(t *testing.T, env map[string]string, emu vendoremu.Config) *worl
 }
 
 func (w *world) svc() context.Context {
-	return metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+w.s.AgentToken())
+	return metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+w.s.OperatorToken())
 }
 
 // connect runs the connect flow through the gateway as the app and the

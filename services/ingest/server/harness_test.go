@@ -206,7 +206,7 @@ func newEnv(t *testing.T, o options) *env {
 		return map[string]string{
 			"GATEWAY_HTTP_ADDR": "127.0.0.1:0", "GATEWAY_ADMIN_ADDR": "127.0.0.1:0",
 			"INGEST_TARGET": e.ingestAddr, "TOKENBROKER_TARGET": e.brokerAddr, "PERSISTENCE_TARGET": e.persistenceAddr,
-			"LOG_PSEUDONYM_KEY": pseudonymKey,
+			"USER_TOKEN_SECRET": string(userSecret), "LOG_PSEUDONYM_KEY": pseudonymKey,
 		}[k]
 	})
 	require.NoError(t, err)
