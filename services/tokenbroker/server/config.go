@@ -59,6 +59,13 @@ type Config struct {
 	// configured): the OAuth redirect URI is PublicBaseURL +
 	// /v1/oauth/{vendor}/callback.
 	PublicBaseURL string
+	// ReturnURLs is OAUTH_RETURN_URLS (comma-separated, required when a
+	// vendor is configured): the apps' return URLs (a universal link or a
+	// custom scheme such as com.example.app:/oauth). The vendor's redirect
+	// is forwarded to one of them with vendor, code and state, and the app
+	// completes the connection with its user's JWT; the first is the
+	// default, StartAuthorization's return_to picks another.
+	ReturnURLs []string
 	// UserTokenSecret is USER_TOKEN_SECRET (>= 32 bytes): HS256 key of the
 	// users' JWTs, for development. Production verifies against the
 	// identity provider's JWKS (UserTokens).
@@ -148,6 +155,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 			AuthorizeURL: l.String("OURA_AUTHORIZE_URL", vendors.DefaultOuraAuthorizeURL),
 		},
 		PublicBaseURL:     l.String("PUBLIC_BASE_URL", ""),
+		ReturnURLs:        l.List("OAUTH_RETURN_URLS", nil),
 		UserTokens:        auth.LoadUserTokenConfig(l),
 		ServiceTokens:     l.Required("SERVICE_TOKENS"),
 		ServiceACL:        auth.LoadACL(l),
@@ -185,6 +193,12 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	l.Check("OURA_AUTHORIZE_URL", httpURL(c.Oura.AuthorizeURL), "must be an absolute http(s) URL")
 	if c.Whoop.Configured() || c.Oura.Configured() {
 		l.Check("PUBLIC_BASE_URL", c.PublicBaseURL != "", "is required when a vendor is configured (OAuth redirect URIs)")
+		l.Check("OAUTH_RETURN_URLS", len(c.ReturnURLs) > 0, "is required when a vendor is configured (where the vendor's redirect sends the browser back to the app)")
+	}
+	for _, u := range c.ReturnURLs {
+		p, err := url.Parse(u)
+		l.Check("OAUTH_RETURN_URLS", err == nil && p.Scheme != "" && p.Fragment == "" && (p.Host != "" || p.Opaque != "" || p.Path != ""),
+			"each must be an absolute URL without a fragment (https://app.example.com/oauth or com.example.app:/oauth)")
 	}
 	if c.PublicBaseURL != "" {
 		l.Check("PUBLIC_BASE_URL", httpURL(c.PublicBaseURL), "must be an absolute http(s) URL")

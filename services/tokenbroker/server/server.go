@@ -147,7 +147,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	s.broker, err = broker.New(broker.Config{
 		SafetyMargin: cfg.SafetyMargin, RefreshTimeout: cfg.RefreshTimeout, LockLease: cfg.LockLease,
 		StateTTL: cfg.StateTTL, ProactiveWindow: cfg.ProactiveWindow, ActiveWindow: cfg.ActiveWindow,
-		PublicBaseURL: cfg.PublicBaseURL,
+		PublicBaseURL: cfg.PublicBaseURL, ReturnURLs: cfg.ReturnURLs,
 	}, broker.Deps{
 		Store: store, Cache: cache, Locker: tokenlock.New(s.redis), Keys: keys, Vendors: vendorMap,
 		Metrics: broker.NewMetrics(s.reg), Logger: logger.With("component", "broker"), EventsWritten: s.relay.Kick,
