@@ -28,6 +28,10 @@ import (
 	tokenbroker "github.com/biobridge/bridge/services/tokenbroker/server"
 )
 
+// DevAppReturnURL is the app return URL of a development stack: the
+// vendor's redirect is forwarded there with vendor, code and state.
+const DevAppReturnURL = "biobridge-dev-app:/oauth"
+
 // Options configure a stack.
 type Options struct {
 	// Getenv supplies the caller's environment; unset variables get
@@ -97,6 +101,9 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	e.setDefault("WHOOP_API_URL", emu+"/whoop")
 	e.setDefault("OURA_API_URL", emu+"/oura")
 	e.setDefault("OURA_AUTHORIZE_URL", emu+"/oura/oauth/authorize")
+	// The app's return URL: the demo and the tests play the app, stopping
+	// at this redirect and completing with the user's JWT.
+	e.setDefault("OAUTH_RETURN_URLS", DevAppReturnURL)
 
 	// devstack runs a real SERVICE_ACL per service (the production path),
 	// so it sets them itself.

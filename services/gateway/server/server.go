@@ -269,8 +269,19 @@ func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshale
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
 }
 
-// setStatusFromMetadata lets a handler choose a 2xx code other than 200.
-func setStatusFromMetadata(ctx context.Context, w http.ResponseWriter, _ proto.Message) error {
+// setStatusFromMetadata lets a handler choose a 2xx code other than 200,
+// and turns the OAuth callback's answer into the redirect that sends the
+// user's browser on to the app.
+func setStatusFromMetadata(ctx context.Context, w http.ResponseWriter, m proto.Message) error {
+	if cb, ok := m.(*tokensv1.HandleAuthorizationCallbackResponse); ok && cb.GetRedirectUrl() != "" {
+		w.Header().Set("Location", cb.GetRedirectUrl())
+		// The query carries an authorization code: keep it out of caches
+		// and of the Referer of whatever the app opens next.
+		w.Header().Set("Cache-Control", "no-store")
+		w.Header().Set("Referrer-Policy", "no-referrer")
+		w.WriteHeader(http.StatusFound)
+		return nil
+	}
 	md, ok := runtime.ServerMetadataFromContext(ctx)
 	if !ok {
 		return nil
