@@ -37,6 +37,10 @@ lint: ## gofmt, go vet over every module, buf lint and buf format, documents nam
 	go tool buf format --diff --exit-code
 	scripts/check-doc-refs.sh
 
+.PHONY: vulncheck
+vulncheck: ## govulncheck over every module, against an offline snapshot of the Go vulnerability database.
+	scripts/vulncheck.sh
+
 .PHONY: build
 build: ## Build every service binary into bin/.
 	@mkdir -p bin

@@ -1,11 +1,17 @@
 package auth
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sort"
 	"strings"
 
+	"google.golang.org/grpc"
+
 	"github.com/biobridge/bridge/pkg/apperr"
+	"github.com/biobridge/bridge/pkg/config"
 )
 
 // ReasonMethodNotAllowed is the reason of the PermissionDenied error
@@ -19,9 +25,8 @@ const ReasonMethodNotAllowed = "method_not_allowed"
 // drain the outbox.
 //
 // An ACL parsed from an empty string, like a nil *ACL, is open: it allows
-// every call. That keeps development stacks and tests working without one;
-// production sets SERVICE_ACL on every service, and then everything not
-// listed is denied.
+// every call. LoadACL refuses that unless SERVICE_ACL_OPEN=true says so
+// explicitly (development); with an ACL everything not listed is denied.
 type ACL struct {
 	// rules is nil for an open ACL.
 	rules map[string]*callerRule
@@ -155,4 +160,100 @@ func (a *ACL) Check(caller, fullMethod string) error {
 	}
 	return apperr.E(apperr.PermissionDenied, ReasonMethodNotAllowed,
 		fmt.Sprintf("caller %q may not call %s", caller, fullMethod))
+}
+
+// LoadACL reads SERVICE_ACL and SERVICE_ACL_OPEN, recording problems in l,
+// and returns the ACL's text. Least privilege is the default: without
+// SERVICE_ACL the service refuses to start, unless SERVICE_ACL_OPEN=true
+// says explicitly that every SERVICE_TOKENS caller may call every method
+// (development only). Whether the methods it names exist is checked once
+// the server's services are registered (grpcserver, CheckServed).
+func LoadACL(l *config.Loader) string {
+	raw := l.String("SERVICE_ACL", "")
+	open := l.Bool("SERVICE_ACL_OPEN", false)
+	switch {
+	case raw == "" && !open:
+		l.Check("SERVICE_ACL", false, "is required: list which methods each SERVICE_TOKENS caller may call "+
+			"(caller=/package.Service/Method|...;...), or set SERVICE_ACL_OPEN=true to let every caller call every method (development only)")
+	case raw != "" && open:
+		l.Check("SERVICE_ACL_OPEN", false, "must not be true while SERVICE_ACL is set")
+	case raw != "":
+		if _, err := ParseACL(raw); err != nil {
+			l.Check("SERVICE_ACL", false, err.Error())
+		}
+	}
+	return raw
+}
+
+// CheckServed returns an error naming every pattern of the ACL that names
+// a service or method the server does not serve (a misspelling would
+// otherwise deny silently). services is grpc.Server.GetServiceInfo().
+func (a *ACL) CheckServed(services map[string]grpc.ServiceInfo) error {
+	if !a.Enforced() {
+		return nil
+	}
+	callers := make([]string, 0, len(a.rules))
+	for c := range a.rules {
+		callers = append(callers, c)
+	}
+	sort.Strings(callers)
+	var problems []string
+	for _, caller := range callers {
+		r := a.rules[caller]
+		for _, svc := range sortedKeys(r.services) {
+			if _, ok := services[svc]; !ok {
+				problems = append(problems, fmt.Sprintf("caller %s: /%s/*: no such service here", caller, svc))
+			}
+		}
+		for _, m := range sortedKeys(r.methods) {
+			svc, method, _ := splitMethod(m)
+			info, ok := services[svc]
+			if !ok {
+				problems = append(problems, fmt.Sprintf("caller %s: %s: no such service here", caller, m))
+				continue
+			}
+			if !slices.ContainsFunc(info.Methods, func(mi grpc.MethodInfo) bool { return mi.Name == method }) {
+				problems = append(problems, fmt.Sprintf("caller %s: %s: no such method", caller, m))
+			}
+		}
+	}
+	if len(problems) == 0 {
+		return nil
+	}
+	served := make([]string, 0, len(services))
+	for s := range services {
+		if !strings.HasPrefix(s, "grpc.health.") && !strings.HasPrefix(s, "grpc.reflection.") {
+			served = append(served, s)
+		}
+	}
+	sort.Strings(served)
+	return fmt.Errorf("SERVICE_ACL: %s (this server serves %s)", strings.Join(problems, "; "), strings.Join(served, ", "))
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// ReasonInvalidServiceToken is the reason of the Unauthenticated error a
+// call without a valid service token gets.
+const ReasonInvalidServiceToken = "invalid_service_token"
+
+// ServiceAuth authenticates a call by its service token and checks it
+// against acl: the one service-token check every server uses (as its
+// grpcserver auth hook, or for its service-token methods). It puts the
+// caller's name in the context.
+func ServiceAuth(ctx context.Context, tokens *ServiceTokens, acl *ACL, fullMethod string) (context.Context, error) {
+	name, ok := tokens.Authenticate(BearerToken(ctx))
+	if !ok {
+		return nil, apperr.E(apperr.Unauthenticated, ReasonInvalidServiceToken, "a valid service token is required")
+	}
+	if err := acl.Check(name, fullMethod); err != nil {
+		return nil, err
+	}
+	return WithCaller(ctx, name), nil
 }

@@ -1,8 +1,10 @@
 // Package auth holds the two credentials the system accepts: service tokens
 // for internal callers (SERVICE_TOKENS=name:token,...; the name is the caller
-// recorded in the audit log) and HS256 user JWTs from the app, whose sub is
-// the internal user id. It also carries the authenticated identities in the
-// context.
+// recorded in the audit log) and user JWTs from the app's identity provider
+// (verified against its JWKS; HS256 with a shared secret in development),
+// whose sub is the internal user id. It also carries the authenticated
+// identities in the context, and the ACL (SERVICE_ACL) that says which
+// methods each service caller may call.
 package auth
 
 import (
@@ -16,8 +18,6 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"google.golang.org/grpc/metadata"
-
-	"github.com/biobridge/bridge/pkg/apperr"
 )
 
 // ServiceTokens authenticates internal callers by static bearer token.
@@ -97,58 +97,6 @@ func (t *ServiceTokens) Authenticate(token string) (name string, ok bool) {
 		return "", false
 	}
 	return name, true
-}
-
-// Reasons of the errors Verify returns (all with Code Unauthenticated).
-const (
-	ReasonMissingToken   = "missing_token"
-	ReasonMalformedToken = "malformed_token"
-	ReasonExpiredToken   = "expired_token"
-	ReasonInvalidToken   = "invalid_token"
-)
-
-// UserVerifier verifies HS256 user JWTs.
-type UserVerifier struct {
-	secret []byte
-	parser *jwt.Parser
-}
-
-// NewUserVerifier returns a verifier for tokens signed with secret.
-func NewUserVerifier(secret []byte) *UserVerifier {
-	return &UserVerifier{
-		secret: append([]byte(nil), secret...),
-		parser: jwt.NewParser(
-			// Pinning the algorithm defeats alg=none and key-confusion attacks.
-			jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
-			jwt.WithExpirationRequired(),
-			jwt.WithLeeway(30*time.Second),
-		),
-	}
-}
-
-// Verify checks token and returns its sub. Errors are *apperr.Error with
-// Code Unauthenticated and one of the Reason* reasons.
-func (v *UserVerifier) Verify(token string) (sub string, err error) {
-	if token == "" {
-		return "", apperr.E(apperr.Unauthenticated, ReasonMissingToken, "missing bearer token")
-	}
-	var claims jwt.RegisteredClaims
-	_, err = v.parser.ParseWithClaims(token, &claims, func(*jwt.Token) (any, error) {
-		return v.secret, nil
-	})
-	switch {
-	case err == nil:
-	case errors.Is(err, jwt.ErrTokenMalformed):
-		return "", apperr.Wrap(err, apperr.Unauthenticated, ReasonMalformedToken, "malformed token")
-	case errors.Is(err, jwt.ErrTokenExpired):
-		return "", apperr.Wrap(err, apperr.Unauthenticated, ReasonExpiredToken, "token expired")
-	default:
-		return "", apperr.Wrap(err, apperr.Unauthenticated, ReasonInvalidToken, "invalid token")
-	}
-	if claims.Subject == "" {
-		return "", apperr.E(apperr.Unauthenticated, ReasonInvalidToken, "token has no subject")
-	}
-	return claims.Subject, nil
 }
 
 // IssueUserToken signs an HS256 token for sub valid for ttl (devstack, tests).

@@ -103,8 +103,8 @@ func TestUserVerifier(t *testing.T) {
 		{"wrong key", otherKey, "", auth.ReasonInvalidToken},
 		{"no sub", noSub, "", auth.ReasonInvalidToken},
 		{"no exp", noExp, "", auth.ReasonInvalidToken},
-		{"hs512 rejected", hs512, "", auth.ReasonInvalidToken},
-		{"alg none rejected", none, "", auth.ReasonInvalidToken},
+		{"hs512 rejected", hs512, "", auth.ReasonUnsupportedAlgorithm},
+		{"alg none rejected", none, "", auth.ReasonUnsupportedAlgorithm},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

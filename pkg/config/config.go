@@ -155,11 +155,16 @@ func (l *Loader) Err() error {
 // CertFile and KeyFile set, a server speaks TLS; with CAFile as well it
 // also requires and verifies client certificates (mutual TLS). A client uses
 // CAFile to verify the server and CertFile/KeyFile as its client certificate.
-// All empty means plaintext, which is meant only for loopback.
+// All empty means plaintext, which is meant only for loopback: a gRPC
+// server without TLS binds to loopback unless AllowPlaintext is set.
 type TLSFiles struct {
 	CertFile string
 	KeyFile  string
 	CAFile   string
+	// AllowPlaintext is GRPC_ALLOW_PLAINTEXT (default false): serve gRPC
+	// without TLS on every interface (behind a service mesh that encrypts,
+	// or in a private development network). Servers log a warning.
+	AllowPlaintext bool
 }
 
 // Enabled reports whether any TLS material is configured.
@@ -167,13 +172,15 @@ func (t TLSFiles) Enabled() bool {
 	return t.CertFile != "" || t.KeyFile != "" || t.CAFile != ""
 }
 
-// TLS reads TLS_CERT_FILE, TLS_KEY_FILE and TLS_CA_FILE, checking that the
-// certificate and key come together and that every named file exists.
+// TLS reads TLS_CERT_FILE, TLS_KEY_FILE, TLS_CA_FILE and
+// GRPC_ALLOW_PLAINTEXT, checking that the certificate and key come together
+// and that every named file exists.
 func (l *Loader) TLS() TLSFiles {
 	t := TLSFiles{
-		CertFile: l.lookup("TLS_CERT_FILE"),
-		KeyFile:  l.lookup("TLS_KEY_FILE"),
-		CAFile:   l.lookup("TLS_CA_FILE"),
+		CertFile:       l.lookup("TLS_CERT_FILE"),
+		KeyFile:        l.lookup("TLS_KEY_FILE"),
+		CAFile:         l.lookup("TLS_CA_FILE"),
+		AllowPlaintext: l.Bool("GRPC_ALLOW_PLAINTEXT", false),
 	}
 	if (t.CertFile == "") != (t.KeyFile == "") {
 		if t.CertFile == "" {

@@ -9,18 +9,23 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
+	"github.com/biobridge/bridge/pkg/apperr"
 	"github.com/biobridge/bridge/pkg/config"
 	"github.com/biobridge/bridge/pkg/logging"
 )
@@ -53,7 +58,20 @@ type Config struct {
 	IdempotentServices []string
 	// TracerProvider defaults to the global one (telemetry.SetupTracing).
 	TracerProvider trace.TracerProvider
+	// OwnCredentials says the calls carry this service's own SERVICE_TOKEN
+	// (not a credential forwarded from an end caller, as the gateway's
+	// do). An UNAUTHENTICATED or PERMISSION_DENIED answer is then a
+	// deployment error (the callee does not accept the token, or its
+	// SERVICE_ACL does not allow the method), never the end caller's
+	// fault: it becomes an Internal error naming the callee and the
+	// variables to check, so an app gets a 500, not a 401 that it reads
+	// as "log the user in again".
+	OwnCredentials bool
 }
+
+// ReasonInternalAuthFailed is the reason of the Internal error a call with
+// OwnCredentials turns an authentication or permission refusal into.
+const ReasonInternalAuthFailed = "internal_auth_failed"
 
 // Dial creates a client connection to target (for example "127.0.0.1:9101"
 // or "dns:///persistence:9103"). Like grpc.NewClient it connects lazily.
@@ -88,6 +106,10 @@ func Dial(target string, cfg Config) (*grpc.ClientConn, error) {
 		}),
 		grpc.WithChainUnaryInterceptor(unaryInterceptor(cfg.DefaultTimeout)),
 		grpc.WithChainStreamInterceptor(streamInterceptor),
+	}
+	if cfg.OwnCredentials {
+		opts = append(opts, grpc.WithChainUnaryInterceptor(ownCredentialsUnary(target)),
+			grpc.WithChainStreamInterceptor(ownCredentialsStream(target)))
 	}
 	sc, err := serviceConfig(cfg.IdempotentServices)
 	if err != nil {
@@ -198,4 +220,47 @@ func unaryInterceptor(defaultTimeout time.Duration) grpc.UnaryClientInterceptor 
 
 func streamInterceptor(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	return streamer(withRequestID(ctx), desc, cc, method, opts...)
+}
+
+// internalAuthError turns a refusal of this service's own credentials into
+// an Internal error; any other error passes unchanged.
+func internalAuthError(target, method string, err error) error {
+	st, ok := status.FromError(err)
+	if !ok || (st.Code() != codes.Unauthenticated && st.Code() != codes.PermissionDenied) {
+		return err
+	}
+	cause := fmt.Errorf("%s refused this service's call %s (%s: %s): check that this service's SERVICE_TOKEN is among the callee's SERVICE_TOKENS and that the callee's SERVICE_ACL allows the method",
+		target, method, st.Code(), st.Message())
+	return apperr.Wrap(cause, apperr.Internal, ReasonInternalAuthFailed, "internal error")
+}
+
+func ownCredentialsUnary(target string) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		return internalAuthError(target, method, invoker(ctx, method, req, reply, cc, opts...))
+	}
+}
+
+func ownCredentialsStream(target string) grpc.StreamClientInterceptor {
+	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		cs, err := streamer(ctx, desc, cc, method, opts...)
+		if err != nil {
+			return nil, internalAuthError(target, method, err)
+		}
+		return &ownCredentialsClientStream{ClientStream: cs, target: target, method: method}, nil
+	}
+}
+
+// ownCredentialsClientStream maps the refusal a stream reports on its
+// first receive (servers authenticate streams when the handler starts).
+type ownCredentialsClientStream struct {
+	grpc.ClientStream
+	target, method string
+}
+
+func (s *ownCredentialsClientStream) RecvMsg(m any) error {
+	err := s.ClientStream.RecvMsg(m)
+	if err == nil || errors.Is(err, io.EOF) {
+		return err
+	}
+	return internalAuthError(s.target, s.method, err)
 }

@@ -31,6 +31,10 @@ func (s *service) UnaryCall(ctx context.Context, req *testpb.SimpleRequest) (*te
 	case "wait":
 		<-ctx.Done()
 		return nil, ctx.Err()
+	case "refuse":
+		return nil, apperr.E(apperr.Unauthenticated, "invalid_token", "invalid service token")
+	case "deny":
+		return nil, apperr.E(apperr.PermissionDenied, "method_not_allowed", "caller may not call")
 	case "flaky":
 		if n <= 2 {
 			return nil, apperr.E(apperr.Unavailable, "warming_up", "try again")
@@ -133,4 +137,30 @@ func TestDialBadTLSFiles(t *testing.T) {
 	t.Parallel()
 	_, err := grpcclient.Dial("127.0.0.1:1", grpcclient.Config{TLS: config.TLSFiles{CAFile: "/nonexistent/ca.pem"}})
 	require.ErrorContains(t, err, "read tls ca file")
+}
+
+// TestOwnCredentialsRefusalIsInternal: with OwnCredentials a callee's
+// refusal of this service's token is an internal error (the end caller
+// gets 500, not a 401 about their own credentials) naming what to check;
+// without it, as in the gateway, the refusal passes through.
+func TestOwnCredentialsRefusalIsInternal(t *testing.T) {
+	t.Parallel()
+	addr, _ := start(t)
+	own := client(t, addr, grpcclient.Config{OwnCredentials: true})
+	forwarded := client(t, addr, grpcclient.Config{})
+	for _, cmd := range []string{"refuse", "deny"} {
+		_, err := own.UnaryCall(context.Background(), body(cmd))
+		require.Error(t, err)
+		assert.Equal(t, apperr.Internal, apperr.CodeOf(err), cmd)
+		assert.Equal(t, grpcclient.ReasonInternalAuthFailed, apperr.ReasonOf(err))
+		assert.Contains(t, err.Error(), "SERVICE_TOKENS")
+		assert.Contains(t, err.Error(), "/grpc.testing.TestService/UnaryCall")
+		st, _ := apperr.ToStatus(err)
+		assert.Equal(t, codes.Internal, st.Code())
+
+		_, err = forwarded.UnaryCall(context.Background(), body(cmd))
+		assert.Contains(t, []codes.Code{codes.Unauthenticated, codes.PermissionDenied}, status.Code(err), cmd)
+	}
+	_, err := own.UnaryCall(context.Background(), body("ok"))
+	require.NoError(t, err)
 }

@@ -49,6 +49,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/biobridge/bridge/pkg/apperr"
+	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/config"
 	"github.com/biobridge/bridge/pkg/logging"
 )
@@ -67,7 +68,9 @@ type Config struct {
 	// Addr is the listen address, for example ":9101" (":0" in tests).
 	Addr string
 	// TLS: cert+key enable TLS; with CAFile as well, client certificates
-	// are required and verified (mutual TLS). All empty: plaintext.
+	// are required and verified (mutual TLS). All empty: plaintext, and
+	// then the server binds to loopback only (a wildcard host becomes
+	// 127.0.0.1, another host is refused) unless TLS.AllowPlaintext is set.
 	TLS config.TLSFiles
 	// MaxRecvMsgBytes and MaxSendMsgBytes default to 64 MiB: batch RPCs
 	// carry more than gRPC's 4 MiB default.
@@ -90,6 +93,10 @@ type Options struct {
 	Auth func(ctx context.Context, fullMethod string) (context.Context, error)
 	// TracerProvider defaults to the global one (telemetry.SetupTracing).
 	TracerProvider trace.TracerProvider
+	// ACL, when set, is checked against the registered services before the
+	// server binds: a pattern naming a service or method it does not serve
+	// fails the start (a misspelling would otherwise deny silently).
+	ACL *auth.ACL
 	// ExtraUnary and ExtraStream run after auth, innermost.
 	ExtraUnary  []grpc.UnaryServerInterceptor
 	ExtraStream []grpc.StreamServerInterceptor
@@ -259,12 +266,48 @@ func (s *Server) listener() (net.Listener, error) {
 	if s.ln != nil {
 		return s.ln, nil
 	}
-	ln, err := net.Listen("tcp", s.cfg.Addr)
+	if err := s.opts.ACL.CheckServed(s.srv.GetServiceInfo()); err != nil {
+		return nil, err
+	}
+	addr, err := s.listenAddr()
 	if err != nil {
-		return nil, fmt.Errorf("listen grpc on %s: %w", s.cfg.Addr, err)
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen grpc on %s: %w", addr, err)
 	}
 	s.ln = ln
 	return ln, nil
+}
+
+// listenAddr keeps a plaintext server on loopback: service tokens must not
+// cross a network in clear. A wildcard host (":9101", "0.0.0.0:9101")
+// becomes 127.0.0.1; a non-loopback host is refused. TLS, or
+// GRPC_ALLOW_PLAINTEXT=true (logged as a warning), lifts the restriction.
+func (s *Server) listenAddr() (string, error) {
+	addr := s.cfg.Addr
+	if s.cfg.TLS.CertFile != "" || s.cfg.TLS.AllowPlaintext {
+		if s.cfg.TLS.CertFile == "" {
+			s.logger.Warn("grpc serving plaintext on every interface (GRPC_ALLOW_PLAINTEXT=true): service tokens cross the network unencrypted unless something else encrypts it", "addr", addr)
+		}
+		return addr, nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", fmt.Errorf("grpc listen address %q: %w", addr, err)
+	}
+	switch {
+	case host == "" || host == "0.0.0.0" || host == "::":
+		s.logger.Info("grpc without TLS: listening on loopback only (set TLS_CERT_FILE/TLS_KEY_FILE, or GRPC_ALLOW_PLAINTEXT=true)", "requested", addr)
+		return net.JoinHostPort("127.0.0.1", port), nil
+	case host == "localhost":
+		return addr, nil
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return addr, nil
+	}
+	return "", fmt.Errorf("grpc listen address %s is not loopback and TLS is not configured: set TLS_CERT_FILE and TLS_KEY_FILE, or GRPC_ALLOW_PLAINTEXT=true to serve plaintext anyway", addr)
 }
 
 // Addr returns the bound address once Listen succeeded, else the configured one.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
-	"net/url"
 	"sort"
 	"sync"
 	"testing"
@@ -50,34 +49,16 @@ func startWorld(t *testing.T, env map[string]string, emu vendoremu.Config) *worl
 }
 
 func (w *world) svc() context.Context {
-	return metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+w.s.AgentToken())
+	return metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+w.s.OperatorToken())
 }
 
 // connect runs the connect flow through the gateway as the app and the
 // user's browser do; the emulator approves emuUser.
 func (w *world) connect(user, vendor, emuUser string) {
-	t := w.t
-	t.Helper()
-	tok, err := w.s.UserToken(user, time.Hour)
-	require.NoError(t, err)
-	r := do(t, http.MethodPost, w.s.GatewayURL()+"/v1/connections/"+vendor+"/authorize", tok, []byte(`{}`))
-	require.Equal(t, http.StatusOK, r.Code, "%s", r.Body)
-	var start struct {
-		AuthorizeURL string `json:"authorize_url"`
-	}
-	r.JSON(t, &start)
-	u, err := url.Parse(start.AuthorizeURL)
-	require.NoError(t, err)
-	q := u.Query()
-	q.Set("login_hint", emuUser)
-	u.RawQuery = q.Encode()
-	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	res, err := noFollow.Get(u.String())
-	require.NoError(t, err)
-	require.NoError(t, res.Body.Close())
-	require.Equal(t, http.StatusFound, res.StatusCode)
-	cb := do(t, http.MethodGet, res.Header.Get("Location"), "", nil)
-	require.Equal(t, http.StatusOK, cb.Code, "%s", cb.Body)
+	w.t.Helper()
+	app, err := w.s.AuthorizeInBrowser(context.Background(), user, emuUser, vendor)
+	require.NoError(w.t, err)
+	require.NoError(w.t, w.s.CompleteInApp(context.Background(), user, vendor, app))
 }
 
 // connection is what ListConnections shows of one connection.

@@ -55,7 +55,7 @@ func (s *Stack) Banner(w io.Writer) error {
 		time.Now().UTC().Add(-time.Minute).Format(time.RFC3339), time.Now().UTC().Add(-time.Minute).Format(time.RFC3339))
 	p("  curl -s -H 'Authorization: Bearer %s' %s/v1/users/%s/biometrics/latest", agent, gw, DemoUser)
 	p(`  grpcurl -plaintext -H 'authorization: Bearer %s' -d '{"user_id":"%s"}' %s biobridge.biometrics.v1.BiometricsService/GetLatest`, agent, DemoUser, e.get("PERSISTENCE_GRPC_ADDR"))
-	p(`  grpcurl -plaintext -H 'authorization: Bearer %s' -d '{}' %s biobridge.publisher.v1.PublisherService/GetStatus`, serviceToken(e.get("SERVICE_TOKENS"), "internal"), e.get("PUBLISHER_GRPC_ADDR"))
+	p(`  grpcurl -plaintext -H 'authorization: Bearer %s' -d '{}' %s biobridge.publisher.v1.PublisherService/GetStatus`, s.OperatorToken(), e.get("PUBLISHER_GRPC_ADDR"))
 	p("  kcat -b %s -t biometrics.events.v1 -C -o beginning -e -f '%%k %%h\\n'", e.get("KAFKA_BROKERS"))
 	p("  curl -s http://%s/_admin/counters", s.Emulator.Addr())
 	p("  curl -s %s/openapi.json | head", gw)

@@ -44,15 +44,29 @@ func (s *Stack) RunDemo(ctx context.Context, interval time.Duration, out io.Writ
 
 // Connect runs the connect flow for user and vendor the way the app and a
 // browser would: ask the gateway for the authorize URL, follow the vendor's
-// redirect back to the callback.
+// redirect back to the callback and on to the app's return URL, and
+// complete there with the user's JWT.
+// The emulated vendor account has the user's name.
 func (s *Stack) Connect(ctx context.Context, user, vendor string) error {
-	token, err := s.UserToken(user, time.Hour)
+	app, err := s.AuthorizeInBrowser(ctx, user, user, vendor)
 	if err != nil {
 		return err
 	}
+	return s.CompleteInApp(ctx, user, vendor, app)
+}
+
+// AuthorizeInBrowser starts the connect flow as starter and approves it at
+// the emulated vendor as emuUser's browser would, returning the query the
+// app receives at its return URL (vendor, code, state).
+func (s *Stack) AuthorizeInBrowser(ctx context.Context, starter, emuUser, vendor string) (url.Values, error) {
+	user := starter
+	token, err := s.UserToken(user, time.Hour)
+	if err != nil {
+		return nil, err
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.GatewayURL()+"/v1/connections/"+vendor+"/authorize", bytes.NewReader([]byte(`{}`)))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("Content-Type", "application/json")
@@ -60,21 +74,64 @@ func (s *Stack) Connect(ctx context.Context, user, vendor string) error {
 		AuthorizeURL string `json:"authorize_url"`
 	}
 	if err := doJSON(req, &start); err != nil {
-		return fmt.Errorf("start authorization: %w", err)
+		return nil, fmt.Errorf("start authorization: %w", err)
 	}
 	u, err := url.Parse(start.AuthorizeURL)
 	if err != nil {
-		return fmt.Errorf("authorize url: %w", err)
+		return nil, fmt.Errorf("authorize url: %w", err)
 	}
 	// The emulator approves the emulated user named by login_hint, as a
 	// logged-in vendor account would.
 	q := u.Query()
-	q.Set("login_hint", user)
+	q.Set("login_hint", emuUser)
 	u.RawQuery = q.Encode()
+	// The browser follows the vendor's redirect to the gateway's callback,
+	// which redirects on to the app's return URL: a custom scheme a
+	// browser hands to the app, so following stops there.
+	var landed *url.URL
+	browser := &http.Client{CheckRedirect: func(r *http.Request, _ []*http.Request) error {
+		if r.URL.Scheme != "http" && r.URL.Scheme != "https" {
+			landed = r.URL
+			return http.ErrUseLastResponse
+		}
+		return nil
+	}}
 	req, err = http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := browser.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("authorize in the browser: %w", err)
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	_ = resp.Body.Close()
+	if landed == nil {
+		return nil, fmt.Errorf("authorize in the browser: %s: %.300s", resp.Status, body)
+	}
+	return landed.Query(), nil
+}
+
+// CompleteInApp completes the connect flow as the app signed in as
+// completer does with what it received at its return URL.
+func (s *Stack) CompleteInApp(ctx context.Context, completer, vendor string, app url.Values) error {
+	token, err := s.UserToken(completer, time.Hour)
 	if err != nil {
 		return err
 	}
+	if e := app.Get("error"); e != "" {
+		return fmt.Errorf("the vendor did not authorize: %s", e)
+	}
+	body, err := json.Marshal(map[string]string{"code": app.Get("code"), "state": app.Get("state")})
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.GatewayURL()+"/v1/connections/"+vendor+"/complete", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
 	return doJSON(req, nil)
 }
 

@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"net"
 	"sort"
+	"strconv"
 	"strings"
+
+	"github.com/biobridge/bridge/pkg/auth"
 )
 
 // Development values for every secret a service requires. They are printed
@@ -13,7 +16,7 @@ import (
 var devSecrets = map[string]string{
 	"LOG_PSEUDONYM_KEY":       "dev-pseudonym-key-not-for-production",
 	"USER_TOKEN_SECRET":       "dev-user-token-secret-not-for-production-0123456789",
-	"SERVICE_TOKENS":          "agent:dev-agent-token,internal:dev-internal-token",
+	"SERVICE_TOKENS":          "agent:dev-agent-token,operator:dev-operator-token,internal:dev-internal-token",
 	"SERVICE_TOKEN":           "dev-internal-token",
 	"TOKEN_ENCRYPTION_KEYS":   "dev1:" + base64.StdEncoding.EncodeToString([]byte("dev-token-encryption-key-32bytes")),
 	"WHOOP_CLIENT_ID":         "whoop-dev-client",
@@ -73,6 +76,11 @@ func (e *env) fillSecrets() {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
+		// With an identity provider's key set configured, no HS256 secret
+		// is made up: the two are exclusive.
+		if k == "USER_TOKEN_SECRET" && e.base("USER_JWKS_URL") != "" {
+			continue
+		}
 		if e.base(k) == "" {
 			e.filled[k] = devSecrets[k]
 			e.defaulted = append(e.defaulted, k)
@@ -130,3 +138,72 @@ func redact(v string) string {
 }
 
 func joinLines(lines []string) string { return strings.Join(lines, "\n") }
+
+// devACL is the SERVICE_ACL each service of the stack gets: the calls the
+// stack's own wiring makes (every service presents SERVICE_TOKEN, the
+// caller named internal here) and what agents and operators may do, the
+// same least-privilege shape as a production deployment. A new RPC that
+// the wiring calls must be listed here, as in deploy/.
+var devACL = map[string]func(internal string) string{
+	"persistence": func(internal string) string {
+		return internal + "=" + methods("biobridge.persistence.v1.PersistenceService",
+			"WriteEvents", "DeleteRecords", "AppendConnectionEvents", "LeaseOutbox", "AckOutbox", "NackOutbox", "GetOutboxStats") +
+			";agent=/biobridge.biometrics.v1.BiometricsService/*"
+	},
+	"tokenbroker": func(internal string) string {
+		return internal + "=" + methods("biobridge.tokens.v1.TokenBrokerService",
+			"GetAccessToken", "ResolveVendorUser", "ListActiveConnections", "ReportDataArrival", "MarkStaleConnections")
+	},
+	"ingest": func(string) string {
+		return "operator=" + methods("biobridge.ingest.v1.IngestService", "ListJobs", "RetryJobs", "GetBackfillProgress")
+	},
+	"publisher": func(string) string { return "operator=/biobridge.publisher.v1.PublisherService/*" },
+}
+
+func methods(service string, names ...string) string {
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = "/" + service + "/" + n
+	}
+	return strings.Join(out, "|")
+}
+
+// internalCaller checks that the token every service presents
+// (SERVICE_TOKEN) is one the services accept (SERVICE_TOKENS) and returns
+// its caller name. Without this check a mismatch starts a stack in which
+// every internal call is refused, and an app reads the refusals as "log
+// in again".
+func (e *env) internalCaller() (string, error) {
+	tokens, err := auth.ParseServiceTokens(e.get("SERVICE_TOKENS"))
+	if err != nil {
+		return "", fmt.Errorf("SERVICE_TOKENS: %w", err)
+	}
+	name, ok := tokens.Authenticate(e.get("SERVICE_TOKEN"))
+	if !ok {
+		return "", fmt.Errorf("SERVICE_TOKEN (%s) is not among SERVICE_TOKENS (callers %s): every service presents SERVICE_TOKEN to the others, which accept only SERVICE_TOKENS, so every internal call would be refused; add it to SERVICE_TOKENS (internal:<token>), or unset SERVICE_TOKEN and SERVICE_TOKENS to use the development values",
+			e.origin("SERVICE_TOKEN"), strings.Join(tokens.Names(), ", "))
+	}
+	return name, nil
+}
+
+// origin says where a variable's value came from, for error messages.
+func (e *env) origin(k string) string {
+	if e.base(k) != "" {
+		return "set by you"
+	}
+	return "a development value"
+}
+
+// forService is the environment one service of the stack reads: the
+// stack's environment with that service's SERVICE_ACL, unless
+// SERVICE_ACL_OPEN=true asks for none.
+func (e *env) forService(service, internal string) func(string) string {
+	return func(k string) string {
+		if open, _ := strconv.ParseBool(e.get("SERVICE_ACL_OPEN")); k == "SERVICE_ACL" && !open {
+			if acl, ok := devACL[service]; ok {
+				return acl(internal)
+			}
+		}
+		return e.get(k)
+	}
+}

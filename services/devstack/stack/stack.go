@@ -28,6 +28,10 @@ import (
 	tokenbroker "github.com/biobridge/bridge/services/tokenbroker/server"
 )
 
+// DevAppReturnURL is the app return URL of a development stack: the
+// vendor's redirect is forwarded there with vendor, code and state.
+const DevAppReturnURL = "biobridge-dev-app:/oauth"
+
 // Options configure a stack.
 type Options struct {
 	// Getenv supplies the caller's environment; unset variables get
@@ -97,14 +101,26 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	e.setDefault("WHOOP_API_URL", emu+"/whoop")
 	e.setDefault("OURA_API_URL", emu+"/oura")
 	e.setDefault("OURA_AUTHORIZE_URL", emu+"/oura/oauth/authorize")
+	// The app's return URL: the demo and the tests play the app, stopping
+	// at this redirect and completing with the user's JWT.
+	e.setDefault("OAUTH_RETURN_URLS", DevAppReturnURL)
 
+	// devstack runs a real SERVICE_ACL per service (the production path),
+	// so it sets them itself.
+	if e.base("SERVICE_ACL") != "" {
+		return nil, errors.New("invalid configuration:\nSERVICE_ACL: devstack gives each service the SERVICE_ACL its own wiring needs; unset it (or set SERVICE_ACL_OPEN=true to allow every caller every method)")
+	}
+	internal, err := e.internalCaller()
+	if err != nil {
+		return nil, fmt.Errorf("invalid configuration:\n%w", err)
+	}
 	// Every service's configuration is validated before anything starts, so
 	// a bad environment is reported in one message naming every variable.
-	persistenceCfg, err1 := persistence.LoadConfig(e.get)
-	brokerCfg, err2 := tokenbroker.LoadConfig(e.get)
-	ingestCfg, _, err3 := ingest.LoadConfig(e.get)
-	publisherCfg, err4 := publisher.LoadConfig(e.get)
-	gatewayCfg, _, err5 := gateway.LoadConfig(e.get)
+	persistenceCfg, err1 := persistence.LoadConfig(e.forService("persistence", internal))
+	brokerCfg, err2 := tokenbroker.LoadConfig(e.forService("tokenbroker", internal))
+	ingestCfg, _, err3 := ingest.LoadConfig(e.forService("ingest", internal))
+	publisherCfg, err4 := publisher.LoadConfig(e.forService("publisher", internal))
+	gatewayCfg, _, err5 := gateway.LoadConfig(e.forService("gateway", internal))
 	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
 		return nil, fmt.Errorf("invalid configuration:\n%w", err)
 	}
@@ -233,6 +249,12 @@ func (s *Stack) UserToken(user string, ttl time.Duration) (string, error) {
 // AgentToken is the service token LangGraph workers present in
 // development (the "agent" entry of SERVICE_TOKENS).
 func (s *Stack) AgentToken() string { return serviceToken(s.env.get("SERVICE_TOKENS"), "agent") }
+
+// OperatorToken is the service token operators present in development
+// (the "operator" entry of SERVICE_TOKENS): jobs, backfills, dead letters.
+func (s *Stack) OperatorToken() string {
+	return serviceToken(s.env.get("SERVICE_TOKENS"), "operator")
+}
 
 func serviceToken(list, name string) string {
 	for _, entry := range strings.Split(list, ",") {

@@ -3,6 +3,7 @@ package server
 import (
 	"time"
 
+	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/config"
 	"github.com/biobridge/bridge/pkg/service"
 )
@@ -26,6 +27,18 @@ type Config struct {
 	// MaxWebhookBodyBytes is GATEWAY_MAX_WEBHOOK_BODY_BYTES (default 1 MiB):
 	// the cap on vendor webhook bodies.
 	MaxWebhookBodyBytes int
+	// MaxInflightBodyBytes is GATEWAY_MAX_INFLIGHT_BODY_BYTES (default
+	// 128 MiB, at least GATEWAY_MAX_BODY_BYTES): the bytes of all request
+	// bodies being read or handled at once; past it (after
+	// BodyWaitBudget) the answer is 503 with Retry-After.
+	MaxInflightBodyBytes int
+	// BodyWaitBudget is GATEWAY_BODY_WAIT_BUDGET (default 1s): how long a
+	// request waits for room in the body budget.
+	BodyWaitBudget time.Duration
+	// UserTokens is USER_JWKS_URL (or USER_TOKEN_SECRET in development),
+	// USER_JWKS_REFRESH_INTERVAL, USER_TOKEN_ISSUER, USER_TOKEN_AUDIENCE:
+	// the gateway verifies users' JWTs before it reads their bodies.
+	UserTokens auth.UserTokenConfig
 	// RequestTimeout is GATEWAY_REQUEST_TIMEOUT (default 30s): the deadline
 	// given to each backend call.
 	RequestTimeout time.Duration
@@ -39,16 +52,21 @@ type Config struct {
 func LoadConfig(getenv func(string) string) (Config, service.Common, error) {
 	l := config.New(getenv)
 	c := Config{
-		HTTPAddr:            l.String("GATEWAY_HTTP_ADDR", ":8080"),
-		AdminAddr:           l.String("GATEWAY_ADMIN_ADDR", ":9200"),
-		IngestTarget:        l.String("INGEST_TARGET", "127.0.0.1:9101"),
-		TokenBrokerTarget:   l.String("TOKENBROKER_TARGET", "127.0.0.1:9102"),
-		PersistenceTarget:   l.String("PERSISTENCE_TARGET", "127.0.0.1:9103"),
-		MaxBodyBytes:        l.Int("GATEWAY_MAX_BODY_BYTES", 32<<20, 1<<10, 256<<20),
-		MaxWebhookBodyBytes: l.Int("GATEWAY_MAX_WEBHOOK_BODY_BYTES", 1<<20, 1<<10, 16<<20),
-		RequestTimeout:      l.Duration("GATEWAY_REQUEST_TIMEOUT", 30*time.Second),
-		TLS:                 l.TLS(),
+		HTTPAddr:             l.String("GATEWAY_HTTP_ADDR", ":8080"),
+		AdminAddr:            l.String("GATEWAY_ADMIN_ADDR", ":9200"),
+		IngestTarget:         l.String("INGEST_TARGET", "127.0.0.1:9101"),
+		TokenBrokerTarget:    l.String("TOKENBROKER_TARGET", "127.0.0.1:9102"),
+		PersistenceTarget:    l.String("PERSISTENCE_TARGET", "127.0.0.1:9103"),
+		MaxBodyBytes:         l.Int("GATEWAY_MAX_BODY_BYTES", 32<<20, 1<<10, 256<<20),
+		MaxWebhookBodyBytes:  l.Int("GATEWAY_MAX_WEBHOOK_BODY_BYTES", 1<<20, 1<<10, 16<<20),
+		MaxInflightBodyBytes: l.Int("GATEWAY_MAX_INFLIGHT_BODY_BYTES", 128<<20, 1<<10, 16<<30),
+		BodyWaitBudget:       l.Duration("GATEWAY_BODY_WAIT_BUDGET", time.Second),
+		UserTokens:           auth.LoadUserTokenConfig(l),
+		RequestTimeout:       l.Duration("GATEWAY_REQUEST_TIMEOUT", 30*time.Second),
+		TLS:                  l.TLS(),
 	}
+	l.Check("GATEWAY_MAX_INFLIGHT_BODY_BYTES", c.MaxInflightBodyBytes >= c.MaxBodyBytes && c.MaxInflightBodyBytes >= c.MaxWebhookBodyBytes,
+		"must be at least GATEWAY_MAX_BODY_BYTES and GATEWAY_MAX_WEBHOOK_BODY_BYTES")
 	common := service.LoadCommon(l)
 	return c, common, l.Err()
 }

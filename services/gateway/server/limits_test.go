@@ -5,6 +5,9 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // TestBodyCapsPerRoute: each kind of route has its own cap, applied before
@@ -14,7 +17,9 @@ func TestBodyCapsPerRoute(t *testing.T) {
 	t.Parallel()
 	limits := bodyLimits{push: 1000, webhook: 100, other: 10}
 	reached := false
-	h := limitBody(limits, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	anyone := func(string) credentialCheck { return nil }
+	g := newBodyGuard(prometheus.NewRegistry(), limits, 1<<20, time.Second, anyone)
+	h := g.wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		reached = true
 		w.WriteHeader(http.StatusOK)
 	}))

@@ -5,12 +5,10 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -37,6 +35,7 @@ import (
 	tokensv1 "github.com/biobridge/bridge/gen/go/biobridge/tokens/v1"
 	"github.com/biobridge/bridge/gen/openapi"
 	"github.com/biobridge/bridge/pkg/admin"
+	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/grpcclient"
 	"github.com/biobridge/bridge/pkg/grpcserver"
 	"github.com/biobridge/bridge/pkg/telemetry"
@@ -111,12 +110,17 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Server, error) 
 	}
 	s.admin = admin.New(cfg.AdminAddr, reg, logger, checks...)
 
-	root := http.NewServeMux()
-	root.Handle("/", limitBody(bodyLimits{
+	users, err := auth.NewUserTokenVerifier(ctx, cfg.UserTokens, logger)
+	if err != nil {
+		return nil, s.closeWith(err)
+	}
+	guard := newBodyGuard(reg, bodyLimits{
 		push:    int64(cfg.MaxBodyBytes),
 		webhook: int64(cfg.MaxWebhookBodyBytes),
 		other:   smallBodyBytes,
-	}, mux))
+	}, int64(cfg.MaxInflightBodyBytes), cfg.BodyWaitBudget, credentialsFor(users))
+	root := http.NewServeMux()
+	root.Handle("/", guard.wrap(mux))
 	root.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(openapi.Spec)
@@ -265,8 +269,19 @@ func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshale
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
 }
 
-// setStatusFromMetadata lets a handler choose a 2xx code other than 200.
-func setStatusFromMetadata(ctx context.Context, w http.ResponseWriter, _ proto.Message) error {
+// setStatusFromMetadata lets a handler choose a 2xx code other than 200,
+// and turns the OAuth callback's answer into the redirect that sends the
+// user's browser on to the app.
+func setStatusFromMetadata(ctx context.Context, w http.ResponseWriter, m proto.Message) error {
+	if cb, ok := m.(*tokensv1.HandleAuthorizationCallbackResponse); ok && cb.GetRedirectUrl() != "" {
+		w.Header().Set("Location", cb.GetRedirectUrl())
+		// The query carries an authorization code: keep it out of caches
+		// and of the Referer of whatever the app opens next.
+		w.Header().Set("Cache-Control", "no-store")
+		w.Header().Set("Referrer-Policy", "no-referrer")
+		w.WriteHeader(http.StatusFound)
+		return nil
+	}
 	md, ok := runtime.ServerMetadataFromContext(ctx)
 	if !ok {
 		return nil
@@ -279,58 +294,6 @@ func setStatusFromMetadata(ctx context.Context, w http.ResponseWriter, _ proto.M
 		}
 	}
 	return nil
-}
-
-// smallBodyBytes caps the bodies of every route that is neither a HealthKit
-// push nor a webhook (connect requests carry a few fields).
-const smallBodyBytes = 64 << 10
-
-// bodyLimits are the body caps per kind of route.
-type bodyLimits struct {
-	push, webhook, other int64
-}
-
-// forPath picks the cap before anything is read, so an unauthenticated
-// webhook or an unknown path can never make the gateway buffer a push-sized
-// body.
-func (l bodyLimits) forPath(path string) int64 {
-	switch {
-	case path == "/v1/healthkit/samples":
-		return l.push
-	case strings.HasPrefix(path, "/v1/webhooks/"):
-		return l.webhook
-	}
-	return l.other
-}
-
-// limitBody reads bodies up to the route's cap before routing, answering 413
-// past it, so no handler ever sees a partial body or a decode error instead
-// of 413.
-func limitBody(limits bodyLimits, next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Body == nil || r.Method == http.MethodGet || r.Method == http.MethodDelete {
-			next.ServeHTTP(w, r)
-			return
-		}
-		max := limits.forPath(r.URL.Path)
-		if r.ContentLength > max {
-			writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", fmt.Sprintf("request body exceeds %d bytes", max))
-			return
-		}
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max))
-		if err != nil {
-			var tooLarge *http.MaxBytesError
-			if errors.As(err, &tooLarge) {
-				writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", fmt.Sprintf("request body exceeds %d bytes", max))
-				return
-			}
-			writeError(w, http.StatusBadRequest, "unreadable_body", "request body could not be read")
-			return
-		}
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		r.ContentLength = int64(len(body))
-		next.ServeHTTP(w, r)
-	})
 }
 
 // writeError renders an error in the same shape grpc-gateway uses.

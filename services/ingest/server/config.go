@@ -37,13 +37,19 @@ type Config struct {
 	// ServiceTokens is SERVICE_TOKENS (required): "name:token,..." allowed to
 	// call IngestEvents, ListJobs, RetryJobs and GetBackfillProgress.
 	ServiceTokens string
-	// ServiceACL is SERVICE_ACL ("caller=pattern|pattern;...", default
-	// empty: every caller may call every service-token method): which of
+	// ServiceACL is SERVICE_ACL ("caller=pattern|pattern;...", required by
+	// LoadConfig unless SERVICE_ACL_OPEN=true; empty in a hand-built
+	// Config: every caller may call every service-token method): which of
 	// those methods each caller may call.
 	ServiceACL string
-	// UserTokenSecret is USER_TOKEN_SECRET (required, >= 32 bytes): HS256 key
-	// of the users' JWTs (HealthKit pushes).
+	// UserTokenSecret is USER_TOKEN_SECRET (>= 32 bytes): HS256 key of the
+	// users' JWTs (HealthKit pushes), for development. Production verifies
+	// against the identity provider's JWKS (UserTokens).
 	UserTokenSecret []byte
+	// UserTokens is USER_JWKS_URL, USER_JWKS_REFRESH_INTERVAL,
+	// USER_TOKEN_ISSUER and USER_TOKEN_AUDIENCE (see auth.UserTokenConfig);
+	// its Secret defaults to UserTokenSecret.
+	UserTokens auth.UserTokenConfig
 	// OuraVerificationToken is OURA_VERIFICATION_TOKEN: the token Oura echoes
 	// in its subscription handshake (empty: the handshake is refused).
 	OuraVerificationToken string
@@ -259,8 +265,8 @@ func LoadConfig(getenv func(string) string) (Config, service.Common, error) {
 		RedisKeyPrefix:        l.String("REDIS_KEY_PREFIX", ""),
 		ServiceToken:          l.Required("SERVICE_TOKEN"),
 		ServiceTokens:         l.Required("SERVICE_TOKENS"),
-		ServiceACL:            l.String("SERVICE_ACL", ""),
-		UserTokenSecret:       []byte(l.Required("USER_TOKEN_SECRET")),
+		ServiceACL:            auth.LoadACL(l),
+		UserTokens:            auth.LoadUserTokenConfig(l),
 		OuraVerificationToken: l.String("OURA_VERIFICATION_TOKEN", ""),
 		HealthKitMaxSamples:   l.Int("HEALTHKIT_MAX_SAMPLES", 10000, 1, 100000),
 		MaxConcurrentPushes:   l.Int("MAX_CONCURRENT_PUSHES", 50, 1, 1000),
@@ -310,12 +316,7 @@ func LoadConfig(getenv func(string) string) (Config, service.Common, error) {
 		OuraSubscriptionInterval:    l.Duration("INGEST_OURA_SUBSCRIPTION_INTERVAL", time.Hour),
 		OuraSubscriptionRenewBefore: l.Duration("INGEST_OURA_SUBSCRIPTION_RENEW_BEFORE", 7*24*time.Hour),
 	}
-	if _, err := auth.ParseACL(c.ServiceACL); err != nil {
-		l.Check("SERVICE_ACL", false, err.Error())
-	}
-	if len(c.UserTokenSecret) > 0 {
-		l.Check("USER_TOKEN_SECRET", len(c.UserTokenSecret) >= 32, "must be at least 32 bytes")
-	}
+	c.UserTokenSecret = c.UserTokens.Secret
 	l.Check("WEBHOOK_TIMESTAMP_TOLERANCE", c.WebhookTolerance >= time.Second && c.WebhookTolerance <= time.Hour, "must be between 1s and 1h")
 	l.Check("WEBHOOK_WAIT_BUDGET", c.WebhookWaitBudget > 0 && c.WebhookWaitBudget <= 10*time.Second, "must be between 1ns and 10s (vendors want an answer within about a second)")
 	l.Check("INGEST_JOB_LEASE", c.JobLease >= time.Second, "must be at least 1s")

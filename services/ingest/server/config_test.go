@@ -15,7 +15,8 @@ func envOf(m map[string]string) func(string) string { return func(k string) stri
 func minimalEnv() map[string]string {
 	return map[string]string{
 		"POSTGRES_URL": "postgres://postgres@127.0.0.1:5432/biobridge", "REDIS_URL": "redis://127.0.0.1:6379/0",
-		"SERVICE_TOKEN": "t", "SERVICE_TOKENS": "ops:o", "USER_TOKEN_SECRET": "0123456789abcdef0123456789abcdef",
+		"SERVICE_TOKEN": "t", "SERVICE_TOKENS": "ops:o", "SERVICE_ACL": "ops=/biobridge.ingest.v1.IngestService/ListJobs",
+		"USER_TOKEN_SECRET":   "0123456789abcdef0123456789abcdef",
 		"WHOOP_CLIENT_SECRET": "w", "OURA_CLIENT_SECRET": "o", "LOG_PSEUDONYM_KEY": "0123456789abcdef",
 	}
 }

@@ -286,3 +286,23 @@ func TestHealthKitPush(t *testing.T) {
 	assert.NotContains(t, got, "hrv_rmssd_ms")
 	assert.Equal(t, biometricsv1.Source_SOURCE_HEALTHKIT, got["heart_rate_bpm"].GetSource())
 }
+
+// TestPushWithAMalformedDeletionChangesNothing: a push whose one deleted
+// uuid is malformed is answered 400 before anything is written, its valid
+// samples included.
+func TestPushWithAMalformedDeletionChangesNothing(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, options{})
+	tok, err := auth.IssueUserToken(userSecret, "user-bad-delete", time.Hour)
+	require.NoError(t, err)
+	at := time.Now().UTC().Add(-time.Hour).Truncate(time.Second).Format(time.RFC3339)
+	body := `{"samples":[{"uuid":"D1","type":"HKQuantityTypeIdentifierHeartRate","value":64,"unit":"count/min","start_date":"` + at + `","end_date":"` + at + `"}],
+		"deleted":["gone-1","bad\u0000uuid"]}`
+	req, err := http.NewRequest(http.MethodPost, e.gatewayURL+"/v1/healthkit/samples", strings.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	out := e.do(req, http.StatusBadRequest)
+	assert.Contains(t, string(out), "invalid_deleted_uuid")
+	assert.Contains(t, string(out), "deleted[1]")
+	assert.Empty(t, e.latest("user-bad-delete"), "the valid sample of the refused push was not stored")
+}

@@ -163,7 +163,7 @@ func newEnv(t *testing.T, o options) *env {
 			APIURL: e.emu.WhoopURL()},
 		Oura: tokenbroker.VendorConfig{ClientID: vendoremu.DefaultOuraClientID, ClientSecret: vendoremu.DefaultOuraClientSecret,
 			APIURL: e.emu.OuraURL(), AuthorizeURL: e.emu.OuraAuthorizeURL()},
-		PublicBaseURL: publicBaseURL, UserTokenSecret: userSecret, ServiceTokens: "ingest:" + ingestToken,
+		PublicBaseURL: publicBaseURL, ReturnURLs: []string{appReturnURL}, UserTokenSecret: userSecret, ServiceTokens: "ingest:" + ingestToken,
 		RefreshTimeout: 5 * time.Second, LockLease: 10 * time.Second,
 	}
 	bs, err := tokenbroker.New(context.Background(), bcfg, testLogger(t, "tokenbroker"))
@@ -206,7 +206,7 @@ func newEnv(t *testing.T, o options) *env {
 		return map[string]string{
 			"GATEWAY_HTTP_ADDR": "127.0.0.1:0", "GATEWAY_ADMIN_ADDR": "127.0.0.1:0",
 			"INGEST_TARGET": e.ingestAddr, "TOKENBROKER_TARGET": e.brokerAddr, "PERSISTENCE_TARGET": e.persistenceAddr,
-			"LOG_PSEUDONYM_KEY": pseudonymKey,
+			"USER_TOKEN_SECRET": string(userSecret), "LOG_PSEUDONYM_KEY": pseudonymKey,
 		}[k]
 	})
 	require.NoError(t, err)
@@ -307,11 +307,28 @@ func (e *env) connect(user, vendor, emuUser string) {
 	require.Equal(e.t, http.StatusFound, res.StatusCode)
 	loc, err := url.Parse(res.Header.Get("Location"))
 	require.NoError(e.t, err)
-	// The redirect names the public base URL; the test's gateway serves it.
+	// The redirect names the public base URL; the test's gateway serves it
+	// and sends the browser on to the app, which completes with its JWT.
 	cb, err := http.NewRequest(http.MethodGet, e.gatewayURL+loc.Path+"?"+loc.RawQuery, nil)
 	require.NoError(e.t, err)
-	e.do(cb, http.StatusOK)
+	res, err = noFollow.Do(cb)
+	require.NoError(e.t, err)
+	require.NoError(e.t, res.Body.Close())
+	require.Equal(e.t, http.StatusFound, res.StatusCode)
+	back, query, _ := strings.Cut(res.Header.Get("Location"), "?")
+	require.Equal(e.t, appReturnURL, back)
+	app, err := url.ParseQuery(query)
+	require.NoError(e.t, err)
+	complete, err := http.NewRequest(http.MethodPost, e.gatewayURL+"/v1/connections/"+vendor+"/complete",
+		strings.NewReader(`{"code":"`+app.Get("code")+`","state":"`+app.Get("state")+`"}`))
+	require.NoError(e.t, err)
+	complete.Header.Set("Authorization", "Bearer "+tok)
+	e.do(complete, http.StatusOK)
 }
+
+// appReturnURL is the app return URL the broker forwards the vendor's
+// redirect to.
+const appReturnURL = "ingest-test-app:/oauth"
 
 func (e *env) do(req *http.Request, want int) []byte {
 	e.t.Helper()

@@ -60,6 +60,7 @@ func childEnvironment(c server.Config) []string {
 		"REDIS_KEY_PREFIX":     c.RedisKeyPrefix,
 		"SERVICE_TOKEN":        c.ServiceToken,
 		"SERVICE_TOKENS":       c.ServiceTokens,
+		"SERVICE_ACL":          "ops=/biobridge.ingest.v1.IngestService/ListJobs",
 		"USER_TOKEN_SECRET":    string(c.UserTokenSecret),
 		"WHOOP_CLIENT_SECRET":  string(c.WhoopClientSecret),
 		"OURA_CLIENT_SECRET":   string(c.OuraClientSecret),

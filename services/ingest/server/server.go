@@ -152,10 +152,10 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		return nil, errors.New("REDIS_URL: invalid redis url")
 	}
 	s.rdb = redis.NewClient(ropts)
-	if s.persist, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{TLS: cfg.TLS}); err != nil {
+	if s.persist, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{TLS: cfg.TLS, OwnCredentials: true}); err != nil {
 		return nil, fmt.Errorf("dial persistence: %w", err)
 	}
-	if s.broker, err = grpcclient.Dial(cfg.TokenBrokerTarget, grpcclient.Config{TLS: cfg.TLS,
+	if s.broker, err = grpcclient.Dial(cfg.TokenBrokerTarget, grpcclient.Config{TLS: cfg.TLS, OwnCredentials: true,
 		IdempotentServices: []string{"biobridge.tokens.v1.TokenBrokerService"}}); err != nil {
 		return nil, fmt.Errorf("dial token broker: %w", err)
 	}
@@ -239,6 +239,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		Logger:   logger,
 		Registry: s.reg,
 		Auth:     authenticate(tokens, acl, users),
+		ACL:      acl,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("build grpc server: %w", err)

@@ -12,6 +12,7 @@ import (
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
 	"github.com/biobridge/bridge/pkg/auth"
+	"github.com/biobridge/bridge/pkg/testpg"
 	"github.com/biobridge/bridge/services/persistence/server"
 )
 
@@ -103,4 +104,33 @@ func reasonOf(st *status.Status) string {
 		}
 	}
 	return ""
+}
+
+// TestMisspelledACLMethodRefusesToStart: a SERVICE_ACL naming a method the
+// server does not serve fails the start, naming it, instead of denying
+// the caller silently at run time.
+func TestMisspelledACLMethodRefusesToStart(t *testing.T) {
+	t.Parallel()
+	redisURL, prefix := testpg.NewRedis(t)
+	cfg := server.Config{
+		GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", PostgresURL: newDatabase(t), RedisURL: redisURL, RedisKeyPrefix: prefix,
+		ServiceTokens: "ingest:" + ingestToken,
+		ServiceACL:    "ingest=/biobridge.persistence.v1.PersistenceService/WriteEvent",
+	}
+	srv, err := server.New(context.Background(), cfg, testLogger(t))
+	require.Error(t, err)
+	require.Nil(t, srv)
+	require.Contains(t, err.Error(), "SERVICE_ACL: caller ingest: /biobridge.persistence.v1.PersistenceService/WriteEvent: no such method")
+}
+
+func TestLoadConfigRequiresServiceACL(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{"POSTGRES_URL": "postgres://x@127.0.0.1/db", "REDIS_URL": "redis://127.0.0.1:6379/0",
+		"SERVICE_TOKENS": "ingest:abc", "LOG_PSEUDONYM_KEY": "0123456789abcdef"}
+	_, err := server.LoadConfig(func(k string) string { return env[k] })
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "SERVICE_ACL: is required")
+	env["SERVICE_ACL_OPEN"] = "true"
+	_, err = server.LoadConfig(func(k string) string { return env[k] })
+	require.NoError(t, err, "development says so explicitly")
 }

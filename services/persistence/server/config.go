@@ -33,9 +33,10 @@ type Config struct {
 	// ServiceTokens is SERVICE_TOKENS ("name:token,..."; required): the
 	// callers allowed to use both APIs; the name is the audited caller.
 	ServiceTokens string
-	// ServiceACL is SERVICE_ACL ("caller=pattern|pattern;...", default
-	// empty: every caller may call every method): which methods of both
-	// APIs each caller may call, see auth.ParseACL.
+	// ServiceACL is SERVICE_ACL ("caller=pattern|pattern;...", required
+	// by LoadConfig unless SERVICE_ACL_OPEN=true): which methods of both
+	// APIs each caller may call, see auth.ParseACL. Empty in a hand-built
+	// Config lets every caller call every method.
 	ServiceACL string
 	// TLS is TLS_CERT_FILE, TLS_KEY_FILE, TLS_CA_FILE (all empty: plaintext).
 	TLS config.TLSFiles
@@ -120,7 +121,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		RedisURL:               l.Required("REDIS_URL"),
 		RedisKeyPrefix:         l.String("REDIS_KEY_PREFIX", ""),
 		ServiceTokens:          l.Required("SERVICE_TOKENS"),
-		ServiceACL:             l.String("SERVICE_ACL", ""),
+		ServiceACL:             auth.LoadACL(l),
 		TLS:                    l.TLS(),
 		GroupCommitWindow:      l.Duration("GROUP_COMMIT_WINDOW", DefaultGroupCommitWindow),
 		GroupCommitMaxEvents:   l.Int("GROUP_COMMIT_MAX_EVENTS", DefaultGroupCommitMaxEvents, 1, 100_000),
@@ -141,9 +142,6 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		if _, err := auth.ParseServiceTokens(c.ServiceTokens); err != nil {
 			l.Check("SERVICE_TOKENS", false, err.Error())
 		}
-	}
-	if _, err := auth.ParseACL(c.ServiceACL); err != nil {
-		l.Check("SERVICE_ACL", false, err.Error())
 	}
 	if c.PostgresURL != "" {
 		_, err := pgx.ParseConfig(c.PostgresURL)

@@ -15,6 +15,7 @@ func TestLoadConfig(t *testing.T) {
 		"POSTGRES_URL":      "postgres://postgres@127.0.0.1:5432/biobridge",
 		"REDIS_URL":         "redis://127.0.0.1:6379/0",
 		"SERVICE_TOKENS":    "ingest:abc,publisher:def",
+		"SERVICE_ACL":       "ingest=/biobridge.persistence.v1.PersistenceService/WriteEvents",
 		"LOG_PSEUDONYM_KEY": "0123456789abcdef",
 	}
 	getenv := func(m map[string]string) func(string) string { return func(k string) string { return m[k] } }

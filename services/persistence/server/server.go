@@ -155,6 +155,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 			Logger:   logger,
 			Registry: s.reg,
 			Auth:     api.ServiceAuth(tokens, acl),
+			ACL:      acl,
 			ExtraUnary: []grpc.UnaryServerInterceptor{lim.UnaryInterceptor(
 				persistencev1.PersistenceService_WriteEvents_FullMethodName,
 				persistencev1.PersistenceService_DeleteRecords_FullMethodName,

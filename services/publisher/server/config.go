@@ -57,9 +57,9 @@ type Config struct {
 	// ServiceTokens are the callers allowed to call PublisherService:
 	// SERVICE_TOKENS (required, "name:token,...").
 	ServiceTokens *auth.ServiceTokens
-	// ServiceACL is SERVICE_ACL ("caller=pattern|pattern;...", default
-	// empty): the PublisherService methods each caller may call. Nil (unset)
-	// lets every caller call every method.
+	// ServiceACL is SERVICE_ACL ("caller=pattern|pattern;...", required
+	// unless SERVICE_ACL_OPEN=true): the PublisherService methods each
+	// caller may call. Nil (open) lets every caller call every method.
 	ServiceACL *auth.ACL
 
 	// Holder names this instance in outbox leases: PUBLISH_HOLDER (host name).
@@ -152,9 +152,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		l.Check("SERVICE_TOKENS", err == nil, fmt.Sprintf("%v", err))
 		c.ServiceTokens = tokens
 	}
-	if acl, err := auth.ParseACL(l.String("SERVICE_ACL", "")); err != nil {
-		l.Check("SERVICE_ACL", false, err.Error())
-	} else {
+	if acl, err := auth.ParseACL(auth.LoadACL(l)); err == nil {
 		c.ServiceACL = acl
 	}
 	l.Check("PUBLISH_LEASE_DURATION", c.LeaseDuration >= 2*time.Second && c.LeaseDuration <= 10*time.Minute, "must be between 2s and 10m")

@@ -19,6 +19,7 @@ func validEnv() map[string]string {
 		"KAFKA_BROKERS":     "k1:9092, k2:9092",
 		"SERVICE_TOKEN":     "secret",
 		"SERVICE_TOKENS":    "ops:abc,gateway:def",
+		"SERVICE_ACL":       "ops=/biobridge.publisher.v1.PublisherService/*",
 		"LOG_PSEUDONYM_KEY": "0123456789abcdef",
 	}
 }
@@ -42,14 +43,19 @@ func TestLoadConfigDefaults(t *testing.T) {
 	require.Equal(t, 1000000, cfg.MaxMessageBytes)
 	require.Equal(t, 8<<20, cfg.DeadLetterMaxMessageBytes)
 	require.Equal(t, []string{"ops", "gateway"}, cfg.ServiceTokens.Names())
-	require.False(t, cfg.ServiceACL.Enforced(), "SERVICE_ACL unset lets every caller call every method")
-
-	vars := validEnv()
-	vars["SERVICE_ACL"] = "ops=/biobridge.publisher.v1.PublisherService/*"
-	cfg, err = server.LoadConfig(env(vars))
-	require.NoError(t, err)
 	require.True(t, cfg.ServiceACL.Allowed("ops", "/biobridge.publisher.v1.PublisherService/ReplayDeadLetters"))
 	require.False(t, cfg.ServiceACL.Allowed("gateway", "/biobridge.publisher.v1.PublisherService/GetStatus"))
+
+	// Without SERVICE_ACL the start is refused, unless development says
+	// explicitly that every caller may call every method.
+	vars := validEnv()
+	delete(vars, "SERVICE_ACL")
+	_, err = server.LoadConfig(env(vars))
+	require.ErrorContains(t, err, "SERVICE_ACL: is required")
+	vars["SERVICE_ACL_OPEN"] = "true"
+	cfg, err = server.LoadConfig(env(vars))
+	require.NoError(t, err)
+	require.False(t, cfg.ServiceACL.Enforced())
 }
 
 func TestLoadConfigReportsEveryProblem(t *testing.T) {

@@ -19,7 +19,6 @@ import (
 
 	publisherv1 "github.com/biobridge/bridge/gen/go/biobridge/publisher/v1"
 	"github.com/biobridge/bridge/pkg/admin"
-	"github.com/biobridge/bridge/pkg/apperr"
 	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/grpcclient"
 	"github.com/biobridge/bridge/pkg/grpcserver"
@@ -87,7 +86,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	if s.kafka, err = kafka.Connect(ctx, kcfg, logger); err != nil {
 		return nil, err
 	}
-	if s.conn, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{TLS: cfg.TLS}); err != nil {
+	if s.conn, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{TLS: cfg.TLS, OwnCredentials: true}); err != nil {
 		return nil, err
 	}
 	ob := outbox.New(s.conn, cfg.ServiceToken)
@@ -119,6 +118,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		Logger:   logger,
 		Registry: reg,
 		Auth:     serviceAuth(cfg.ServiceTokens, cfg.ServiceACL),
+		ACL:      cfg.ServiceACL,
 	}); err != nil {
 		return nil, err
 	}
@@ -144,14 +144,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 // events, so not every token holder should reach it).
 func serviceAuth(tokens *auth.ServiceTokens, acl *auth.ACL) func(context.Context, string) (context.Context, error) {
 	return func(ctx context.Context, fullMethod string) (context.Context, error) {
-		name, ok := tokens.Authenticate(auth.BearerToken(ctx))
-		if !ok {
-			return nil, apperr.E(apperr.Unauthenticated, "invalid_service_token", "missing or invalid service token")
-		}
-		if err := acl.Check(name, fullMethod); err != nil {
-			return nil, err
-		}
-		return auth.WithCaller(ctx, name), nil
+		return auth.ServiceAuth(ctx, tokens, acl, fullMethod)
 	}
 }
 

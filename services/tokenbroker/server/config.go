@@ -60,14 +60,27 @@ type Config struct {
 	// configured): the OAuth redirect URI is PublicBaseURL +
 	// /v1/oauth/{vendor}/callback.
 	PublicBaseURL string
-	// UserTokenSecret is USER_TOKEN_SECRET (required, >= 32 bytes): HS256
-	// key of the users' JWTs.
+	// ReturnURLs is OAUTH_RETURN_URLS (comma-separated, required when a
+	// vendor is configured): the apps' return URLs (a universal link or a
+	// custom scheme such as com.example.app:/oauth). The vendor's redirect
+	// is forwarded to one of them with vendor, code and state, and the app
+	// completes the connection with its user's JWT; the first is the
+	// default, StartAuthorization's return_to picks another.
+	ReturnURLs []string
+	// UserTokenSecret is USER_TOKEN_SECRET (>= 32 bytes): HS256 key of the
+	// users' JWTs, for development. Production verifies against the
+	// identity provider's JWKS (UserTokens).
 	UserTokenSecret []byte
+	// UserTokens is USER_JWKS_URL, USER_JWKS_REFRESH_INTERVAL,
+	// USER_TOKEN_ISSUER and USER_TOKEN_AUDIENCE (see auth.UserTokenConfig);
+	// its Secret defaults to UserTokenSecret.
+	UserTokens auth.UserTokenConfig
 	// ServiceTokens is SERVICE_TOKENS (required): "name:token,..." allowed
 	// to call GetAccessToken and ResolveVendorUser.
 	ServiceTokens string
-	// ServiceACL is SERVICE_ACL ("caller=pattern|pattern;...", default
-	// empty: every caller may call every service-token method): which
+	// ServiceACL is SERVICE_ACL ("caller=pattern|pattern;...", required
+	// by LoadConfig unless SERVICE_ACL_OPEN=true; empty in a hand-built
+	// Config: every caller may call every service-token method): which
 	// service-token methods each caller may call. User-JWT and state
 	// methods are not affected.
 	ServiceACL string
@@ -165,9 +178,10 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 			AuthorizeURL: l.String("OURA_AUTHORIZE_URL", vendors.DefaultOuraAuthorizeURL),
 		},
 		PublicBaseURL:     l.String("PUBLIC_BASE_URL", ""),
-		UserTokenSecret:   []byte(l.Required("USER_TOKEN_SECRET")),
+		ReturnURLs:        l.List("OAUTH_RETURN_URLS", nil),
+		UserTokens:        auth.LoadUserTokenConfig(l),
 		ServiceTokens:     l.Required("SERVICE_TOKENS"),
-		ServiceACL:        l.String("SERVICE_ACL", ""),
+		ServiceACL:        auth.LoadACL(l),
 		PersistenceTarget: l.String("PERSISTENCE_TARGET", ""),
 		ServiceToken:      l.String("SERVICE_TOKEN", ""),
 		TLS:               l.TLS(),
@@ -199,12 +213,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 			l.Check("SERVICE_TOKENS", false, indentJoined(err))
 		}
 	}
-	if _, err := auth.ParseACL(c.ServiceACL); err != nil {
-		l.Check("SERVICE_ACL", false, err.Error())
-	}
-	if len(c.UserTokenSecret) > 0 {
-		l.Check("USER_TOKEN_SECRET", len(c.UserTokenSecret) >= 32, "must be at least 32 bytes")
-	}
+	c.UserTokenSecret = c.UserTokens.Secret
 	for _, v := range []struct {
 		prefix string
 		cfg    VendorConfig
@@ -216,6 +225,12 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	l.Check("OURA_AUTHORIZE_URL", httpURL(c.Oura.AuthorizeURL), "must be an absolute http(s) URL")
 	if c.Whoop.Configured() || c.Oura.Configured() {
 		l.Check("PUBLIC_BASE_URL", c.PublicBaseURL != "", "is required when a vendor is configured (OAuth redirect URIs)")
+		l.Check("OAUTH_RETURN_URLS", len(c.ReturnURLs) > 0, "is required when a vendor is configured (where the vendor's redirect sends the browser back to the app)")
+	}
+	for _, u := range c.ReturnURLs {
+		p, err := url.Parse(u)
+		l.Check("OAUTH_RETURN_URLS", err == nil && p.Scheme != "" && p.Fragment == "" && (p.Host != "" || p.Opaque != "" || p.Path != ""),
+			"each must be an absolute URL without a fragment (https://app.example.com/oauth or com.example.app:/oauth)")
 	}
 	if c.PublicBaseURL != "" {
 		l.Check("PUBLIC_BASE_URL", httpURL(c.PublicBaseURL), "must be an absolute http(s) URL")

@@ -35,15 +35,29 @@ func TestConnectFlow(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.vendor, func(t *testing.T) {
-			start, err := in.client.StartAuthorization(userCtx(t, "user-1"), &tokensv1.StartAuthorizationRequest{Vendor: tc.vendor, ReturnTo: "/app/connected"})
+			start, err := in.client.StartAuthorization(userCtx(t, "user-1"), &tokensv1.StartAuthorizationRequest{Vendor: tc.vendor, ReturnTo: "https://app.example/oauth/done"})
 			require.NoError(t, err)
 			u, err := url.Parse(start.GetAuthorizeUrl())
 			require.NoError(t, err)
 			require.Equal(t, publicBaseURL+"/v1/oauth/"+tc.vendor+"/callback", u.Query().Get("redirect_uri"))
 			require.WithinDuration(t, time.Now().Add(10*time.Minute), start.GetExpiresAt().AsTime(), time.Minute)
 			cb := followAuthorize(t, start.GetAuthorizeUrl(), "alice")
+			// The callback links nothing; it sends the browser to the
+			// return URL the app chose, with the code and state.
+			redirect, err := in.client.HandleAuthorizationCallback(context.Background(), &tokensv1.HandleAuthorizationCallbackRequest{
+				Vendor: tc.vendor, Code: cb.Get("code"), State: cb.Get("state"),
+			})
+			require.NoError(t, err)
+			back, err := url.Parse(redirect.GetRedirectUrl())
+			require.NoError(t, err)
+			require.Equal(t, "https://app.example/oauth/done", back.Scheme+"://"+back.Host+back.Path)
+			require.Equal(t, cb.Get("code"), back.Query().Get("code"))
+			require.Equal(t, cb.Get("state"), back.Query().Get("state"))
+			list, err := in.client.ListConnections(userCtx(t, "user-1"), &tokensv1.ListConnectionsRequest{})
+			require.NoError(t, err)
+			require.Len(t, list.GetConnections(), map[string]int{"whoop": 0, "oura": 1}[tc.vendor], "the callback alone connects nothing")
 
-			resp, err := in.client.CompleteAuthorization(context.Background(), &tokensv1.CompleteAuthorizationRequest{
+			resp, err := in.client.CompleteAuthorization(userCtx(t, "user-1"), &tokensv1.CompleteAuthorizationRequest{
 				Vendor: tc.vendor, Code: cb.Get("code"), State: cb.Get("state"),
 			})
 			require.NoError(t, err)
@@ -54,7 +68,7 @@ func TestConnectFlow(t *testing.T) {
 			require.Contains(t, c.GetScopes(), tc.scope)
 
 			// The state is single-use.
-			_, err = in.client.CompleteAuthorization(context.Background(), &tokensv1.CompleteAuthorizationRequest{
+			_, err = in.client.CompleteAuthorization(userCtx(t, "user-1"), &tokensv1.CompleteAuthorizationRequest{
 				Vendor: tc.vendor, Code: cb.Get("code"), State: cb.Get("state"),
 			})
 			requireCode(t, err, codes.InvalidArgument, "invalid_state")
@@ -143,7 +157,7 @@ func TestConnectFlowRejectsBadStates(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			cb := authorize(t, in, "user-1", "whoop", "alice")
-			_, err := in.client.CompleteAuthorization(context.Background(), tc.mutate(t, cb))
+			_, err := in.client.CompleteAuthorization(userCtx(t, "user-1"), tc.mutate(t, cb))
 			requireCode(t, err, tc.code, tc.reason)
 			list, err := in.client.ListConnections(userCtx(t, "user-1"), &tokensv1.ListConnectionsRequest{})
 			require.NoError(t, err)
@@ -153,6 +167,36 @@ func TestConnectFlowRejectsBadStates(t *testing.T) {
 	require.Empty(t, eventTypes(t, e, "user-1"))
 }
 
+// TestConnectCompletesOnlyForTheUserWhoStarted is the account-linking
+// CSRF: user A starts, user B approves at the vendor with B's account, and
+// B's app (signed in as B) or anyone else completes. Nothing is linked to
+// A, the state is spent, and the refusal says why; without a user JWT the
+// completion is refused outright.
+func TestConnectCompletesOnlyForTheUserWhoStarted(t *testing.T) {
+	e := newEnv(t, vendoremu.Config{})
+	in := e.start(e.config())
+	app := callback(t, in, "whoop", authorize(t, in, "user-a", "whoop", "bob"))
+
+	_, err := in.client.CompleteAuthorization(context.Background(), &tokensv1.CompleteAuthorizationRequest{
+		Vendor: "whoop", Code: app.Get("code"), State: app.Get("state"),
+	})
+	requireCode(t, err, codes.Unauthenticated, "missing_token")
+	_, err = in.client.CompleteAuthorization(userCtx(t, "user-b"), &tokensv1.CompleteAuthorizationRequest{
+		Vendor: "whoop", Code: app.Get("code"), State: app.Get("state"),
+	})
+	requireCode(t, err, codes.PermissionDenied, "started_by_another_user")
+	_, err = in.client.CompleteAuthorization(userCtx(t, "user-a"), &tokensv1.CompleteAuthorizationRequest{
+		Vendor: "whoop", Code: app.Get("code"), State: app.Get("state"),
+	})
+	requireCode(t, err, codes.InvalidArgument, "invalid_state")
+	for _, u := range []string{"user-a", "user-b"} {
+		list, err := in.client.ListConnections(userCtx(t, u), &tokensv1.ListConnectionsRequest{})
+		require.NoError(t, err)
+		require.Empty(t, list.GetConnections(), "nothing may be connected to %s", u)
+	}
+	require.Zero(t, counters(e, "whoop").TokensIssued, "the code was never exchanged")
+}
+
 // TestVendorAccountBelongsToOneUser: a vendor account connected to one
 // user cannot be claimed by another (webhooks route by it).
 func TestVendorAccountBelongsToOneUser(t *testing.T) {
@@ -160,7 +204,7 @@ func TestVendorAccountBelongsToOneUser(t *testing.T) {
 	in := e.start(e.config())
 	connect(t, in, "user-1", "whoop", "alice")
 	cb := authorize(t, in, "user-2", "whoop", "alice")
-	_, err := in.client.CompleteAuthorization(context.Background(), &tokensv1.CompleteAuthorizationRequest{Vendor: "whoop", Code: cb.Get("code"), State: cb.Get("state")})
+	_, err := in.client.CompleteAuthorization(userCtx(t, "user-2"), &tokensv1.CompleteAuthorizationRequest{Vendor: "whoop", Code: cb.Get("code"), State: cb.Get("state")})
 	requireCode(t, err, codes.AlreadyExists, "vendor_account_in_use")
 
 	// After user-1 revokes, user-2 may connect it.
@@ -288,7 +332,7 @@ func TestAuthorization(t *testing.T) {
 	}
 
 	// And the allowed calls work.
-	_, err := in.client.StartAuthorization(userCtx(t, "user-2"), &tokensv1.StartAuthorizationRequest{Vendor: "whoop", ReturnTo: publicBaseURL + "/done"})
+	_, err := in.client.StartAuthorization(userCtx(t, "user-2"), &tokensv1.StartAuthorizationRequest{Vendor: "whoop", ReturnTo: "https://app.example/oauth/done"})
 	require.NoError(t, err)
 	list, err := in.client.ListConnections(userCtx(t, "user-1"), &tokensv1.ListConnectionsRequest{})
 	require.NoError(t, err)

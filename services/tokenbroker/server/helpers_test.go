@@ -137,6 +137,7 @@ func (e *env) config() server.Config {
 			APIURL: e.emuURL + "/oura", AuthorizeURL: e.emuURL + "/oura/oauth/authorize",
 		},
 		PublicBaseURL:   publicBaseURL,
+		ReturnURLs:      []string{appReturnURL, "https://app.example/oauth/done"},
 		UserTokenSecret: userSecret,
 		ServiceTokens:   "ingest:" + serviceToken,
 		RefreshTimeout:  5 * time.Second,
@@ -231,12 +232,34 @@ func vendorOf(authorizeURL *url.URL) string {
 	return "whoop"
 }
 
-// connect runs the whole connect flow for user.
+// appReturnURL is the app's return URL the tests register (the default).
+const appReturnURL = "com.example.app:/oauth"
+
+// callback passes the vendor's redirect (cb, the callback's query) to the
+// broker as the gateway does and returns the query the app receives at
+// its return URL.
+func callback(t *testing.T, in *instance, vendor string, cb url.Values) url.Values {
+	t.Helper()
+	resp, err := in.client.HandleAuthorizationCallback(context.Background(), &tokensv1.HandleAuthorizationCallbackRequest{
+		Vendor: vendor, Code: cb.Get("code"), State: cb.Get("state"), Error: cb.Get("error"),
+	})
+	require.NoError(t, err)
+	base, query, _ := strings.Cut(resp.GetRedirectUrl(), "?")
+	require.Equal(t, appReturnURL, base)
+	q, err := url.ParseQuery(query)
+	require.NoError(t, err)
+	require.Equal(t, vendor, q.Get("vendor"))
+	return q
+}
+
+// connect runs the whole connect flow for user: start with the user's JWT,
+// the browser at the vendor, the callback forwarding to the app, and the
+// app completing with the same user's JWT.
 func connect(t *testing.T, in *instance, user, vendor, emuUser string) *tokensv1.Connection {
 	t.Helper()
-	cb := authorize(t, in, user, vendor, emuUser)
-	resp, err := in.client.CompleteAuthorization(context.Background(), &tokensv1.CompleteAuthorizationRequest{
-		Vendor: vendor, Code: cb.Get("code"), State: cb.Get("state"),
+	app := callback(t, in, vendor, authorize(t, in, user, vendor, emuUser))
+	resp, err := in.client.CompleteAuthorization(userCtx(t, user), &tokensv1.CompleteAuthorizationRequest{
+		Vendor: vendor, Code: app.Get("code"), State: app.Get("state"),
 	})
 	require.NoError(t, err)
 	return resp.GetConnection()

@@ -85,8 +85,13 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	if err != nil {
 		return nil, fmt.Errorf("SERVICE_ACL: %w", err)
 	}
-	if len(cfg.UserTokenSecret) == 0 {
-		return nil, errors.New("USER_TOKEN_SECRET: is required")
+	userTokens := cfg.UserTokens
+	if len(userTokens.Secret) == 0 {
+		userTokens.Secret = cfg.UserTokenSecret
+	}
+	users, err := auth.NewUserTokenVerifier(ctx, userTokens, logger)
+	if err != nil {
+		return nil, err
 	}
 	s := &Server{cfg: cfg, log: logger, reg: telemetry.NewRegistry()}
 	defer func() {
@@ -131,6 +136,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	if cfg.PersistenceTarget != "" {
 		s.persistConn, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{
 			TLS:                cfg.TLS,
+			OwnCredentials:     true,
 			IdempotentServices: []string{persistencev1.PersistenceService_ServiceDesc.ServiceName},
 		})
 		if err != nil {
@@ -143,7 +149,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	s.broker, err = broker.New(broker.Config{
 		SafetyMargin: cfg.SafetyMargin, RefreshTimeout: cfg.RefreshTimeout, LockLease: cfg.LockLease,
 		StateTTL: cfg.StateTTL, ProactiveWindow: cfg.ProactiveWindow, ActiveWindow: cfg.ActiveWindow,
-		PublicBaseURL: cfg.PublicBaseURL, StorePatience: cfg.StorePatience,
+		PublicBaseURL: cfg.PublicBaseURL, StorePatience: cfg.StorePatience, ReturnURLs: cfg.ReturnURLs,
 	}, broker.Deps{
 		Store: store, Cache: cache, Locker: tokenlock.New(s.redis), Keys: keys, Vendors: vendorMap,
 		Metrics: broker.NewMetrics(s.reg), Logger: logger.With("component", "broker"), EventsWritten: s.relay.Kick,
@@ -152,9 +158,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		return nil, fmt.Errorf("TOKENBROKER_LOCK_LEASE: %w", err)
 	}
 
-	authn := &grpcapi.Authenticator{Services: services, ACL: acl, Users: auth.NewUserVerifier(cfg.UserTokenSecret)}
+	authn := &grpcapi.Authenticator{Services: services, ACL: acl, Users: users}
 	s.grpc, err = grpcserver.New(grpcserver.Config{Addr: cfg.GRPCAddr, TLS: cfg.TLS}, grpcserver.Options{
-		Service: "tokenbroker", Logger: logger, Registry: s.reg, Auth: authn.Auth,
+		Service: "tokenbroker", Logger: logger, Registry: s.reg, Auth: authn.Auth, ACL: acl,
 	})
 	if err != nil {
 		return nil, err

@@ -243,6 +243,8 @@ func TestLoadConfig(t *testing.T) {
 		"WHOOP_CLIENT_ID":       "id",
 		"WHOOP_CLIENT_SECRET":   "secret",
 		"PUBLIC_BASE_URL":       "https://bridge.example",
+		"OAUTH_RETURN_URLS":     "com.example.app:/oauth, https://app.example/oauth",
+		"SERVICE_ACL":           "ingest=/biobridge.tokens.v1.TokenBrokerService/GetAccessToken",
 	}
 	tests := []struct {
 		name    string
@@ -264,7 +266,28 @@ func TestLoadConfig(t *testing.T) {
 				require.Equal(t, 30*time.Second, c.LockLease)
 				require.Empty(t, c.PersistenceTarget)
 				require.Equal(t, []byte("0123456789abcdef"), c.Common.PseudonymKey)
+				require.Equal(t, []string{"com.example.app:/oauth", "https://app.example/oauth"}, c.ReturnURLs)
 			},
+		},
+		{
+			name:    "no SERVICE_ACL outside development",
+			env:     without(valid, "SERVICE_ACL"),
+			wantErr: []string{"SERVICE_ACL: is required", "SERVICE_ACL_OPEN=true"},
+		},
+		{
+			name:  "SERVICE_ACL_OPEN says so explicitly",
+			env:   with(without(valid, "SERVICE_ACL"), "SERVICE_ACL_OPEN", "true"),
+			check: func(t *testing.T, c server.Config) { require.Empty(t, c.ServiceACL) },
+		},
+		{
+			name:    "no app return URL",
+			env:     without(valid, "OAUTH_RETURN_URLS"),
+			wantErr: []string{"OAUTH_RETURN_URLS: is required when a vendor is configured"},
+		},
+		{
+			name:    "a return URL with a fragment",
+			env:     with(valid, "OAUTH_RETURN_URLS", "https://app.example/oauth#x"),
+			wantErr: []string{"OAUTH_RETURN_URLS: each must be an absolute URL"},
 		},
 		{
 			name: "everything wrong at once",
@@ -308,4 +331,20 @@ func TestLoadConfig(t *testing.T) {
 			tc.check(t, c)
 		})
 	}
+}
+
+func without(env map[string]string, k string) map[string]string {
+	out := map[string]string{}
+	for key, v := range env {
+		if key != k {
+			out[key] = v
+		}
+	}
+	return out
+}
+
+func with(env map[string]string, k, v string) map[string]string {
+	out := without(env, k)
+	out[k] = v
+	return out
 }

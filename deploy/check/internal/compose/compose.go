@@ -19,6 +19,8 @@ import (
 	"strings"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/biobridge/bridge/deploy/check/internal/acl"
 )
 
 // FileSets are the combinations of compose files that must validate.
@@ -138,6 +140,9 @@ func Wiring(p Project, repo, prometheusYML string) error {
 	built := map[string]bool{}
 	kafkaBrokers := 0
 	for name, s := range p.Services {
+		if err := acl.ReadersOnlyRead(s.Environment["SERVICE_ACL"]); err != nil {
+			fail("service %s: %v", name, err)
+		}
 		for _, v := range s.Volumes {
 			src, _, _ := strings.Cut(v, ":")
 			if filepath.IsAbs(src) && !slices.Contains(userMade, filepath.Clean(src)) {

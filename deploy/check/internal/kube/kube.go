@@ -21,6 +21,8 @@ import (
 	kjson "k8s.io/apimachinery/pkg/runtime/serializer/json"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
+
+	"github.com/biobridge/bridge/deploy/check/internal/acl"
 )
 
 // Object is one rendered object and where it came from.
@@ -261,6 +263,11 @@ func checkDeployment(d *appsv1.Deployment, p Policy) []error {
 			}
 		}
 		for _, e := range c.Env {
+			if e.Name == "SERVICE_ACL" {
+				if err := acl.ReadersOnlyRead(e.Value); err != nil {
+					fail(cw+"%v", err)
+				}
+			}
 			if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil && p.SecretExamples != nil && !p.SecretExamples[e.ValueFrom.SecretKeyRef.Name] {
 				fail(cw+"Secret %q has no example in deploy/kubernetes/secrets/%s.env.example", e.ValueFrom.SecretKeyRef.Name, e.ValueFrom.SecretKeyRef.Name)
 			}

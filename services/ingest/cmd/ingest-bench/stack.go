@@ -93,6 +93,7 @@ func startStack(ctx context.Context, o options, sc stackConfig) (_ *stack, err e
 		"REDIS_URL":              o.redisURL,
 		"REDIS_KEY_PREFIX":       s.prefix,
 		"SERVICE_TOKENS":         "ingest:" + serviceToken,
+		"SERVICE_ACL":            "ingest=/biobridge.persistence.v1.PersistenceService/*|/biobridge.biometrics.v1.BiometricsService/*",
 		"LOG_PSEUDONYM_KEY":      pseudonymKey,
 	}))
 	if err != nil {
@@ -116,6 +117,7 @@ func startStack(ctx context.Context, o options, sc stackConfig) (_ *stack, err e
 		"PERSISTENCE_TARGET":  s.persistence.GRPCAddr(),
 		"SERVICE_TOKEN":       serviceToken,
 		"SERVICE_TOKENS":      "bench:" + serviceToken,
+		"SERVICE_ACL":         "bench=*",
 		"USER_TOKEN_SECRET":   userTokenSecret,
 		"LOG_PSEUDONYM_KEY":   pseudonymKey,
 		"POSTGRES_URL":        s.dbURL,
@@ -151,6 +153,7 @@ func startStack(ctx context.Context, o options, sc stackConfig) (_ *stack, err e
 		"INGEST_TARGET":      s.ingest.GRPCAddr(),
 		"PERSISTENCE_TARGET": s.persistence.GRPCAddr(),
 		"TOKENBROKER_TARGET": brokerTarget,
+		"USER_TOKEN_SECRET":  userTokenSecret,
 		"LOG_PSEUDONYM_KEY":  pseudonymKey,
 	}))
 	if err != nil {
@@ -209,6 +212,7 @@ func (s *stack) startVendors(ctx context.Context, logger *slog.Logger) (string, 
 		"PUBLIC_BASE_URL":        publicBaseURL,
 		"USER_TOKEN_SECRET":      userTokenSecret,
 		"SERVICE_TOKENS":         "ingest:" + serviceToken,
+		"SERVICE_ACL":            "ingest=/biobridge.tokens.v1.TokenBrokerService/*",
 		"LOG_PSEUDONYM_KEY":      pseudonymKey,
 	}))
 	if err != nil {

@@ -99,6 +99,13 @@ func (h *Handler) PushHealthKitSamples(ctx context.Context, req *ingestv1.PushHe
 		return nil, apperr.E(apperr.Invalid, "too_many_samples",
 			fmt.Sprintf("a push may carry at most %d samples and deletions, got %d; split it", h.opts.MaxSamples, n))
 	}
+	// The whole push is checked before anything is written: bad input
+	// changes nothing.
+	deleted, bad, msg := healthkit.DeletedIDs(req.GetDeleted())
+	if msg != "" {
+		h.pushes.WithLabelValues("invalid_deleted").Inc()
+		return nil, apperr.E(apperr.Invalid, "invalid_deleted_uuid", fmt.Sprintf("deleted[%d]: %s; nothing was stored", bad, msg))
+	}
 	release, err := h.deps.Limiter.Acquire(ctx)
 	if err != nil {
 		h.pushes.WithLabelValues("shed").Inc()
@@ -121,9 +128,9 @@ func (h *Handler) PushHealthKitSamples(ctx context.Context, req *ingestv1.PushHe
 			applyWriteResult(batch.Results[batch.EventIndex[i]], r)
 		}
 	}
-	if len(req.GetDeleted()) > 0 {
-		refs := make([]*persistencev1.RecordRef, len(req.GetDeleted()))
-		for i, uuid := range req.GetDeleted() {
+	if len(deleted) > 0 {
+		refs := make([]*persistencev1.RecordRef, len(deleted))
+		for i, uuid := range deleted {
 			refs[i] = &persistencev1.RecordRef{UserId: user, Source: biometricsv1.Source_SOURCE_HEALTHKIT, VendorRecordId: uuid}
 		}
 		out, err := h.deps.Persistence.DeleteRecords(h.outgoing(ctx), &persistencev1.DeleteRecordsRequest{Records: refs})

@@ -1,7 +1,9 @@
 package healthkit
 
 import (
+	"strings"
 	"testing"
+	"unicode"
 
 	ingestv1 "github.com/biobridge/bridge/gen/go/biobridge/ingest/v1"
 	"github.com/biobridge/bridge/pkg/catalog"
@@ -44,6 +46,30 @@ func FuzzDecodeAndNormalize(f *testing.F) {
 		for _, r := range b.Results {
 			if r.Status == ingestv1.SampleStatus_SAMPLE_STATUS_UNSPECIFIED {
 				t.Fatalf("sample without a result")
+			}
+		}
+	})
+}
+
+// FuzzDeletedIDs: whatever deleted list an app sends, the check never
+// panics, and what it accepts persistence accepts as record ids (trimmed,
+// bounded, free of control characters).
+func FuzzDeletedIDs(f *testing.F) {
+	f.Add("ABC-123", " padded ")
+	f.Add("", "x")
+	f.Add("bad\x00uuid", "ok")
+	f.Add(string(make([]byte, 200)), "\xff\xfe")
+	f.Fuzz(func(t *testing.T, a, b string) {
+		ids, idx, msg := DeletedIDs([]string{a, b})
+		if msg != "" {
+			if idx < 0 || idx > 1 || ids != nil {
+				t.Fatalf("refusal at %d with ids %v", idx, ids)
+			}
+			return
+		}
+		for _, id := range ids {
+			if id == "" || len(id) > maxUUIDLen || strings.TrimSpace(id) != id || strings.IndexFunc(id, unicode.IsControl) >= 0 {
+				t.Fatalf("accepted %q", id)
 			}
 		}
 	})

@@ -10,6 +10,8 @@ import (
 	"math"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
 	ingestv1 "github.com/biobridge/bridge/gen/go/biobridge/ingest/v1"
@@ -119,7 +121,7 @@ func Normalize(userID string, samples []*ingestv1.HealthKitSample) Batch {
 
 func normalizeOne(userID string, s *ingestv1.HealthKitSample) (*persistencev1.EventInput, string, string) {
 	uuid := strings.TrimSpace(s.GetUuid())
-	if uuid == "" || len(uuid) > 128 {
+	if uuid == "" || len(uuid) > maxUUIDLen {
 		return nil, ReasonMissingUUID, "sample uuid is missing or longer than 128 characters"
 	}
 	m, ok := mappings[s.GetType()]
@@ -187,4 +189,28 @@ func normalizeOne(userID string, s *ingestv1.HealthKitSample) (*persistencev1.Ev
 // conversion must not produce a "changed" value from float noise).
 func round(v float64) float64 {
 	return math.Round(v*1e6) / 1e6
+}
+
+// maxUUIDLen bounds a sample or deletion uuid.
+const maxUUIDLen = 128
+
+// DeletedIDs checks every uuid of a push's deleted list and returns them
+// as record ids (trimmed, as sample uuids are). A malformed one fails the
+// whole push before anything is written: index is its position and msg
+// says what is wrong with it.
+func DeletedIDs(deleted []string) (ids []string, index int, msg string) {
+	ids = make([]string, len(deleted))
+	for i, raw := range deleted {
+		id := strings.TrimSpace(raw)
+		switch {
+		case id == "":
+			return nil, i, "uuid is empty"
+		case len(id) > maxUUIDLen:
+			return nil, i, fmt.Sprintf("uuid is longer than %d characters", maxUUIDLen)
+		case strings.IndexFunc(id, unicode.IsControl) >= 0 || !utf8.ValidString(id):
+			return nil, i, "uuid contains control characters or invalid UTF-8"
+		}
+		ids[i] = id
+	}
+	return ids, 0, ""
 }

@@ -193,7 +193,8 @@ func storm(ctx context.Context, o options) (_ stormResult, err error) {
 		Whoop: server.VendorConfig{
 			ClientID: vendoremu.DefaultWhoopClientID, ClientSecret: vendoremu.DefaultWhoopClientSecret, APIURL: emu.WhoopURL(),
 		},
-		PublicBaseURL: publicBaseURL, UserTokenSecret: userSecret, ServiceTokens: "bench:" + serviceToken,
+		PublicBaseURL: publicBaseURL, ReturnURLs: []string{"bench-app:/oauth"},
+		UserTokenSecret: userSecret, ServiceTokens: "bench:" + serviceToken,
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	sctx, stopServers := context.WithCancel(ctx)
@@ -346,7 +347,8 @@ func rejectedStorm(ctx context.Context, emu *vendoremu.Emulator, clients []token
 }
 
 // connect runs the connect flow: StartAuthorization, the emulator's
-// authorize redirect, CompleteAuthorization.
+// authorize redirect, CompleteAuthorization with the same user's JWT (the
+// app's part; the callback's forwarding to the app is skipped).
 func connect(ctx context.Context, c tokensv1.TokenBrokerServiceClient, userSecret []byte) error {
 	jwt, err := auth.IssueUserToken(userSecret, user, time.Hour)
 	if err != nil {
@@ -372,7 +374,7 @@ func connect(ctx context.Context, c tokensv1.TokenBrokerServiceClient, userSecre
 	if err != nil || loc.Query().Get("code") == "" {
 		return fmt.Errorf("authorize did not redirect with a code (status %d)", resp.StatusCode)
 	}
-	_, err = c.CompleteAuthorization(ctx, &tokensv1.CompleteAuthorizationRequest{
+	_, err = c.CompleteAuthorization(uctx, &tokensv1.CompleteAuthorizationRequest{
 		Vendor: "whoop", Code: loc.Query().Get("code"), State: loc.Query().Get("state"),
 	})
 	return err

@@ -52,6 +52,7 @@ import (
 	"log/slog"
 	mathrand "math/rand/v2"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -97,9 +98,15 @@ type Config struct {
 	// ActiveWindow: a connection counts as active when a token was handed
 	// out within this (default 72h).
 	ActiveWindow time.Duration
-	// PublicBaseURL is the broker's public root; return_to URLs must be
-	// relative or on this origin.
+	// PublicBaseURL is the broker's public root (the vendors' redirect
+	// URIs are on it).
 	PublicBaseURL string
+	// ReturnURLs are the apps' registered return URLs (OAUTH_RETURN_URLS):
+	// after the vendor's redirect the browser is sent to one of them with
+	// vendor, code and state, and the app completes with its user's JWT.
+	// StartAuthorization's return_to must equal one of them exactly; empty
+	// picks the first. Without any, connecting is refused.
+	ReturnURLs []string
 }
 
 func (c *Config) setDefaults() {
@@ -229,7 +236,13 @@ const (
 	ReasonInvalidCode         = "invalid_code"
 	ReasonVendorAccountInUse  = "vendor_account_in_use"
 	ReasonInvalidReturnTo     = "invalid_return_to"
-	ReasonTokenUnreadable     = "token_unreadable"
+	ReasonNoReturnURL         = "no_return_url"
+	// ReasonStartedByAnotherUser: the app completing the authorization is
+	// signed in as someone else than the user who started it, the
+	// account-linking CSRF (a link started by one user, approved in another
+	// user's browser). Nothing is linked and the state is spent.
+	ReasonStartedByAnotherUser = "started_by_another_user"
+	ReasonTokenUnreadable      = "token_unreadable"
 )
 
 // Vendor returns the configured vendor named name.
@@ -918,17 +931,17 @@ func (b *Broker) reencryptOne(ctx context.Context, c *postgres.Connection) (bool
 
 // --- connect flow ---
 
-// maxReturnToLen bounds the stored return_to.
-const maxReturnToLen = 2048
-
 // StartAuthorization creates a single-use, expiring state bound to userID
 // and returns the vendor's authorize URL with it and a PKCE challenge.
+// returnTo is the app's return URL (one of Config.ReturnURLs, empty for
+// the first) the vendor's redirect is forwarded to.
 func (b *Broker) StartAuthorization(ctx context.Context, userID, vendor, returnTo string) (string, time.Time, error) {
 	v, err := b.Vendor(vendor)
 	if err != nil {
 		return "", time.Time{}, err
 	}
-	if err := b.checkReturnTo(returnTo); err != nil {
+	returnTo, err = b.returnURL(returnTo)
+	if err != nil {
 		return "", time.Time{}, err
 	}
 	raw := make([]byte, 32)
@@ -954,49 +967,92 @@ func stateAAD(state string) []byte {
 	return []byte("biobridge.tokens.v1|state|" + hex.EncodeToString(postgres.HashState(state)))
 }
 
-// checkReturnTo accepts a relative path or a URL on the broker's public
-// origin, so the callback can never be turned into an open redirect.
-func (b *Broker) checkReturnTo(s string) error {
-	if s == "" {
-		return nil
+// returnURL picks the app's return URL: exactly one of the registered
+// ones (an open redirect carrying an authorization code is how codes get
+// stolen), the first when none is asked for.
+func (b *Broker) returnURL(asked string) (string, error) {
+	if len(b.cfg.ReturnURLs) == 0 {
+		return "", apperr.E(apperr.FailedPrecondition, ReasonNoReturnURL, "connecting is not configured: the broker has no app return URL (OAUTH_RETURN_URLS)")
 	}
-	bad := apperr.E(apperr.Invalid, ReasonInvalidReturnTo, "return_to must be a path or a URL on the public base URL")
-	if len(s) > maxReturnToLen || strings.ContainsAny(s, "\\\r\n") {
-		return bad
+	if asked == "" {
+		return b.cfg.ReturnURLs[0], nil
 	}
-	u, err := url.Parse(s)
+	if slices.Contains(b.cfg.ReturnURLs, asked) {
+		return asked, nil
+	}
+	return "", apperr.E(apperr.Invalid, ReasonInvalidReturnTo, "return_to must be one of the app return URLs registered with the broker")
+}
+
+// validState reads state for vendor, refusing unknown, mismatched and
+// expired ones. With consume set the state is deleted as it is read, so it
+// works once even when two completions race.
+func (b *Broker) validState(ctx context.Context, vendor, state string, consume bool) (*postgres.State, error) {
+	if state == "" {
+		return nil, apperr.E(apperr.Invalid, ReasonInvalidState, "state is required")
+	}
+	read := b.store.PeekState
+	if consume {
+		read = b.store.ConsumeState
+	}
+	st, err := read(ctx, state)
+	if errors.Is(err, postgres.ErrNotFound) {
+		return nil, apperr.E(apperr.Invalid, ReasonInvalidState, "unknown or already used state")
+	}
 	if err != nil {
-		return bad
+		return nil, err
 	}
-	if u.Scheme == "" && u.Host == "" && strings.HasPrefix(s, "/") && !strings.HasPrefix(s, "//") {
-		return nil
+	if st.Vendor != vendor {
+		return nil, apperr.E(apperr.Invalid, ReasonInvalidState, "state was issued for another vendor")
 	}
-	base, err := url.Parse(b.cfg.PublicBaseURL)
-	if err != nil || base.Host == "" || !strings.EqualFold(u.Scheme, base.Scheme) || !strings.EqualFold(u.Host, base.Host) {
-		return bad
+	if !time.Now().Before(st.ExpiresAt) {
+		return nil, apperr.E(apperr.FailedPrecondition, ReasonStateExpired, "authorization took too long: start again")
 	}
-	return nil
+	return st, nil
+}
+
+// AuthorizationCallback handles the vendor's redirect of the browser. It
+// links nothing (the browser may not be the user's: the account-linking
+// CSRF): it returns the app's return URL with vendor, code and state, or
+// the vendor's error, for the app to complete with its user's JWT.
+func (b *Broker) AuthorizationCallback(ctx context.Context, vendor, code, state, vendorError, errorDescription string) (string, error) {
+	st, err := b.validState(ctx, vendor, state, false)
+	if err != nil {
+		return "", err
+	}
+	q := url.Values{}
+	q.Set("vendor", vendor)
+	q.Set("state", state)
+	if vendorError != "" {
+		q.Set("error", safeCode(vendorError))
+		if errorDescription != "" && len(errorDescription) <= 200 {
+			q.Set("error_description", errorDescription)
+		}
+	} else {
+		q.Set("code", code)
+	}
+	// Appended as text: the registered URL stays byte for byte what the
+	// app registered (url.URL would rewrite "com.example.app:/oauth").
+	sep := "?"
+	if strings.Contains(st.ReturnTo, "?") {
+		sep = "&"
+	}
+	return st.ReturnTo + sep + q.Encode(), nil
 }
 
 // CompleteAuthorization consumes state, exchanges code and stores the
-// connection. The state is consumed even when the rest fails: a state
-// works once.
-func (b *Broker) CompleteAuthorization(ctx context.Context, vendor, code, state, vendorError string) (Connection, error) {
-	if state == "" {
-		return Connection{}, apperr.E(apperr.Invalid, ReasonInvalidState, "state is required")
-	}
-	st, err := b.store.ConsumeState(ctx, state)
-	if errors.Is(err, postgres.ErrNotFound) {
-		return Connection{}, apperr.E(apperr.Invalid, ReasonInvalidState, "unknown or already used state")
-	}
+// connection, for userID (the app's signed-in user) only when userID
+// started the authorization. The state is consumed even when the rest
+// fails: a state works once.
+func (b *Broker) CompleteAuthorization(ctx context.Context, userID, vendor, code, state, vendorError string) (Connection, error) {
+	st, err := b.validState(ctx, vendor, state, true)
 	if err != nil {
 		return Connection{}, err
 	}
-	if st.Vendor != vendor {
-		return Connection{}, apperr.E(apperr.Invalid, ReasonInvalidState, "state was issued for another vendor")
-	}
-	if !time.Now().Before(st.ExpiresAt) {
-		return Connection{}, apperr.E(apperr.FailedPrecondition, ReasonStateExpired, "authorization took too long: start again")
+	if st.UserID != userID {
+		b.log.WarnContext(ctx, "authorization completed by another user than the one who started it; nothing linked (possible account-linking attack)",
+			"vendor", vendor, logging.UserID(userID))
+		return Connection{}, apperr.E(apperr.PermissionDenied, ReasonStartedByAnotherUser,
+			"this connection was started from another account: nothing was linked; start connecting again from this account")
 	}
 	if vendorError != "" {
 		return Connection{}, apperr.E(apperr.FailedPrecondition, ReasonAuthorizationDenied, "the vendor did not authorize the connection ("+safeCode(vendorError)+")")

@@ -69,7 +69,7 @@ func newWorld(t *testing.T, emuCfg vendoremu.Config) *world {
 	w := &world{store: postgres.New(pool), cache: tokencache.New(rdb, prefix), locker: tokenlock.New(rdb), emu: emu, emuURL: srv.URL}
 	mk := func() (*Broker, *Metrics) {
 		m := NewMetrics(prometheus.NewRegistry())
-		b, err := New(Config{RefreshTimeout: 5 * time.Second, LockLease: 10 * time.Second, PublicBaseURL: "http://gateway.test"}, Deps{
+		b, err := New(Config{RefreshTimeout: 5 * time.Second, LockLease: 10 * time.Second, PublicBaseURL: "http://gateway.test", ReturnURLs: []string{"com.example.app:/oauth"}}, Deps{
 			Store: w.store, Cache: w.cache, Locker: tokenlock.New(rdb), Keys: keys,
 			Vendors: map[string]*vendors.Vendor{vendors.Whoop: whoop}, Metrics: m,
 		})
@@ -98,7 +98,7 @@ func (w *world) connect(t *testing.T, user string) {
 	require.NoError(t, res.Body.Close())
 	loc, err := url.Parse(res.Header.Get("Location"))
 	require.NoError(t, err)
-	_, err = w.a.CompleteAuthorization(ctx, vendors.Whoop, loc.Query().Get("code"), loc.Query().Get("state"), "")
+	_, err = w.a.CompleteAuthorization(ctx, user, vendors.Whoop, loc.Query().Get("code"), loc.Query().Get("state"), "")
 	require.NoError(t, err)
 }
 
@@ -223,32 +223,34 @@ func TestStaleCacheWriteDoesNotWin(t *testing.T) {
 	require.Equal(t, []byte("newer"), e.Sealed)
 }
 
-func TestCheckReturnTo(t *testing.T) {
-	b := &Broker{cfg: Config{PublicBaseURL: "https://bridge.example"}}
+// TestReturnURL: the app's return URL is one of the registered ones,
+// exactly; anything else could send an authorization code elsewhere.
+func TestReturnURL(t *testing.T) {
+	b := &Broker{cfg: Config{ReturnURLs: []string{"com.example.app:/oauth", "https://app.example/oauth/done"}}}
 	tests := []struct {
-		in string
-		ok bool
+		in, want string
 	}{
-		{"", true},
-		{"/app/connected?x=1", true},
-		{"https://bridge.example/done", true},
-		{"//evil.example/x", false},
-		{"https://evil.example/x", false},
-		{"http://bridge.example/done", false},
-		{"javascript:alert(1)", false},
-		{"/\\evil.example", false},
-		{"relative/path", false},
+		{"", "com.example.app:/oauth"},
+		{"https://app.example/oauth/done", "https://app.example/oauth/done"},
+		{"https://app.example/oauth/done?x=1", ""},
+		{"https://app.example/oauth/done/../x", ""},
+		{"https://evil.example/oauth/done", ""},
+		{"com.example.app:/oauth/", ""},
+		{"javascript:alert(1)", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.in, func(t *testing.T) {
-			err := b.checkReturnTo(tc.in)
-			if tc.ok {
+			got, err := b.returnURL(tc.in)
+			if tc.want != "" {
 				require.NoError(t, err)
-			} else {
-				require.Equal(t, ReasonInvalidReturnTo, apperr.ReasonOf(err))
+				require.Equal(t, tc.want, got)
+				return
 			}
+			require.Equal(t, ReasonInvalidReturnTo, apperr.ReasonOf(err))
 		})
 	}
+	_, err := (&Broker{}).returnURL("")
+	require.Equal(t, ReasonNoReturnURL, apperr.ReasonOf(err), "without registered return URLs connecting is refused")
 }
 
 // TestLoserDoesNotBreakWhileWinnerMayLand: B presents a spent refresh token

@@ -1,9 +1,10 @@
 // Package grpcapi serves biobridge.tokens.v1.TokenBrokerService on top of
 // the broker and decides who may call what: internal callers with a service
-// token (GetAccessToken, ResolveVendorUser), users with their JWT
-// (StartAuthorization, ListConnections, RevokeConnection, each only for
-// themselves), and anyone holding a valid state (CompleteAuthorization, the
-// vendor's redirect through the gateway).
+// token (GetAccessToken, ResolveVendorUser, ...), users with their JWT
+// (StartAuthorization, CompleteAuthorization, ListConnections,
+// RevokeConnection, each only for themselves), and anyone holding a valid
+// state (HandleAuthorizationCallback, the vendor's redirect of a browser
+// through the gateway, which links nothing).
 package grpcapi
 
 import (
@@ -29,15 +30,16 @@ const (
 )
 
 var methodAccess = map[string]access{
-	tokensv1.TokenBrokerService_GetAccessToken_FullMethodName:        accessService,
-	tokensv1.TokenBrokerService_ResolveVendorUser_FullMethodName:     accessService,
-	tokensv1.TokenBrokerService_StartAuthorization_FullMethodName:    accessUser,
-	tokensv1.TokenBrokerService_ListConnections_FullMethodName:       accessUser,
-	tokensv1.TokenBrokerService_RevokeConnection_FullMethodName:      accessUser,
-	tokensv1.TokenBrokerService_CompleteAuthorization_FullMethodName: accessState,
-	tokensv1.TokenBrokerService_ListActiveConnections_FullMethodName: accessService,
-	tokensv1.TokenBrokerService_ReportDataArrival_FullMethodName:     accessService,
-	tokensv1.TokenBrokerService_MarkStaleConnections_FullMethodName:  accessService,
+	tokensv1.TokenBrokerService_GetAccessToken_FullMethodName:              accessService,
+	tokensv1.TokenBrokerService_ResolveVendorUser_FullMethodName:           accessService,
+	tokensv1.TokenBrokerService_StartAuthorization_FullMethodName:          accessUser,
+	tokensv1.TokenBrokerService_ListConnections_FullMethodName:             accessUser,
+	tokensv1.TokenBrokerService_RevokeConnection_FullMethodName:            accessUser,
+	tokensv1.TokenBrokerService_CompleteAuthorization_FullMethodName:       accessUser,
+	tokensv1.TokenBrokerService_HandleAuthorizationCallback_FullMethodName: accessState,
+	tokensv1.TokenBrokerService_ListActiveConnections_FullMethodName:       accessService,
+	tokensv1.TokenBrokerService_ReportDataArrival_FullMethodName:           accessService,
+	tokensv1.TokenBrokerService_MarkStaleConnections_FullMethodName:        accessService,
 }
 
 // Authenticator is the grpcserver auth hook.
@@ -55,14 +57,7 @@ type Authenticator struct {
 func (a *Authenticator) Auth(ctx context.Context, fullMethod string) (context.Context, error) {
 	switch methodAccess[fullMethod] {
 	case accessService:
-		name, ok := a.Services.Authenticate(auth.BearerToken(ctx))
-		if !ok {
-			return nil, apperr.E(apperr.Unauthenticated, "invalid_service_token", "a valid service token is required")
-		}
-		if err := a.ACL.Check(name, fullMethod); err != nil {
-			return nil, err
-		}
-		return auth.WithCaller(ctx, name), nil
+		return auth.ServiceAuth(ctx, a.Services, a.ACL, fullMethod)
 	case accessUser:
 		sub, err := a.Users.Verify(auth.BearerToken(ctx))
 		if err != nil {
@@ -131,9 +126,22 @@ func (s *Service) StartAuthorization(ctx context.Context, req *tokensv1.StartAut
 	return &tokensv1.StartAuthorizationResponse{AuthorizeUrl: u, ExpiresAt: ts(expires)}, nil
 }
 
+// HandleAuthorizationCallback implements TokenBrokerServiceServer.
+func (s *Service) HandleAuthorizationCallback(ctx context.Context, req *tokensv1.HandleAuthorizationCallbackRequest) (*tokensv1.HandleAuthorizationCallbackResponse, error) {
+	u, err := s.b.AuthorizationCallback(ctx, req.GetVendor(), req.GetCode(), req.GetState(), req.GetError(), req.GetErrorDescription())
+	if err != nil {
+		return nil, err
+	}
+	return &tokensv1.HandleAuthorizationCallbackResponse{RedirectUrl: u}, nil
+}
+
 // CompleteAuthorization implements TokenBrokerServiceServer.
 func (s *Service) CompleteAuthorization(ctx context.Context, req *tokensv1.CompleteAuthorizationRequest) (*tokensv1.CompleteAuthorizationResponse, error) {
-	c, err := s.b.CompleteAuthorization(ctx, req.GetVendor(), req.GetCode(), req.GetState(), req.GetError())
+	user, err := self(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	c, err := s.b.CompleteAuthorization(ctx, user, req.GetVendor(), req.GetCode(), req.GetState(), req.GetError())
 	if err != nil {
 		return nil, err
 	}

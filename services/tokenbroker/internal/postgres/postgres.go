@@ -517,6 +517,24 @@ func (s *Store) ConsumeState(ctx context.Context, state string) (*State, error) 
 	return &st, nil
 }
 
+// PeekState returns the pending authorization for state without consuming
+// it (the vendor's redirect needs the app's return URL; the app's
+// completion consumes it).
+func (s *Store) PeekState(ctx context.Context, state string) (*State, error) {
+	var st State
+	err := s.pool.QueryRow(ctx, `
+		SELECT user_id, vendor, key_id, code_verifier_enc, return_to, expires_at
+		FROM tokens.oauth_states WHERE state_hash = $1`, HashState(state)).
+		Scan(&st.UserID, &st.Vendor, &st.KeyID, &st.CodeVerifierEnc, &st.ReturnTo, &st.ExpiresAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read oauth state: %w", err)
+	}
+	return &st, nil
+}
+
 // DeleteExpiredStates removes states that expired before now.
 func (s *Store) DeleteExpiredStates(ctx context.Context, now time.Time) (int64, error) {
 	tag, err := s.pool.Exec(ctx, `DELETE FROM tokens.oauth_states WHERE expires_at < $1`, now)

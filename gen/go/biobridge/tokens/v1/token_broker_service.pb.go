@@ -205,7 +205,9 @@ type StartAuthorizationRequest struct {
 	// Internal user id; must match the JWT's subject when called by a user (may be
 	// omitted then).
 	UserId string `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	// Where the app wants the user's browser to land after the callback (optional).
+	// The app's return URL the browser is sent to after the vendor's redirect, with
+	// vendor, code and state. It must be one of the broker's OAUTH_RETURN_URLS
+	// exactly; empty picks the first.
 	ReturnTo      string `protobuf:"bytes,3,opt,name=return_to,json=returnTo,proto3" json:"return_to,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -317,7 +319,135 @@ func (x *StartAuthorizationResponse) GetExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
-// CompleteAuthorizationRequest is the vendor's redirect to our callback.
+// HandleAuthorizationCallbackRequest is the vendor's redirect to our callback.
+type HandleAuthorizationCallbackRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "whoop" or "oura".
+	Vendor string `protobuf:"bytes,1,opt,name=vendor,proto3" json:"vendor,omitempty"`
+	// Authorization code.
+	Code string `protobuf:"bytes,2,opt,name=code,proto3" json:"code,omitempty"`
+	// State from StartAuthorization.
+	State string `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	// Error code the vendor sent instead of a code (e.g. "access_denied").
+	Error string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// The vendor's description of the error, if any.
+	ErrorDescription string `protobuf:"bytes,5,opt,name=error_description,json=errorDescription,proto3" json:"error_description,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *HandleAuthorizationCallbackRequest) Reset() {
+	*x = HandleAuthorizationCallbackRequest{}
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandleAuthorizationCallbackRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandleAuthorizationCallbackRequest) ProtoMessage() {}
+
+func (x *HandleAuthorizationCallbackRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandleAuthorizationCallbackRequest.ProtoReflect.Descriptor instead.
+func (*HandleAuthorizationCallbackRequest) Descriptor() ([]byte, []int) {
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *HandleAuthorizationCallbackRequest) GetVendor() string {
+	if x != nil {
+		return x.Vendor
+	}
+	return ""
+}
+
+func (x *HandleAuthorizationCallbackRequest) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *HandleAuthorizationCallbackRequest) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *HandleAuthorizationCallbackRequest) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *HandleAuthorizationCallbackRequest) GetErrorDescription() string {
+	if x != nil {
+		return x.ErrorDescription
+	}
+	return ""
+}
+
+// HandleAuthorizationCallbackResponse says where the browser goes next.
+type HandleAuthorizationCallbackResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The app's return URL with vendor, code and state (or error) in its query.
+	RedirectUrl   string `protobuf:"bytes,1,opt,name=redirect_url,json=redirectUrl,proto3" json:"redirect_url,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandleAuthorizationCallbackResponse) Reset() {
+	*x = HandleAuthorizationCallbackResponse{}
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandleAuthorizationCallbackResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandleAuthorizationCallbackResponse) ProtoMessage() {}
+
+func (x *HandleAuthorizationCallbackResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandleAuthorizationCallbackResponse.ProtoReflect.Descriptor instead.
+func (*HandleAuthorizationCallbackResponse) Descriptor() ([]byte, []int) {
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *HandleAuthorizationCallbackResponse) GetRedirectUrl() string {
+	if x != nil {
+		return x.RedirectUrl
+	}
+	return ""
+}
+
+// CompleteAuthorizationRequest is what the app received at its return URL.
 type CompleteAuthorizationRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// "whoop" or "oura".
@@ -334,7 +464,7 @@ type CompleteAuthorizationRequest struct {
 
 func (x *CompleteAuthorizationRequest) Reset() {
 	*x = CompleteAuthorizationRequest{}
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[3]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -346,7 +476,7 @@ func (x *CompleteAuthorizationRequest) String() string {
 func (*CompleteAuthorizationRequest) ProtoMessage() {}
 
 func (x *CompleteAuthorizationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[3]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -359,7 +489,7 @@ func (x *CompleteAuthorizationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteAuthorizationRequest.ProtoReflect.Descriptor instead.
 func (*CompleteAuthorizationRequest) Descriptor() ([]byte, []int) {
-	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{3}
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CompleteAuthorizationRequest) GetVendor() string {
@@ -401,7 +531,7 @@ type CompleteAuthorizationResponse struct {
 
 func (x *CompleteAuthorizationResponse) Reset() {
 	*x = CompleteAuthorizationResponse{}
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[4]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -413,7 +543,7 @@ func (x *CompleteAuthorizationResponse) String() string {
 func (*CompleteAuthorizationResponse) ProtoMessage() {}
 
 func (x *CompleteAuthorizationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[4]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -426,7 +556,7 @@ func (x *CompleteAuthorizationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteAuthorizationResponse.ProtoReflect.Descriptor instead.
 func (*CompleteAuthorizationResponse) Descriptor() ([]byte, []int) {
-	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{4}
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CompleteAuthorizationResponse) GetConnection() *Connection {
@@ -453,7 +583,7 @@ type GetAccessTokenRequest struct {
 
 func (x *GetAccessTokenRequest) Reset() {
 	*x = GetAccessTokenRequest{}
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[5]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -465,7 +595,7 @@ func (x *GetAccessTokenRequest) String() string {
 func (*GetAccessTokenRequest) ProtoMessage() {}
 
 func (x *GetAccessTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[5]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -478,7 +608,7 @@ func (x *GetAccessTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAccessTokenRequest.ProtoReflect.Descriptor instead.
 func (*GetAccessTokenRequest) Descriptor() ([]byte, []int) {
-	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{5}
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetAccessTokenRequest) GetUserId() string {
@@ -515,7 +645,7 @@ type GetAccessTokenResponse struct {
 
 func (x *GetAccessTokenResponse) Reset() {
 	*x = GetAccessTokenResponse{}
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[6]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -527,7 +657,7 @@ func (x *GetAccessTokenResponse) String() string {
 func (*GetAccessTokenResponse) ProtoMessage() {}
 
 func (x *GetAccessTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[6]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -540,7 +670,7 @@ func (x *GetAccessTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAccessTokenResponse.ProtoReflect.Descriptor instead.
 func (*GetAccessTokenResponse) Descriptor() ([]byte, []int) {
-	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{6}
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetAccessTokenResponse) GetAccessToken() string {
@@ -570,7 +700,7 @@ type ResolveVendorUserRequest struct {
 
 func (x *ResolveVendorUserRequest) Reset() {
 	*x = ResolveVendorUserRequest{}
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[7]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -582,7 +712,7 @@ func (x *ResolveVendorUserRequest) String() string {
 func (*ResolveVendorUserRequest) ProtoMessage() {}
 
 func (x *ResolveVendorUserRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[7]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -595,7 +725,7 @@ func (x *ResolveVendorUserRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveVendorUserRequest.ProtoReflect.Descriptor instead.
 func (*ResolveVendorUserRequest) Descriptor() ([]byte, []int) {
-	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{7}
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ResolveVendorUserRequest) GetVendor() string {
@@ -629,7 +759,7 @@ type ResolveVendorUserResponse struct {
 
 func (x *ResolveVendorUserResponse) Reset() {
 	*x = ResolveVendorUserResponse{}
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[8]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -641,7 +771,7 @@ func (x *ResolveVendorUserResponse) String() string {
 func (*ResolveVendorUserResponse) ProtoMessage() {}
 
 func (x *ResolveVendorUserResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[8]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -654,7 +784,7 @@ func (x *ResolveVendorUserResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveVendorUserResponse.ProtoReflect.Descriptor instead.
 func (*ResolveVendorUserResponse) Descriptor() ([]byte, []int) {
-	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{8}
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ResolveVendorUserResponse) GetUserId() string {
@@ -689,7 +819,7 @@ type ListConnectionsRequest struct {
 
 func (x *ListConnectionsRequest) Reset() {
 	*x = ListConnectionsRequest{}
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[9]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -701,7 +831,7 @@ func (x *ListConnectionsRequest) String() string {
 func (*ListConnectionsRequest) ProtoMessage() {}
 
 func (x *ListConnectionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[9]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -714,7 +844,7 @@ func (x *ListConnectionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectionsRequest.ProtoReflect.Descriptor instead.
 func (*ListConnectionsRequest) Descriptor() ([]byte, []int) {
-	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{9}
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListConnectionsRequest) GetUserId() string {
@@ -735,7 +865,7 @@ type ListConnectionsResponse struct {
 
 func (x *ListConnectionsResponse) Reset() {
 	*x = ListConnectionsResponse{}
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[10]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -747,7 +877,7 @@ func (x *ListConnectionsResponse) String() string {
 func (*ListConnectionsResponse) ProtoMessage() {}
 
 func (x *ListConnectionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[10]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -760,7 +890,7 @@ func (x *ListConnectionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectionsResponse.ProtoReflect.Descriptor instead.
 func (*ListConnectionsResponse) Descriptor() ([]byte, []int) {
-	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{10}
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListConnectionsResponse) GetConnections() []*Connection {
@@ -783,7 +913,7 @@ type RevokeConnectionRequest struct {
 
 func (x *RevokeConnectionRequest) Reset() {
 	*x = RevokeConnectionRequest{}
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[11]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -795,7 +925,7 @@ func (x *RevokeConnectionRequest) String() string {
 func (*RevokeConnectionRequest) ProtoMessage() {}
 
 func (x *RevokeConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[11]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -808,7 +938,7 @@ func (x *RevokeConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeConnectionRequest.ProtoReflect.Descriptor instead.
 func (*RevokeConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{11}
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RevokeConnectionRequest) GetVendor() string {
@@ -836,7 +966,7 @@ type RevokeConnectionResponse struct {
 
 func (x *RevokeConnectionResponse) Reset() {
 	*x = RevokeConnectionResponse{}
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[12]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -848,7 +978,7 @@ func (x *RevokeConnectionResponse) String() string {
 func (*RevokeConnectionResponse) ProtoMessage() {}
 
 func (x *RevokeConnectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[12]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -861,7 +991,7 @@ func (x *RevokeConnectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeConnectionResponse.ProtoReflect.Descriptor instead.
 func (*RevokeConnectionResponse) Descriptor() ([]byte, []int) {
-	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{12}
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RevokeConnectionResponse) GetRevokedAtVendor() bool {
@@ -886,7 +1016,7 @@ type ListActiveConnectionsRequest struct {
 
 func (x *ListActiveConnectionsRequest) Reset() {
 	*x = ListActiveConnectionsRequest{}
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[13]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -898,7 +1028,7 @@ func (x *ListActiveConnectionsRequest) String() string {
 func (*ListActiveConnectionsRequest) ProtoMessage() {}
 
 func (x *ListActiveConnectionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[13]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -911,7 +1041,7 @@ func (x *ListActiveConnectionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListActiveConnectionsRequest.ProtoReflect.Descriptor instead.
 func (*ListActiveConnectionsRequest) Descriptor() ([]byte, []int) {
-	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{13}
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListActiveConnectionsRequest) GetConnectedSince() *timestamppb.Timestamp {
@@ -948,7 +1078,7 @@ type ListActiveConnectionsResponse struct {
 
 func (x *ListActiveConnectionsResponse) Reset() {
 	*x = ListActiveConnectionsResponse{}
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[14]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -960,7 +1090,7 @@ func (x *ListActiveConnectionsResponse) String() string {
 func (*ListActiveConnectionsResponse) ProtoMessage() {}
 
 func (x *ListActiveConnectionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[14]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -973,7 +1103,7 @@ func (x *ListActiveConnectionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListActiveConnectionsResponse.ProtoReflect.Descriptor instead.
 func (*ListActiveConnectionsResponse) Descriptor() ([]byte, []int) {
-	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{14}
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListActiveConnectionsResponse) GetConnections() []*Connection {
@@ -1005,7 +1135,7 @@ type DataArrival struct {
 
 func (x *DataArrival) Reset() {
 	*x = DataArrival{}
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[15]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1017,7 +1147,7 @@ func (x *DataArrival) String() string {
 func (*DataArrival) ProtoMessage() {}
 
 func (x *DataArrival) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[15]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1030,7 +1160,7 @@ func (x *DataArrival) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataArrival.ProtoReflect.Descriptor instead.
 func (*DataArrival) Descriptor() ([]byte, []int) {
-	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{15}
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DataArrival) GetUserId() string {
@@ -1065,7 +1195,7 @@ type ReportDataArrivalRequest struct {
 
 func (x *ReportDataArrivalRequest) Reset() {
 	*x = ReportDataArrivalRequest{}
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[16]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1077,7 +1207,7 @@ func (x *ReportDataArrivalRequest) String() string {
 func (*ReportDataArrivalRequest) ProtoMessage() {}
 
 func (x *ReportDataArrivalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[16]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1090,7 +1220,7 @@ func (x *ReportDataArrivalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportDataArrivalRequest.ProtoReflect.Descriptor instead.
 func (*ReportDataArrivalRequest) Descriptor() ([]byte, []int) {
-	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{16}
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReportDataArrivalRequest) GetArrivals() []*DataArrival {
@@ -1111,7 +1241,7 @@ type ReportDataArrivalResponse struct {
 
 func (x *ReportDataArrivalResponse) Reset() {
 	*x = ReportDataArrivalResponse{}
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[17]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1123,7 +1253,7 @@ func (x *ReportDataArrivalResponse) String() string {
 func (*ReportDataArrivalResponse) ProtoMessage() {}
 
 func (x *ReportDataArrivalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[17]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1136,7 +1266,7 @@ func (x *ReportDataArrivalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportDataArrivalResponse.ProtoReflect.Descriptor instead.
 func (*ReportDataArrivalResponse) Descriptor() ([]byte, []int) {
-	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{17}
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReportDataArrivalResponse) GetFreshened() int32 {
@@ -1158,7 +1288,7 @@ type MarkStaleConnectionsRequest struct {
 
 func (x *MarkStaleConnectionsRequest) Reset() {
 	*x = MarkStaleConnectionsRequest{}
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[18]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1170,7 +1300,7 @@ func (x *MarkStaleConnectionsRequest) String() string {
 func (*MarkStaleConnectionsRequest) ProtoMessage() {}
 
 func (x *MarkStaleConnectionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[18]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1183,7 +1313,7 @@ func (x *MarkStaleConnectionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MarkStaleConnectionsRequest.ProtoReflect.Descriptor instead.
 func (*MarkStaleConnectionsRequest) Descriptor() ([]byte, []int) {
-	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{18}
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *MarkStaleConnectionsRequest) GetStaleAfter() *durationpb.Duration {
@@ -1207,7 +1337,7 @@ type MarkStaleConnectionsResponse struct {
 
 func (x *MarkStaleConnectionsResponse) Reset() {
 	*x = MarkStaleConnectionsResponse{}
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[19]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1219,7 +1349,7 @@ func (x *MarkStaleConnectionsResponse) String() string {
 func (*MarkStaleConnectionsResponse) ProtoMessage() {}
 
 func (x *MarkStaleConnectionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[19]
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1232,7 +1362,7 @@ func (x *MarkStaleConnectionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MarkStaleConnectionsResponse.ProtoReflect.Descriptor instead.
 func (*MarkStaleConnectionsResponse) Descriptor() ([]byte, []int) {
-	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{19}
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *MarkStaleConnectionsResponse) GetMarked() int32 {
@@ -1273,7 +1403,15 @@ const file_biobridge_tokens_v1_token_broker_service_proto_rawDesc = "" +
 	"\x1aStartAuthorizationResponse\x12#\n" +
 	"\rauthorize_url\x18\x01 \x01(\tR\fauthorizeUrl\x129\n" +
 	"\n" +
-	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"v\n" +
+	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\xa9\x01\n" +
+	"\"HandleAuthorizationCallbackRequest\x12\x16\n" +
+	"\x06vendor\x18\x01 \x01(\tR\x06vendor\x12\x12\n" +
+	"\x04code\x18\x02 \x01(\tR\x04code\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x12+\n" +
+	"\x11error_description\x18\x05 \x01(\tR\x10errorDescription\"H\n" +
+	"#HandleAuthorizationCallbackResponse\x12!\n" +
+	"\fredirect_url\x18\x01 \x01(\tR\vredirectUrl\"v\n" +
 	"\x1cCompleteAuthorizationRequest\x12\x16\n" +
 	"\x06vendor\x18\x01 \x01(\tR\x06vendor\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\tR\x04code\x12\x14\n" +
@@ -1337,9 +1475,10 @@ const file_biobridge_tokens_v1_token_broker_service_proto_rawDesc = "" +
 	"\x1dCONNECTION_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CONNECTION_STATUS_ACTIVE\x10\x01\x12\x1c\n" +
 	"\x18CONNECTION_STATUS_BROKEN\x10\x02\x12\x1d\n" +
-	"\x19CONNECTION_STATUS_REVOKED\x10\x032\xba\b\n" +
+	"\x19CONNECTION_STATUS_REVOKED\x10\x032\xcd\t\n" +
 	"\x12TokenBrokerService\x12u\n" +
-	"\x12StartAuthorization\x12..biobridge.tokens.v1.StartAuthorizationRequest\x1a/.biobridge.tokens.v1.StartAuthorizationResponse\x12~\n" +
+	"\x12StartAuthorization\x12..biobridge.tokens.v1.StartAuthorizationRequest\x1a/.biobridge.tokens.v1.StartAuthorizationResponse\x12\x90\x01\n" +
+	"\x1bHandleAuthorizationCallback\x127.biobridge.tokens.v1.HandleAuthorizationCallbackRequest\x1a8.biobridge.tokens.v1.HandleAuthorizationCallbackResponse\x12~\n" +
 	"\x15CompleteAuthorization\x121.biobridge.tokens.v1.CompleteAuthorizationRequest\x1a2.biobridge.tokens.v1.CompleteAuthorizationResponse\x12i\n" +
 	"\x0eGetAccessToken\x12*.biobridge.tokens.v1.GetAccessTokenRequest\x1a+.biobridge.tokens.v1.GetAccessTokenResponse\x12r\n" +
 	"\x11ResolveVendorUser\x12-.biobridge.tokens.v1.ResolveVendorUserRequest\x1a..biobridge.tokens.v1.ResolveVendorUserResponse\x12l\n" +
@@ -1363,70 +1502,74 @@ func file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP() []byte {
 }
 
 var file_biobridge_tokens_v1_token_broker_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_biobridge_tokens_v1_token_broker_service_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_biobridge_tokens_v1_token_broker_service_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_biobridge_tokens_v1_token_broker_service_proto_goTypes = []any{
-	(ConnectionStatus)(0),                 // 0: biobridge.tokens.v1.ConnectionStatus
-	(*Connection)(nil),                    // 1: biobridge.tokens.v1.Connection
-	(*StartAuthorizationRequest)(nil),     // 2: biobridge.tokens.v1.StartAuthorizationRequest
-	(*StartAuthorizationResponse)(nil),    // 3: biobridge.tokens.v1.StartAuthorizationResponse
-	(*CompleteAuthorizationRequest)(nil),  // 4: biobridge.tokens.v1.CompleteAuthorizationRequest
-	(*CompleteAuthorizationResponse)(nil), // 5: biobridge.tokens.v1.CompleteAuthorizationResponse
-	(*GetAccessTokenRequest)(nil),         // 6: biobridge.tokens.v1.GetAccessTokenRequest
-	(*GetAccessTokenResponse)(nil),        // 7: biobridge.tokens.v1.GetAccessTokenResponse
-	(*ResolveVendorUserRequest)(nil),      // 8: biobridge.tokens.v1.ResolveVendorUserRequest
-	(*ResolveVendorUserResponse)(nil),     // 9: biobridge.tokens.v1.ResolveVendorUserResponse
-	(*ListConnectionsRequest)(nil),        // 10: biobridge.tokens.v1.ListConnectionsRequest
-	(*ListConnectionsResponse)(nil),       // 11: biobridge.tokens.v1.ListConnectionsResponse
-	(*RevokeConnectionRequest)(nil),       // 12: biobridge.tokens.v1.RevokeConnectionRequest
-	(*RevokeConnectionResponse)(nil),      // 13: biobridge.tokens.v1.RevokeConnectionResponse
-	(*ListActiveConnectionsRequest)(nil),  // 14: biobridge.tokens.v1.ListActiveConnectionsRequest
-	(*ListActiveConnectionsResponse)(nil), // 15: biobridge.tokens.v1.ListActiveConnectionsResponse
-	(*DataArrival)(nil),                   // 16: biobridge.tokens.v1.DataArrival
-	(*ReportDataArrivalRequest)(nil),      // 17: biobridge.tokens.v1.ReportDataArrivalRequest
-	(*ReportDataArrivalResponse)(nil),     // 18: biobridge.tokens.v1.ReportDataArrivalResponse
-	(*MarkStaleConnectionsRequest)(nil),   // 19: biobridge.tokens.v1.MarkStaleConnectionsRequest
-	(*MarkStaleConnectionsResponse)(nil),  // 20: biobridge.tokens.v1.MarkStaleConnectionsResponse
-	nil,                                   // 21: biobridge.tokens.v1.MarkStaleConnectionsResponse.StaleByVendorEntry
-	(*timestamppb.Timestamp)(nil),         // 22: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),           // 23: google.protobuf.Duration
+	(ConnectionStatus)(0),                       // 0: biobridge.tokens.v1.ConnectionStatus
+	(*Connection)(nil),                          // 1: biobridge.tokens.v1.Connection
+	(*StartAuthorizationRequest)(nil),           // 2: biobridge.tokens.v1.StartAuthorizationRequest
+	(*StartAuthorizationResponse)(nil),          // 3: biobridge.tokens.v1.StartAuthorizationResponse
+	(*HandleAuthorizationCallbackRequest)(nil),  // 4: biobridge.tokens.v1.HandleAuthorizationCallbackRequest
+	(*HandleAuthorizationCallbackResponse)(nil), // 5: biobridge.tokens.v1.HandleAuthorizationCallbackResponse
+	(*CompleteAuthorizationRequest)(nil),        // 6: biobridge.tokens.v1.CompleteAuthorizationRequest
+	(*CompleteAuthorizationResponse)(nil),       // 7: biobridge.tokens.v1.CompleteAuthorizationResponse
+	(*GetAccessTokenRequest)(nil),               // 8: biobridge.tokens.v1.GetAccessTokenRequest
+	(*GetAccessTokenResponse)(nil),              // 9: biobridge.tokens.v1.GetAccessTokenResponse
+	(*ResolveVendorUserRequest)(nil),            // 10: biobridge.tokens.v1.ResolveVendorUserRequest
+	(*ResolveVendorUserResponse)(nil),           // 11: biobridge.tokens.v1.ResolveVendorUserResponse
+	(*ListConnectionsRequest)(nil),              // 12: biobridge.tokens.v1.ListConnectionsRequest
+	(*ListConnectionsResponse)(nil),             // 13: biobridge.tokens.v1.ListConnectionsResponse
+	(*RevokeConnectionRequest)(nil),             // 14: biobridge.tokens.v1.RevokeConnectionRequest
+	(*RevokeConnectionResponse)(nil),            // 15: biobridge.tokens.v1.RevokeConnectionResponse
+	(*ListActiveConnectionsRequest)(nil),        // 16: biobridge.tokens.v1.ListActiveConnectionsRequest
+	(*ListActiveConnectionsResponse)(nil),       // 17: biobridge.tokens.v1.ListActiveConnectionsResponse
+	(*DataArrival)(nil),                         // 18: biobridge.tokens.v1.DataArrival
+	(*ReportDataArrivalRequest)(nil),            // 19: biobridge.tokens.v1.ReportDataArrivalRequest
+	(*ReportDataArrivalResponse)(nil),           // 20: biobridge.tokens.v1.ReportDataArrivalResponse
+	(*MarkStaleConnectionsRequest)(nil),         // 21: biobridge.tokens.v1.MarkStaleConnectionsRequest
+	(*MarkStaleConnectionsResponse)(nil),        // 22: biobridge.tokens.v1.MarkStaleConnectionsResponse
+	nil,                                         // 23: biobridge.tokens.v1.MarkStaleConnectionsResponse.StaleByVendorEntry
+	(*timestamppb.Timestamp)(nil),               // 24: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),                 // 25: google.protobuf.Duration
 }
 var file_biobridge_tokens_v1_token_broker_service_proto_depIdxs = []int32{
 	0,  // 0: biobridge.tokens.v1.Connection.status:type_name -> biobridge.tokens.v1.ConnectionStatus
-	22, // 1: biobridge.tokens.v1.Connection.connected_at:type_name -> google.protobuf.Timestamp
-	22, // 2: biobridge.tokens.v1.Connection.last_refresh_at:type_name -> google.protobuf.Timestamp
-	22, // 3: biobridge.tokens.v1.Connection.last_data_at:type_name -> google.protobuf.Timestamp
-	22, // 4: biobridge.tokens.v1.StartAuthorizationResponse.expires_at:type_name -> google.protobuf.Timestamp
+	24, // 1: biobridge.tokens.v1.Connection.connected_at:type_name -> google.protobuf.Timestamp
+	24, // 2: biobridge.tokens.v1.Connection.last_refresh_at:type_name -> google.protobuf.Timestamp
+	24, // 3: biobridge.tokens.v1.Connection.last_data_at:type_name -> google.protobuf.Timestamp
+	24, // 4: biobridge.tokens.v1.StartAuthorizationResponse.expires_at:type_name -> google.protobuf.Timestamp
 	1,  // 5: biobridge.tokens.v1.CompleteAuthorizationResponse.connection:type_name -> biobridge.tokens.v1.Connection
-	22, // 6: biobridge.tokens.v1.GetAccessTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	24, // 6: biobridge.tokens.v1.GetAccessTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
 	0,  // 7: biobridge.tokens.v1.ResolveVendorUserResponse.status:type_name -> biobridge.tokens.v1.ConnectionStatus
-	22, // 8: biobridge.tokens.v1.ResolveVendorUserResponse.connected_at:type_name -> google.protobuf.Timestamp
+	24, // 8: biobridge.tokens.v1.ResolveVendorUserResponse.connected_at:type_name -> google.protobuf.Timestamp
 	1,  // 9: biobridge.tokens.v1.ListConnectionsResponse.connections:type_name -> biobridge.tokens.v1.Connection
-	22, // 10: biobridge.tokens.v1.ListActiveConnectionsRequest.connected_since:type_name -> google.protobuf.Timestamp
+	24, // 10: biobridge.tokens.v1.ListActiveConnectionsRequest.connected_since:type_name -> google.protobuf.Timestamp
 	1,  // 11: biobridge.tokens.v1.ListActiveConnectionsResponse.connections:type_name -> biobridge.tokens.v1.Connection
-	22, // 12: biobridge.tokens.v1.DataArrival.arrived_at:type_name -> google.protobuf.Timestamp
-	16, // 13: biobridge.tokens.v1.ReportDataArrivalRequest.arrivals:type_name -> biobridge.tokens.v1.DataArrival
-	23, // 14: biobridge.tokens.v1.MarkStaleConnectionsRequest.stale_after:type_name -> google.protobuf.Duration
-	21, // 15: biobridge.tokens.v1.MarkStaleConnectionsResponse.stale_by_vendor:type_name -> biobridge.tokens.v1.MarkStaleConnectionsResponse.StaleByVendorEntry
+	24, // 12: biobridge.tokens.v1.DataArrival.arrived_at:type_name -> google.protobuf.Timestamp
+	18, // 13: biobridge.tokens.v1.ReportDataArrivalRequest.arrivals:type_name -> biobridge.tokens.v1.DataArrival
+	25, // 14: biobridge.tokens.v1.MarkStaleConnectionsRequest.stale_after:type_name -> google.protobuf.Duration
+	23, // 15: biobridge.tokens.v1.MarkStaleConnectionsResponse.stale_by_vendor:type_name -> biobridge.tokens.v1.MarkStaleConnectionsResponse.StaleByVendorEntry
 	2,  // 16: biobridge.tokens.v1.TokenBrokerService.StartAuthorization:input_type -> biobridge.tokens.v1.StartAuthorizationRequest
-	4,  // 17: biobridge.tokens.v1.TokenBrokerService.CompleteAuthorization:input_type -> biobridge.tokens.v1.CompleteAuthorizationRequest
-	6,  // 18: biobridge.tokens.v1.TokenBrokerService.GetAccessToken:input_type -> biobridge.tokens.v1.GetAccessTokenRequest
-	8,  // 19: biobridge.tokens.v1.TokenBrokerService.ResolveVendorUser:input_type -> biobridge.tokens.v1.ResolveVendorUserRequest
-	10, // 20: biobridge.tokens.v1.TokenBrokerService.ListConnections:input_type -> biobridge.tokens.v1.ListConnectionsRequest
-	12, // 21: biobridge.tokens.v1.TokenBrokerService.RevokeConnection:input_type -> biobridge.tokens.v1.RevokeConnectionRequest
-	14, // 22: biobridge.tokens.v1.TokenBrokerService.ListActiveConnections:input_type -> biobridge.tokens.v1.ListActiveConnectionsRequest
-	17, // 23: biobridge.tokens.v1.TokenBrokerService.ReportDataArrival:input_type -> biobridge.tokens.v1.ReportDataArrivalRequest
-	19, // 24: biobridge.tokens.v1.TokenBrokerService.MarkStaleConnections:input_type -> biobridge.tokens.v1.MarkStaleConnectionsRequest
-	3,  // 25: biobridge.tokens.v1.TokenBrokerService.StartAuthorization:output_type -> biobridge.tokens.v1.StartAuthorizationResponse
-	5,  // 26: biobridge.tokens.v1.TokenBrokerService.CompleteAuthorization:output_type -> biobridge.tokens.v1.CompleteAuthorizationResponse
-	7,  // 27: biobridge.tokens.v1.TokenBrokerService.GetAccessToken:output_type -> biobridge.tokens.v1.GetAccessTokenResponse
-	9,  // 28: biobridge.tokens.v1.TokenBrokerService.ResolveVendorUser:output_type -> biobridge.tokens.v1.ResolveVendorUserResponse
-	11, // 29: biobridge.tokens.v1.TokenBrokerService.ListConnections:output_type -> biobridge.tokens.v1.ListConnectionsResponse
-	13, // 30: biobridge.tokens.v1.TokenBrokerService.RevokeConnection:output_type -> biobridge.tokens.v1.RevokeConnectionResponse
-	15, // 31: biobridge.tokens.v1.TokenBrokerService.ListActiveConnections:output_type -> biobridge.tokens.v1.ListActiveConnectionsResponse
-	18, // 32: biobridge.tokens.v1.TokenBrokerService.ReportDataArrival:output_type -> biobridge.tokens.v1.ReportDataArrivalResponse
-	20, // 33: biobridge.tokens.v1.TokenBrokerService.MarkStaleConnections:output_type -> biobridge.tokens.v1.MarkStaleConnectionsResponse
-	25, // [25:34] is the sub-list for method output_type
-	16, // [16:25] is the sub-list for method input_type
+	4,  // 17: biobridge.tokens.v1.TokenBrokerService.HandleAuthorizationCallback:input_type -> biobridge.tokens.v1.HandleAuthorizationCallbackRequest
+	6,  // 18: biobridge.tokens.v1.TokenBrokerService.CompleteAuthorization:input_type -> biobridge.tokens.v1.CompleteAuthorizationRequest
+	8,  // 19: biobridge.tokens.v1.TokenBrokerService.GetAccessToken:input_type -> biobridge.tokens.v1.GetAccessTokenRequest
+	10, // 20: biobridge.tokens.v1.TokenBrokerService.ResolveVendorUser:input_type -> biobridge.tokens.v1.ResolveVendorUserRequest
+	12, // 21: biobridge.tokens.v1.TokenBrokerService.ListConnections:input_type -> biobridge.tokens.v1.ListConnectionsRequest
+	14, // 22: biobridge.tokens.v1.TokenBrokerService.RevokeConnection:input_type -> biobridge.tokens.v1.RevokeConnectionRequest
+	16, // 23: biobridge.tokens.v1.TokenBrokerService.ListActiveConnections:input_type -> biobridge.tokens.v1.ListActiveConnectionsRequest
+	19, // 24: biobridge.tokens.v1.TokenBrokerService.ReportDataArrival:input_type -> biobridge.tokens.v1.ReportDataArrivalRequest
+	21, // 25: biobridge.tokens.v1.TokenBrokerService.MarkStaleConnections:input_type -> biobridge.tokens.v1.MarkStaleConnectionsRequest
+	3,  // 26: biobridge.tokens.v1.TokenBrokerService.StartAuthorization:output_type -> biobridge.tokens.v1.StartAuthorizationResponse
+	5,  // 27: biobridge.tokens.v1.TokenBrokerService.HandleAuthorizationCallback:output_type -> biobridge.tokens.v1.HandleAuthorizationCallbackResponse
+	7,  // 28: biobridge.tokens.v1.TokenBrokerService.CompleteAuthorization:output_type -> biobridge.tokens.v1.CompleteAuthorizationResponse
+	9,  // 29: biobridge.tokens.v1.TokenBrokerService.GetAccessToken:output_type -> biobridge.tokens.v1.GetAccessTokenResponse
+	11, // 30: biobridge.tokens.v1.TokenBrokerService.ResolveVendorUser:output_type -> biobridge.tokens.v1.ResolveVendorUserResponse
+	13, // 31: biobridge.tokens.v1.TokenBrokerService.ListConnections:output_type -> biobridge.tokens.v1.ListConnectionsResponse
+	15, // 32: biobridge.tokens.v1.TokenBrokerService.RevokeConnection:output_type -> biobridge.tokens.v1.RevokeConnectionResponse
+	17, // 33: biobridge.tokens.v1.TokenBrokerService.ListActiveConnections:output_type -> biobridge.tokens.v1.ListActiveConnectionsResponse
+	20, // 34: biobridge.tokens.v1.TokenBrokerService.ReportDataArrival:output_type -> biobridge.tokens.v1.ReportDataArrivalResponse
+	22, // 35: biobridge.tokens.v1.TokenBrokerService.MarkStaleConnections:output_type -> biobridge.tokens.v1.MarkStaleConnectionsResponse
+	26, // [26:36] is the sub-list for method output_type
+	16, // [16:26] is the sub-list for method input_type
 	16, // [16:16] is the sub-list for extension type_name
 	16, // [16:16] is the sub-list for extension extendee
 	0,  // [0:16] is the sub-list for field type_name
@@ -1443,7 +1586,7 @@ func file_biobridge_tokens_v1_token_broker_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_biobridge_tokens_v1_token_broker_service_proto_rawDesc), len(file_biobridge_tokens_v1_token_broker_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   21,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

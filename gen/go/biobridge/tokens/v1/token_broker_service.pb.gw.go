@@ -80,11 +80,11 @@ func local_request_TokenBrokerService_StartAuthorization_0(ctx context.Context, 
 	return msg, metadata, err
 }
 
-var filter_TokenBrokerService_CompleteAuthorization_0 = &utilities.DoubleArray{Encoding: map[string]int{"vendor": 0}, Base: []int{1, 1, 0}, Check: []int{0, 1, 2}}
+var filter_TokenBrokerService_HandleAuthorizationCallback_0 = &utilities.DoubleArray{Encoding: map[string]int{"vendor": 0}, Base: []int{1, 1, 0}, Check: []int{0, 1, 2}}
 
-func request_TokenBrokerService_CompleteAuthorization_0(ctx context.Context, marshaler runtime.Marshaler, client TokenBrokerServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_TokenBrokerService_HandleAuthorizationCallback_0(ctx context.Context, marshaler runtime.Marshaler, client TokenBrokerServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq CompleteAuthorizationRequest
+		protoReq HandleAuthorizationCallbackRequest
 		metadata runtime.ServerMetadata
 		err      error
 	)
@@ -99,8 +99,56 @@ func request_TokenBrokerService_CompleteAuthorization_0(ctx context.Context, mar
 	if err := req.ParseForm(); err != nil {
 		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
-	if err := runtime.PopulateQueryParameters(&protoReq, req.Form, filter_TokenBrokerService_CompleteAuthorization_0); err != nil {
+	if err := runtime.PopulateQueryParameters(&protoReq, req.Form, filter_TokenBrokerService_HandleAuthorizationCallback_0); err != nil {
 		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if req.Body != nil {
+		_, _ = io.Copy(io.Discard, req.Body)
+	}
+	msg, err := client.HandleAuthorizationCallback(ctx, &protoReq, grpc.Header(&metadata.HeaderMD), grpc.Trailer(&metadata.TrailerMD))
+	return msg, metadata, err
+}
+
+func local_request_TokenBrokerService_HandleAuthorizationCallback_0(ctx context.Context, marshaler runtime.Marshaler, server TokenBrokerServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq HandleAuthorizationCallbackRequest
+		metadata runtime.ServerMetadata
+		err      error
+	)
+	val, ok := pathParams["vendor"]
+	if !ok {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "missing parameter %s", "vendor")
+	}
+	protoReq.Vendor, err = runtime.String(val)
+	if err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "type mismatch, parameter: %s, error: %v", "vendor", err)
+	}
+	if err := req.ParseForm(); err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if err := runtime.PopulateQueryParameters(&protoReq, req.Form, filter_TokenBrokerService_HandleAuthorizationCallback_0); err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	msg, err := server.HandleAuthorizationCallback(ctx, &protoReq)
+	return msg, metadata, err
+}
+
+func request_TokenBrokerService_CompleteAuthorization_0(ctx context.Context, marshaler runtime.Marshaler, client TokenBrokerServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq CompleteAuthorizationRequest
+		metadata runtime.ServerMetadata
+		err      error
+	)
+	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	val, ok := pathParams["vendor"]
+	if !ok {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "missing parameter %s", "vendor")
+	}
+	protoReq.Vendor, err = runtime.String(val)
+	if err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "type mismatch, parameter: %s, error: %v", "vendor", err)
 	}
 	if req.Body != nil {
 		_, _ = io.Copy(io.Discard, req.Body)
@@ -115,6 +163,9 @@ func local_request_TokenBrokerService_CompleteAuthorization_0(ctx context.Contex
 		metadata runtime.ServerMetadata
 		err      error
 	)
+	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
 	val, ok := pathParams["vendor"]
 	if !ok {
 		return nil, metadata, status.Errorf(codes.InvalidArgument, "missing parameter %s", "vendor")
@@ -122,12 +173,6 @@ func local_request_TokenBrokerService_CompleteAuthorization_0(ctx context.Contex
 	protoReq.Vendor, err = runtime.String(val)
 	if err != nil {
 		return nil, metadata, status.Errorf(codes.InvalidArgument, "type mismatch, parameter: %s, error: %v", "vendor", err)
-	}
-	if err := req.ParseForm(); err != nil {
-		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
-	}
-	if err := runtime.PopulateQueryParameters(&protoReq, req.Form, filter_TokenBrokerService_CompleteAuthorization_0); err != nil {
-		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
 	msg, err := server.CompleteAuthorization(ctx, &protoReq)
 	return msg, metadata, err
@@ -247,13 +292,33 @@ func RegisterTokenBrokerServiceHandlerServer(ctx context.Context, mux *runtime.S
 		}
 		forward_TokenBrokerService_StartAuthorization_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
-	mux.Handle(http.MethodGet, pattern_TokenBrokerService_CompleteAuthorization_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+	mux.Handle(http.MethodGet, pattern_TokenBrokerService_HandleAuthorizationCallback_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
 		var stream runtime.ServerTransportStream
 		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
 		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
-		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/biobridge.tokens.v1.TokenBrokerService/CompleteAuthorization", runtime.WithHTTPPathPattern("/v1/oauth/{vendor}/callback"))
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/biobridge.tokens.v1.TokenBrokerService/HandleAuthorizationCallback", runtime.WithHTTPPathPattern("/v1/oauth/{vendor}/callback"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := local_request_TokenBrokerService_HandleAuthorizationCallback_0(annotatedContext, inboundMarshaler, server, req, pathParams)
+		md.HeaderMD, md.TrailerMD = metadata.Join(md.HeaderMD, stream.Header()), metadata.Join(md.TrailerMD, stream.Trailer())
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_TokenBrokerService_HandleAuthorizationCallback_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
+	mux.Handle(http.MethodPost, pattern_TokenBrokerService_CompleteAuthorization_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		var stream runtime.ServerTransportStream
+		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/biobridge.tokens.v1.TokenBrokerService/CompleteAuthorization", runtime.WithHTTPPathPattern("/v1/connections/{vendor}/complete"))
 		if err != nil {
 			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
 			return
@@ -364,11 +429,28 @@ func RegisterTokenBrokerServiceHandlerClient(ctx context.Context, mux *runtime.S
 		}
 		forward_TokenBrokerService_StartAuthorization_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
-	mux.Handle(http.MethodGet, pattern_TokenBrokerService_CompleteAuthorization_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+	mux.Handle(http.MethodGet, pattern_TokenBrokerService_HandleAuthorizationCallback_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
 		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
-		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/biobridge.tokens.v1.TokenBrokerService/CompleteAuthorization", runtime.WithHTTPPathPattern("/v1/oauth/{vendor}/callback"))
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/biobridge.tokens.v1.TokenBrokerService/HandleAuthorizationCallback", runtime.WithHTTPPathPattern("/v1/oauth/{vendor}/callback"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := request_TokenBrokerService_HandleAuthorizationCallback_0(annotatedContext, inboundMarshaler, client, req, pathParams)
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_TokenBrokerService_HandleAuthorizationCallback_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
+	mux.Handle(http.MethodPost, pattern_TokenBrokerService_CompleteAuthorization_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/biobridge.tokens.v1.TokenBrokerService/CompleteAuthorization", runtime.WithHTTPPathPattern("/v1/connections/{vendor}/complete"))
 		if err != nil {
 			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
 			return
@@ -419,15 +501,17 @@ func RegisterTokenBrokerServiceHandlerClient(ctx context.Context, mux *runtime.S
 }
 
 var (
-	pattern_TokenBrokerService_StartAuthorization_0    = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2, 2, 3}, []string{"v1", "connections", "vendor", "authorize"}, ""))
-	pattern_TokenBrokerService_CompleteAuthorization_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2, 2, 3}, []string{"v1", "oauth", "vendor", "callback"}, ""))
-	pattern_TokenBrokerService_ListConnections_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"v1", "connections"}, ""))
-	pattern_TokenBrokerService_RevokeConnection_0      = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2}, []string{"v1", "connections", "vendor"}, ""))
+	pattern_TokenBrokerService_StartAuthorization_0          = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2, 2, 3}, []string{"v1", "connections", "vendor", "authorize"}, ""))
+	pattern_TokenBrokerService_HandleAuthorizationCallback_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2, 2, 3}, []string{"v1", "oauth", "vendor", "callback"}, ""))
+	pattern_TokenBrokerService_CompleteAuthorization_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2, 2, 3}, []string{"v1", "connections", "vendor", "complete"}, ""))
+	pattern_TokenBrokerService_ListConnections_0             = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"v1", "connections"}, ""))
+	pattern_TokenBrokerService_RevokeConnection_0            = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2}, []string{"v1", "connections", "vendor"}, ""))
 )
 
 var (
-	forward_TokenBrokerService_StartAuthorization_0    = runtime.ForwardResponseMessage
-	forward_TokenBrokerService_CompleteAuthorization_0 = runtime.ForwardResponseMessage
-	forward_TokenBrokerService_ListConnections_0       = runtime.ForwardResponseMessage
-	forward_TokenBrokerService_RevokeConnection_0      = runtime.ForwardResponseMessage
+	forward_TokenBrokerService_StartAuthorization_0          = runtime.ForwardResponseMessage
+	forward_TokenBrokerService_HandleAuthorizationCallback_0 = runtime.ForwardResponseMessage
+	forward_TokenBrokerService_CompleteAuthorization_0       = runtime.ForwardResponseMessage
+	forward_TokenBrokerService_ListConnections_0             = runtime.ForwardResponseMessage
+	forward_TokenBrokerService_RevokeConnection_0            = runtime.ForwardResponseMessage
 )

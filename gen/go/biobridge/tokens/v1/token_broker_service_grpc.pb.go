@@ -19,15 +19,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	TokenBrokerService_StartAuthorization_FullMethodName    = "/biobridge.tokens.v1.TokenBrokerService/StartAuthorization"
-	TokenBrokerService_CompleteAuthorization_FullMethodName = "/biobridge.tokens.v1.TokenBrokerService/CompleteAuthorization"
-	TokenBrokerService_GetAccessToken_FullMethodName        = "/biobridge.tokens.v1.TokenBrokerService/GetAccessToken"
-	TokenBrokerService_ResolveVendorUser_FullMethodName     = "/biobridge.tokens.v1.TokenBrokerService/ResolveVendorUser"
-	TokenBrokerService_ListConnections_FullMethodName       = "/biobridge.tokens.v1.TokenBrokerService/ListConnections"
-	TokenBrokerService_RevokeConnection_FullMethodName      = "/biobridge.tokens.v1.TokenBrokerService/RevokeConnection"
-	TokenBrokerService_ListActiveConnections_FullMethodName = "/biobridge.tokens.v1.TokenBrokerService/ListActiveConnections"
-	TokenBrokerService_ReportDataArrival_FullMethodName     = "/biobridge.tokens.v1.TokenBrokerService/ReportDataArrival"
-	TokenBrokerService_MarkStaleConnections_FullMethodName  = "/biobridge.tokens.v1.TokenBrokerService/MarkStaleConnections"
+	TokenBrokerService_StartAuthorization_FullMethodName          = "/biobridge.tokens.v1.TokenBrokerService/StartAuthorization"
+	TokenBrokerService_HandleAuthorizationCallback_FullMethodName = "/biobridge.tokens.v1.TokenBrokerService/HandleAuthorizationCallback"
+	TokenBrokerService_CompleteAuthorization_FullMethodName       = "/biobridge.tokens.v1.TokenBrokerService/CompleteAuthorization"
+	TokenBrokerService_GetAccessToken_FullMethodName              = "/biobridge.tokens.v1.TokenBrokerService/GetAccessToken"
+	TokenBrokerService_ResolveVendorUser_FullMethodName           = "/biobridge.tokens.v1.TokenBrokerService/ResolveVendorUser"
+	TokenBrokerService_ListConnections_FullMethodName             = "/biobridge.tokens.v1.TokenBrokerService/ListConnections"
+	TokenBrokerService_RevokeConnection_FullMethodName            = "/biobridge.tokens.v1.TokenBrokerService/RevokeConnection"
+	TokenBrokerService_ListActiveConnections_FullMethodName       = "/biobridge.tokens.v1.TokenBrokerService/ListActiveConnections"
+	TokenBrokerService_ReportDataArrival_FullMethodName           = "/biobridge.tokens.v1.TokenBrokerService/ReportDataArrival"
+	TokenBrokerService_MarkStaleConnections_FullMethodName        = "/biobridge.tokens.v1.TokenBrokerService/MarkStaleConnections"
 )
 
 // TokenBrokerServiceClient is the client API for TokenBrokerService service.
@@ -36,15 +37,29 @@ const (
 //
 // TokenBrokerService owns vendor OAuth2 connections: connect, store (encrypted),
 // hand out access tokens with rotation-safe refresh, revoke.
-// User-facing calls (StartAuthorization, ListConnections, RevokeConnection) take
-// the user from the bearer JWT in `authorization` metadata; internal calls
-// (GetAccessToken, ResolveVendorUser) need a service token.
+// User-facing calls (StartAuthorization, CompleteAuthorization,
+// ListConnections, RevokeConnection) take the user from the bearer JWT in
+// `authorization` metadata; internal calls (GetAccessToken, ResolveVendorUser)
+// need a service token; HandleAuthorizationCallback needs a live state.
+//
+// Connecting is bound to the user who started it, in their own app: the
+// vendor redirects the browser to HandleAuthorizationCallback, which links
+// nothing and sends the browser on to the app's return URL with the code and
+// state; the app then calls CompleteAuthorization with its user's JWT, and the
+// connection is stored only when that user is the one who started it.
 type TokenBrokerServiceClient interface {
 	// StartAuthorization returns the vendor authorize URL with a single-use,
 	// expiring state bound to the user (and PKCE where the vendor supports it).
 	StartAuthorization(ctx context.Context, in *StartAuthorizationRequest, opts ...grpc.CallOption) (*StartAuthorizationResponse, error)
-	// CompleteAuthorization exchanges the code from the vendor's redirect, reads the
-	// vendor user id and stores the connection.
+	// HandleAuthorizationCallback is the vendor's redirect of the user's browser.
+	// It links nothing: it answers the app's return URL (chosen at
+	// StartAuthorization) carrying vendor, code and state (or the vendor's
+	// error), where the browser goes next.
+	HandleAuthorizationCallback(ctx context.Context, in *HandleAuthorizationCallbackRequest, opts ...grpc.CallOption) (*HandleAuthorizationCallbackResponse, error)
+	// CompleteAuthorization is called by the app with its user's JWT and the code
+	// and state it received at its return URL. It exchanges the code (with the
+	// PKCE verifier), reads the vendor user id and stores the connection, only
+	// when the JWT's subject is the user who started the authorization.
 	CompleteAuthorization(ctx context.Context, in *CompleteAuthorizationRequest, opts ...grpc.CallOption) (*CompleteAuthorizationResponse, error)
 	// GetAccessToken returns a valid access token, refreshing it at most once at a
 	// time per connection across all broker instances. A caller whose token the
@@ -89,6 +104,16 @@ func (c *tokenBrokerServiceClient) StartAuthorization(ctx context.Context, in *S
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(StartAuthorizationResponse)
 	err := c.cc.Invoke(ctx, TokenBrokerService_StartAuthorization_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *tokenBrokerServiceClient) HandleAuthorizationCallback(ctx context.Context, in *HandleAuthorizationCallbackRequest, opts ...grpc.CallOption) (*HandleAuthorizationCallbackResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HandleAuthorizationCallbackResponse)
+	err := c.cc.Invoke(ctx, TokenBrokerService_HandleAuthorizationCallback_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -181,15 +206,29 @@ func (c *tokenBrokerServiceClient) MarkStaleConnections(ctx context.Context, in 
 //
 // TokenBrokerService owns vendor OAuth2 connections: connect, store (encrypted),
 // hand out access tokens with rotation-safe refresh, revoke.
-// User-facing calls (StartAuthorization, ListConnections, RevokeConnection) take
-// the user from the bearer JWT in `authorization` metadata; internal calls
-// (GetAccessToken, ResolveVendorUser) need a service token.
+// User-facing calls (StartAuthorization, CompleteAuthorization,
+// ListConnections, RevokeConnection) take the user from the bearer JWT in
+// `authorization` metadata; internal calls (GetAccessToken, ResolveVendorUser)
+// need a service token; HandleAuthorizationCallback needs a live state.
+//
+// Connecting is bound to the user who started it, in their own app: the
+// vendor redirects the browser to HandleAuthorizationCallback, which links
+// nothing and sends the browser on to the app's return URL with the code and
+// state; the app then calls CompleteAuthorization with its user's JWT, and the
+// connection is stored only when that user is the one who started it.
 type TokenBrokerServiceServer interface {
 	// StartAuthorization returns the vendor authorize URL with a single-use,
 	// expiring state bound to the user (and PKCE where the vendor supports it).
 	StartAuthorization(context.Context, *StartAuthorizationRequest) (*StartAuthorizationResponse, error)
-	// CompleteAuthorization exchanges the code from the vendor's redirect, reads the
-	// vendor user id and stores the connection.
+	// HandleAuthorizationCallback is the vendor's redirect of the user's browser.
+	// It links nothing: it answers the app's return URL (chosen at
+	// StartAuthorization) carrying vendor, code and state (or the vendor's
+	// error), where the browser goes next.
+	HandleAuthorizationCallback(context.Context, *HandleAuthorizationCallbackRequest) (*HandleAuthorizationCallbackResponse, error)
+	// CompleteAuthorization is called by the app with its user's JWT and the code
+	// and state it received at its return URL. It exchanges the code (with the
+	// PKCE verifier), reads the vendor user id and stores the connection, only
+	// when the JWT's subject is the user who started the authorization.
 	CompleteAuthorization(context.Context, *CompleteAuthorizationRequest) (*CompleteAuthorizationResponse, error)
 	// GetAccessToken returns a valid access token, refreshing it at most once at a
 	// time per connection across all broker instances. A caller whose token the
@@ -232,6 +271,9 @@ type UnimplementedTokenBrokerServiceServer struct{}
 
 func (UnimplementedTokenBrokerServiceServer) StartAuthorization(context.Context, *StartAuthorizationRequest) (*StartAuthorizationResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method StartAuthorization not implemented")
+}
+func (UnimplementedTokenBrokerServiceServer) HandleAuthorizationCallback(context.Context, *HandleAuthorizationCallbackRequest) (*HandleAuthorizationCallbackResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method HandleAuthorizationCallback not implemented")
 }
 func (UnimplementedTokenBrokerServiceServer) CompleteAuthorization(context.Context, *CompleteAuthorizationRequest) (*CompleteAuthorizationResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CompleteAuthorization not implemented")
@@ -292,6 +334,24 @@ func _TokenBrokerService_StartAuthorization_Handler(srv interface{}, ctx context
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(TokenBrokerServiceServer).StartAuthorization(ctx, req.(*StartAuthorizationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TokenBrokerService_HandleAuthorizationCallback_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HandleAuthorizationCallbackRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenBrokerServiceServer).HandleAuthorizationCallback(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenBrokerService_HandleAuthorizationCallback_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenBrokerServiceServer).HandleAuthorizationCallback(ctx, req.(*HandleAuthorizationCallbackRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -450,6 +510,10 @@ var TokenBrokerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "StartAuthorization",
 			Handler:    _TokenBrokerService_StartAuthorization_Handler,
+		},
+		{
+			MethodName: "HandleAuthorizationCallback",
+			Handler:    _TokenBrokerService_HandleAuthorizationCallback_Handler,
 		},
 		{
 			MethodName: "CompleteAuthorization",
