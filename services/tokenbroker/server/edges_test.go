@@ -280,9 +280,9 @@ func TestConnectCallsSpendSharedBudget(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, wait)
 	calls := counters(e, "whoop").APICallsTotal
-	cb := authorize(t, in, "user-2", "whoop", "bob")
-	_, err = in.client.CompleteAuthorization(context.Background(), &tokensv1.CompleteAuthorizationRequest{
-		Vendor: "whoop", Code: cb.Get("code"), State: cb.Get("state"),
+	app := callback(t, in, "whoop", authorize(t, in, "user-2", "whoop", "bob"))
+	_, err = in.client.CompleteAuthorization(userCtx(t, "user-2"), &tokensv1.CompleteAuthorizationRequest{
+		Vendor: "whoop", Code: app.Get("code"), State: app.Get("state"),
 	})
 	requireCode(t, err, codes.Unavailable, "vendor_unavailable")
 	require.Equal(t, calls, counters(e, "whoop").APICallsTotal, "no API call past the shared budget")
