@@ -136,6 +136,7 @@ func TestHealthKitDeleteOfUnknownSampleLeavesTombstone(t *testing.T) {
 	res, _, err := st.Apply(ctx, []store.Op{{Delete: &store.Delete{Key: key}}})
 	require.NoError(t, err)
 	require.Equal(t, persistencev1.DeleteStatus_DELETE_STATUS_NOT_FOUND, res[0].DeleteStatus)
+	require.Zero(t, count(t, st, `SELECT count(*) FROM outbox`), "nothing to publish about a sample nobody saw")
 
 	ev, _, reason, _ := record.Normalize(&persistencev1.EventInput{
 		UserId: key.UserID, Source: key.Source, Kind: "HKQuantityTypeIdentifierHeartRate", VendorRecordId: key.VendorRecordID,

@@ -582,6 +582,11 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 			if err != nil {
 				return nil, nil, fmt.Errorf("encode event %s: %w", idStr, err)
 			}
+			if status == persistencev1.DeleteStatus_DELETE_STATUS_NOT_FOUND {
+				// A tombstone for a sample never stored: nobody
+				// downstream ever saw it, so nothing is published.
+				continue
+			}
 			outbox.add(TopicEvents, st.key.UserID, payloadEvent, payload, op.TraceParent)
 		}
 	}

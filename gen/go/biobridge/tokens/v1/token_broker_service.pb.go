@@ -1375,8 +1375,11 @@ type VendorRevocation struct {
 	Vendor string `protobuf:"bytes,1,opt,name=vendor,proto3" json:"vendor,omitempty"`
 	// Whether the vendor confirmed it (the connection is deleted either way).
 	RevokedAtVendor bool `protobuf:"varint,2,opt,name=revoked_at_vendor,json=revokedAtVendor,proto3" json:"revoked_at_vendor,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The vendor's user id of the deleted connection (ingest drops the
+	// account's queued webhooks with it).
+	VendorUserId  string `protobuf:"bytes,3,opt,name=vendor_user_id,json=vendorUserId,proto3" json:"vendor_user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VendorRevocation) Reset() {
@@ -1421,6 +1424,13 @@ func (x *VendorRevocation) GetRevokedAtVendor() bool {
 		return x.RevokedAtVendor
 	}
 	return false
+}
+
+func (x *VendorRevocation) GetVendorUserId() string {
+	if x != nil {
+		return x.VendorUserId
+	}
+	return ""
 }
 
 // DeleteUserDataResponse reports what was erased.
@@ -1556,10 +1566,11 @@ const file_biobridge_tokens_v1_token_broker_service_proto_rawDesc = "" +
 	"\x1dRecordConnectionEventResponse\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x03R\bsequence\"0\n" +
 	"\x15DeleteUserDataRequest\x12\x17\n" +
-	"\auser_id\x18\x01 \x01(\tR\x06userId\"V\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\"|\n" +
 	"\x10VendorRevocation\x12\x16\n" +
 	"\x06vendor\x18\x01 \x01(\tR\x06vendor\x12*\n" +
-	"\x11revoked_at_vendor\x18\x02 \x01(\bR\x0frevokedAtVendor\"a\n" +
+	"\x11revoked_at_vendor\x18\x02 \x01(\bR\x0frevokedAtVendor\x12$\n" +
+	"\x0evendor_user_id\x18\x03 \x01(\tR\fvendorUserId\"a\n" +
 	"\x16DeleteUserDataResponse\x12G\n" +
 	"\vrevocations\x18\x01 \x03(\v2%.biobridge.tokens.v1.VendorRevocationR\vrevocations*\x90\x01\n" +
 	"\x10ConnectionStatus\x12!\n" +
