@@ -39,6 +39,16 @@ func runChild() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
+	if crashAfter := os.Getenv(crashStepEnv); crashAfter != "" {
+		// Die the hard way right after the named erasure step is
+		// recorded: no deferred code runs, nothing is released.
+		cfg.ErasureAfterStep = func(step string) error {
+			if step == crashAfter {
+				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			}
+			return nil
+		}
+	}
 	if err := server.Run(ctx, cfg, common.Logger(os.Stderr, "ingest-child")); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
