@@ -187,7 +187,7 @@ func newEnv(t *testing.T, o options) *env {
 		PersistenceTarget: e.persistenceAddr, TokenBrokerTarget: e.brokerAddr,
 		PostgresURL: e.pgURL, RedisURL: e.redisURL, RedisKeyPrefix: e.prefix,
 		ServiceToken: ingestToken, ServiceTokens: "ops:" + opsToken, UserTokenSecret: userSecret,
-		PseudonymKey: []byte(pseudonymKey),
+		PseudonymKey:          []byte(pseudonymKey),
 		OuraVerificationToken: vendoremu.DefaultOuraVerificationToken,
 		WhoopClientSecret:     []byte(vendoremu.DefaultWhoopClientSecret),
 		OuraClientSecret:      []byte(vendoremu.DefaultOuraClientSecret),
