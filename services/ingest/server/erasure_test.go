@@ -309,3 +309,81 @@ func TestErasureResumesAfterCrash(t *testing.T) {
 		})
 	}
 }
+
+// The app deletes a HealthKit sample the bridge never stored (the delete
+// overtook the push); the push retried afterwards is refused with
+// record_deleted instead of bringing the sample back.
+func TestHealthKitRetriedPushAfterDeleteOfUnknownSample(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, options{})
+	at := time.Now().UTC().Add(-time.Hour).Truncate(time.Second).Format(time.RFC3339)
+	code, body := pushHealthKit(t, e, "user-hkd", `{"deleted":["never-stored"]}`)
+	require.Equal(t, http.StatusOK, code, body)
+	assert.Contains(t, body, "DELETE_STATUS_NOT_FOUND")
+
+	code, body = pushHealthKit(t, e, "user-hkd", `{"samples":[{"uuid":"never-stored","type":"HKQuantityTypeIdentifierHeartRate","value":66,"unit":"count/min","start_date":"`+at+`","end_date":"`+at+`"}]}`)
+	require.Equal(t, http.StatusOK, code, body)
+	assert.Contains(t, body, `"reason":"record_deleted"`)
+	assert.Contains(t, body, `"accepted":0`)
+	assert.Empty(t, e.latest("user-hkd"), "the deleted sample did not come back")
+}
+
+// Oura's heart-rate series is read by the backfill and stored as
+// heart_rate_bpm, one reading per sample, within the connection's request
+// budget: the series is paged by the thousand, so a few requests carry
+// days of five-minute samples.
+func TestOuraHeartRateBackfill(t *testing.T) {
+	t.Parallel()
+	const budget = 40
+	e := newEnv(t, options{
+		emu: func(c *vendoremu.Config) { c.OuraRateLimit, c.OuraRateWindow = budget, time.Minute },
+		ingest: func(c *server.Config) {
+			c.BackfillDays, c.ConnectionSyncInterval = 3, 100*time.Millisecond
+			c.OuraRateLimit, c.OuraRateWindow = budget, time.Minute
+		}})
+	ctx := context.Background()
+	_, err := e.emu.AddUser(vendoremu.UserSpec{Name: "olga"})
+	require.NoError(t, err)
+	hist, err := e.emu.GenerateHistory(ctx, vendoremu.HistorySpec{User: "olga", Days: 2, Vendors: []vendoremu.Vendor{vendoremu.Oura}})
+	require.NoError(t, err)
+	samples := hist.Records["oura/heartrate"]
+	require.Greater(t, samples, 200, "the emulator generated a series: %v", hist.Records)
+	e.emu.ResetCounters()
+	e.connect("user-o", "oura", "olga")
+	require.Eventually(t, func() bool { return completed(backfills(t, e, "user-o")) == 1 }, 60*time.Second, 50*time.Millisecond)
+
+	var got []*biometricsv1.StoredReading
+	next := ""
+	for {
+		resp, err := e.biometrics.QueryReadings(svc(readerToken), &biometricsv1.QueryReadingsRequest{
+			UserId: "user-o", Metric: "heart_rate_bpm", PageSize: 1000, PageToken: next})
+		require.NoError(t, err)
+		got = append(got, resp.GetReadings()...)
+		if next = resp.GetNextPageToken(); next == "" {
+			break
+		}
+	}
+	seen := map[int64]bool{}
+	for _, r := range got {
+		assert.Equal(t, biometricsv1.Source_SOURCE_OURA, r.GetSource())
+		ts := r.GetObservedAt().AsTime().Unix()
+		assert.False(t, seen[ts], "one reading per sample time")
+		seen[ts] = true
+	}
+	assert.Equal(t, samples, len(got), "every sample of the series, once")
+
+	// Five document collections of one page each, the series in pages
+	// of a thousand samples, the broker's profile read.
+	c := e.emu.Counters().Oura
+	assert.LessOrEqual(t, c.APICallsTotal, int64(5+samples/1000+1+1), "the series costs one request per thousand samples")
+	assert.LessOrEqual(t, c.MaxRequestsInWindow, int64(budget), "the connection's budget held")
+	assert.Zero(t, c.RateLimited, "the vendor never had to say 429")
+
+	// A second read of the same window (a reconnect's backfill) stores
+	// nothing twice.
+	e.connect("user-o", "oura", "olga")
+	require.Eventually(t, func() bool { return completed(backfills(t, e, "user-o")) == 2 }, 60*time.Second, 50*time.Millisecond)
+	var versions int
+	require.NoError(t, e.db.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM biometrics.records WHERE user_id = 'user-o' AND kind = 'heartrate'`).Scan(&versions))
+	assert.Equal(t, 1, versions)
+}
