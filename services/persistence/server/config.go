@@ -88,7 +88,7 @@ type Config struct {
 	// RetentionEvents is RETENTION_EVENTS (default 0: keep forever): the
 	// same for the record history (events).
 	RetentionEvents time.Duration
-	// RetentionAudit is RETENTION_AUDIT (default 52584h, six years): the
+	// RetentionAudit is RETENTION_AUDIT (default 52596h, six years of 365.25 days): the
 	// same for the audit log.
 	RetentionAudit time.Duration
 	// GracePeriod is SHUTDOWN_GRACE_PERIOD (default 10s): how long
