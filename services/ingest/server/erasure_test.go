@@ -201,6 +201,7 @@ func TestEraseUserEverywhere(t *testing.T) {
 		assert.Zero(t, n, "nothing left under the vendor account %s", id)
 	}
 	assert.Empty(t, e.latest("user-erase"))
+	assert.Empty(t, redisKeys(t, e, "user-erase"), "a read after the erasure does not cache an empty entry for the user")
 
 	// Late data: a new night at WHOOP (its webhook is delivered and
 	// acknowledged, then dropped: no connection maps to the account) and a
