@@ -214,6 +214,17 @@ func TestEraseUserEverywhere(t *testing.T) {
 	code, body = pushHealthKit(t, e, "user-erase", `{"samples":[{"uuid":"late","type":"HKQuantityTypeIdentifierHeartRate","value":70,"unit":"count/min","start_date":"2026-11-20T08:00:00Z","end_date":"2026-11-20T08:00:00Z"}]}`)
 	assert.Equal(t, http.StatusBadRequest, code, body)
 	assert.Contains(t, body, "user_erased")
+	// The app cannot connect a vendor again for the erased user.
+	tok, err := auth.IssueUserToken(userSecret, "user-erase", time.Hour)
+	require.NoError(t, err)
+	req, err := http.NewRequest(http.MethodPost, e.gatewayURL+"/v1/connections/whoop/authorize", strings.NewReader(`{}`))
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	res, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	code, body, reason := answer(t, res)
+	assert.Equal(t, http.StatusBadRequest, code, body)
+	assert.Equal(t, "user_erased", reason)
 	assert.Equal(t, []string{"biometrics.outbox.key: 1", "biometrics.outbox.payload: 1"}, leftovers(t, e, "user-erase"),
 		"late data stored nothing")
 
@@ -230,10 +241,10 @@ func TestEraseUserEverywhere(t *testing.T) {
 
 	// Only a caller the ACL allows may erase (here: a token ingest does
 	// not know at all).
-	req, err := http.NewRequest(http.MethodDelete, e.gatewayURL+"/v1/users/user-keep", nil)
+	req, err = http.NewRequest(http.MethodDelete, e.gatewayURL+"/v1/users/user-keep", nil)
 	require.NoError(t, err)
 	req.Header.Set("Authorization", "Bearer not-a-token")
-	res, err := http.DefaultClient.Do(req)
+	res, err = http.DefaultClient.Do(req)
 	require.NoError(t, err)
 	code, _, _ = answer(t, res)
 	assert.Equal(t, http.StatusUnauthorized, code)

@@ -102,3 +102,19 @@ func (b *Broker) RecordConnectionEvent(ctx context.Context, e postgres.Event) (i
 	b.kick()
 	return seq, nil
 }
+
+// ReasonUserErased refuses a new authorization for an erased user.
+const ReasonUserErased = "user_erased"
+
+// RefuseErased returns FailedPrecondition when userID was erased: an erased
+// user id does not get connections (and so data) again.
+func (b *Broker) RefuseErased(ctx context.Context, userID string) error {
+	erased, err := b.store.IsErased(ctx, userID)
+	if err != nil {
+		return err
+	}
+	if erased {
+		return apperr.E(apperr.FailedPrecondition, ReasonUserErased, "this user's data was erased; it cannot connect vendors again")
+	}
+	return nil
+}

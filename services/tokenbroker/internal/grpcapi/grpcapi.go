@@ -127,6 +127,9 @@ func (s *Service) StartAuthorization(ctx context.Context, req *tokensv1.StartAut
 	if err != nil {
 		return nil, err
 	}
+	if err := s.b.RefuseErased(ctx, user); err != nil {
+		return nil, err
+	}
 	u, expires, err := s.b.StartAuthorization(ctx, user, req.GetVendor(), req.GetReturnTo())
 	if err != nil {
 		return nil, err

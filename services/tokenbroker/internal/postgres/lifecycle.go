@@ -50,7 +50,8 @@ type DeletedConnection struct {
 // DeleteUser deletes every row of userID in one transaction: connections
 // (tokens included), pending authorizations, connection events (forwarded
 // or not: the user_erased event persistence publishes replaces them) and
-// the user's event counter. A second call deletes nothing.
+// the user's event counter, and marks the user erased (by pseudonym). A
+// second call deletes nothing.
 func (s *Store) DeleteUser(ctx context.Context, userID string) (deleted []DeletedConnection, err error) {
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `DELETE FROM tokens.connections WHERE user_id = $1 RETURNING vendor, vendor_user_id`, userID)
@@ -64,6 +65,10 @@ func (s *Store) DeleteUser(ctx context.Context, userID string) (deleted []Delete
 		if err != nil {
 			return fmt.Errorf("delete connections: %w", err)
 		}
+		if _, err := tx.Exec(ctx, `INSERT INTO tokens.erased_users (subject) VALUES ($1) ON CONFLICT DO NOTHING`,
+			s.subject(userID)); err != nil {
+			return fmt.Errorf("mark user erased: %w", err)
+		}
 		for _, q := range []string{
 			`DELETE FROM tokens.oauth_states WHERE user_id = $1`,
 			`DELETE FROM tokens.connection_events WHERE user_id = $1`,
@@ -76,4 +81,22 @@ func (s *Store) DeleteUser(ctx context.Context, userID string) (deleted []Delete
 		return nil
 	})
 	return deleted, err
+}
+
+// SetSubjects sets the function that turns a user id into the pseudonym
+// erased_users keeps (the HMAC keyed with LOG_PSEUDONYM_KEY; the default
+// is keyed with a random per-process key, enough for tests).
+func (s *Store) SetSubjects(fn func(userID string) string) { s.subject = fn }
+
+// IsErased reports whether userID's connections were erased.
+func (s *Store) IsErased(ctx context.Context, userID string) (bool, error) {
+	var one int
+	err := s.pool.QueryRow(ctx, `SELECT 1 FROM tokens.erased_users WHERE subject = $1`, s.subject(userID)).Scan(&one)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("check erased user: %w", err)
+	}
+	return true, nil
 }

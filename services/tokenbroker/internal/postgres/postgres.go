@@ -22,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/biobridge/bridge/pkg/logging"
 	"github.com/biobridge/bridge/pkg/pgstore"
 )
 
@@ -126,10 +127,14 @@ type Event struct {
 // Store is the PostgreSQL adapter.
 type Store struct {
 	pool *pgxpool.Pool
+	// subject turns a user id into its erasure pseudonym (SetSubjects).
+	subject func(userID string) string
 }
 
 // New returns a Store on pool.
-func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
+func New(pool *pgxpool.Pool) *Store {
+	return &Store{pool: pool, subject: logging.NewPseudonymizer(nil).Pseudonym}
+}
 
 // Ping checks the database (readiness).
 func (s *Store) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }

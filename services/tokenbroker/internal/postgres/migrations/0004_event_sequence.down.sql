@@ -1,3 +1,4 @@
+DROP TABLE erased_users;
 DROP INDEX connection_events_user;
 DELETE FROM connection_events WHERE type = 'backfill_completed';
 ALTER TABLE connection_events DROP CONSTRAINT connection_events_type_check;

@@ -25,3 +25,11 @@ ALTER TABLE connection_events ADD CONSTRAINT connection_events_type_check
 
 -- Erasure deletes a user's events.
 CREATE INDEX connection_events_user ON connection_events (user_id);
+
+-- Users whose connections were erased (DeleteUserData), by keyed pseudonym
+-- (HMAC with LOG_PSEUDONYM_KEY), never by id: a new authorization for such a
+-- user is refused, so an erased user id does not get connections again.
+CREATE TABLE erased_users (
+    subject   text        PRIMARY KEY,
+    erased_at timestamptz NOT NULL DEFAULT now()
+);
