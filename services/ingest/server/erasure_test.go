@@ -180,9 +180,15 @@ func TestEraseUserEverywhere(t *testing.T) {
 	keepBefore := leftovers(t, e, "user-keep")
 	before := e.emu.Counters()
 
+	started := time.Now()
 	code, body := eraseREST(t, e, "user-erase")
+	took := time.Since(started)
 	require.Equal(t, http.StatusOK, code, body)
 	assert.Contains(t, body, `"already_erased":false`)
+	var readings int
+	require.NoError(t, e.db.QueryRow(ctx, `SELECT count(*) FROM biometrics.readings WHERE user_id = 'user-keep'`).Scan(&readings))
+	t.Logf("erased a user with two backfilled connections and HealthKit data in %s (the other user keeps %d readings)",
+		took.Round(time.Millisecond), readings)
 	assert.Contains(t, body, `"whoop"`)
 	assert.Contains(t, body, `"oura"`)
 
@@ -387,6 +393,8 @@ func TestOuraHeartRateBackfill(t *testing.T) {
 	// Five document collections of one page each, the series in pages
 	// of a thousand samples, the broker's profile read.
 	c := e.emu.Counters().Oura
+	t.Logf("backfilled %d heart-rate samples with %d Oura requests in all (busiest %s window: %d of %d)",
+		len(got), c.APICallsTotal, time.Minute, c.MaxRequestsInWindow, budget)
 	assert.LessOrEqual(t, c.APICallsTotal, int64(5+samples/1000+1+1), "the series costs one request per thousand samples")
 	assert.LessOrEqual(t, c.MaxRequestsInWindow, int64(budget), "the connection's budget held")
 	assert.Zero(t, c.RateLimited, "the vendor never had to say 429")
