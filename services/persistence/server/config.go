@@ -179,9 +179,8 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	l.Check("WATCH_RESYNC_INTERVAL", c.WatchResyncInterval >= 100*time.Millisecond, "must be at least 100ms")
 	l.Check("OUTBOX_POLL_INTERVAL", c.OutboxPollInterval >= 10*time.Millisecond && c.OutboxPollInterval <= time.Minute, "must be between 10ms and 1m")
 	l.Check("PARTITION_MAINTENANCE_INTERVAL", c.MaintenanceInterval >= time.Minute, "must be at least 1m")
-	for name, v := range map[string]time.Duration{"RETENTION_READINGS": c.RetentionReadings, "RETENTION_EVENTS": c.RetentionEvents} {
-		l.Check(name, v == 0 || v >= MinRetention, "must be 0 (keep forever) or at least 744h (31 days)")
-	}
+	l.Check("RETENTION_READINGS", c.RetentionReadings == 0 || c.RetentionReadings >= MinRetention, "must be 0 (keep forever) or at least 744h (31 days)")
+	l.Check("RETENTION_EVENTS", c.RetentionEvents == 0 || c.RetentionEvents >= MinRetention, "must be 0 (keep forever) or at least 744h (31 days)")
 	l.Check("RETENTION_AUDIT", c.RetentionAudit >= MinRetention, "must be at least 744h (31 days); the default is six years")
 	return c, l.Err()
 }
