@@ -147,15 +147,17 @@ func joinLines(lines []string) string { return strings.Join(lines, "\n") }
 var devACL = map[string]func(internal string) string{
 	"persistence": func(internal string) string {
 		return internal + "=" + methods("biobridge.persistence.v1.PersistenceService",
-			"WriteEvents", "DeleteRecords", "AppendConnectionEvents", "LeaseOutbox", "AckOutbox", "NackOutbox", "GetOutboxStats") +
+			"WriteEvents", "DeleteRecords", "AppendConnectionEvents", "LeaseOutbox", "AckOutbox", "NackOutbox", "GetOutboxStats",
+			"DeleteUserData") +
 			";agent=/biobridge.biometrics.v1.BiometricsService/*"
 	},
 	"tokenbroker": func(internal string) string {
 		return internal + "=" + methods("biobridge.tokens.v1.TokenBrokerService",
-			"GetAccessToken", "ResolveVendorUser", "ListActiveConnections", "ReportDataArrival", "MarkStaleConnections")
+			"GetAccessToken", "ResolveVendorUser", "ListActiveConnections", "ReportDataArrival", "MarkStaleConnections",
+			"RecordConnectionEvent", "DeleteUserData")
 	},
 	"ingest": func(string) string {
-		return "operator=" + methods("biobridge.ingest.v1.IngestService", "ListJobs", "RetryJobs", "GetBackfillProgress")
+		return "operator=" + methods("biobridge.ingest.v1.IngestService", "ListJobs", "RetryJobs", "GetBackfillProgress", "DeleteUserData")
 	},
 	"publisher": func(string) string { return "operator=/biobridge.publisher.v1.PublisherService/*" },
 }

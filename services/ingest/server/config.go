@@ -42,6 +42,14 @@ type Config struct {
 	// Config: every caller may call every service-token method): which of
 	// those methods each caller may call.
 	ServiceACL string
+	// PseudonymKey is LOG_PSEUDONYM_KEY (LoadConfig copies it from the
+	// common settings): the key of the pseudonym an erasure is recorded
+	// under. Empty in a hand-built Config: a random per-process key.
+	PseudonymKey []byte
+	// ErasureAfterStep, when set, runs after each recorded erasure step
+	// with the step's name; an error stops the erasure there. Tests use it
+	// to crash the process between steps.
+	ErasureAfterStep func(step string) error
 	// UserTokenSecret is USER_TOKEN_SECRET (>= 32 bytes): HS256 key of the
 	// users' JWTs (HealthKit pushes), for development. Production verifies
 	// against the identity provider's JWKS (UserTokens).
@@ -346,5 +354,6 @@ func LoadConfig(getenv func(string) string) (Config, service.Common, error) {
 		l.Check(u.name, err == nil && (p.Scheme == "http" || p.Scheme == "https") && p.Host != "", "must be an absolute http(s) URL")
 	}
 	common := service.LoadCommon(l)
+	c.PseudonymKey = common.PseudonymKey
 	return c, common, l.Err()
 }

@@ -40,6 +40,7 @@ import (
 
 const (
 	ingestToken   = "ingest-to-services-token"
+	brokerToken   = "broker-to-persistence-token"
 	opsToken      = "ops-token"
 	readerToken   = "reader-token"
 	publicBaseURL = "http://gateway.test"
@@ -147,7 +148,7 @@ func newEnv(t *testing.T, o options) *env {
 
 	pcfg := persistence.Config{
 		GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", PostgresURL: e.pgURL, RedisURL: e.redisURL, RedisKeyPrefix: e.prefix,
-		ServiceTokens: "ingest:" + ingestToken + ",reader:" + readerToken, AuditFlushInterval: 20 * time.Millisecond,
+		ServiceTokens: "ingest:" + ingestToken + ",reader:" + readerToken + ",tokenbroker:" + brokerToken, AuditFlushInterval: 20 * time.Millisecond,
 	}
 	ps, err := persistence.New(context.Background(), pcfg, testLogger(t, "persistence"))
 	require.NoError(t, err)
@@ -165,6 +166,9 @@ func newEnv(t *testing.T, o options) *env {
 			APIURL: e.emu.OuraURL(), AuthorizeURL: e.emu.OuraAuthorizeURL()},
 		PublicBaseURL: publicBaseURL, ReturnURLs: []string{appReturnURL}, UserTokenSecret: userSecret, ServiceTokens: "ingest:" + ingestToken,
 		RefreshTimeout: 5 * time.Second, LockLease: 10 * time.Second,
+		// Connection events (the broker's and ingest's backfill_completed)
+		// reach persistence through the broker's relay.
+		PersistenceTarget: e.persistenceAddr, ServiceToken: brokerToken,
 	}
 	bs, err := tokenbroker.New(context.Background(), bcfg, testLogger(t, "tokenbroker"))
 	require.NoError(t, err)
@@ -183,6 +187,7 @@ func newEnv(t *testing.T, o options) *env {
 		PersistenceTarget: e.persistenceAddr, TokenBrokerTarget: e.brokerAddr,
 		PostgresURL: e.pgURL, RedisURL: e.redisURL, RedisKeyPrefix: e.prefix,
 		ServiceToken: ingestToken, ServiceTokens: "ops:" + opsToken, UserTokenSecret: userSecret,
+		PseudonymKey:          []byte(pseudonymKey),
 		OuraVerificationToken: vendoremu.DefaultOuraVerificationToken,
 		WhoopClientSecret:     []byte(vendoremu.DefaultWhoopClientSecret),
 		OuraClientSecret:      []byte(vendoremu.DefaultOuraClientSecret),

@@ -39,6 +39,16 @@ func runChild() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
+	if crashAfter := os.Getenv(crashStepEnv); crashAfter != "" {
+		// Die the hard way right after the named erasure step is
+		// recorded: no deferred code runs, nothing is released.
+		cfg.ErasureAfterStep = func(step string) error {
+			if step == crashAfter {
+				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			}
+			return nil
+		}
+	}
 	if err := server.Run(ctx, cfg, common.Logger(os.Stderr, "ingest-child")); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -60,7 +70,7 @@ func childEnvironment(c server.Config) []string {
 		"REDIS_KEY_PREFIX":     c.RedisKeyPrefix,
 		"SERVICE_TOKEN":        c.ServiceToken,
 		"SERVICE_TOKENS":       c.ServiceTokens,
-		"SERVICE_ACL":          "ops=/biobridge.ingest.v1.IngestService/ListJobs",
+		"SERVICE_ACL":          "ops=/biobridge.ingest.v1.IngestService/*",
 		"USER_TOKEN_SECRET":    string(c.UserTokenSecret),
 		"WHOOP_CLIENT_SECRET":  string(c.WhoopClientSecret),
 		"OURA_CLIENT_SECRET":   string(c.OuraClientSecret),

@@ -29,11 +29,13 @@ import (
 	"github.com/biobridge/bridge/pkg/grpcclient"
 	"github.com/biobridge/bridge/pkg/grpcserver"
 	"github.com/biobridge/bridge/pkg/limiter"
+	"github.com/biobridge/bridge/pkg/logging"
 	"github.com/biobridge/bridge/pkg/pgstore"
 	"github.com/biobridge/bridge/pkg/ratebudget"
 	"github.com/biobridge/bridge/pkg/telemetry"
 	"github.com/biobridge/bridge/services/ingest/internal/api"
 	"github.com/biobridge/bridge/services/ingest/internal/completeness"
+	"github.com/biobridge/bridge/services/ingest/internal/erasure"
 	"github.com/biobridge/bridge/services/ingest/internal/jobs"
 	"github.com/biobridge/bridge/services/ingest/internal/oura"
 	"github.com/biobridge/bridge/services/ingest/internal/vendorhttp"
@@ -77,6 +79,7 @@ const (
 	methodListJobs     = "/biobridge.ingest.v1.IngestService/ListJobs"
 	methodRetryJobs    = "/biobridge.ingest.v1.IngestService/RetryJobs"
 	methodBackfills    = "/biobridge.ingest.v1.IngestService/GetBackfillProgress"
+	methodDeleteUser   = "/biobridge.ingest.v1.IngestService/DeleteUserData"
 )
 
 // authenticate is the grpcserver auth hook. It fails closed: a method it
@@ -95,7 +98,7 @@ func authenticate(tokens *auth.ServiceTokens, acl *auth.ACL, users *auth.UserVer
 				return ctx, err
 			}
 			return auth.WithUser(ctx, sub), nil
-		case methodIngestEvents, methodListJobs, methodRetryJobs, methodBackfills:
+		case methodIngestEvents, methodListJobs, methodRetryJobs, methodBackfills, methodDeleteUser:
 			name, ok := tokens.Authenticate(auth.BearerToken(ctx))
 			if !ok {
 				return ctx, apperr.E(apperr.Unauthenticated, "invalid_service_token", "a valid service token is required")
@@ -244,6 +247,11 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	if err != nil {
 		return nil, fmt.Errorf("build grpc server: %w", err)
 	}
+	eraserCfg := erasure.Config{ServiceToken: cfg.ServiceToken, AfterStep: cfg.ErasureAfterStep}
+	if len(cfg.PseudonymKey) > 0 {
+		eraserCfg.Subject = logging.NewPseudonymizer(cfg.PseudonymKey).Pseudonym
+	}
+	eraser := erasure.New(eraserCfg, s.db, brokerClient, persistencev1.NewPersistenceServiceClient(s.persist), s.reg, logger)
 	tolerance := webhook.Options{Tolerance: cfg.WebhookTolerance}
 	handler := api.New(api.Deps{
 		Persistence: persistencev1.NewPersistenceServiceClient(s.persist),
@@ -255,6 +263,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 			Limiter: limiter.New("ingest_webhooks", cfg.MaxConcurrentWebhooks, cfg.WebhookWaitBudget, s.reg),
 			Wake:    s.pool.Wake,
 		},
+		Erasure:  eraser,
 		Logger:   logger,
 		Registry: s.reg,
 	}, api.Options{

@@ -82,6 +82,16 @@ type Config struct {
 	PartitionMonthsAhead int
 	// MaintenanceInterval is PARTITION_MAINTENANCE_INTERVAL (default 1h).
 	MaintenanceInterval time.Duration
+	// RetentionReadings is RETENTION_READINGS (default 0: keep forever):
+	// monthly readings partitions whose whole month is older than this are
+	// dropped by the maintenance loop. Latest values are never dropped.
+	RetentionReadings time.Duration
+	// RetentionEvents is RETENTION_EVENTS (default 0: keep forever): the
+	// same for the record history (events).
+	RetentionEvents time.Duration
+	// RetentionAudit is RETENTION_AUDIT (default 52596h, six years of 365.25 days): the
+	// same for the audit log.
+	RetentionAudit time.Duration
 	// GracePeriod is SHUTDOWN_GRACE_PERIOD (default 10s): how long
 	// in-flight calls may finish at shutdown.
 	GracePeriod time.Duration
@@ -107,7 +117,14 @@ const (
 	DefaultOutboxPollInterval     = time.Second
 	DefaultPartitionMonthsAhead   = 3
 	DefaultMaintenanceInterval    = time.Hour
-	DefaultGracePeriod            = 10 * time.Second
+	// DefaultRetentionAudit is six years (of 365.25 days), how long HIPAA
+	// expects compliance documentation to be kept.
+	DefaultRetentionAudit = 6 * 8766 * time.Hour
+	// MinRetention is the shortest retention accepted: partitions are
+	// monthly, and a policy shorter than a month would drop last month's
+	// partition as soon as maintenance creates it.
+	MinRetention       = 31 * 24 * time.Hour
+	DefaultGracePeriod = 10 * time.Second
 )
 
 // LoadConfig reads the configuration through getenv and reports every
@@ -135,6 +152,9 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		OutboxPollInterval:     l.Duration("OUTBOX_POLL_INTERVAL", DefaultOutboxPollInterval),
 		PartitionMonthsAhead:   l.Int("PARTITION_MONTHS_AHEAD", DefaultPartitionMonthsAhead, 1, 36),
 		MaintenanceInterval:    l.Duration("PARTITION_MAINTENANCE_INTERVAL", DefaultMaintenanceInterval),
+		RetentionReadings:      l.Duration("RETENTION_READINGS", 0),
+		RetentionEvents:        l.Duration("RETENTION_EVENTS", 0),
+		RetentionAudit:         l.Duration("RETENTION_AUDIT", DefaultRetentionAudit),
 		GracePeriod:            l.Duration("SHUTDOWN_GRACE_PERIOD", DefaultGracePeriod),
 	}
 	c.Common = service.LoadCommon(l)
@@ -157,6 +177,9 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	l.Check("WATCH_RESYNC_INTERVAL", c.WatchResyncInterval >= 100*time.Millisecond, "must be at least 100ms")
 	l.Check("OUTBOX_POLL_INTERVAL", c.OutboxPollInterval >= 10*time.Millisecond && c.OutboxPollInterval <= time.Minute, "must be between 10ms and 1m")
 	l.Check("PARTITION_MAINTENANCE_INTERVAL", c.MaintenanceInterval >= time.Minute, "must be at least 1m")
+	l.Check("RETENTION_READINGS", c.RetentionReadings == 0 || c.RetentionReadings >= MinRetention, "must be 0 (keep forever) or at least 744h (31 days)")
+	l.Check("RETENTION_EVENTS", c.RetentionEvents == 0 || c.RetentionEvents >= MinRetention, "must be 0 (keep forever) or at least 744h (31 days)")
+	l.Check("RETENTION_AUDIT", c.RetentionAudit >= MinRetention, "must be at least 744h (31 days); the default is six years")
 	return c, l.Err()
 }
 
@@ -189,5 +212,8 @@ func (c *Config) setDefaults() {
 	def(&c.OutboxPollInterval, DefaultOutboxPollInterval)
 	defInt(&c.PartitionMonthsAhead, DefaultPartitionMonthsAhead)
 	def(&c.MaintenanceInterval, DefaultMaintenanceInterval)
+	// Retention of readings and events stays 0 (forever) unless set; an
+	// audit retention of 0 means the default, never "forever by accident".
+	def(&c.RetentionAudit, DefaultRetentionAudit)
 	def(&c.GracePeriod, DefaultGracePeriod)
 }

@@ -27,6 +27,18 @@ func TestLoadConfig(t *testing.T) {
 	require.Equal(t, 2*time.Millisecond, cfg.GroupCommitWindow)
 	require.Equal(t, 1000, cfg.GroupCommitMaxEvents)
 	require.Equal(t, 10_000, cfg.AuditBuffer)
+	require.Zero(t, cfg.RetentionReadings, "readings are kept until a policy is set")
+	require.Zero(t, cfg.RetentionEvents)
+	require.Equal(t, 52596*time.Hour, cfg.RetentionAudit, "the audit log is kept six years")
+
+	withRetention := map[string]string{"RETENTION_READINGS": "4380h", "RETENTION_EVENTS": "0", "RETENTION_AUDIT": "70000h"}
+	for k, v := range valid {
+		withRetention[k] = v
+	}
+	cfg, err = server.LoadConfig(getenv(withRetention))
+	require.NoError(t, err)
+	require.Equal(t, 4380*time.Hour, cfg.RetentionReadings)
+	require.Equal(t, 70000*time.Hour, cfg.RetentionAudit)
 
 	for _, tc := range []struct {
 		name string
@@ -38,8 +50,10 @@ func TestLoadConfig(t *testing.T) {
 			"POSTGRES_URL": "mysql://x", "REDIS_URL": "http://x", "SERVICE_TOKENS": "nocolon",
 			"LOG_PSEUDONYM_KEY": "short", "GROUP_COMMIT_MAX_EVENTS": "0", "GROUP_COMMIT_WINDOW": "5s",
 			"AUDIT_FLUSH_INTERVAL": "banana", "PARTITION_MONTHS_AHEAD": "99", "SERVICE_ACL": "agents=GetLatest",
+			"RETENTION_READINGS": "24h", "RETENTION_EVENTS": "6 months", "RETENTION_AUDIT": "100h",
 		}, []string{"POSTGRES_URL", "REDIS_URL", "SERVICE_TOKENS", "LOG_PSEUDONYM_KEY", "GROUP_COMMIT_MAX_EVENTS",
-			"GROUP_COMMIT_WINDOW", "AUDIT_FLUSH_INTERVAL", "PARTITION_MONTHS_AHEAD", "SERVICE_ACL"}},
+			"GROUP_COMMIT_WINDOW", "AUDIT_FLUSH_INTERVAL", "PARTITION_MONTHS_AHEAD", "SERVICE_ACL",
+			"RETENTION_READINGS", "RETENTION_EVENTS", "RETENTION_AUDIT"}},
 	} {
 		_, err := server.LoadConfig(getenv(tc.env))
 		require.Error(t, err, tc.name)

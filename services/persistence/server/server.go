@@ -32,6 +32,7 @@ import (
 	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/grpcserver"
 	"github.com/biobridge/bridge/pkg/limiter"
+	"github.com/biobridge/bridge/pkg/logging"
 	"github.com/biobridge/bridge/pkg/telemetry"
 	"github.com/biobridge/bridge/services/persistence/internal/api"
 	"github.com/biobridge/bridge/services/persistence/internal/audit"
@@ -106,6 +107,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	if s.store, err = store.Open(ctx, cfg.PostgresURL, logger.With("component", "store"), s.m); err != nil {
 		return nil, err
 	}
+	if len(cfg.Common.PseudonymKey) > 0 {
+		s.store.SetSubjects(logging.NewPseudonymizer(cfg.Common.PseudonymKey).Pseudonym)
+	}
 	defer func() {
 		if err != nil {
 			s.closeStores()
@@ -167,7 +171,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		return nil, err
 	}
 	persistencev1.RegisterPersistenceServiceServer(s.grpc.Registrar(),
-		api.NewPersistence(s.store, s.committer, s.notifier, s.m, logger, s.stopping, cfg.OutboxPollInterval))
+		api.NewPersistence(s.store, s.committer, s.notifier, s.m, logger, s.stopping, cfg.OutboxPollInterval).WithLatest(s.latest))
 	biometricsv1.RegisterBiometricsServiceServer(s.grpc.Registrar(),
 		api.NewBiometrics(s.store, s.latest, s.audit, s.m, logger, s.stopping, cfg.WatchResyncInterval, cfg.WatchMaxStreams))
 
@@ -255,21 +259,35 @@ func (s *Server) closeStores() {
 	})
 }
 
-// maintain creates partitions ahead of time, periodically.
+// maintain creates partitions ahead of time and drops the ones past the
+// retention policy, periodically (the first run right away: creation ran
+// in New, retention has not).
 func (s *Server) maintain(ctx context.Context) {
 	t := time.NewTicker(s.cfg.MaintenanceInterval)
 	defer t.Stop()
+	first := true
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+		if !first {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if err := s.store.EnsurePartitions(ctx, time.Now(), s.cfg.PartitionMonthsAhead); err != nil && ctx.Err() == nil {
+				s.m.MaintenanceErrors.Inc()
+				s.logger.WarnContext(ctx, "partition maintenance failed", "err", err)
+			}
 		}
-		if err := s.store.EnsurePartitions(ctx, time.Now(), s.cfg.PartitionMonthsAhead); err != nil && ctx.Err() == nil {
+		first = false
+		if _, err := s.store.DropExpiredPartitions(ctx, time.Now(), s.retention()); err != nil && ctx.Err() == nil {
 			s.m.MaintenanceErrors.Inc()
-			s.logger.WarnContext(ctx, "partition maintenance failed", "err", err)
+			s.logger.WarnContext(ctx, "partition retention failed", "err", err)
 		}
 	}
+}
+
+func (s *Server) retention() store.Retention {
+	return store.Retention{Readings: s.cfg.RetentionReadings, Events: s.cfg.RetentionEvents, Audit: s.cfg.RetentionAudit}
 }
 
 // FlushAudit writes the buffered audit entries now and waits for them

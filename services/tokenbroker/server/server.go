@@ -26,6 +26,7 @@ import (
 	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/grpcclient"
 	"github.com/biobridge/bridge/pkg/grpcserver"
+	"github.com/biobridge/bridge/pkg/logging"
 	"github.com/biobridge/bridge/pkg/pgstore"
 	"github.com/biobridge/bridge/pkg/ratebudget"
 	"github.com/biobridge/bridge/pkg/telemetry"
@@ -132,6 +133,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	}
 
 	store := postgres.New(s.pool)
+	if len(cfg.Common.PseudonymKey) > 0 {
+		store.SetSubjects(logging.NewPseudonymizer(cfg.Common.PseudonymKey).Pseudonym)
+	}
 	var persist persistencev1.PersistenceServiceClient
 	if cfg.PersistenceTarget != "" {
 		s.persistConn, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{

@@ -25,6 +25,7 @@ import (
 	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/limiter"
 	"github.com/biobridge/bridge/pkg/logging"
+	"github.com/biobridge/bridge/services/ingest/internal/erasure"
 	"github.com/biobridge/bridge/services/ingest/internal/healthkit"
 )
 
@@ -34,6 +35,8 @@ type Deps struct {
 	// Limiter bounds HealthKit pushes and IngestEvents calls.
 	Limiter  *limiter.Limiter
 	Webhooks Webhooks
+	// Erasure runs DeleteUserData and refuses pushes for erased users.
+	Erasure  *erasure.Eraser
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
 }
@@ -74,7 +77,7 @@ func New(deps Deps, opts Options) *Handler {
 		}, []string{"outcome"}),
 		webhooks: newWebhookMetrics(deps.Registry),
 	}
-	for _, o := range []string{"ok", "shed", "storage_error", "too_many_samples"} {
+	for _, o := range []string{"ok", "shed", "storage_error", "too_many_samples", "user_erased"} {
 		h.pushes.WithLabelValues(o)
 	}
 	for _, o := range []string{"accepted", "duplicate", "rejected", "skipped"} {
@@ -112,6 +115,10 @@ func (h *Handler) PushHealthKitSamples(ctx context.Context, req *ingestv1.PushHe
 		return nil, err
 	}
 	defer release()
+	if err := h.refuseErased(ctx, user); err != nil {
+		h.pushes.WithLabelValues("user_erased").Inc()
+		return nil, err
+	}
 
 	batch := healthkit.Normalize(user, req.GetSamples())
 	resp := &ingestv1.PushHealthKitSamplesResponse{Results: batch.Results}

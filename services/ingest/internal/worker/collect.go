@@ -44,7 +44,7 @@ func Streams(vendor string) []string {
 	case VendorWhoop:
 		return []string{StreamWhoopSleep, StreamWhoopWorkout}
 	case VendorOura:
-		return append([]string(nil), oura.DataTypes...)
+		return append(append([]string(nil), oura.DataTypes...), oura.HeartRate)
 	}
 	return nil
 }
@@ -144,6 +144,8 @@ func (c *Collector) Handle(ctx context.Context, j jobs.Job) (string, error) {
 		fetch = c.whoopRecoveries
 	case j.Vendor == VendorWhoop && p.Stream == StreamWhoopWorkout:
 		fetch = c.whoopWorkouts
+	case j.Vendor == VendorOura && p.Stream == oura.HeartRate:
+		fetch = c.ouraHeartRate
 	case j.Vendor == VendorOura && oura.Supported(p.Stream):
 		fetch = c.ouraDocuments
 	default:
@@ -319,6 +321,33 @@ func (c *Collector) ouraDocuments(ctx context.Context, token string, p Page) (pa
 		}
 		res.add(n.Event, n.Skipped)
 	}
+	return res, nil
+}
+
+// ouraHeartRate stores a page of heart-rate samples. The collection takes
+// at most MaxHeartRateRange per request, so a longer window is read as a
+// run of slices: this page reads the first slice (following its
+// next_token pages), and the slice's last page queues the rest of the
+// window as the next page. Pages hold up to a thousand samples, so a
+// thirty-day backfill costs about nine requests of the connection's budget.
+func (c *Collector) ouraHeartRate(ctx context.Context, token string, p Page) (pageResult, error) {
+	end := p.End
+	if end.Sub(p.Start) > oura.MaxHeartRateRange {
+		end = p.Start.Add(oura.MaxHeartRateRange)
+	}
+	page, err := c.f.oura.HeartRateSamples(ctx, token, p.Start, end, p.Next)
+	if err != nil {
+		return pageResult{}, err
+	}
+	res := pageResult{follow: next(p, page.NextToken)}
+	if page.NextToken == "" && end.Before(p.End) {
+		rest := p
+		rest.Start, rest.Next, rest.Number = end, "", p.Number+1
+		res.follow = []Page{rest}
+	}
+	events, skipped := oura.NormalizeHeartRate(p.UserID, page.Data)
+	res.skipped = skipped
+	res.events = events
 	return res, nil
 }
 

@@ -6,19 +6,25 @@ import (
 	"fmt"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
-	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
+	tokensv1 "github.com/biobridge/bridge/gen/go/biobridge/tokens/v1"
 	"github.com/biobridge/bridge/services/ingest/internal/jobs"
 )
 
 // KindConnectionEvent is the job kind that hands a connection lifecycle
-// event ingest decided on (backfill_completed) to persistence, which puts
-// it on biometrics.connections.v1 through its outbox. The job row is
-// ingest's outbox entry: it commits in the same transaction as the change
-// the event reports and is retried until persistence confirms, and
-// persistence appends an event id once however often it is sent.
+// event ingest decided on (backfill_completed) to the token broker, whose
+// connection-event outbox carries every connection event of a user, with
+// one per-user sequence, to persistence and biometrics.connections.v1. One
+// outbox is what keeps a backfill_completed after the connected event it
+// follows and before a later revoked one; two outboxes relayed separately
+// could deliver them in any order. The job row is ingest's outbox entry:
+// it commits in the same transaction as the change the event reports and
+// is retried until the broker confirms, and the broker records an event id
+// once however often it is sent.
 const KindConnectionEvent = "connection_event"
 
 // ConnectionEvent is the payload of a KindConnectionEvent job.
@@ -69,14 +75,19 @@ func (n *Notifier) Handle(ctx context.Context, j jobs.Job) (string, error) {
 	if !ok {
 		return "", &Permanent{Reason: "unknown connection event type " + e.Type}
 	}
-	_, err := n.f.persistence.AppendConnectionEvents(n.f.outgoing(ctx), &persistencev1.AppendConnectionEventsRequest{
-		Events: []*biometricsv1.ConnectionEvent{{
+	_, err := n.f.tokens.RecordConnectionEvent(n.f.outgoing(ctx), &tokensv1.RecordConnectionEventRequest{
+		Event: &biometricsv1.ConnectionEvent{
 			EventId: e.EventID, UserId: e.UserID, Vendor: e.Vendor, Type: typ,
 			OccurredAt: timestamppb.New(e.OccurredAt), Reason: e.Reason,
-		}},
+		},
 	})
+	if status.Code(err) == codes.NotFound {
+		// The connection is gone (its user was erased): the event has
+		// nothing left to describe.
+		return OutcomeNotFound, nil
+	}
 	if err != nil {
-		return "", grpcFailure("append connection event", err)
+		return "", grpcFailure("record connection event", err)
 	}
 	return "published", nil
 }

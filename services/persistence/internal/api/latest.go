@@ -68,9 +68,14 @@ func (l *Latest) Get(ctx context.Context, user string) (map[string]record.Latest
 	if err != nil {
 		return nil, 0, err
 	}
-	if redisOK {
+	switch {
+	case seq == 0 && len(list) == 0:
+		// Nothing was ever committed for the user (or the user was
+		// erased): nothing worth a cache entry, which would only be a
+		// key about a user the bridge holds nothing of.
+	case redisOK:
 		l.fill(ctx, user, seq, list, "read_miss")
-	} else if l.cache != nil {
+	case l.cache != nil:
 		l.markForRepair(user)
 	}
 	vals := make(map[string]record.Latest, len(list))
@@ -95,6 +100,31 @@ func (l *Latest) fill(ctx context.Context, user string, seq int64, list []record
 		l.m.CacheRepairs.WithLabelValues(trigger, "superseded").Inc()
 	}
 	return true
+}
+
+// forgetAgainAfter is how long after an erasure the user's cache entry is
+// deleted a second time: a read that loaded its snapshot just before the
+// erasure committed may install it just after the first delete.
+const forgetAgainAfter = 5 * time.Second
+
+// Forget removes an erased user's cache entry, now and once more shortly
+// after (see forgetAgainAfter). A failure is logged and counted; the entry
+// then expires with LATEST_CACHE_TTL.
+func (l *Latest) Forget(ctx context.Context, user string) {
+	if l.cache == nil {
+		return
+	}
+	forget := func(ctx context.Context) {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if err := l.cache.Forget(ctx, user); err != nil {
+			l.m.CacheErrors.WithLabelValues("forget").Inc()
+			l.logger.WarnContext(ctx, "latest cache delete after erasure failed", logging.UserID(user), "err", err)
+		}
+	}
+	forget(ctx)
+	bg := context.WithoutCancel(ctx)
+	time.AfterFunc(forgetAgainAfter, func() { forget(bg) })
 }
 
 // AfterCommit applies committed changes to the cache. Failures are logged,
@@ -182,7 +212,13 @@ func (l *Latest) repair(ctx context.Context, user string, gen uint64) bool {
 		l.logger.WarnContext(ctx, "latest cache repair: read postgres", logging.UserID(user), "err", err)
 		return false
 	}
-	if !l.fill(ctx, user, seq, list, "after_error") {
+	if seq == 0 && len(list) == 0 {
+		// Erased meanwhile (or never written): the entry must go, not be
+		// rebuilt empty.
+		if err := l.cache.Forget(ctx, user); err != nil {
+			return false
+		}
+	} else if !l.fill(ctx, user, seq, list, "after_error") {
 		return false
 	}
 	l.mu.Lock()

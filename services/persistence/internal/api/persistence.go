@@ -69,6 +69,7 @@ type Persistence struct {
 	store     *store.Store
 	committer *groupcommit.Committer
 	notifier  *store.Notifier
+	latest    *Latest
 	m         *metrics.Metrics
 	logger    *slog.Logger
 	// stopping ends long polls when the server shuts down.

@@ -331,5 +331,10 @@ func (c *Cache) Subscribe(ctx context.Context, user string) (*redis.PubSub, erro
 	return ps, nil
 }
 
+// Forget deletes the user's cached values (erasure).
+func (c *Cache) Forget(ctx context.Context, user string) error {
+	return c.rdb.Del(ctx, c.HashKey(user)).Err()
+}
+
 // Ping checks Redis.
 func (c *Cache) Ping(ctx context.Context) error { return c.rdb.Ping(ctx).Err() }

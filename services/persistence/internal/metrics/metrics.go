@@ -54,7 +54,14 @@ type Metrics struct {
 
 	// Partitions.
 	PartitionsCreated prometheus.Counter
+	PartitionsDropped *prometheus.CounterVec // table
 	MaintenanceErrors prometheus.Counter
+
+	// Erasure.
+	UsersErased prometheus.Counter
+	// WritesRefused counts events and deletions refused because their user
+	// was erased.
+	WritesRefused prometheus.Counter
 
 	// Watches.
 	WatchStreams prometheus.Gauge
@@ -150,6 +157,15 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		PartitionsCreated: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Name: "partitions_created_total", Help: "Time partitions created.",
 		}),
+		PartitionsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "partitions_dropped_total", Help: "Time partitions dropped by the retention policy, by table.",
+		}, []string{"table"}),
+		UsersErased: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "users_erased_total", Help: "Users whose data was erased (DeleteUserData).",
+		}),
+		WritesRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "erased_user_writes_refused_total", Help: "Events, deletions and connection events refused because their user was erased.",
+		}),
 		MaintenanceErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Name: "maintenance_errors_total", Help: "Failed partition maintenance runs.",
 		}),
@@ -165,7 +181,11 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		m.CacheErrors, m.CacheRepairs, m.CacheReads, m.CacheInvalidated,
 		m.OutboxLeased, m.OutboxAcked, m.OutboxNacked, m.OutboxWritten,
 		m.AuditWritten, m.AuditDropped, m.AuditErrors,
-		m.PartitionsCreated, m.MaintenanceErrors, m.WatchStreams,
+		m.PartitionsCreated, m.PartitionsDropped, m.MaintenanceErrors, m.WatchStreams,
+		m.UsersErased, m.WritesRefused,
+	}
+	for _, p := range []string{"readings", "events", "audit_log"} {
+		m.PartitionsDropped.WithLabelValues(p)
 	}
 	// One histogram per catalog metric, each with buckets spread over the
 	// metric's valid range (a heart rate and a step count share no useful

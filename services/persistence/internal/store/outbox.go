@@ -319,6 +319,7 @@ func (s *Store) AppendConnectionEvents(ctx context.Context, events []ConnectionE
 		ids, users, vendors, reasons []string
 		types                        []int16
 		occurred                     []time.Time
+		sequences                    []int64
 	}
 	var outbox outboxRows
 	for i, ce := range events {
@@ -341,6 +342,7 @@ func (s *Store) AppendConnectionEvents(ctx context.Context, events []ConnectionE
 		rows.reasons = append(rows.reasons, ev.GetReason())
 		rows.types = append(rows.types, int16(ev.GetType()))
 		rows.occurred = append(rows.occurred, ev.GetOccurredAt().AsTime())
+		rows.sequences = append(rows.sequences, ev.GetSequence())
 		payload, err := proto.Marshal(ev)
 		if err != nil {
 			return nil, fmt.Errorf("encode connection event: %w", err)
@@ -359,12 +361,43 @@ func (s *Store) AppendConnectionEvents(ctx context.Context, events []ConnectionE
 	if _, err := tx.Exec(ctx, lockUsersSQL, lockKeys(users)); err != nil {
 		return nil, fmt.Errorf("append connection events: lock users: %w", err)
 	}
+	// Events of erased users are acknowledged and dropped: the user_erased
+	// event was the user's last (a relay that forwards late must not put
+	// the user back on Kafka).
+	erased, err := s.erasedUsers(ctx, tx, users)
+	if err != nil {
+		return nil, fmt.Errorf("append connection events: %w", err)
+	}
+	keep := make([]bool, len(rows.ids))
+	for i, u := range rows.users {
+		keep[i] = !erased[u]
+		if !keep[i] {
+			s.m.WritesRefused.Inc()
+		}
+	}
+	var live struct {
+		ids, users, vendors, reasons []string
+		types                        []int16
+		occurred                     []time.Time
+		sequences                    []int64
+	}
+	for i := range rows.ids {
+		if keep[i] {
+			live.ids = append(live.ids, rows.ids[i])
+			live.users = append(live.users, rows.users[i])
+			live.vendors = append(live.vendors, rows.vendors[i])
+			live.reasons = append(live.reasons, rows.reasons[i])
+			live.types = append(live.types, rows.types[i])
+			live.occurred = append(live.occurred, rows.occurred[i])
+			live.sequences = append(live.sequences, rows.sequences[i])
+		}
+	}
 	// Only ids not seen before go to the outbox, in request order.
 	r, err := tx.Query(ctx, `
-		INSERT INTO connection_events (event_id, user_id, vendor, type, occurred_at, reason)
-		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int2[], $5::timestamptz[], $6::text[])
+		INSERT INTO connection_events (event_id, user_id, vendor, type, occurred_at, reason, sequence)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int2[], $5::timestamptz[], $6::text[], $7::int8[])
 		ON CONFLICT (event_id) DO NOTHING
-		RETURNING event_id`, rows.ids, rows.users, rows.vendors, rows.types, rows.occurred, rows.reasons)
+		RETURNING event_id`, live.ids, live.users, live.vendors, live.types, live.occurred, live.reasons, live.sequences)
 	if err != nil {
 		return nil, fmt.Errorf("append connection events: %w", err)
 	}

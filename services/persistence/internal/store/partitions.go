@@ -143,3 +143,131 @@ func (s *Store) ensurePartition(ctx context.Context, table, column string, month
 	s.logger.Info("created partition", "partition", name)
 	return nil
 }
+
+// Retention is how long each time-partitioned table keeps its rows; zero
+// keeps them forever. Retention works on whole monthly partitions: a
+// partition goes once every row it may hold is older than the policy, so
+// rows live up to a month longer than the policy, never shorter.
+type Retention struct {
+	Readings time.Duration
+	Events   time.Duration
+	Audit    time.Duration
+}
+
+func (r Retention) of(table string) time.Duration {
+	switch table {
+	case "readings":
+		return r.Readings
+	case "events":
+		return r.Events
+	case "audit_log":
+		return r.Audit
+	}
+	return 0
+}
+
+// DroppedPartition names a partition the retention policy dropped.
+type DroppedPartition struct {
+	Table, Partition string
+	Month            time.Time
+}
+
+// DropExpiredPartitions drops the monthly partitions whose whole range is
+// older than now minus the table's retention. One replica works at a time
+// (a transaction-scoped advisory lock; the others skip the run), and each
+// partition is detached and dropped in a transaction of its own with a
+// short lock timeout, so a busy table costs a retry at the next run rather
+// than a stall. The latest table is not partitioned and is never touched:
+// a user's latest value survives the readings it came from. Default
+// partitions are never dropped.
+func (s *Store) DropExpiredPartitions(ctx context.Context, now time.Time, r Retention) ([]DroppedPartition, error) {
+	var dropped []DroppedPartition
+	var errs []error
+	for _, p := range partitioned {
+		keep := r.of(p.table)
+		if keep <= 0 {
+			continue
+		}
+		cutoff := now.Add(-keep)
+		parts, err := s.monthlyPartitions(ctx, p.table)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, part := range parts {
+			if part.Month.AddDate(0, 1, 0).After(cutoff) {
+				continue
+			}
+			ok, err := s.dropPartition(ctx, p.table, part.Partition)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if !ok {
+				// Another replica is running retention.
+				return dropped, errors.Join(errs...)
+			}
+			dropped = append(dropped, part)
+			s.m.PartitionsDropped.WithLabelValues(p.table).Inc()
+			s.logger.InfoContext(ctx, "dropped partition by retention policy", "table", p.table, "partition", part.Partition,
+				"month", part.Month.Format("2006-01"), "retention", keep.String())
+		}
+	}
+	return dropped, errors.Join(errs...)
+}
+
+// monthlyPartitions lists table's monthly partitions, oldest first.
+func (s *Store) monthlyPartitions(ctx context.Context, table string) ([]DroppedPartition, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT c.relname FROM pg_inherits i
+		JOIN pg_class c ON c.oid = i.inhrelid
+		JOIN pg_class p ON p.oid = i.inhparent
+		JOIN pg_namespace n ON n.oid = p.relnamespace
+		WHERE n.nspname = $1 AND p.relname = $2
+		ORDER BY c.relname`, Schema, table)
+	if err != nil {
+		return nil, fmt.Errorf("list partitions of %s: %w", table, err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("list partitions of %s: %w", table, err)
+	}
+	var out []DroppedPartition
+	for _, n := range names {
+		var y, m int
+		if _, err := fmt.Sscanf(n, table+"_p%04d_%02d", &y, &m); err != nil || partitionName(table, time.Date(y, time.Month(m), 1, 0, 0, 0, 0, time.UTC)) != n {
+			continue // the default partition, or one not made by us
+		}
+		out = append(out, DroppedPartition{Table: table, Partition: n, Month: time.Date(y, time.Month(m), 1, 0, 0, 0, 0, time.UTC)})
+	}
+	return out, nil
+}
+
+// dropPartition detaches and drops one partition; ok is false when another
+// replica holds the retention lock.
+func (s *Store) dropPartition(ctx context.Context, table, name string) (ok bool, err error) {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock(hashtextextended('biometrics.retention', 0))`).Scan(&ok); err != nil || !ok {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '5s'`); err != nil {
+			return err
+		}
+		if exists, err := s.partitionExists(ctx, tx, name); err != nil || !exists {
+			return err
+		}
+		for _, q := range []string{
+			fmt.Sprintf(`ALTER TABLE %s DETACH PARTITION %s`, pgx.Identifier{table}.Sanitize(), pgx.Identifier{name}.Sanitize()),
+			fmt.Sprintf(`DROP TABLE %s`, pgx.Identifier{name}.Sanitize()),
+		} {
+			if _, err := tx.Exec(ctx, q); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("drop partition %s: %w", name, err)
+	}
+	return ok, nil
+}

@@ -138,17 +138,42 @@ type AuditEntry struct {
 }
 
 // InsertAudit writes audit entries in one statement (COPY: entries come in
-// batches of hundreds).
+// batches of hundreds). Entries about erased users (a read buffered while
+// the erasure ran, or a read of an erased id) are kept under the user's
+// pseudonym, never the id: the transaction holds the users' locks shared,
+// so an erasure cannot commit between the check and the insert.
 func (s *Store) InsertAudit(ctx context.Context, entries []AuditEntry) error {
-	_, err := s.pool.CopyFrom(ctx, pgx.Identifier{"audit_log"}, []string{"at", "caller", "user_id", "method", "metrics"},
-		pgx.CopyFromSlice(len(entries), func(i int) ([]any, error) {
-			e := entries[i]
-			metrics := e.Metrics
-			if metrics == nil {
-				metrics = []string{}
-			}
-			return []any{e.At, e.Caller, e.UserID, e.Method, metrics}, nil
-		}))
+	users := make([]string, 0, len(entries))
+	seen := map[string]bool{}
+	for _, e := range entries {
+		if !seen[e.UserID] {
+			seen[e.UserID] = true
+			users = append(users, e.UserID)
+		}
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT count(pg_advisory_xact_lock_shared(k)) FROM unnest($1::bigint[]) AS k`, lockKeys(users)); err != nil {
+			return fmt.Errorf("lock users: %w", err)
+		}
+		erased, err := s.erasedUsers(ctx, tx, users)
+		if err != nil {
+			return err
+		}
+		_, err = tx.CopyFrom(ctx, pgx.Identifier{"audit_log"}, []string{"at", "caller", "user_id", "method", "metrics"},
+			pgx.CopyFromSlice(len(entries), func(i int) ([]any, error) {
+				e := entries[i]
+				metrics := e.Metrics
+				if metrics == nil {
+					metrics = []string{}
+				}
+				user := e.UserID
+				if erased[user] {
+					user = s.subject(user)
+				}
+				return []any{e.At, e.Caller, user, e.Method, metrics}, nil
+			}))
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("insert audit entries: %w", err)
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/biobridge/bridge/pkg/logging"
 	"github.com/biobridge/bridge/pkg/pgstore"
 	"github.com/biobridge/bridge/services/persistence/internal/metrics"
 )
@@ -89,6 +90,8 @@ type Store struct {
 	// copyThreshold is the number of readings from which a write uses
 	// COPY instead of an unnest INSERT.
 	copyThreshold int
+	// subject turns a user id into its erasure pseudonym (SetSubjects).
+	subject func(userID string) string
 }
 
 // Open connects to url with the schema on the search path.
@@ -97,7 +100,8 @@ func Open(ctx context.Context, url string, logger *slog.Logger, m *metrics.Metri
 	if err != nil {
 		return nil, err
 	}
-	return &Store{pool: pool, logger: logger, m: m, copyThreshold: 2000}, nil
+	return &Store{pool: pool, logger: logger, m: m, copyThreshold: 2000,
+		subject: logging.NewPseudonymizer(nil).Pseudonym}, nil
 }
 
 // Pool returns the connection pool (readiness checks).

@@ -425,8 +425,10 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 		}
 	}()
 
-	// Round trip 1: the users' locks, then their records' current state.
-	if err := s.loadRecords(ctx, tx, users, keys, states); err != nil {
+	// Round trip 1: the users' locks, then their records' current state
+	// and which of them were erased.
+	erased, err := s.loadRecords(ctx, tx, users, keys, states)
+	if err != nil {
 		return nil, nil, err
 	}
 
@@ -444,6 +446,15 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 	}
 	for i, op := range ops {
 		switch {
+		case op.Upsert != nil && erased[op.Upsert.UserID]:
+			// The user's data was erased: nothing of theirs is stored again.
+			results[i] = OpResult{Status: persistencev1.WriteStatus_WRITE_STATUS_REJECTED, Reason: ReasonUserErased}
+			s.m.WritesRefused.Inc()
+			continue
+		case op.Delete != nil && erased[op.Delete.Key.UserID]:
+			results[i] = OpResult{DeleteStatus: persistencev1.DeleteStatus_DELETE_STATUS_NOT_FOUND}
+			s.m.WritesRefused.Inc()
+			continue
 		case op.Upsert != nil:
 			ev := op.Upsert
 			st := states[ev.Key()]
@@ -505,6 +516,14 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 		case op.Delete != nil:
 			st := states[op.Delete.Key]
 			switch {
+			case !st.exists && st.key.Source == biometricsv1.Source_SOURCE_HEALTHKIT:
+				// A HealthKit deletion of a sample never stored (the
+				// delete overtook the push, or the push failed): the
+				// tombstone is written all the same, so the sample's
+				// late or retried push is refused (record_deleted) rather
+				// than stored as new. The result still says not found.
+				results[i] = OpResult{DeleteStatus: persistencev1.DeleteStatus_DELETE_STATUS_NOT_FOUND}
+				st.kind, st.hash = healthKitTombstoneKind, []byte{}
 			case !st.exists:
 				results[i] = OpResult{DeleteStatus: persistencev1.DeleteStatus_DELETE_STATUS_NOT_FOUND}
 				continue
@@ -525,12 +544,16 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 			if !op.Delete.DeletedAt.IsZero() {
 				deletedAt = record.Micros(op.Delete.DeletedAt)
 			}
-			st.deleted, st.touched = true, true
+			st.exists, st.deleted, st.touched = true, true, true
 			st.deletedAt = deletedAt
 			st.version++
 			st.eventID = id
 			st.final = nil
-			results[i] = OpResult{DeleteStatus: persistencev1.DeleteStatus_DELETE_STATUS_DELETED, EventID: idStr, Version: st.version}
+			status := persistencev1.DeleteStatus_DELETE_STATUS_DELETED
+			if results[i].DeleteStatus == persistencev1.DeleteStatus_DELETE_STATUS_NOT_FOUND {
+				status = persistencev1.DeleteStatus_DELETE_STATUS_NOT_FOUND
+			}
+			results[i] = OpResult{DeleteStatus: status, EventID: idStr, Version: st.version}
 			markChanged(st.key.UserID)
 
 			evRows.ids = append(evRows.ids, id)
@@ -558,6 +581,11 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 			})
 			if err != nil {
 				return nil, nil, fmt.Errorf("encode event %s: %w", idStr, err)
+			}
+			if status == persistencev1.DeleteStatus_DELETE_STATUS_NOT_FOUND {
+				// A tombstone for a sample never stored: nobody
+				// downstream ever saw it, so nothing is published.
+				continue
 			}
 			outbox.add(TopicEvents, st.key.UserID, payloadEvent, payload, op.TraceParent)
 		}
@@ -789,8 +817,13 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 	return results, changes, nil
 }
 
-// loadRecords takes the users' advisory locks and reads their records.
-func (s *Store) loadRecords(ctx context.Context, tx pgx.Tx, users []string, keys []record.Key, states map[record.Key]*recState) error {
+// healthKitTombstoneKind is the kind of a tombstone for a HealthKit sample
+// that was deleted before it was ever stored (its type is unknown).
+const healthKitTombstoneKind = "sample"
+
+// loadRecords takes the users' advisory locks, reads their records and
+// returns which of the users were erased.
+func (s *Store) loadRecords(ctx context.Context, tx pgx.Tx, users []string, keys []record.Key, states map[record.Key]*recState) (map[string]bool, error) {
 	us := make([]string, len(keys))
 	ss := make([]int16, len(keys))
 	vs := make([]string, len(keys))
@@ -834,10 +867,27 @@ func (s *Store) loadRecords(ctx context.Context, tx pgx.Tx, users []string, keys
 		}
 		return rows.Err()
 	})
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("lock users and load records: %w", err)
+	subjects := make([]string, len(users))
+	bySubject := make(map[string]string, len(users))
+	for i, u := range users {
+		subjects[i] = s.subject(u)
+		bySubject[subjects[i]] = u
 	}
-	return nil
+	erased := map[string]bool{}
+	b.Queue(`SELECT subject FROM erased_users WHERE subject = ANY($1)`, subjects).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var sub string
+			if err := rows.Scan(&sub); err != nil {
+				return err
+			}
+			erased[bySubject[sub]] = true
+		}
+		return rows.Err()
+	})
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("lock users and load records: %w", err)
+	}
+	return erased, nil
 }
 
 // scanLatestRow scans (removed bool, latestColumns...).

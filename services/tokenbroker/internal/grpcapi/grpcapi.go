@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
 	tokensv1 "github.com/biobridge/bridge/gen/go/biobridge/tokens/v1"
 	"github.com/biobridge/bridge/pkg/apperr"
 	"github.com/biobridge/bridge/pkg/auth"
@@ -40,6 +41,8 @@ var methodAccess = map[string]access{
 	tokensv1.TokenBrokerService_ListActiveConnections_FullMethodName:       accessService,
 	tokensv1.TokenBrokerService_ReportDataArrival_FullMethodName:           accessService,
 	tokensv1.TokenBrokerService_MarkStaleConnections_FullMethodName:        accessService,
+	tokensv1.TokenBrokerService_RecordConnectionEvent_FullMethodName:       accessService,
+	tokensv1.TokenBrokerService_DeleteUserData_FullMethodName:              accessService,
 }
 
 // Authenticator is the grpcserver auth hook.
@@ -117,6 +120,9 @@ func toProto(c broker.Connection) *tokensv1.Connection {
 func (s *Service) StartAuthorization(ctx context.Context, req *tokensv1.StartAuthorizationRequest) (*tokensv1.StartAuthorizationResponse, error) {
 	user, err := self(ctx, req.GetUserId())
 	if err != nil {
+		return nil, err
+	}
+	if err := s.b.RefuseErased(ctx, user); err != nil {
 		return nil, err
 	}
 	u, expires, err := s.b.StartAuthorization(ctx, user, req.GetVendor(), req.GetReturnTo())
@@ -243,4 +249,45 @@ func (s *Service) MarkStaleConnections(ctx context.Context, req *tokensv1.MarkSt
 		return nil, err
 	}
 	return &tokensv1.MarkStaleConnectionsResponse{Marked: int32(n), StaleByVendor: counts}, nil
+}
+
+// RecordConnectionEvent implements TokenBrokerServiceServer.
+func (s *Service) RecordConnectionEvent(ctx context.Context, req *tokensv1.RecordConnectionEventRequest) (*tokensv1.RecordConnectionEventResponse, error) {
+	ev := req.GetEvent()
+	typ, ok := recordableTypes[ev.GetType()]
+	if !ok {
+		return nil, apperr.E(apperr.Invalid, "unsupported_event_type", "only backfill_completed events can be recorded")
+	}
+	var at time.Time
+	if ev.GetOccurredAt().CheckValid() == nil {
+		at = ev.GetOccurredAt().AsTime()
+	}
+	seq, err := s.b.RecordConnectionEvent(ctx, postgres.Event{
+		EventID: ev.GetEventId(), UserID: ev.GetUserId(), Vendor: ev.GetVendor(), Type: typ,
+		Reason: ev.GetReason(), OccurredAt: at,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &tokensv1.RecordConnectionEventResponse{Sequence: seq}, nil
+}
+
+// recordableTypes are the event types RecordConnectionEvent accepts.
+var recordableTypes = map[biometricsv1.ConnectionEventType]string{
+	biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_BACKFILL_COMPLETED: postgres.EventBackfillCompleted,
+}
+
+// DeleteUserData implements TokenBrokerServiceServer.
+func (s *Service) DeleteUserData(ctx context.Context, req *tokensv1.DeleteUserDataRequest) (*tokensv1.DeleteUserDataResponse, error) {
+	revs, err := s.b.DeleteUserData(ctx, req.GetUserId())
+	if err != nil {
+		return nil, err
+	}
+	resp := &tokensv1.DeleteUserDataResponse{}
+	for _, r := range revs {
+		resp.Revocations = append(resp.Revocations, &tokensv1.VendorRevocation{
+			Vendor: r.Vendor, VendorUserId: r.VendorUserID, RevokedAtVendor: r.RevokedAtVendor,
+		})
+	}
+	return resp, nil
 }

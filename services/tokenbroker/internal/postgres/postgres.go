@@ -22,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/biobridge/bridge/pkg/logging"
 	"github.com/biobridge/bridge/pkg/pgstore"
 )
 
@@ -66,6 +67,9 @@ const (
 	EventStale = "stale"
 	// EventFresh: data arrived again for a stale connection.
 	EventFresh = "fresh"
+	// EventBackfillCompleted: ingest finished a connection's history
+	// backfill (recorded through RecordEvent).
+	EventBackfillCompleted = "backfill_completed"
 )
 
 // Errors the store returns; callers map them to application errors.
@@ -128,15 +132,22 @@ type Event struct {
 	Type       string
 	Reason     string
 	OccurredAt time.Time
+	// Sequence is the event's place among the user's connection events
+	// (assigned by insertEvent).
+	Sequence int64
 }
 
 // Store is the PostgreSQL adapter.
 type Store struct {
 	pool *pgxpool.Pool
+	// subject turns a user id into its erasure pseudonym (SetSubjects).
+	subject func(userID string) string
 }
 
 // New returns a Store on pool.
-func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
+func New(pool *pgxpool.Pool) *Store {
+	return &Store{pool: pool, subject: logging.NewPseudonymizer(nil).Pseudonym}
+}
 
 // Ping checks the database (readiness).
 func (s *Store) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }
@@ -552,9 +563,15 @@ func insertEvent(ctx context.Context, tx pgx.Tx, e Event) error {
 		}
 		e.EventID = id
 	}
+	// The counter row stays locked until the transaction ends: the user's
+	// next event waits, so sequence order is commit order.
 	_, err := tx.Exec(ctx, `
-		INSERT INTO tokens.connection_events (event_id, user_id, vendor, type, reason, occurred_at)
-		VALUES ($1, $2, $3, $4, $5, $6)`, e.EventID, e.UserID, e.Vendor, e.Type, e.Reason, e.OccurredAt)
+		WITH seq AS (
+			INSERT INTO tokens.user_event_sequences AS s (user_id, sequence) VALUES ($2, 1)
+			ON CONFLICT (user_id) DO UPDATE SET sequence = s.sequence + 1
+			RETURNING sequence)
+		INSERT INTO tokens.connection_events (event_id, user_id, vendor, type, reason, occurred_at, sequence)
+		SELECT $1, $2, $3, $4, $5, $6, seq.sequence FROM seq`, e.EventID, e.UserID, e.Vendor, e.Type, e.Reason, e.OccurredAt)
 	if err != nil {
 		return fmt.Errorf("insert connection event: %w", err)
 	}
@@ -587,14 +604,14 @@ func (s *Store) ForwardBatch(ctx context.Context, limit int, fn func(context.Con
 			return nil
 		}
 		rows, err := tx.Query(ctx, `
-			SELECT event_id::text, user_id, vendor, type, reason, occurred_at FROM tokens.connection_events
+			SELECT event_id::text, user_id, vendor, type, reason, occurred_at, sequence FROM tokens.connection_events
 			WHERE forwarded_at IS NULL ORDER BY created_at, event_id LIMIT $1`, limit)
 		if err != nil {
 			return fmt.Errorf("read pending events: %w", err)
 		}
 		events, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Event, error) {
 			var e Event
-			err := r.Scan(&e.EventID, &e.UserID, &e.Vendor, &e.Type, &e.Reason, &e.OccurredAt)
+			err := r.Scan(&e.EventID, &e.UserID, &e.Vendor, &e.Type, &e.Reason, &e.OccurredAt, &e.Sequence)
 			return e, err
 		})
 		if err != nil {
@@ -650,14 +667,14 @@ func (s *Store) Backlog(ctx context.Context, now time.Time) (count int64, oldest
 
 // Events lists every event of user, oldest first (tests, diagnosis).
 func (s *Store) Events(ctx context.Context, userID string) ([]Event, error) {
-	rows, err := s.pool.Query(ctx, `SELECT event_id::text, user_id, vendor, type, reason, occurred_at
+	rows, err := s.pool.Query(ctx, `SELECT event_id::text, user_id, vendor, type, reason, occurred_at, sequence
 		FROM tokens.connection_events WHERE user_id = $1 ORDER BY created_at, event_id`, userID)
 	if err != nil {
 		return nil, fmt.Errorf("list events: %w", err)
 	}
 	events, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Event, error) {
 		var e Event
-		err := r.Scan(&e.EventID, &e.UserID, &e.Vendor, &e.Type, &e.Reason, &e.OccurredAt)
+		err := r.Scan(&e.EventID, &e.UserID, &e.Vendor, &e.Type, &e.Reason, &e.OccurredAt, &e.Sequence)
 		return e, err
 	})
 	if err != nil {

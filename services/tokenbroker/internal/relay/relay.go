@@ -133,11 +133,12 @@ func (r *Relay) Once(ctx context.Context) int {
 }
 
 var eventTypes = map[string]biometricsv1.ConnectionEventType{
-	postgres.EventConnected:     biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_CONNECTED,
-	postgres.EventRefreshFailed: biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_REFRESH_FAILED,
-	postgres.EventRevoked:       biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_REVOKED,
-	postgres.EventStale:         biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_STALE,
-	postgres.EventFresh:         biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_FRESH,
+	postgres.EventConnected:         biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_CONNECTED,
+	postgres.EventRefreshFailed:     biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_REFRESH_FAILED,
+	postgres.EventRevoked:           biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_REVOKED,
+	postgres.EventStale:             biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_STALE,
+	postgres.EventFresh:             biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_FRESH,
+	postgres.EventBackfillCompleted: biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_BACKFILL_COMPLETED,
 }
 
 func (r *Relay) forward(ctx context.Context, events []postgres.Event) error {
@@ -145,7 +146,7 @@ func (r *Relay) forward(ctx context.Context, events []postgres.Event) error {
 	for _, e := range events {
 		req.Events = append(req.Events, &biometricsv1.ConnectionEvent{
 			EventId: e.EventID, UserId: e.UserID, Vendor: e.Vendor, Type: eventTypes[e.Type],
-			OccurredAt: timestamppb.New(e.OccurredAt), Reason: e.Reason,
+			OccurredAt: timestamppb.New(e.OccurredAt), Reason: e.Reason, Sequence: e.Sequence,
 		})
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)

@@ -170,3 +170,12 @@ func (c *Cache) Delete(ctx context.Context, userID, vendor string) error {
 	}
 	return nil
 }
+
+// Forget removes a connection's cached token and its refresh lock (the
+// user's erasure: no key about the user may stay behind).
+func (c *Cache) Forget(ctx context.Context, userID, vendor string) error {
+	if err := c.client.Del(ctx, c.Key(userID, vendor), c.LockKey(userID, vendor)).Err(); err != nil {
+		return fmt.Errorf("delete token cache: %w", err)
+	}
+	return nil
+}

@@ -151,6 +151,10 @@ const (
 	ConnectionEventType_CONNECTION_EVENT_TYPE_STALE ConnectionEventType = 5
 	// Data flows again after the connection was stale.
 	ConnectionEventType_CONNECTION_EVENT_TYPE_FRESH ConnectionEventType = 6
+	// Everything the bridge held about the user was erased (DeleteUserData);
+	// vendor is empty. Consumers erase their copies too. It is the user's last
+	// connection event: nothing is published for the user after it.
+	ConnectionEventType_CONNECTION_EVENT_TYPE_USER_ERASED ConnectionEventType = 7
 )
 
 // Enum value maps for ConnectionEventType.
@@ -163,6 +167,7 @@ var (
 		4: "CONNECTION_EVENT_TYPE_BACKFILL_COMPLETED",
 		5: "CONNECTION_EVENT_TYPE_STALE",
 		6: "CONNECTION_EVENT_TYPE_FRESH",
+		7: "CONNECTION_EVENT_TYPE_USER_ERASED",
 	}
 	ConnectionEventType_value = map[string]int32{
 		"CONNECTION_EVENT_TYPE_UNSPECIFIED":        0,
@@ -172,6 +177,7 @@ var (
 		"CONNECTION_EVENT_TYPE_BACKFILL_COMPLETED": 4,
 		"CONNECTION_EVENT_TYPE_STALE":              5,
 		"CONNECTION_EVENT_TYPE_FRESH":              6,
+		"CONNECTION_EVENT_TYPE_USER_ERASED":        7,
 	}
 )
 
@@ -501,7 +507,14 @@ type ConnectionEvent struct {
 	// When it happened.
 	OccurredAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=occurred_at,json=occurredAt,proto3" json:"occurred_at,omitempty"`
 	// Stable machine-readable reason, e.g. "invalid_grant" (never a token or PHI).
-	Reason        string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Position of the event among the user's connection events: strictly
+	// increasing per user, assigned in the transaction that records the event.
+	// Consumers order a user's events by it (and drop one whose sequence they
+	// have already passed); Kafka order is the same in normal operation but is
+	// not guaranteed after a relay retry. 0 on events recorded before sequences
+	// existed.
+	Sequence      int64 `protobuf:"varint,7,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -578,6 +591,13 @@ func (x *ConnectionEvent) GetReason() string {
 	return ""
 }
 
+func (x *ConnectionEvent) GetSequence() int64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
 var File_biobridge_biometrics_v1_event_proto protoreflect.FileDescriptor
 
 const file_biobridge_biometrics_v1_event_proto_rawDesc = "" +
@@ -609,7 +629,7 @@ const file_biobridge_biometrics_v1_event_proto_rawDesc = "" +
 	"\vreceived_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"receivedAt\x12<\n" +
 	"\breadings\x18\n" +
-	" \x03(\v2 .biobridge.biometrics.v1.ReadingR\breadings\"\xf4\x01\n" +
+	" \x03(\v2 .biobridge.biometrics.v1.ReadingR\breadings\"\x90\x02\n" +
 	"\x0fConnectionEvent\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x16\n" +
@@ -617,7 +637,8 @@ const file_biobridge_biometrics_v1_event_proto_rawDesc = "" +
 	"\x04type\x18\x04 \x01(\x0e2,.biobridge.biometrics.v1.ConnectionEventTypeR\x04type\x12;\n" +
 	"\voccurred_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"occurredAt\x12\x16\n" +
-	"\x06reason\x18\x06 \x01(\tR\x06reason*n\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x1a\n" +
+	"\bsequence\x18\a \x01(\x03R\bsequence*n\n" +
 	"\x06Source\x12\x16\n" +
 	"\x12SOURCE_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fSOURCE_WHOOP\x10\x01\x12\x0f\n" +
@@ -627,7 +648,7 @@ const file_biobridge_biometrics_v1_event_proto_rawDesc = "" +
 	"\tOperation\x12\x19\n" +
 	"\x15OPERATION_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10OPERATION_UPSERT\x10\x01\x12\x14\n" +
-	"\x10OPERATION_DELETE\x10\x02*\x9e\x02\n" +
+	"\x10OPERATION_DELETE\x10\x02*\xc5\x02\n" +
 	"\x13ConnectionEventType\x12%\n" +
 	"!CONNECTION_EVENT_TYPE_UNSPECIFIED\x10\x00\x12#\n" +
 	"\x1fCONNECTION_EVENT_TYPE_CONNECTED\x10\x01\x12(\n" +
@@ -635,7 +656,8 @@ const file_biobridge_biometrics_v1_event_proto_rawDesc = "" +
 	"\x1dCONNECTION_EVENT_TYPE_REVOKED\x10\x03\x12,\n" +
 	"(CONNECTION_EVENT_TYPE_BACKFILL_COMPLETED\x10\x04\x12\x1f\n" +
 	"\x1bCONNECTION_EVENT_TYPE_STALE\x10\x05\x12\x1f\n" +
-	"\x1bCONNECTION_EVENT_TYPE_FRESH\x10\x06B\xf0\x01\n" +
+	"\x1bCONNECTION_EVENT_TYPE_FRESH\x10\x06\x12%\n" +
+	"!CONNECTION_EVENT_TYPE_USER_ERASED\x10\aB\xf0\x01\n" +
 	"\x1bcom.biobridge.biometrics.v1B\n" +
 	"EventProtoP\x01ZGgithub.com/biobridge/bridge/gen/go/biobridge/biometrics/v1;biometricsv1\xa2\x02\x03BBX\xaa\x02\x17Biobridge.Biometrics.V1\xca\x02\x17Biobridge\\Biometrics\\V1\xe2\x02#Biobridge\\Biometrics\\V1\\GPBMetadata\xea\x02\x19Biobridge::Biometrics::V1b\x06proto3"
 

@@ -1699,6 +1699,117 @@ func (x *GetBackfillProgressResponse) GetBackfills() []*Backfill {
 	return nil
 }
 
+// DeleteUserDataRequest names the user to erase.
+type DeleteUserDataRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Internal user id.
+	UserId        string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteUserDataRequest) Reset() {
+	*x = DeleteUserDataRequest{}
+	mi := &file_biobridge_ingest_v1_ingest_service_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteUserDataRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteUserDataRequest) ProtoMessage() {}
+
+func (x *DeleteUserDataRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_biobridge_ingest_v1_ingest_service_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteUserDataRequest.ProtoReflect.Descriptor instead.
+func (*DeleteUserDataRequest) Descriptor() ([]byte, []int) {
+	return file_biobridge_ingest_v1_ingest_service_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *DeleteUserDataRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+// DeleteUserDataResponse reports the erasure.
+type DeleteUserDataResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True when an earlier call had already finished the erasure (this one
+	// changed nothing).
+	AlreadyErased bool `protobuf:"varint,1,opt,name=already_erased,json=alreadyErased,proto3" json:"already_erased,omitempty"`
+	// When the erasure finished.
+	CompletedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=completed_at,json=completedAt,proto3" json:"completed_at,omitempty"`
+	// Vendor connections revoked by this call.
+	RevokedVendors []string `protobuf:"bytes,3,rep,name=revoked_vendors,json=revokedVendors,proto3" json:"revoked_vendors,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DeleteUserDataResponse) Reset() {
+	*x = DeleteUserDataResponse{}
+	mi := &file_biobridge_ingest_v1_ingest_service_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteUserDataResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteUserDataResponse) ProtoMessage() {}
+
+func (x *DeleteUserDataResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_biobridge_ingest_v1_ingest_service_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteUserDataResponse.ProtoReflect.Descriptor instead.
+func (*DeleteUserDataResponse) Descriptor() ([]byte, []int) {
+	return file_biobridge_ingest_v1_ingest_service_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *DeleteUserDataResponse) GetAlreadyErased() bool {
+	if x != nil {
+		return x.AlreadyErased
+	}
+	return false
+}
+
+func (x *DeleteUserDataResponse) GetCompletedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CompletedAt
+	}
+	return nil
+}
+
+func (x *DeleteUserDataResponse) GetRevokedVendors() []string {
+	if x != nil {
+		return x.RevokedVendors
+	}
+	return nil
+}
+
 var File_biobridge_ingest_v1_ingest_service_proto protoreflect.FileDescriptor
 
 const file_biobridge_ingest_v1_ingest_service_proto_rawDesc = "" +
@@ -1807,7 +1918,13 @@ const file_biobridge_ingest_v1_ingest_service_proto_rawDesc = "" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x16\n" +
 	"\x06vendor\x18\x02 \x01(\tR\x06vendor\"Z\n" +
 	"\x1bGetBackfillProgressResponse\x12;\n" +
-	"\tbackfills\x18\x01 \x03(\v2\x1d.biobridge.ingest.v1.BackfillR\tbackfills*\x86\x01\n" +
+	"\tbackfills\x18\x01 \x03(\v2\x1d.biobridge.ingest.v1.BackfillR\tbackfills\"0\n" +
+	"\x15DeleteUserDataRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\"\xa7\x01\n" +
+	"\x16DeleteUserDataResponse\x12%\n" +
+	"\x0ealready_erased\x18\x01 \x01(\bR\ralreadyErased\x12=\n" +
+	"\fcompleted_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vcompletedAt\x12'\n" +
+	"\x0frevoked_vendors\x18\x03 \x03(\tR\x0erevokedVendors*\x86\x01\n" +
 	"\rWebhookStatus\x12\x1e\n" +
 	"\x1aWEBHOOK_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17WEBHOOK_STATUS_ACCEPTED\x10\x01\x12\x1c\n" +
@@ -1829,7 +1946,7 @@ const file_biobridge_ingest_v1_ingest_service_proto_rawDesc = "" +
 	"\rBackfillState\x12\x1e\n" +
 	"\x1aBACKFILL_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16BACKFILL_STATE_RUNNING\x10\x01\x12\x1c\n" +
-	"\x18BACKFILL_STATE_COMPLETED\x10\x022\xff\x06\n" +
+	"\x18BACKFILL_STATE_COMPLETED\x10\x022\xea\a\n" +
 	"\rIngestService\x12u\n" +
 	"\x12HandleWhoopWebhook\x12..biobridge.ingest.v1.HandleWhoopWebhookRequest\x1a/.biobridge.ingest.v1.HandleWhoopWebhookResponse\x12r\n" +
 	"\x11VerifyOuraWebhook\x12-.biobridge.ingest.v1.VerifyOuraWebhookRequest\x1a..biobridge.ingest.v1.VerifyOuraWebhookResponse\x12r\n" +
@@ -1838,7 +1955,8 @@ const file_biobridge_ingest_v1_ingest_service_proto_rawDesc = "" +
 	"\fIngestEvents\x12(.biobridge.ingest.v1.IngestEventsRequest\x1a).biobridge.ingest.v1.IngestEventsResponse\x12W\n" +
 	"\bListJobs\x12$.biobridge.ingest.v1.ListJobsRequest\x1a%.biobridge.ingest.v1.ListJobsResponse\x12Z\n" +
 	"\tRetryJobs\x12%.biobridge.ingest.v1.RetryJobsRequest\x1a&.biobridge.ingest.v1.RetryJobsResponse\x12x\n" +
-	"\x13GetBackfillProgress\x12/.biobridge.ingest.v1.GetBackfillProgressRequest\x1a0.biobridge.ingest.v1.GetBackfillProgressResponseB\xdc\x01\n" +
+	"\x13GetBackfillProgress\x12/.biobridge.ingest.v1.GetBackfillProgressRequest\x1a0.biobridge.ingest.v1.GetBackfillProgressResponse\x12i\n" +
+	"\x0eDeleteUserData\x12*.biobridge.ingest.v1.DeleteUserDataRequest\x1a+.biobridge.ingest.v1.DeleteUserDataResponseB\xdc\x01\n" +
 	"\x17com.biobridge.ingest.v1B\x12IngestServiceProtoP\x01Z?github.com/biobridge/bridge/gen/go/biobridge/ingest/v1;ingestv1\xa2\x02\x03BIX\xaa\x02\x13Biobridge.Ingest.V1\xca\x02\x13Biobridge\\Ingest\\V1\xe2\x02\x1fBiobridge\\Ingest\\V1\\GPBMetadata\xea\x02\x15Biobridge::Ingest::V1b\x06proto3"
 
 var (
@@ -1854,7 +1972,7 @@ func file_biobridge_ingest_v1_ingest_service_proto_rawDescGZIP() []byte {
 }
 
 var file_biobridge_ingest_v1_ingest_service_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_biobridge_ingest_v1_ingest_service_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_biobridge_ingest_v1_ingest_service_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_biobridge_ingest_v1_ingest_service_proto_goTypes = []any{
 	(WebhookStatus)(0),                   // 0: biobridge.ingest.v1.WebhookStatus
 	(SampleStatus)(0),                    // 1: biobridge.ingest.v1.SampleStatus
@@ -1882,59 +2000,64 @@ var file_biobridge_ingest_v1_ingest_service_proto_goTypes = []any{
 	(*Backfill)(nil),                     // 23: biobridge.ingest.v1.Backfill
 	(*GetBackfillProgressRequest)(nil),   // 24: biobridge.ingest.v1.GetBackfillProgressRequest
 	(*GetBackfillProgressResponse)(nil),  // 25: biobridge.ingest.v1.GetBackfillProgressResponse
-	(*timestamppb.Timestamp)(nil),        // 26: google.protobuf.Timestamp
-	(v1.DeleteStatus)(0),                 // 27: biobridge.persistence.v1.DeleteStatus
-	(*v1.EventInput)(nil),                // 28: biobridge.persistence.v1.EventInput
-	(*v1.WriteResult)(nil),               // 29: biobridge.persistence.v1.WriteResult
-	(v11.Source)(0),                      // 30: biobridge.biometrics.v1.Source
+	(*DeleteUserDataRequest)(nil),        // 26: biobridge.ingest.v1.DeleteUserDataRequest
+	(*DeleteUserDataResponse)(nil),       // 27: biobridge.ingest.v1.DeleteUserDataResponse
+	(*timestamppb.Timestamp)(nil),        // 28: google.protobuf.Timestamp
+	(v1.DeleteStatus)(0),                 // 29: biobridge.persistence.v1.DeleteStatus
+	(*v1.EventInput)(nil),                // 30: biobridge.persistence.v1.EventInput
+	(*v1.WriteResult)(nil),               // 31: biobridge.persistence.v1.WriteResult
+	(v11.Source)(0),                      // 32: biobridge.biometrics.v1.Source
 }
 var file_biobridge_ingest_v1_ingest_service_proto_depIdxs = []int32{
 	0,  // 0: biobridge.ingest.v1.HandleWhoopWebhookResponse.status:type_name -> biobridge.ingest.v1.WebhookStatus
 	0,  // 1: biobridge.ingest.v1.HandleOuraWebhookResponse.status:type_name -> biobridge.ingest.v1.WebhookStatus
-	26, // 2: biobridge.ingest.v1.HealthKitSample.start_date:type_name -> google.protobuf.Timestamp
-	26, // 3: biobridge.ingest.v1.HealthKitSample.end_date:type_name -> google.protobuf.Timestamp
+	28, // 2: biobridge.ingest.v1.HealthKitSample.start_date:type_name -> google.protobuf.Timestamp
+	28, // 3: biobridge.ingest.v1.HealthKitSample.end_date:type_name -> google.protobuf.Timestamp
 	10, // 4: biobridge.ingest.v1.HealthKitSample.source:type_name -> biobridge.ingest.v1.HealthKitSource
 	11, // 5: biobridge.ingest.v1.PushHealthKitSamplesRequest.samples:type_name -> biobridge.ingest.v1.HealthKitSample
 	1,  // 6: biobridge.ingest.v1.SampleResult.status:type_name -> biobridge.ingest.v1.SampleStatus
-	27, // 7: biobridge.ingest.v1.DeletionResult.status:type_name -> biobridge.persistence.v1.DeleteStatus
+	29, // 7: biobridge.ingest.v1.DeletionResult.status:type_name -> biobridge.persistence.v1.DeleteStatus
 	13, // 8: biobridge.ingest.v1.PushHealthKitSamplesResponse.results:type_name -> biobridge.ingest.v1.SampleResult
 	14, // 9: biobridge.ingest.v1.PushHealthKitSamplesResponse.deletions:type_name -> biobridge.ingest.v1.DeletionResult
-	28, // 10: biobridge.ingest.v1.IngestEventsRequest.events:type_name -> biobridge.persistence.v1.EventInput
-	29, // 11: biobridge.ingest.v1.IngestEventsResponse.results:type_name -> biobridge.persistence.v1.WriteResult
+	30, // 10: biobridge.ingest.v1.IngestEventsRequest.events:type_name -> biobridge.persistence.v1.EventInput
+	31, // 11: biobridge.ingest.v1.IngestEventsResponse.results:type_name -> biobridge.persistence.v1.WriteResult
 	2,  // 12: biobridge.ingest.v1.Job.state:type_name -> biobridge.ingest.v1.JobState
-	26, // 13: biobridge.ingest.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	26, // 14: biobridge.ingest.v1.Job.run_at:type_name -> google.protobuf.Timestamp
-	30, // 15: biobridge.ingest.v1.Job.source:type_name -> biobridge.biometrics.v1.Source
+	28, // 13: biobridge.ingest.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	28, // 14: biobridge.ingest.v1.Job.run_at:type_name -> google.protobuf.Timestamp
+	32, // 15: biobridge.ingest.v1.Job.source:type_name -> biobridge.biometrics.v1.Source
 	2,  // 16: biobridge.ingest.v1.ListJobsRequest.state:type_name -> biobridge.ingest.v1.JobState
 	18, // 17: biobridge.ingest.v1.ListJobsResponse.jobs:type_name -> biobridge.ingest.v1.Job
-	26, // 18: biobridge.ingest.v1.Backfill.connected_at:type_name -> google.protobuf.Timestamp
+	28, // 18: biobridge.ingest.v1.Backfill.connected_at:type_name -> google.protobuf.Timestamp
 	3,  // 19: biobridge.ingest.v1.Backfill.state:type_name -> biobridge.ingest.v1.BackfillState
-	26, // 20: biobridge.ingest.v1.Backfill.window_start:type_name -> google.protobuf.Timestamp
-	26, // 21: biobridge.ingest.v1.Backfill.window_end:type_name -> google.protobuf.Timestamp
-	26, // 22: biobridge.ingest.v1.Backfill.created_at:type_name -> google.protobuf.Timestamp
-	26, // 23: biobridge.ingest.v1.Backfill.completed_at:type_name -> google.protobuf.Timestamp
+	28, // 20: biobridge.ingest.v1.Backfill.window_start:type_name -> google.protobuf.Timestamp
+	28, // 21: biobridge.ingest.v1.Backfill.window_end:type_name -> google.protobuf.Timestamp
+	28, // 22: biobridge.ingest.v1.Backfill.created_at:type_name -> google.protobuf.Timestamp
+	28, // 23: biobridge.ingest.v1.Backfill.completed_at:type_name -> google.protobuf.Timestamp
 	23, // 24: biobridge.ingest.v1.GetBackfillProgressResponse.backfills:type_name -> biobridge.ingest.v1.Backfill
-	4,  // 25: biobridge.ingest.v1.IngestService.HandleWhoopWebhook:input_type -> biobridge.ingest.v1.HandleWhoopWebhookRequest
-	6,  // 26: biobridge.ingest.v1.IngestService.VerifyOuraWebhook:input_type -> biobridge.ingest.v1.VerifyOuraWebhookRequest
-	8,  // 27: biobridge.ingest.v1.IngestService.HandleOuraWebhook:input_type -> biobridge.ingest.v1.HandleOuraWebhookRequest
-	12, // 28: biobridge.ingest.v1.IngestService.PushHealthKitSamples:input_type -> biobridge.ingest.v1.PushHealthKitSamplesRequest
-	16, // 29: biobridge.ingest.v1.IngestService.IngestEvents:input_type -> biobridge.ingest.v1.IngestEventsRequest
-	19, // 30: biobridge.ingest.v1.IngestService.ListJobs:input_type -> biobridge.ingest.v1.ListJobsRequest
-	21, // 31: biobridge.ingest.v1.IngestService.RetryJobs:input_type -> biobridge.ingest.v1.RetryJobsRequest
-	24, // 32: biobridge.ingest.v1.IngestService.GetBackfillProgress:input_type -> biobridge.ingest.v1.GetBackfillProgressRequest
-	5,  // 33: biobridge.ingest.v1.IngestService.HandleWhoopWebhook:output_type -> biobridge.ingest.v1.HandleWhoopWebhookResponse
-	7,  // 34: biobridge.ingest.v1.IngestService.VerifyOuraWebhook:output_type -> biobridge.ingest.v1.VerifyOuraWebhookResponse
-	9,  // 35: biobridge.ingest.v1.IngestService.HandleOuraWebhook:output_type -> biobridge.ingest.v1.HandleOuraWebhookResponse
-	15, // 36: biobridge.ingest.v1.IngestService.PushHealthKitSamples:output_type -> biobridge.ingest.v1.PushHealthKitSamplesResponse
-	17, // 37: biobridge.ingest.v1.IngestService.IngestEvents:output_type -> biobridge.ingest.v1.IngestEventsResponse
-	20, // 38: biobridge.ingest.v1.IngestService.ListJobs:output_type -> biobridge.ingest.v1.ListJobsResponse
-	22, // 39: biobridge.ingest.v1.IngestService.RetryJobs:output_type -> biobridge.ingest.v1.RetryJobsResponse
-	25, // 40: biobridge.ingest.v1.IngestService.GetBackfillProgress:output_type -> biobridge.ingest.v1.GetBackfillProgressResponse
-	33, // [33:41] is the sub-list for method output_type
-	25, // [25:33] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	28, // 25: biobridge.ingest.v1.DeleteUserDataResponse.completed_at:type_name -> google.protobuf.Timestamp
+	4,  // 26: biobridge.ingest.v1.IngestService.HandleWhoopWebhook:input_type -> biobridge.ingest.v1.HandleWhoopWebhookRequest
+	6,  // 27: biobridge.ingest.v1.IngestService.VerifyOuraWebhook:input_type -> biobridge.ingest.v1.VerifyOuraWebhookRequest
+	8,  // 28: biobridge.ingest.v1.IngestService.HandleOuraWebhook:input_type -> biobridge.ingest.v1.HandleOuraWebhookRequest
+	12, // 29: biobridge.ingest.v1.IngestService.PushHealthKitSamples:input_type -> biobridge.ingest.v1.PushHealthKitSamplesRequest
+	16, // 30: biobridge.ingest.v1.IngestService.IngestEvents:input_type -> biobridge.ingest.v1.IngestEventsRequest
+	19, // 31: biobridge.ingest.v1.IngestService.ListJobs:input_type -> biobridge.ingest.v1.ListJobsRequest
+	21, // 32: biobridge.ingest.v1.IngestService.RetryJobs:input_type -> biobridge.ingest.v1.RetryJobsRequest
+	24, // 33: biobridge.ingest.v1.IngestService.GetBackfillProgress:input_type -> biobridge.ingest.v1.GetBackfillProgressRequest
+	26, // 34: biobridge.ingest.v1.IngestService.DeleteUserData:input_type -> biobridge.ingest.v1.DeleteUserDataRequest
+	5,  // 35: biobridge.ingest.v1.IngestService.HandleWhoopWebhook:output_type -> biobridge.ingest.v1.HandleWhoopWebhookResponse
+	7,  // 36: biobridge.ingest.v1.IngestService.VerifyOuraWebhook:output_type -> biobridge.ingest.v1.VerifyOuraWebhookResponse
+	9,  // 37: biobridge.ingest.v1.IngestService.HandleOuraWebhook:output_type -> biobridge.ingest.v1.HandleOuraWebhookResponse
+	15, // 38: biobridge.ingest.v1.IngestService.PushHealthKitSamples:output_type -> biobridge.ingest.v1.PushHealthKitSamplesResponse
+	17, // 39: biobridge.ingest.v1.IngestService.IngestEvents:output_type -> biobridge.ingest.v1.IngestEventsResponse
+	20, // 40: biobridge.ingest.v1.IngestService.ListJobs:output_type -> biobridge.ingest.v1.ListJobsResponse
+	22, // 41: biobridge.ingest.v1.IngestService.RetryJobs:output_type -> biobridge.ingest.v1.RetryJobsResponse
+	25, // 42: biobridge.ingest.v1.IngestService.GetBackfillProgress:output_type -> biobridge.ingest.v1.GetBackfillProgressResponse
+	27, // 43: biobridge.ingest.v1.IngestService.DeleteUserData:output_type -> biobridge.ingest.v1.DeleteUserDataResponse
+	35, // [35:44] is the sub-list for method output_type
+	26, // [26:35] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_biobridge_ingest_v1_ingest_service_proto_init() }
@@ -1948,7 +2071,7 @@ func file_biobridge_ingest_v1_ingest_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_biobridge_ingest_v1_ingest_service_proto_rawDesc), len(file_biobridge_ingest_v1_ingest_service_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   22,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,7 @@ const (
 	IngestService_ListJobs_FullMethodName             = "/biobridge.ingest.v1.IngestService/ListJobs"
 	IngestService_RetryJobs_FullMethodName            = "/biobridge.ingest.v1.IngestService/RetryJobs"
 	IngestService_GetBackfillProgress_FullMethodName  = "/biobridge.ingest.v1.IngestService/GetBackfillProgress"
+	IngestService_DeleteUserData_FullMethodName       = "/biobridge.ingest.v1.IngestService/DeleteUserData"
 )
 
 // IngestServiceClient is the client API for IngestService service.
@@ -56,6 +57,14 @@ type IngestServiceClient interface {
 	// GetBackfillProgress reports the history backfills of a user's connections
 	// (service token required): one per connection generation, newest first.
 	GetBackfillProgress(ctx context.Context, in *GetBackfillProgressRequest, opts ...grpc.CallOption) (*GetBackfillProgressResponse, error)
+	// DeleteUserData erases everything the bridge holds about a user (service
+	// token required): revokes and deletes the vendor connections (with the
+	// vendor revoke calls), deletes the user's jobs and backfills, then the
+	// biometric data, and publishes one user_erased event on
+	// biometrics.connections.v1. Progress is recorded step by step, so a call
+	// that failed half-way finishes on retry; a call for an erased user is a
+	// no-op success. Data arriving for the user afterwards is refused.
+	DeleteUserData(ctx context.Context, in *DeleteUserDataRequest, opts ...grpc.CallOption) (*DeleteUserDataResponse, error)
 }
 
 type ingestServiceClient struct {
@@ -146,6 +155,16 @@ func (c *ingestServiceClient) GetBackfillProgress(ctx context.Context, in *GetBa
 	return out, nil
 }
 
+func (c *ingestServiceClient) DeleteUserData(ctx context.Context, in *DeleteUserDataRequest, opts ...grpc.CallOption) (*DeleteUserDataResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteUserDataResponse)
+	err := c.cc.Invoke(ctx, IngestService_DeleteUserData_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // IngestServiceServer is the server API for IngestService service.
 // All implementations must embed UnimplementedIngestServiceServer
 // for forward compatibility.
@@ -173,6 +192,14 @@ type IngestServiceServer interface {
 	// GetBackfillProgress reports the history backfills of a user's connections
 	// (service token required): one per connection generation, newest first.
 	GetBackfillProgress(context.Context, *GetBackfillProgressRequest) (*GetBackfillProgressResponse, error)
+	// DeleteUserData erases everything the bridge holds about a user (service
+	// token required): revokes and deletes the vendor connections (with the
+	// vendor revoke calls), deletes the user's jobs and backfills, then the
+	// biometric data, and publishes one user_erased event on
+	// biometrics.connections.v1. Progress is recorded step by step, so a call
+	// that failed half-way finishes on retry; a call for an erased user is a
+	// no-op success. Data arriving for the user afterwards is refused.
+	DeleteUserData(context.Context, *DeleteUserDataRequest) (*DeleteUserDataResponse, error)
 	mustEmbedUnimplementedIngestServiceServer()
 }
 
@@ -206,6 +233,9 @@ func (UnimplementedIngestServiceServer) RetryJobs(context.Context, *RetryJobsReq
 }
 func (UnimplementedIngestServiceServer) GetBackfillProgress(context.Context, *GetBackfillProgressRequest) (*GetBackfillProgressResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetBackfillProgress not implemented")
+}
+func (UnimplementedIngestServiceServer) DeleteUserData(context.Context, *DeleteUserDataRequest) (*DeleteUserDataResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteUserData not implemented")
 }
 func (UnimplementedIngestServiceServer) mustEmbedUnimplementedIngestServiceServer() {}
 func (UnimplementedIngestServiceServer) testEmbeddedByValue()                       {}
@@ -372,6 +402,24 @@ func _IngestService_GetBackfillProgress_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _IngestService_DeleteUserData_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteUserDataRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(IngestServiceServer).DeleteUserData(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: IngestService_DeleteUserData_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(IngestServiceServer).DeleteUserData(ctx, req.(*DeleteUserDataRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // IngestService_ServiceDesc is the grpc.ServiceDesc for IngestService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -410,6 +458,10 @@ var IngestService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetBackfillProgress",
 			Handler:    _IngestService_GetBackfillProgress_Handler,
+		},
+		{
+			MethodName: "DeleteUserData",
+			Handler:    _IngestService_DeleteUserData_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1410,6 +1410,126 @@ func (x *GetOutboxStatsResponse) GetOldestPendingAt() *timestamppb.Timestamp {
 	return nil
 }
 
+// DeleteUserDataRequest names the user to erase.
+type DeleteUserDataRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Internal user id.
+	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// Who asked for the erasure (the service-token caller at the edge), for the
+	// audit entry. Empty: the caller of this RPC.
+	RequestedBy   string `protobuf:"bytes,2,opt,name=requested_by,json=requestedBy,proto3" json:"requested_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteUserDataRequest) Reset() {
+	*x = DeleteUserDataRequest{}
+	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteUserDataRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteUserDataRequest) ProtoMessage() {}
+
+func (x *DeleteUserDataRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteUserDataRequest.ProtoReflect.Descriptor instead.
+func (*DeleteUserDataRequest) Descriptor() ([]byte, []int) {
+	return file_biobridge_persistence_v1_persistence_service_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *DeleteUserDataRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *DeleteUserDataRequest) GetRequestedBy() string {
+	if x != nil {
+		return x.RequestedBy
+	}
+	return ""
+}
+
+// DeleteUserDataResponse says what the call did.
+type DeleteUserDataResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// False when the user was already erased (nothing changed).
+	Erased bool `protobuf:"varint,1,opt,name=erased,proto3" json:"erased,omitempty"`
+	// Event id of the user_erased connection event (empty when erased is false).
+	EventId string `protobuf:"bytes,2,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	// Rows deleted, by table (never values).
+	DeletedRows   map[string]int64 `protobuf:"bytes,3,rep,name=deleted_rows,json=deletedRows,proto3" json:"deleted_rows,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteUserDataResponse) Reset() {
+	*x = DeleteUserDataResponse{}
+	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteUserDataResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteUserDataResponse) ProtoMessage() {}
+
+func (x *DeleteUserDataResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteUserDataResponse.ProtoReflect.Descriptor instead.
+func (*DeleteUserDataResponse) Descriptor() ([]byte, []int) {
+	return file_biobridge_persistence_v1_persistence_service_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *DeleteUserDataResponse) GetErased() bool {
+	if x != nil {
+		return x.Erased
+	}
+	return false
+}
+
+func (x *DeleteUserDataResponse) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *DeleteUserDataResponse) GetDeletedRows() map[string]int64 {
+	if x != nil {
+		return x.DeletedRows
+	}
+	return nil
+}
+
 var File_biobridge_persistence_v1_persistence_service_proto protoreflect.FileDescriptor
 
 const file_biobridge_persistence_v1_persistence_service_proto_rawDesc = "" +
@@ -1500,7 +1620,17 @@ const file_biobridge_persistence_v1_persistence_service_proto_rawDesc = "" +
 	"\x16GetOutboxStatsResponse\x12\x18\n" +
 	"\apending\x18\x01 \x01(\x03R\apending\x12\x16\n" +
 	"\x06leased\x18\x02 \x01(\x03R\x06leased\x12F\n" +
-	"\x11oldest_pending_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x0foldestPendingAt*\x97\x01\n" +
+	"\x11oldest_pending_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x0foldestPendingAt\"S\n" +
+	"\x15DeleteUserDataRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12!\n" +
+	"\frequested_by\x18\x02 \x01(\tR\vrequestedBy\"\xf1\x01\n" +
+	"\x16DeleteUserDataResponse\x12\x16\n" +
+	"\x06erased\x18\x01 \x01(\bR\x06erased\x12\x19\n" +
+	"\bevent_id\x18\x02 \x01(\tR\aeventId\x12d\n" +
+	"\fdeleted_rows\x18\x03 \x03(\v2A.biobridge.persistence.v1.DeleteUserDataResponse.DeletedRowsEntryR\vdeletedRows\x1a>\n" +
+	"\x10DeletedRowsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01*\x97\x01\n" +
 	"\vWriteStatus\x12\x1c\n" +
 	"\x18WRITE_STATUS_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15WRITE_STATUS_INSERTED\x10\x01\x12\x18\n" +
@@ -1511,7 +1641,7 @@ const file_biobridge_persistence_v1_persistence_service_proto_rawDesc = "" +
 	"\x19DELETE_STATUS_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15DELETE_STATUS_DELETED\x10\x01\x12!\n" +
 	"\x1dDELETE_STATUS_ALREADY_DELETED\x10\x02\x12\x1b\n" +
-	"\x17DELETE_STATUS_NOT_FOUND\x10\x032\xb0\x06\n" +
+	"\x17DELETE_STATUS_NOT_FOUND\x10\x032\xa5\a\n" +
 	"\x12PersistenceService\x12j\n" +
 	"\vWriteEvents\x12,.biobridge.persistence.v1.WriteEventsRequest\x1a-.biobridge.persistence.v1.WriteEventsResponse\x12p\n" +
 	"\rDeleteRecords\x12..biobridge.persistence.v1.DeleteRecordsRequest\x1a/.biobridge.persistence.v1.DeleteRecordsResponse\x12\x8b\x01\n" +
@@ -1520,7 +1650,8 @@ const file_biobridge_persistence_v1_persistence_service_proto_rawDesc = "" +
 	"\tAckOutbox\x12*.biobridge.persistence.v1.AckOutboxRequest\x1a+.biobridge.persistence.v1.AckOutboxResponse\x12g\n" +
 	"\n" +
 	"NackOutbox\x12+.biobridge.persistence.v1.NackOutboxRequest\x1a,.biobridge.persistence.v1.NackOutboxResponse\x12s\n" +
-	"\x0eGetOutboxStats\x12/.biobridge.persistence.v1.GetOutboxStatsRequest\x1a0.biobridge.persistence.v1.GetOutboxStatsResponseB\x84\x02\n" +
+	"\x0eGetOutboxStats\x12/.biobridge.persistence.v1.GetOutboxStatsRequest\x1a0.biobridge.persistence.v1.GetOutboxStatsResponse\x12s\n" +
+	"\x0eDeleteUserData\x12/.biobridge.persistence.v1.DeleteUserDataRequest\x1a0.biobridge.persistence.v1.DeleteUserDataResponseB\x84\x02\n" +
 	"\x1ccom.biobridge.persistence.v1B\x17PersistenceServiceProtoP\x01ZIgithub.com/biobridge/bridge/gen/go/biobridge/persistence/v1;persistencev1\xa2\x02\x03BPX\xaa\x02\x18Biobridge.Persistence.V1\xca\x02\x18Biobridge\\Persistence\\V1\xe2\x02$Biobridge\\Persistence\\V1\\GPBMetadata\xea\x02\x1aBiobridge::Persistence::V1b\x06proto3"
 
 var (
@@ -1536,7 +1667,7 @@ func file_biobridge_persistence_v1_persistence_service_proto_rawDescGZIP() []byt
 }
 
 var file_biobridge_persistence_v1_persistence_service_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_biobridge_persistence_v1_persistence_service_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_biobridge_persistence_v1_persistence_service_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_biobridge_persistence_v1_persistence_service_proto_goTypes = []any{
 	(WriteStatus)(0),                       // 0: biobridge.persistence.v1.WriteStatus
 	(DeleteStatus)(0),                      // 1: biobridge.persistence.v1.DeleteStatus
@@ -1560,54 +1691,60 @@ var file_biobridge_persistence_v1_persistence_service_proto_goTypes = []any{
 	(*NackOutboxResponse)(nil),             // 19: biobridge.persistence.v1.NackOutboxResponse
 	(*GetOutboxStatsRequest)(nil),          // 20: biobridge.persistence.v1.GetOutboxStatsRequest
 	(*GetOutboxStatsResponse)(nil),         // 21: biobridge.persistence.v1.GetOutboxStatsResponse
-	(v1.Source)(0),                         // 22: biobridge.biometrics.v1.Source
-	(*timestamppb.Timestamp)(nil),          // 23: google.protobuf.Timestamp
-	(*v1.Reading)(nil),                     // 24: biobridge.biometrics.v1.Reading
-	(*v1.ConnectionEvent)(nil),             // 25: biobridge.biometrics.v1.ConnectionEvent
-	(*v1.BiometricEvent)(nil),              // 26: biobridge.biometrics.v1.BiometricEvent
-	(*durationpb.Duration)(nil),            // 27: google.protobuf.Duration
+	(*DeleteUserDataRequest)(nil),          // 22: biobridge.persistence.v1.DeleteUserDataRequest
+	(*DeleteUserDataResponse)(nil),         // 23: biobridge.persistence.v1.DeleteUserDataResponse
+	nil,                                    // 24: biobridge.persistence.v1.DeleteUserDataResponse.DeletedRowsEntry
+	(v1.Source)(0),                         // 25: biobridge.biometrics.v1.Source
+	(*timestamppb.Timestamp)(nil),          // 26: google.protobuf.Timestamp
+	(*v1.Reading)(nil),                     // 27: biobridge.biometrics.v1.Reading
+	(*v1.ConnectionEvent)(nil),             // 28: biobridge.biometrics.v1.ConnectionEvent
+	(*v1.BiometricEvent)(nil),              // 29: biobridge.biometrics.v1.BiometricEvent
+	(*durationpb.Duration)(nil),            // 30: google.protobuf.Duration
 }
 var file_biobridge_persistence_v1_persistence_service_proto_depIdxs = []int32{
-	22, // 0: biobridge.persistence.v1.EventInput.source:type_name -> biobridge.biometrics.v1.Source
-	23, // 1: biobridge.persistence.v1.EventInput.occurred_at:type_name -> google.protobuf.Timestamp
-	24, // 2: biobridge.persistence.v1.EventInput.readings:type_name -> biobridge.biometrics.v1.Reading
+	25, // 0: biobridge.persistence.v1.EventInput.source:type_name -> biobridge.biometrics.v1.Source
+	26, // 1: biobridge.persistence.v1.EventInput.occurred_at:type_name -> google.protobuf.Timestamp
+	27, // 2: biobridge.persistence.v1.EventInput.readings:type_name -> biobridge.biometrics.v1.Reading
 	0,  // 3: biobridge.persistence.v1.WriteResult.status:type_name -> biobridge.persistence.v1.WriteStatus
 	3,  // 4: biobridge.persistence.v1.WriteResult.rejected_readings:type_name -> biobridge.persistence.v1.ReadingRejection
 	2,  // 5: biobridge.persistence.v1.WriteEventsRequest.events:type_name -> biobridge.persistence.v1.EventInput
 	4,  // 6: biobridge.persistence.v1.WriteEventsResponse.results:type_name -> biobridge.persistence.v1.WriteResult
-	22, // 7: biobridge.persistence.v1.RecordRef.source:type_name -> biobridge.biometrics.v1.Source
-	23, // 8: biobridge.persistence.v1.RecordRef.deleted_at:type_name -> google.protobuf.Timestamp
+	25, // 7: biobridge.persistence.v1.RecordRef.source:type_name -> biobridge.biometrics.v1.Source
+	26, // 8: biobridge.persistence.v1.RecordRef.deleted_at:type_name -> google.protobuf.Timestamp
 	1,  // 9: biobridge.persistence.v1.DeleteResult.status:type_name -> biobridge.persistence.v1.DeleteStatus
 	7,  // 10: biobridge.persistence.v1.DeleteRecordsRequest.records:type_name -> biobridge.persistence.v1.RecordRef
 	8,  // 11: biobridge.persistence.v1.DeleteRecordsResponse.results:type_name -> biobridge.persistence.v1.DeleteResult
-	25, // 12: biobridge.persistence.v1.AppendConnectionEventsRequest.events:type_name -> biobridge.biometrics.v1.ConnectionEvent
-	26, // 13: biobridge.persistence.v1.OutboxEntry.event:type_name -> biobridge.biometrics.v1.BiometricEvent
-	25, // 14: biobridge.persistence.v1.OutboxEntry.connection_event:type_name -> biobridge.biometrics.v1.ConnectionEvent
-	23, // 15: biobridge.persistence.v1.OutboxEntry.created_at:type_name -> google.protobuf.Timestamp
-	27, // 16: biobridge.persistence.v1.LeaseOutboxRequest.lease_duration:type_name -> google.protobuf.Duration
-	27, // 17: biobridge.persistence.v1.LeaseOutboxRequest.wait_timeout:type_name -> google.protobuf.Duration
+	28, // 12: biobridge.persistence.v1.AppendConnectionEventsRequest.events:type_name -> biobridge.biometrics.v1.ConnectionEvent
+	29, // 13: biobridge.persistence.v1.OutboxEntry.event:type_name -> biobridge.biometrics.v1.BiometricEvent
+	28, // 14: biobridge.persistence.v1.OutboxEntry.connection_event:type_name -> biobridge.biometrics.v1.ConnectionEvent
+	26, // 15: biobridge.persistence.v1.OutboxEntry.created_at:type_name -> google.protobuf.Timestamp
+	30, // 16: biobridge.persistence.v1.LeaseOutboxRequest.lease_duration:type_name -> google.protobuf.Duration
+	30, // 17: biobridge.persistence.v1.LeaseOutboxRequest.wait_timeout:type_name -> google.protobuf.Duration
 	13, // 18: biobridge.persistence.v1.LeaseOutboxResponse.entries:type_name -> biobridge.persistence.v1.OutboxEntry
-	27, // 19: biobridge.persistence.v1.NackOutboxRequest.retry_after:type_name -> google.protobuf.Duration
-	23, // 20: biobridge.persistence.v1.GetOutboxStatsResponse.oldest_pending_at:type_name -> google.protobuf.Timestamp
-	5,  // 21: biobridge.persistence.v1.PersistenceService.WriteEvents:input_type -> biobridge.persistence.v1.WriteEventsRequest
-	9,  // 22: biobridge.persistence.v1.PersistenceService.DeleteRecords:input_type -> biobridge.persistence.v1.DeleteRecordsRequest
-	11, // 23: biobridge.persistence.v1.PersistenceService.AppendConnectionEvents:input_type -> biobridge.persistence.v1.AppendConnectionEventsRequest
-	14, // 24: biobridge.persistence.v1.PersistenceService.LeaseOutbox:input_type -> biobridge.persistence.v1.LeaseOutboxRequest
-	16, // 25: biobridge.persistence.v1.PersistenceService.AckOutbox:input_type -> biobridge.persistence.v1.AckOutboxRequest
-	18, // 26: biobridge.persistence.v1.PersistenceService.NackOutbox:input_type -> biobridge.persistence.v1.NackOutboxRequest
-	20, // 27: biobridge.persistence.v1.PersistenceService.GetOutboxStats:input_type -> biobridge.persistence.v1.GetOutboxStatsRequest
-	6,  // 28: biobridge.persistence.v1.PersistenceService.WriteEvents:output_type -> biobridge.persistence.v1.WriteEventsResponse
-	10, // 29: biobridge.persistence.v1.PersistenceService.DeleteRecords:output_type -> biobridge.persistence.v1.DeleteRecordsResponse
-	12, // 30: biobridge.persistence.v1.PersistenceService.AppendConnectionEvents:output_type -> biobridge.persistence.v1.AppendConnectionEventsResponse
-	15, // 31: biobridge.persistence.v1.PersistenceService.LeaseOutbox:output_type -> biobridge.persistence.v1.LeaseOutboxResponse
-	17, // 32: biobridge.persistence.v1.PersistenceService.AckOutbox:output_type -> biobridge.persistence.v1.AckOutboxResponse
-	19, // 33: biobridge.persistence.v1.PersistenceService.NackOutbox:output_type -> biobridge.persistence.v1.NackOutboxResponse
-	21, // 34: biobridge.persistence.v1.PersistenceService.GetOutboxStats:output_type -> biobridge.persistence.v1.GetOutboxStatsResponse
-	28, // [28:35] is the sub-list for method output_type
-	21, // [21:28] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	30, // 19: biobridge.persistence.v1.NackOutboxRequest.retry_after:type_name -> google.protobuf.Duration
+	26, // 20: biobridge.persistence.v1.GetOutboxStatsResponse.oldest_pending_at:type_name -> google.protobuf.Timestamp
+	24, // 21: biobridge.persistence.v1.DeleteUserDataResponse.deleted_rows:type_name -> biobridge.persistence.v1.DeleteUserDataResponse.DeletedRowsEntry
+	5,  // 22: biobridge.persistence.v1.PersistenceService.WriteEvents:input_type -> biobridge.persistence.v1.WriteEventsRequest
+	9,  // 23: biobridge.persistence.v1.PersistenceService.DeleteRecords:input_type -> biobridge.persistence.v1.DeleteRecordsRequest
+	11, // 24: biobridge.persistence.v1.PersistenceService.AppendConnectionEvents:input_type -> biobridge.persistence.v1.AppendConnectionEventsRequest
+	14, // 25: biobridge.persistence.v1.PersistenceService.LeaseOutbox:input_type -> biobridge.persistence.v1.LeaseOutboxRequest
+	16, // 26: biobridge.persistence.v1.PersistenceService.AckOutbox:input_type -> biobridge.persistence.v1.AckOutboxRequest
+	18, // 27: biobridge.persistence.v1.PersistenceService.NackOutbox:input_type -> biobridge.persistence.v1.NackOutboxRequest
+	20, // 28: biobridge.persistence.v1.PersistenceService.GetOutboxStats:input_type -> biobridge.persistence.v1.GetOutboxStatsRequest
+	22, // 29: biobridge.persistence.v1.PersistenceService.DeleteUserData:input_type -> biobridge.persistence.v1.DeleteUserDataRequest
+	6,  // 30: biobridge.persistence.v1.PersistenceService.WriteEvents:output_type -> biobridge.persistence.v1.WriteEventsResponse
+	10, // 31: biobridge.persistence.v1.PersistenceService.DeleteRecords:output_type -> biobridge.persistence.v1.DeleteRecordsResponse
+	12, // 32: biobridge.persistence.v1.PersistenceService.AppendConnectionEvents:output_type -> biobridge.persistence.v1.AppendConnectionEventsResponse
+	15, // 33: biobridge.persistence.v1.PersistenceService.LeaseOutbox:output_type -> biobridge.persistence.v1.LeaseOutboxResponse
+	17, // 34: biobridge.persistence.v1.PersistenceService.AckOutbox:output_type -> biobridge.persistence.v1.AckOutboxResponse
+	19, // 35: biobridge.persistence.v1.PersistenceService.NackOutbox:output_type -> biobridge.persistence.v1.NackOutboxResponse
+	21, // 36: biobridge.persistence.v1.PersistenceService.GetOutboxStats:output_type -> biobridge.persistence.v1.GetOutboxStatsResponse
+	23, // 37: biobridge.persistence.v1.PersistenceService.DeleteUserData:output_type -> biobridge.persistence.v1.DeleteUserDataResponse
+	30, // [30:38] is the sub-list for method output_type
+	22, // [22:30] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_biobridge_persistence_v1_persistence_service_proto_init() }
@@ -1625,7 +1762,7 @@ func file_biobridge_persistence_v1_persistence_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_biobridge_persistence_v1_persistence_service_proto_rawDesc), len(file_biobridge_persistence_v1_persistence_service_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   20,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

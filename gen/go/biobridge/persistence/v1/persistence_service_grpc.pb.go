@@ -26,6 +26,7 @@ const (
 	PersistenceService_AckOutbox_FullMethodName              = "/biobridge.persistence.v1.PersistenceService/AckOutbox"
 	PersistenceService_NackOutbox_FullMethodName             = "/biobridge.persistence.v1.PersistenceService/NackOutbox"
 	PersistenceService_GetOutboxStats_FullMethodName         = "/biobridge.persistence.v1.PersistenceService/GetOutboxStats"
+	PersistenceService_DeleteUserData_FullMethodName         = "/biobridge.persistence.v1.PersistenceService/DeleteUserData"
 )
 
 // PersistenceServiceClient is the client API for PersistenceService service.
@@ -56,6 +57,12 @@ type PersistenceServiceClient interface {
 	NackOutbox(ctx context.Context, in *NackOutboxRequest, opts ...grpc.CallOption) (*NackOutboxResponse, error)
 	// GetOutboxStats reports the outbox backlog.
 	GetOutboxStats(ctx context.Context, in *GetOutboxStatsRequest, opts ...grpc.CallOption) (*GetOutboxStatsResponse, error)
+	// DeleteUserData erases a user's biometric data in one transaction: records,
+	// events, readings, latest values, unpublished outbox entries and connection
+	// events; pseudonymizes the user's audit entries and audits the erasure; marks
+	// the user erased (later writes for the user are refused) and enqueues one
+	// user_erased connection event. A second call is a no-op success.
+	DeleteUserData(ctx context.Context, in *DeleteUserDataRequest, opts ...grpc.CallOption) (*DeleteUserDataResponse, error)
 }
 
 type persistenceServiceClient struct {
@@ -136,6 +143,16 @@ func (c *persistenceServiceClient) GetOutboxStats(ctx context.Context, in *GetOu
 	return out, nil
 }
 
+func (c *persistenceServiceClient) DeleteUserData(ctx context.Context, in *DeleteUserDataRequest, opts ...grpc.CallOption) (*DeleteUserDataResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteUserDataResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_DeleteUserData_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PersistenceServiceServer is the server API for PersistenceService service.
 // All implementations must embed UnimplementedPersistenceServiceServer
 // for forward compatibility.
@@ -164,6 +181,12 @@ type PersistenceServiceServer interface {
 	NackOutbox(context.Context, *NackOutboxRequest) (*NackOutboxResponse, error)
 	// GetOutboxStats reports the outbox backlog.
 	GetOutboxStats(context.Context, *GetOutboxStatsRequest) (*GetOutboxStatsResponse, error)
+	// DeleteUserData erases a user's biometric data in one transaction: records,
+	// events, readings, latest values, unpublished outbox entries and connection
+	// events; pseudonymizes the user's audit entries and audits the erasure; marks
+	// the user erased (later writes for the user are refused) and enqueues one
+	// user_erased connection event. A second call is a no-op success.
+	DeleteUserData(context.Context, *DeleteUserDataRequest) (*DeleteUserDataResponse, error)
 	mustEmbedUnimplementedPersistenceServiceServer()
 }
 
@@ -194,6 +217,9 @@ func (UnimplementedPersistenceServiceServer) NackOutbox(context.Context, *NackOu
 }
 func (UnimplementedPersistenceServiceServer) GetOutboxStats(context.Context, *GetOutboxStatsRequest) (*GetOutboxStatsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetOutboxStats not implemented")
+}
+func (UnimplementedPersistenceServiceServer) DeleteUserData(context.Context, *DeleteUserDataRequest) (*DeleteUserDataResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteUserData not implemented")
 }
 func (UnimplementedPersistenceServiceServer) mustEmbedUnimplementedPersistenceServiceServer() {}
 func (UnimplementedPersistenceServiceServer) testEmbeddedByValue()                            {}
@@ -342,6 +368,24 @@ func _PersistenceService_GetOutboxStats_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PersistenceService_DeleteUserData_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteUserDataRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).DeleteUserData(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_DeleteUserData_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).DeleteUserData(ctx, req.(*DeleteUserDataRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PersistenceService_ServiceDesc is the grpc.ServiceDesc for PersistenceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -376,6 +420,10 @@ var PersistenceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetOutboxStats",
 			Handler:    _PersistenceService_GetOutboxStats_Handler,
+		},
+		{
+			MethodName: "DeleteUserData",
+			Handler:    _PersistenceService_DeleteUserData_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

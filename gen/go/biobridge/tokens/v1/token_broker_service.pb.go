@@ -7,6 +7,7 @@
 package tokensv1
 
 import (
+	v1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -1379,11 +1380,262 @@ func (x *MarkStaleConnectionsResponse) GetStaleByVendor() map[string]int64 {
 	return nil
 }
 
+// RecordConnectionEventRequest carries one connection event.
+type RecordConnectionEventRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event. event_id is required (the idempotency key); sequence is
+	// ignored (the broker assigns it); type must be one the broker does not
+	// produce itself (BACKFILL_COMPLETED).
+	Event         *v1.ConnectionEvent `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordConnectionEventRequest) Reset() {
+	*x = RecordConnectionEventRequest{}
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordConnectionEventRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordConnectionEventRequest) ProtoMessage() {}
+
+func (x *RecordConnectionEventRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordConnectionEventRequest.ProtoReflect.Descriptor instead.
+func (*RecordConnectionEventRequest) Descriptor() ([]byte, []int) {
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RecordConnectionEventRequest) GetEvent() *v1.ConnectionEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+// RecordConnectionEventResponse confirms the event is in the outbox.
+type RecordConnectionEventResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event's per-user sequence (the one assigned the first time).
+	Sequence      int64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordConnectionEventResponse) Reset() {
+	*x = RecordConnectionEventResponse{}
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordConnectionEventResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordConnectionEventResponse) ProtoMessage() {}
+
+func (x *RecordConnectionEventResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordConnectionEventResponse.ProtoReflect.Descriptor instead.
+func (*RecordConnectionEventResponse) Descriptor() ([]byte, []int) {
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *RecordConnectionEventResponse) GetSequence() int64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+// DeleteUserDataRequest names the user.
+type DeleteUserDataRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Internal user id.
+	UserId        string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteUserDataRequest) Reset() {
+	*x = DeleteUserDataRequest{}
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteUserDataRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteUserDataRequest) ProtoMessage() {}
+
+func (x *DeleteUserDataRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteUserDataRequest.ProtoReflect.Descriptor instead.
+func (*DeleteUserDataRequest) Descriptor() ([]byte, []int) {
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *DeleteUserDataRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+// VendorRevocation is the outcome of one connection's revocation.
+type VendorRevocation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "whoop" or "oura".
+	Vendor string `protobuf:"bytes,1,opt,name=vendor,proto3" json:"vendor,omitempty"`
+	// Whether the vendor confirmed it (the connection is deleted either way).
+	RevokedAtVendor bool `protobuf:"varint,2,opt,name=revoked_at_vendor,json=revokedAtVendor,proto3" json:"revoked_at_vendor,omitempty"`
+	// The vendor's user id of the deleted connection (ingest drops the
+	// account's queued webhooks with it).
+	VendorUserId  string `protobuf:"bytes,3,opt,name=vendor_user_id,json=vendorUserId,proto3" json:"vendor_user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VendorRevocation) Reset() {
+	*x = VendorRevocation{}
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VendorRevocation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VendorRevocation) ProtoMessage() {}
+
+func (x *VendorRevocation) ProtoReflect() protoreflect.Message {
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VendorRevocation.ProtoReflect.Descriptor instead.
+func (*VendorRevocation) Descriptor() ([]byte, []int) {
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *VendorRevocation) GetVendor() string {
+	if x != nil {
+		return x.Vendor
+	}
+	return ""
+}
+
+func (x *VendorRevocation) GetRevokedAtVendor() bool {
+	if x != nil {
+		return x.RevokedAtVendor
+	}
+	return false
+}
+
+func (x *VendorRevocation) GetVendorUserId() string {
+	if x != nil {
+		return x.VendorUserId
+	}
+	return ""
+}
+
+// DeleteUserDataResponse reports what was erased.
+type DeleteUserDataResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Connections revoked and deleted by this call (empty on a repeated call).
+	Revocations   []*VendorRevocation `protobuf:"bytes,1,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteUserDataResponse) Reset() {
+	*x = DeleteUserDataResponse{}
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteUserDataResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteUserDataResponse) ProtoMessage() {}
+
+func (x *DeleteUserDataResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_biobridge_tokens_v1_token_broker_service_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteUserDataResponse.ProtoReflect.Descriptor instead.
+func (*DeleteUserDataResponse) Descriptor() ([]byte, []int) {
+	return file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *DeleteUserDataResponse) GetRevocations() []*VendorRevocation {
+	if x != nil {
+		return x.Revocations
+	}
+	return nil
+}
+
 var File_biobridge_tokens_v1_token_broker_service_proto protoreflect.FileDescriptor
 
 const file_biobridge_tokens_v1_token_broker_service_proto_rawDesc = "" +
 	"\n" +
-	".biobridge/tokens/v1/token_broker_service.proto\x12\x13biobridge.tokens.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x03\n" +
+	".biobridge/tokens/v1/token_broker_service.proto\x12\x13biobridge.tokens.v1\x1a#biobridge/biometrics/v1/event.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x03\n" +
 	"\n" +
 	"Connection\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x16\n" +
@@ -1470,12 +1722,24 @@ const file_biobridge_tokens_v1_token_broker_service_proto_rawDesc = "" +
 	"\x0fstale_by_vendor\x18\x02 \x03(\v2D.biobridge.tokens.v1.MarkStaleConnectionsResponse.StaleByVendorEntryR\rstaleByVendor\x1a@\n" +
 	"\x12StaleByVendorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01*\x90\x01\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"^\n" +
+	"\x1cRecordConnectionEventRequest\x12>\n" +
+	"\x05event\x18\x01 \x01(\v2(.biobridge.biometrics.v1.ConnectionEventR\x05event\";\n" +
+	"\x1dRecordConnectionEventResponse\x12\x1a\n" +
+	"\bsequence\x18\x01 \x01(\x03R\bsequence\"0\n" +
+	"\x15DeleteUserDataRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\"|\n" +
+	"\x10VendorRevocation\x12\x16\n" +
+	"\x06vendor\x18\x01 \x01(\tR\x06vendor\x12*\n" +
+	"\x11revoked_at_vendor\x18\x02 \x01(\bR\x0frevokedAtVendor\x12$\n" +
+	"\x0evendor_user_id\x18\x03 \x01(\tR\fvendorUserId\"a\n" +
+	"\x16DeleteUserDataResponse\x12G\n" +
+	"\vrevocations\x18\x01 \x03(\v2%.biobridge.tokens.v1.VendorRevocationR\vrevocations*\x90\x01\n" +
 	"\x10ConnectionStatus\x12!\n" +
 	"\x1dCONNECTION_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CONNECTION_STATUS_ACTIVE\x10\x01\x12\x1c\n" +
 	"\x18CONNECTION_STATUS_BROKEN\x10\x02\x12\x1d\n" +
-	"\x19CONNECTION_STATUS_REVOKED\x10\x032\xcd\t\n" +
+	"\x19CONNECTION_STATUS_REVOKED\x10\x032\xb8\v\n" +
 	"\x12TokenBrokerService\x12u\n" +
 	"\x12StartAuthorization\x12..biobridge.tokens.v1.StartAuthorizationRequest\x1a/.biobridge.tokens.v1.StartAuthorizationResponse\x12\x90\x01\n" +
 	"\x1bHandleAuthorizationCallback\x127.biobridge.tokens.v1.HandleAuthorizationCallbackRequest\x1a8.biobridge.tokens.v1.HandleAuthorizationCallbackResponse\x12~\n" +
@@ -1486,7 +1750,9 @@ const file_biobridge_tokens_v1_token_broker_service_proto_rawDesc = "" +
 	"\x10RevokeConnection\x12,.biobridge.tokens.v1.RevokeConnectionRequest\x1a-.biobridge.tokens.v1.RevokeConnectionResponse\x12~\n" +
 	"\x15ListActiveConnections\x121.biobridge.tokens.v1.ListActiveConnectionsRequest\x1a2.biobridge.tokens.v1.ListActiveConnectionsResponse\x12r\n" +
 	"\x11ReportDataArrival\x12-.biobridge.tokens.v1.ReportDataArrivalRequest\x1a..biobridge.tokens.v1.ReportDataArrivalResponse\x12{\n" +
-	"\x14MarkStaleConnections\x120.biobridge.tokens.v1.MarkStaleConnectionsRequest\x1a1.biobridge.tokens.v1.MarkStaleConnectionsResponseB\xe1\x01\n" +
+	"\x14MarkStaleConnections\x120.biobridge.tokens.v1.MarkStaleConnectionsRequest\x1a1.biobridge.tokens.v1.MarkStaleConnectionsResponse\x12~\n" +
+	"\x15RecordConnectionEvent\x121.biobridge.tokens.v1.RecordConnectionEventRequest\x1a2.biobridge.tokens.v1.RecordConnectionEventResponse\x12i\n" +
+	"\x0eDeleteUserData\x12*.biobridge.tokens.v1.DeleteUserDataRequest\x1a+.biobridge.tokens.v1.DeleteUserDataResponseB\xe1\x01\n" +
 	"\x17com.biobridge.tokens.v1B\x17TokenBrokerServiceProtoP\x01Z?github.com/biobridge/bridge/gen/go/biobridge/tokens/v1;tokensv1\xa2\x02\x03BTX\xaa\x02\x13Biobridge.Tokens.V1\xca\x02\x13Biobridge\\Tokens\\V1\xe2\x02\x1fBiobridge\\Tokens\\V1\\GPBMetadata\xea\x02\x15Biobridge::Tokens::V1b\x06proto3"
 
 var (
@@ -1502,7 +1768,7 @@ func file_biobridge_tokens_v1_token_broker_service_proto_rawDescGZIP() []byte {
 }
 
 var file_biobridge_tokens_v1_token_broker_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_biobridge_tokens_v1_token_broker_service_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_biobridge_tokens_v1_token_broker_service_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_biobridge_tokens_v1_token_broker_service_proto_goTypes = []any{
 	(ConnectionStatus)(0),                       // 0: biobridge.tokens.v1.ConnectionStatus
 	(*Connection)(nil),                          // 1: biobridge.tokens.v1.Connection
@@ -1527,52 +1793,64 @@ var file_biobridge_tokens_v1_token_broker_service_proto_goTypes = []any{
 	(*ReportDataArrivalResponse)(nil),           // 20: biobridge.tokens.v1.ReportDataArrivalResponse
 	(*MarkStaleConnectionsRequest)(nil),         // 21: biobridge.tokens.v1.MarkStaleConnectionsRequest
 	(*MarkStaleConnectionsResponse)(nil),        // 22: biobridge.tokens.v1.MarkStaleConnectionsResponse
-	nil,                                         // 23: biobridge.tokens.v1.MarkStaleConnectionsResponse.StaleByVendorEntry
-	(*timestamppb.Timestamp)(nil),               // 24: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),                 // 25: google.protobuf.Duration
+	(*RecordConnectionEventRequest)(nil),        // 23: biobridge.tokens.v1.RecordConnectionEventRequest
+	(*RecordConnectionEventResponse)(nil),       // 24: biobridge.tokens.v1.RecordConnectionEventResponse
+	(*DeleteUserDataRequest)(nil),               // 25: biobridge.tokens.v1.DeleteUserDataRequest
+	(*VendorRevocation)(nil),                    // 26: biobridge.tokens.v1.VendorRevocation
+	(*DeleteUserDataResponse)(nil),              // 27: biobridge.tokens.v1.DeleteUserDataResponse
+	nil,                                         // 28: biobridge.tokens.v1.MarkStaleConnectionsResponse.StaleByVendorEntry
+	(*timestamppb.Timestamp)(nil),               // 29: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),                 // 30: google.protobuf.Duration
+	(*v1.ConnectionEvent)(nil),                  // 31: biobridge.biometrics.v1.ConnectionEvent
 }
 var file_biobridge_tokens_v1_token_broker_service_proto_depIdxs = []int32{
 	0,  // 0: biobridge.tokens.v1.Connection.status:type_name -> biobridge.tokens.v1.ConnectionStatus
-	24, // 1: biobridge.tokens.v1.Connection.connected_at:type_name -> google.protobuf.Timestamp
-	24, // 2: biobridge.tokens.v1.Connection.last_refresh_at:type_name -> google.protobuf.Timestamp
-	24, // 3: biobridge.tokens.v1.Connection.last_data_at:type_name -> google.protobuf.Timestamp
-	24, // 4: biobridge.tokens.v1.StartAuthorizationResponse.expires_at:type_name -> google.protobuf.Timestamp
+	29, // 1: biobridge.tokens.v1.Connection.connected_at:type_name -> google.protobuf.Timestamp
+	29, // 2: biobridge.tokens.v1.Connection.last_refresh_at:type_name -> google.protobuf.Timestamp
+	29, // 3: biobridge.tokens.v1.Connection.last_data_at:type_name -> google.protobuf.Timestamp
+	29, // 4: biobridge.tokens.v1.StartAuthorizationResponse.expires_at:type_name -> google.protobuf.Timestamp
 	1,  // 5: biobridge.tokens.v1.CompleteAuthorizationResponse.connection:type_name -> biobridge.tokens.v1.Connection
-	24, // 6: biobridge.tokens.v1.GetAccessTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	29, // 6: biobridge.tokens.v1.GetAccessTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
 	0,  // 7: biobridge.tokens.v1.ResolveVendorUserResponse.status:type_name -> biobridge.tokens.v1.ConnectionStatus
-	24, // 8: biobridge.tokens.v1.ResolveVendorUserResponse.connected_at:type_name -> google.protobuf.Timestamp
+	29, // 8: biobridge.tokens.v1.ResolveVendorUserResponse.connected_at:type_name -> google.protobuf.Timestamp
 	1,  // 9: biobridge.tokens.v1.ListConnectionsResponse.connections:type_name -> biobridge.tokens.v1.Connection
-	24, // 10: biobridge.tokens.v1.ListActiveConnectionsRequest.connected_since:type_name -> google.protobuf.Timestamp
+	29, // 10: biobridge.tokens.v1.ListActiveConnectionsRequest.connected_since:type_name -> google.protobuf.Timestamp
 	1,  // 11: biobridge.tokens.v1.ListActiveConnectionsResponse.connections:type_name -> biobridge.tokens.v1.Connection
-	24, // 12: biobridge.tokens.v1.DataArrival.arrived_at:type_name -> google.protobuf.Timestamp
+	29, // 12: biobridge.tokens.v1.DataArrival.arrived_at:type_name -> google.protobuf.Timestamp
 	18, // 13: biobridge.tokens.v1.ReportDataArrivalRequest.arrivals:type_name -> biobridge.tokens.v1.DataArrival
-	25, // 14: biobridge.tokens.v1.MarkStaleConnectionsRequest.stale_after:type_name -> google.protobuf.Duration
-	23, // 15: biobridge.tokens.v1.MarkStaleConnectionsResponse.stale_by_vendor:type_name -> biobridge.tokens.v1.MarkStaleConnectionsResponse.StaleByVendorEntry
-	2,  // 16: biobridge.tokens.v1.TokenBrokerService.StartAuthorization:input_type -> biobridge.tokens.v1.StartAuthorizationRequest
-	4,  // 17: biobridge.tokens.v1.TokenBrokerService.HandleAuthorizationCallback:input_type -> biobridge.tokens.v1.HandleAuthorizationCallbackRequest
-	6,  // 18: biobridge.tokens.v1.TokenBrokerService.CompleteAuthorization:input_type -> biobridge.tokens.v1.CompleteAuthorizationRequest
-	8,  // 19: biobridge.tokens.v1.TokenBrokerService.GetAccessToken:input_type -> biobridge.tokens.v1.GetAccessTokenRequest
-	10, // 20: biobridge.tokens.v1.TokenBrokerService.ResolveVendorUser:input_type -> biobridge.tokens.v1.ResolveVendorUserRequest
-	12, // 21: biobridge.tokens.v1.TokenBrokerService.ListConnections:input_type -> biobridge.tokens.v1.ListConnectionsRequest
-	14, // 22: biobridge.tokens.v1.TokenBrokerService.RevokeConnection:input_type -> biobridge.tokens.v1.RevokeConnectionRequest
-	16, // 23: biobridge.tokens.v1.TokenBrokerService.ListActiveConnections:input_type -> biobridge.tokens.v1.ListActiveConnectionsRequest
-	19, // 24: biobridge.tokens.v1.TokenBrokerService.ReportDataArrival:input_type -> biobridge.tokens.v1.ReportDataArrivalRequest
-	21, // 25: biobridge.tokens.v1.TokenBrokerService.MarkStaleConnections:input_type -> biobridge.tokens.v1.MarkStaleConnectionsRequest
-	3,  // 26: biobridge.tokens.v1.TokenBrokerService.StartAuthorization:output_type -> biobridge.tokens.v1.StartAuthorizationResponse
-	5,  // 27: biobridge.tokens.v1.TokenBrokerService.HandleAuthorizationCallback:output_type -> biobridge.tokens.v1.HandleAuthorizationCallbackResponse
-	7,  // 28: biobridge.tokens.v1.TokenBrokerService.CompleteAuthorization:output_type -> biobridge.tokens.v1.CompleteAuthorizationResponse
-	9,  // 29: biobridge.tokens.v1.TokenBrokerService.GetAccessToken:output_type -> biobridge.tokens.v1.GetAccessTokenResponse
-	11, // 30: biobridge.tokens.v1.TokenBrokerService.ResolveVendorUser:output_type -> biobridge.tokens.v1.ResolveVendorUserResponse
-	13, // 31: biobridge.tokens.v1.TokenBrokerService.ListConnections:output_type -> biobridge.tokens.v1.ListConnectionsResponse
-	15, // 32: biobridge.tokens.v1.TokenBrokerService.RevokeConnection:output_type -> biobridge.tokens.v1.RevokeConnectionResponse
-	17, // 33: biobridge.tokens.v1.TokenBrokerService.ListActiveConnections:output_type -> biobridge.tokens.v1.ListActiveConnectionsResponse
-	20, // 34: biobridge.tokens.v1.TokenBrokerService.ReportDataArrival:output_type -> biobridge.tokens.v1.ReportDataArrivalResponse
-	22, // 35: biobridge.tokens.v1.TokenBrokerService.MarkStaleConnections:output_type -> biobridge.tokens.v1.MarkStaleConnectionsResponse
-	26, // [26:36] is the sub-list for method output_type
-	16, // [16:26] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	30, // 14: biobridge.tokens.v1.MarkStaleConnectionsRequest.stale_after:type_name -> google.protobuf.Duration
+	28, // 15: biobridge.tokens.v1.MarkStaleConnectionsResponse.stale_by_vendor:type_name -> biobridge.tokens.v1.MarkStaleConnectionsResponse.StaleByVendorEntry
+	31, // 16: biobridge.tokens.v1.RecordConnectionEventRequest.event:type_name -> biobridge.biometrics.v1.ConnectionEvent
+	26, // 17: biobridge.tokens.v1.DeleteUserDataResponse.revocations:type_name -> biobridge.tokens.v1.VendorRevocation
+	2,  // 18: biobridge.tokens.v1.TokenBrokerService.StartAuthorization:input_type -> biobridge.tokens.v1.StartAuthorizationRequest
+	4,  // 19: biobridge.tokens.v1.TokenBrokerService.HandleAuthorizationCallback:input_type -> biobridge.tokens.v1.HandleAuthorizationCallbackRequest
+	6,  // 20: biobridge.tokens.v1.TokenBrokerService.CompleteAuthorization:input_type -> biobridge.tokens.v1.CompleteAuthorizationRequest
+	8,  // 21: biobridge.tokens.v1.TokenBrokerService.GetAccessToken:input_type -> biobridge.tokens.v1.GetAccessTokenRequest
+	10, // 22: biobridge.tokens.v1.TokenBrokerService.ResolveVendorUser:input_type -> biobridge.tokens.v1.ResolveVendorUserRequest
+	12, // 23: biobridge.tokens.v1.TokenBrokerService.ListConnections:input_type -> biobridge.tokens.v1.ListConnectionsRequest
+	14, // 24: biobridge.tokens.v1.TokenBrokerService.RevokeConnection:input_type -> biobridge.tokens.v1.RevokeConnectionRequest
+	16, // 25: biobridge.tokens.v1.TokenBrokerService.ListActiveConnections:input_type -> biobridge.tokens.v1.ListActiveConnectionsRequest
+	19, // 26: biobridge.tokens.v1.TokenBrokerService.ReportDataArrival:input_type -> biobridge.tokens.v1.ReportDataArrivalRequest
+	21, // 27: biobridge.tokens.v1.TokenBrokerService.MarkStaleConnections:input_type -> biobridge.tokens.v1.MarkStaleConnectionsRequest
+	23, // 28: biobridge.tokens.v1.TokenBrokerService.RecordConnectionEvent:input_type -> biobridge.tokens.v1.RecordConnectionEventRequest
+	25, // 29: biobridge.tokens.v1.TokenBrokerService.DeleteUserData:input_type -> biobridge.tokens.v1.DeleteUserDataRequest
+	3,  // 30: biobridge.tokens.v1.TokenBrokerService.StartAuthorization:output_type -> biobridge.tokens.v1.StartAuthorizationResponse
+	5,  // 31: biobridge.tokens.v1.TokenBrokerService.HandleAuthorizationCallback:output_type -> biobridge.tokens.v1.HandleAuthorizationCallbackResponse
+	7,  // 32: biobridge.tokens.v1.TokenBrokerService.CompleteAuthorization:output_type -> biobridge.tokens.v1.CompleteAuthorizationResponse
+	9,  // 33: biobridge.tokens.v1.TokenBrokerService.GetAccessToken:output_type -> biobridge.tokens.v1.GetAccessTokenResponse
+	11, // 34: biobridge.tokens.v1.TokenBrokerService.ResolveVendorUser:output_type -> biobridge.tokens.v1.ResolveVendorUserResponse
+	13, // 35: biobridge.tokens.v1.TokenBrokerService.ListConnections:output_type -> biobridge.tokens.v1.ListConnectionsResponse
+	15, // 36: biobridge.tokens.v1.TokenBrokerService.RevokeConnection:output_type -> biobridge.tokens.v1.RevokeConnectionResponse
+	17, // 37: biobridge.tokens.v1.TokenBrokerService.ListActiveConnections:output_type -> biobridge.tokens.v1.ListActiveConnectionsResponse
+	20, // 38: biobridge.tokens.v1.TokenBrokerService.ReportDataArrival:output_type -> biobridge.tokens.v1.ReportDataArrivalResponse
+	22, // 39: biobridge.tokens.v1.TokenBrokerService.MarkStaleConnections:output_type -> biobridge.tokens.v1.MarkStaleConnectionsResponse
+	24, // 40: biobridge.tokens.v1.TokenBrokerService.RecordConnectionEvent:output_type -> biobridge.tokens.v1.RecordConnectionEventResponse
+	27, // 41: biobridge.tokens.v1.TokenBrokerService.DeleteUserData:output_type -> biobridge.tokens.v1.DeleteUserDataResponse
+	30, // [30:42] is the sub-list for method output_type
+	18, // [18:30] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_biobridge_tokens_v1_token_broker_service_proto_init() }
@@ -1586,7 +1864,7 @@ func file_biobridge_tokens_v1_token_broker_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_biobridge_tokens_v1_token_broker_service_proto_rawDesc), len(file_biobridge_tokens_v1_token_broker_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   23,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,6 +29,8 @@ const (
 	TokenBrokerService_ListActiveConnections_FullMethodName       = "/biobridge.tokens.v1.TokenBrokerService/ListActiveConnections"
 	TokenBrokerService_ReportDataArrival_FullMethodName           = "/biobridge.tokens.v1.TokenBrokerService/ReportDataArrival"
 	TokenBrokerService_MarkStaleConnections_FullMethodName        = "/biobridge.tokens.v1.TokenBrokerService/MarkStaleConnections"
+	TokenBrokerService_RecordConnectionEvent_FullMethodName       = "/biobridge.tokens.v1.TokenBrokerService/RecordConnectionEvent"
+	TokenBrokerService_DeleteUserData_FullMethodName              = "/biobridge.tokens.v1.TokenBrokerService/DeleteUserData"
 )
 
 // TokenBrokerServiceClient is the client API for TokenBrokerService service.
@@ -90,6 +92,17 @@ type TokenBrokerServiceClient interface {
 	// same transaction (service token required). Safe to call from every
 	// replica: a connection is marked once.
 	MarkStaleConnections(ctx context.Context, in *MarkStaleConnectionsRequest, opts ...grpc.CallOption) (*MarkStaleConnectionsResponse, error)
+	// RecordConnectionEvent appends a connection event decided elsewhere (ingest's
+	// backfill_completed) to the broker's connection-event outbox (service token
+	// required), so every connection event of a user leaves through one outbox
+	// with one per-user sequence. Idempotent by event_id.
+	RecordConnectionEvent(ctx context.Context, in *RecordConnectionEventRequest, opts ...grpc.CallOption) (*RecordConnectionEventResponse, error)
+	// DeleteUserData erases a user's connections (service token required): each
+	// live connection is revoked at the vendor, then the connections, pending
+	// authorizations, unforwarded connection events and cached tokens are
+	// deleted. Calling it again (after a crash, or for a user without
+	// connections) succeeds and changes nothing more.
+	DeleteUserData(ctx context.Context, in *DeleteUserDataRequest, opts ...grpc.CallOption) (*DeleteUserDataResponse, error)
 }
 
 type tokenBrokerServiceClient struct {
@@ -200,6 +213,26 @@ func (c *tokenBrokerServiceClient) MarkStaleConnections(ctx context.Context, in 
 	return out, nil
 }
 
+func (c *tokenBrokerServiceClient) RecordConnectionEvent(ctx context.Context, in *RecordConnectionEventRequest, opts ...grpc.CallOption) (*RecordConnectionEventResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RecordConnectionEventResponse)
+	err := c.cc.Invoke(ctx, TokenBrokerService_RecordConnectionEvent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *tokenBrokerServiceClient) DeleteUserData(ctx context.Context, in *DeleteUserDataRequest, opts ...grpc.CallOption) (*DeleteUserDataResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteUserDataResponse)
+	err := c.cc.Invoke(ctx, TokenBrokerService_DeleteUserData_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TokenBrokerServiceServer is the server API for TokenBrokerService service.
 // All implementations must embed UnimplementedTokenBrokerServiceServer
 // for forward compatibility.
@@ -259,6 +292,17 @@ type TokenBrokerServiceServer interface {
 	// same transaction (service token required). Safe to call from every
 	// replica: a connection is marked once.
 	MarkStaleConnections(context.Context, *MarkStaleConnectionsRequest) (*MarkStaleConnectionsResponse, error)
+	// RecordConnectionEvent appends a connection event decided elsewhere (ingest's
+	// backfill_completed) to the broker's connection-event outbox (service token
+	// required), so every connection event of a user leaves through one outbox
+	// with one per-user sequence. Idempotent by event_id.
+	RecordConnectionEvent(context.Context, *RecordConnectionEventRequest) (*RecordConnectionEventResponse, error)
+	// DeleteUserData erases a user's connections (service token required): each
+	// live connection is revoked at the vendor, then the connections, pending
+	// authorizations, unforwarded connection events and cached tokens are
+	// deleted. Calling it again (after a crash, or for a user without
+	// connections) succeeds and changes nothing more.
+	DeleteUserData(context.Context, *DeleteUserDataRequest) (*DeleteUserDataResponse, error)
 	mustEmbedUnimplementedTokenBrokerServiceServer()
 }
 
@@ -298,6 +342,12 @@ func (UnimplementedTokenBrokerServiceServer) ReportDataArrival(context.Context, 
 }
 func (UnimplementedTokenBrokerServiceServer) MarkStaleConnections(context.Context, *MarkStaleConnectionsRequest) (*MarkStaleConnectionsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method MarkStaleConnections not implemented")
+}
+func (UnimplementedTokenBrokerServiceServer) RecordConnectionEvent(context.Context, *RecordConnectionEventRequest) (*RecordConnectionEventResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RecordConnectionEvent not implemented")
+}
+func (UnimplementedTokenBrokerServiceServer) DeleteUserData(context.Context, *DeleteUserDataRequest) (*DeleteUserDataResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteUserData not implemented")
 }
 func (UnimplementedTokenBrokerServiceServer) mustEmbedUnimplementedTokenBrokerServiceServer() {}
 func (UnimplementedTokenBrokerServiceServer) testEmbeddedByValue()                            {}
@@ -500,6 +550,42 @@ func _TokenBrokerService_MarkStaleConnections_Handler(srv interface{}, ctx conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TokenBrokerService_RecordConnectionEvent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RecordConnectionEventRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenBrokerServiceServer).RecordConnectionEvent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenBrokerService_RecordConnectionEvent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenBrokerServiceServer).RecordConnectionEvent(ctx, req.(*RecordConnectionEventRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TokenBrokerService_DeleteUserData_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteUserDataRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenBrokerServiceServer).DeleteUserData(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenBrokerService_DeleteUserData_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenBrokerServiceServer).DeleteUserData(ctx, req.(*DeleteUserDataRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // TokenBrokerService_ServiceDesc is the grpc.ServiceDesc for TokenBrokerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -546,6 +632,14 @@ var TokenBrokerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "MarkStaleConnections",
 			Handler:    _TokenBrokerService_MarkStaleConnections_Handler,
+		},
+		{
+			MethodName: "RecordConnectionEvent",
+			Handler:    _TokenBrokerService_RecordConnectionEvent_Handler,
+		},
+		{
+			MethodName: "DeleteUserData",
+			Handler:    _TokenBrokerService_DeleteUserData_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -12,6 +12,7 @@ CONNECTION_EVENT_TYPE_REFRESH_FAILED: ConnectionEventType
 CONNECTION_EVENT_TYPE_REVOKED: ConnectionEventType
 CONNECTION_EVENT_TYPE_STALE: ConnectionEventType
 CONNECTION_EVENT_TYPE_UNSPECIFIED: ConnectionEventType
+CONNECTION_EVENT_TYPE_USER_ERASED: ConnectionEventType
 DESCRIPTOR: _descriptor.FileDescriptor
 OPERATION_DELETE: Operation
 OPERATION_UNSPECIFIED: Operation
@@ -47,20 +48,22 @@ class BiometricEvent(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., user_id: _Optional[str] = ..., source: _Optional[_Union[Source, str]] = ..., kind: _Optional[str] = ..., vendor_record_id: _Optional[str] = ..., operation: _Optional[_Union[Operation, str]] = ..., version: _Optional[int] = ..., occurred_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., received_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., readings: _Optional[_Iterable[_Union[Reading, _Mapping]]] = ...) -> None: ...
 
 class ConnectionEvent(_message.Message):
-    __slots__ = ["event_id", "occurred_at", "reason", "type", "user_id", "vendor"]
+    __slots__ = ["event_id", "occurred_at", "reason", "sequence", "type", "user_id", "vendor"]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     VENDOR_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     occurred_at: _timestamp_pb2.Timestamp
     reason: str
+    sequence: int
     type: ConnectionEventType
     user_id: str
     vendor: str
-    def __init__(self, event_id: _Optional[str] = ..., user_id: _Optional[str] = ..., vendor: _Optional[str] = ..., type: _Optional[_Union[ConnectionEventType, str]] = ..., occurred_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+    def __init__(self, event_id: _Optional[str] = ..., user_id: _Optional[str] = ..., vendor: _Optional[str] = ..., type: _Optional[_Union[ConnectionEventType, str]] = ..., occurred_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class Device(_message.Message):
     __slots__ = ["bundle_id", "model", "name"]

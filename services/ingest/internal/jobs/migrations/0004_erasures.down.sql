@@ -1,0 +1,2 @@
+DROP INDEX jobs_payload_user;
+DROP TABLE erasures;

@@ -1,0 +1,3 @@
+ALTER TABLE connection_events DROP COLUMN sequence;
+DROP INDEX events_user;
+DROP TABLE erased_users;
