@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -78,6 +79,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		Partitions:                int32(cfg.TopicPartitions),
 		ReplicationFactor:         int16(cfg.ReplicationFactor),
 		CreateTopics:              cfg.CreateTopics,
+		SendTimeout:               SendTimeout(cfg.LeaseDuration),
 	}
 	if cfg.KafkaTLS {
 		if kcfg.TLS, err = grpcclient.ClientTLSConfig(cfg.TLS, ""); err != nil {
@@ -99,6 +101,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		Workers:        cfg.Workers,
 		BatchSize:      cfg.BatchSize,
 		LeaseDuration:  cfg.LeaseDuration,
+		SendBound:      kafka.SendBound(kafka.SaramaConfig(kcfg, cfg.MaxMessageBytes)),
 		WaitTimeout:    cfg.WaitTimeout,
 		PollInterval:   cfg.PollInterval,
 		MaxAttempts:    cfg.MaxAttempts,
@@ -137,6 +140,13 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		return nil, err
 	}
 	return s, nil
+}
+
+// SendTimeout is the budget of one producer call for a lease of d: a third
+// of it (at most kafka.DefaultSendTimeout), so a fresh lease covers two
+// calls and the heartbeat, renewing every third, keeps it so.
+func SendTimeout(d time.Duration) time.Duration {
+	return min(d/3, kafka.DefaultSendTimeout)
 }
 
 // serviceAuth admits callers presenting one of the configured service
