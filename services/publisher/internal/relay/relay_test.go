@@ -31,6 +31,8 @@ func connectKafka(t *testing.T, env *testenv.Env) *kafka.Conn {
 		Brokers: cfg.KafkaBrokers, Version: cfg.KafkaVersion, ClientID: "relay-test",
 		MaxMessageBytes: cfg.MaxMessageBytes, DeadLetterMaxMessageBytes: cfg.DeadLetterMaxMessageBytes,
 		Partitions: int32(cfg.TopicPartitions), ReplicationFactor: int16(cfg.ReplicationFactor), CreateTopics: true,
+		// The tests' leases are 3s and longer.
+		SendTimeout: time.Second,
 	}, testenv.Logger(t))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = conn.Close() })
@@ -39,6 +41,7 @@ func connectKafka(t *testing.T, env *testenv.Env) *kafka.Conn {
 
 func newRelay(t *testing.T, cc grpc.ClientConnInterface, k *kafka.Conn, cfg relay.Config) *relay.Relay {
 	t.Helper()
+	cfg.SendBound = kafka.SendBound(k.Client.Config())
 	return relay.New(cfg, relay.Deps{
 		Outbox:     outbox.New(cc, testenv.Token),
 		Producer:   k.Producer,
