@@ -39,6 +39,7 @@ type Server struct {
 	kafka  *kafka.Conn
 	conn   *grpc.ClientConn
 	relay  *relay.Relay
+	topics *kafka.Durability
 	grpc   *grpcserver.Server
 	admin  *admin.Server
 }
@@ -78,6 +79,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		DeadLetterMaxMessageBytes: cfg.DeadLetterMaxMessageBytes,
 		Partitions:                int32(cfg.TopicPartitions),
 		ReplicationFactor:         int16(cfg.ReplicationFactor),
+		MinInsyncReplicas:         cfg.MinInsyncReplicas,
 		CreateTopics:              cfg.CreateTopics,
 		SendTimeout:               SendTimeout(cfg.LeaseDuration),
 	}
@@ -95,6 +97,10 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	ob := outbox.New(s.conn, cfg.ServiceToken)
 
 	reg := telemetry.NewRegistry()
+	// A topic less durable than configured does not stop the publisher
+	// (the outbox would only grow); it fails readiness and says why.
+	s.topics = kafka.NewDurability(s.kafka.Client, kcfg, reg, logger)
+	_ = s.topics.Check()
 	letters := deadletter.New(s.kafka.DeadLetterClient, s.kafka.Producer, s.kafka.DeadLetter, reg, logger, cfg.DeadLetterScanInterval)
 	s.relay = relay.New(relay.Config{
 		Holder:         cfg.Holder,
@@ -131,6 +137,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	}
 	s.admin = admin.New(cfg.AdminAddr, reg, logger,
 		admin.Check{Name: "kafka", Fn: func(context.Context) error { return s.kafka.Ping() }},
+		admin.Check{Name: "kafka_topics", Fn: s.topics.Ready},
 		admin.Check{Name: "persistence", Fn: func(ctx context.Context) error {
 			_, err := ob.Stats(ctx)
 			return err
@@ -182,6 +189,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	g.Go(func() error { return s.relay.Run(gctx) })
 	g.Go(func() error {
 		s.relay.Monitor(gctx, s.cfg.StatsInterval, s.kafka.Ping)
+		return nil
+	})
+	g.Go(func() error {
+		s.topics.Run(gctx, s.cfg.TopicCheckInterval)
 		return nil
 	})
 	s.logger.Info("publisher running", "grpc_addr", s.GRPCAddr(), "admin_addr", s.AdminAddr(),

@@ -46,6 +46,10 @@ type Config struct {
 	// Partitions and ReplicationFactor apply to topics created at start.
 	Partitions        int32
 	ReplicationFactor int16
+	// MinInsyncReplicas is the min.insync.replicas of topics created at
+	// start, and the least the durability check accepts on existing ones:
+	// with acks=all, a write succeeds only once this many replicas have it.
+	MinInsyncReplicas int
 	// CreateTopics creates missing topics at start.
 	CreateTopics bool
 	// SendTimeout bounds one producer call, retries and metadata look-ups

@@ -208,6 +208,8 @@ func PublisherConfig(broker, persistenceAddr string, tokens *auth.ServiceTokens)
 		KafkaClientID:             "publisher-test",
 		TopicPartitions:           6,
 		ReplicationFactor:         1,
+		MinInsyncReplicas:         1,
+		TopicCheckInterval:        time.Second,
 		CreateTopics:              true,
 		MaxMessageBytes:           1000000,
 		DeadLetterMaxMessageBytes: 8 << 20,
@@ -239,6 +241,7 @@ func (e *Env) EnsureTopics() {
 		DeadLetterMaxMessageBytes: cfg.DeadLetterMaxMessageBytes,
 		Partitions:                int32(cfg.TopicPartitions),
 		ReplicationFactor:         int16(cfg.ReplicationFactor),
+		MinInsyncReplicas:         cfg.MinInsyncReplicas,
 	}
 	client, err := sarama.NewClient(cfg.KafkaBrokers, kafka.SaramaConfig(kcfg, cfg.MaxMessageBytes))
 	if err != nil {
