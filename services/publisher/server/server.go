@@ -101,7 +101,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	// (the outbox would only grow); it fails readiness and says why.
 	s.topics = kafka.NewDurability(s.kafka.Client, kcfg, reg, logger)
 	_ = s.topics.Check()
-	letters := deadletter.New(s.kafka.DeadLetterClient, s.kafka.Producer, s.kafka.DeadLetter, reg, logger, cfg.DeadLetterScanInterval)
+	letters := deadletter.New(s.kafka.DeadLetterReader, s.kafka.Producer, s.kafka.DeadLetter, reg, logger, cfg.DeadLetterScanInterval)
 	s.relay = relay.New(relay.Config{
 		Holder:         cfg.Holder,
 		Workers:        cfg.Workers,

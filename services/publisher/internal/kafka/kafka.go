@@ -75,6 +75,23 @@ type Conn struct {
 	Producer         sarama.SyncProducer
 	DeadLetterClient sarama.Client
 	DeadLetter       sarama.SyncProducer
+	// DeadLetterReader reads the dead-letter topic holding few records at
+	// a time (ReaderConfig).
+	DeadLetterReader sarama.Client
+}
+
+// ReaderConfig is the configuration of a client that reads topics whose
+// records may each be as large as maxMessageBytes, holding as few of them
+// in memory as sarama allows: a fetch asks for about one large record per
+// partition (growing up to what the largest needs) and at most two
+// records wait in the consumer's channel.
+func ReaderConfig(cfg Config, maxMessageBytes int) *sarama.Config {
+	c := SaramaConfig(cfg, maxMessageBytes)
+	c.ChannelBufferSize = 2
+	c.Consumer.Fetch.Min = 1
+	c.Consumer.Fetch.Default = 1 << 20
+	c.Consumer.Fetch.Max = int32(maxMessageBytes + recordBatchOverhead)
+	return c
 }
 
 // SaramaConfig returns the producer configuration the contract requires,
@@ -176,6 +193,9 @@ func Connect(ctx context.Context, cfg Config, logger *slog.Logger) (*Conn, error
 	if conn.DeadLetter, err = sarama.NewSyncProducerFromClient(conn.DeadLetterClient); err != nil {
 		return nil, fmt.Errorf("start kafka dead-letter producer: %w", err)
 	}
+	if conn.DeadLetterReader, err = sarama.NewClient(cfg.Brokers, ReaderConfig(cfg, cfg.DeadLetterMaxMessageBytes)); err != nil {
+		return nil, fmt.Errorf("connect kafka dead-letter reader: %w", err)
+	}
 	ok = true
 	return conn, nil
 }
@@ -219,7 +239,7 @@ func (c *Conn) Close() error {
 		}
 	}
 	// A producer built from a client leaves the client open.
-	for _, cl := range []sarama.Client{c.Client, c.DeadLetterClient} {
+	for _, cl := range []sarama.Client{c.Client, c.DeadLetterClient, c.DeadLetterReader} {
 		if cl != nil && !cl.Closed() {
 			if err := cl.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("close kafka client: %w", err))
