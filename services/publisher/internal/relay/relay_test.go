@@ -1,6 +1,7 @@
 package relay_test
 
 import (
+	"bytes"
 	"context"
 	"sync/atomic"
 	"testing"
@@ -216,4 +217,61 @@ func TestUnknownErrorDeadLettersAfterMaxAttempts(t *testing.T) {
 		require.Contains(t, m.Headers["dlq_error"], "Unexpected")
 	}
 	require.EqualValues(t, len(badUsers), r.Counters().DeadLettered)
+}
+
+// TestFollowerBehindRetriedHeadKeepsItsAttempts: a user's first event is
+// refused (transiently) many times while the user's second event is leased
+// along with it every time but never sent. Once the first gets through,
+// the second fails once with an unrecognized error: that is its first
+// publish attempt, so it is retried and published in order, not
+// dead-lettered as if every lease behind the head had been an attempt
+// (which would let the third event overtake it).
+func TestFollowerBehindRetriedHeadKeepsItsAttempts(t *testing.T) {
+	t.Parallel()
+	env := testenv.New(t, testenv.Options{})
+	k := connectKafka(t, env)
+	user := "follower-user"
+	var ids []string
+	for range 3 {
+		got, err := env.Writer.Write(t.Context(), []*persistencev1.EventInput{env.Writer.Event(user, 1)})
+		require.NoError(t, err)
+		ids = append(ids, got[0])
+	}
+	carries := func(id string) func(kmsg.Request) bool {
+		return func(req kmsg.Request) bool {
+			for _, tp := range req.(*kmsg.ProduceRequest).Topics {
+				for _, p := range tp.Partitions {
+					if bytes.Contains(p.Records, []byte(id)) {
+						return true
+					}
+				}
+			}
+			return false
+		}
+	}
+	cluster := env.Broker().Cluster()
+	slowHead := cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: kafka.TopicEvents,
+		Err: kerr.NotEnoughReplicas, Count: -1, When: carries(ids[0])})
+	cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: kafka.TopicEvents,
+		Err: kerr.UnknownServerError, Count: 1, When: carries(ids[1])})
+	events, err := testenv.Collect([]string{env.BrokerAddr()}, kafka.TopicEvents, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = events.Close() })
+	dlq, err := testenv.Collect([]string{env.BrokerAddr()}, kafka.TopicDeadLetters, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = dlq.Close() })
+
+	r := newRelay(t, env.Conn, k, relay.Config{
+		BatchSize: 10, WaitTimeout: time.Second, LeaseDuration: 3 * time.Second, MaxAttempts: 3,
+		BackoffInitial: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
+	})
+	run(t, r)
+	// Six failed sends of the head (sarama tries each three times): its
+	// followers were leased with it six times.
+	require.Eventually(t, func() bool { return slowHead.Hits() >= 18 }, 60*time.Second, 10*time.Millisecond)
+	slowHead.Remove()
+	require.Eventually(t, func() bool { return events.Distinct() == 3 }, 30*time.Second, 10*time.Millisecond)
+	require.NoError(t, testenv.CheckOrder(events.Messages(), map[string]int{user: 3}))
+	require.Zero(t, dlq.Distinct(), "the follower's one failure is not its MaxAttempts-th")
+	require.Positive(t, r.Counters().Failed)
 }
