@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"time"
 
@@ -70,13 +71,8 @@ const leaseSQL = `
 UPDATE outbox SET lease_token = $2, lease_holder = $3, lease_expires_at = now() + $4::float8 * interval '1 second',
   retry_after = NULL
 WHERE id = ANY($1) AND ` + leasable + `
-RETURNING id, topic, key, payload_type, payload, traceparent, created_at, attempts, last_error`
-
-// leaseRemainingSQL measures, inside the leasing transaction, what is left
-// of a lease of $1 seconds by the database's clock at this instant: the
-// expiry counts from the transaction's start (now()), the measurement from
-// clock_timestamp().
-const leaseRemainingSQL = `SELECT extract(epoch FROM (now() + $1::float8 * interval '1 second' - clock_timestamp()))::float8`
+RETURNING id, topic, key, payload_type, payload, traceparent, created_at, attempts, last_error,
+  extract(epoch FROM (lease_expires_at - clock_timestamp()))::float8`
 
 // OutboxLease is a leased batch.
 type OutboxLease struct {
@@ -206,7 +202,16 @@ func (s *Store) lease(ctx context.Context, holder string, max int, d time.Durati
 	if err != nil {
 		return OutboxLease{}, fmt.Errorf("lease outbox: %w", err)
 	}
-	entries, err := pgx.CollectRows(rows, scanOutboxEntry)
+	// Each row also says what is left of the lease by the database's clock
+	// at the moment it was updated (clock_timestamp, not the transaction's
+	// start); the smallest is the one to count on.
+	remaining := math.Inf(1)
+	entries, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (*persistencev1.OutboxEntry, error) {
+		var left float64
+		e, err := scanOutboxEntry(r, &left)
+		remaining = min(remaining, left)
+		return e, err
+	})
 	if err != nil {
 		return OutboxLease{}, fmt.Errorf("lease outbox: %w", err)
 	}
@@ -215,25 +220,23 @@ func (s *Store) lease(ctx context.Context, holder string, max int, d time.Durati
 		// later entry overtake it. Plan again.
 		return OutboxLease{}, errRunChanged
 	}
-	var secs float64
-	if err := tx.QueryRow(ctx, leaseRemainingSQL, d.Seconds()).Scan(&secs); err != nil {
-		return OutboxLease{}, fmt.Errorf("lease outbox: measure lease: %w", err)
-	}
 	if err := tx.Commit(ctx); err != nil {
 		return OutboxLease{}, fmt.Errorf("lease outbox: commit: %w", err)
 	}
 	slices.SortFunc(entries, func(a, b *persistencev1.OutboxEntry) int { return cmp.Compare(a.GetId(), b.GetId()) })
-	return OutboxLease{Entries: entries, Token: token.String(), Remaining: secondsDuration(secs)}, nil
+	return OutboxLease{Entries: entries, Token: token.String(), Remaining: secondsDuration(remaining)}, nil
 }
 
-func scanOutboxEntry(r pgx.CollectableRow) (*persistencev1.OutboxEntry, error) {
+// scanOutboxEntry reads a row of leaseSQL's RETURNING list; extra receives
+// its columns after the entry's.
+func scanOutboxEntry(r pgx.CollectableRow, extra ...any) (*persistencev1.OutboxEntry, error) {
 	var (
 		e       persistencev1.OutboxEntry
 		typ     int16
 		payload []byte
 		created time.Time
 	)
-	if err := r.Scan(&e.Id, &e.Topic, &e.Key, &typ, &payload, &e.Traceparent, &created, &e.Attempts, &e.LastError); err != nil {
+	if err := r.Scan(append([]any{&e.Id, &e.Topic, &e.Key, &typ, &payload, &e.Traceparent, &created, &e.Attempts, &e.LastError}, extra...)...); err != nil {
 		return nil, err
 	}
 	e.CreatedAt = timestamppb.New(created)
