@@ -18,9 +18,12 @@ import (
 // The broker must advertise the proxy's address (kafkadev.Config.Advertise)
 // so clients keep using it after their first metadata request.
 //
-// It is hand-written rather than toxiproxy: toxiproxy's toxics delay every
-// chunk or close connections, and cannot hold one client's traffic until
-// told to let it go.
+// It is hand-written rather than toxiproxy because the fault must hit one
+// client only: the broker advertises a single address, so every client's
+// connections go through the same proxy, and toxiproxy's toxics apply to
+// all connections of a proxy alike; telling publishers apart takes reading
+// the client id out of the Kafka request header. It also needs to drop, not
+// deliver, what it held for a connection the client closed.
 type StallProxy struct {
 	ln net.Listener
 
