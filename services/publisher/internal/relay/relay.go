@@ -64,8 +64,9 @@ type Config struct {
 	// renews it every third of that.
 	LeaseDuration time.Duration
 	// SendBound is the longest one producer call can take (the producer's
-	// timeouts and retries; kafka.SendBound), 10s. No send starts with less
-	// than twice this left on the lease.
+	// timeouts and retries: kafka.SendBound of its configuration), a third
+	// of LeaseDuration. No send starts with less than twice this left on
+	// the lease.
 	SendBound time.Duration
 	// WaitTimeout is the long-poll wait of a lease (5s). Zero means poll:
 	// answer at once and sleep PollInterval after an empty lease.
@@ -96,7 +97,7 @@ func (c *Config) setDefaults() {
 		c.LeaseDuration = 30 * time.Second
 	}
 	if c.SendBound <= 0 {
-		c.SendBound = 10 * time.Second
+		c.SendBound = c.LeaseDuration / 3
 	}
 	if c.WaitTimeout < 0 {
 		c.WaitTimeout = 0
@@ -265,15 +266,14 @@ type item struct {
 	deadLettered bool
 }
 
-// nack is a group of entries to give back.
+// nack is a group of entries to give back after a failed send: the failed
+// head counts as a publish attempt (release, which gives back entries never
+// sent, does not count one).
 type nack struct {
 	ids        []int64
 	reason     string
 	retryAfter time.Duration
 }
-
-// holdBack nacks count the failed head as a publish attempt; release does
-// not (those entries were never sent).
 
 // batch collects the outcome of one lease.
 type batch struct {
