@@ -70,8 +70,23 @@ func (c *Client) Lease(ctx context.Context, req LeaseRequest) (Lease, error) {
 	}
 	// After a long-poll wait this estimate is short by the wait; the relay
 	// renews the lease before its first send when it needs more.
-	return Lease{Token: resp.GetLeaseToken(), Entries: resp.GetEntries(), Expires: sent.Add(resp.GetLeaseRemaining().AsDuration())}, nil
+	expires := sent.Add(resp.GetLeaseRemaining().AsDuration())
+	if resp.GetLeaseRemaining() == nil && len(resp.GetEntries()) > 0 {
+		// A persistence service from before lease_remaining (during a
+		// rolling upgrade): the lease started inside the call, at most a
+		// generous second before the answer.
+		start := time.Now().Add(-legacyAnswerBound)
+		if start.Before(sent) {
+			start = sent
+		}
+		expires = start.Add(req.Duration)
+	}
+	return Lease{Token: resp.GetLeaseToken(), Entries: resp.GetEntries(), Expires: expires}, nil
 }
+
+// legacyAnswerBound is how long a persistence service that does not report
+// lease_remaining may take from leasing to answering.
+const legacyAnswerBound = time.Second
 
 // Renew extends the lease held under token to d from now (database
 // clock). It returns the new expiry on this process's clock, or ok false
