@@ -25,15 +25,17 @@ import (
 	"github.com/biobridge/bridge/services/publisher/internal/testenv"
 )
 
-func connectKafka(t *testing.T, env *testenv.Env) *kafka.Conn {
+// connectKafka connects the way the publisher does, with Kafka calls
+// bounded by sendTimeout (0: the default): a relay with a lease of d needs
+// at most d/3.
+func connectKafka(t *testing.T, env *testenv.Env, sendTimeout time.Duration) *kafka.Conn {
 	t.Helper()
 	cfg := env.PublisherConfig()
 	conn, err := kafka.Connect(t.Context(), kafka.Config{
 		Brokers: cfg.KafkaBrokers, Version: cfg.KafkaVersion, ClientID: "relay-test",
 		MaxMessageBytes: cfg.MaxMessageBytes, DeadLetterMaxMessageBytes: cfg.DeadLetterMaxMessageBytes,
 		Partitions: int32(cfg.TopicPartitions), ReplicationFactor: int16(cfg.ReplicationFactor), CreateTopics: true,
-		// The tests' leases are 3s and longer.
-		SendTimeout: time.Second,
+		SendTimeout: sendTimeout,
 	}, testenv.Logger(t))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = conn.Close() })
@@ -78,7 +80,7 @@ func run(t *testing.T, r *relay.Relay) (stop func()) {
 func TestCrashBeforeAck(t *testing.T) {
 	t.Parallel()
 	env := testenv.New(t, testenv.Options{})
-	k := connectKafka(t, env)
+	k := connectKafka(t, env, time.Second) // its leases are 3s
 	users := testenv.Users("crash", 50)
 	for range 40 {
 		require.NoError(t, env.Writer.WriteRound(t.Context(), users, 50))
@@ -142,7 +144,7 @@ func partitionOf(t *testing.T, k *kafka.Conn, user string) int32 {
 func TestTransientFaultsKeepOrder(t *testing.T) {
 	t.Parallel()
 	env := testenv.New(t, testenv.Options{})
-	k := connectKafka(t, env)
+	k := connectKafka(t, env, 0)
 	fault := env.Broker().Cluster().Fault(kfake.Fault{
 		Keys:  []kmsg.Key{kmsg.Produce},
 		Topic: kafka.TopicEvents,
@@ -178,7 +180,7 @@ func TestTransientFaultsKeepOrder(t *testing.T) {
 func TestUnknownErrorDeadLettersAfterMaxAttempts(t *testing.T) {
 	t.Parallel()
 	env := testenv.New(t, testenv.Options{})
-	k := connectKafka(t, env)
+	k := connectKafka(t, env, 0)
 	users := testenv.Users("unknown", 12)
 	bad := partitionOf(t, k, users[0])
 	var badUsers []string
@@ -229,7 +231,7 @@ func TestUnknownErrorDeadLettersAfterMaxAttempts(t *testing.T) {
 func TestFollowerBehindRetriedHeadKeepsItsAttempts(t *testing.T) {
 	t.Parallel()
 	env := testenv.New(t, testenv.Options{})
-	k := connectKafka(t, env)
+	k := connectKafka(t, env, time.Second) // its lease is 3s
 	user := "follower-user"
 	var ids []string
 	for range 3 {
