@@ -21,8 +21,16 @@ var (
 	buildErr  error
 )
 
+// RemovePublisherBinary deletes what PublisherBinary built; a TestMain
+// calls it after the tests.
+func RemovePublisherBinary() {
+	if buildPath != "" {
+		_ = os.RemoveAll(filepath.Dir(buildPath))
+	}
+}
+
 // PublisherBinary builds the real publisher command once per test binary
-// and returns its path.
+// and returns its path (RemovePublisherBinary deletes it).
 func PublisherBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
