@@ -174,17 +174,17 @@ for svc in "${SERVICES[@]}"; do
     case "$svc" in
       persistence)
         echo "SERVICE_TOKENS=ingest:${TOKEN[ingest]},publisher:${TOKEN[publisher]},tokenbroker:${TOKEN[tokenbroker]},gateway:${TOKEN[gateway]},agents:${TOKEN[agents]}"
-        echo "SERVICE_ACL=ingest=/biobridge.persistence.v1.PersistenceService/WriteEvents|/biobridge.persistence.v1.PersistenceService/DeleteRecords|/biobridge.persistence.v1.PersistenceService/AppendConnectionEvents;publisher=/biobridge.persistence.v1.PersistenceService/LeaseOutbox|/biobridge.persistence.v1.PersistenceService/AckOutbox|/biobridge.persistence.v1.PersistenceService/NackOutbox|/biobridge.persistence.v1.PersistenceService/GetOutboxStats;tokenbroker=/biobridge.persistence.v1.PersistenceService/AppendConnectionEvents;gateway=/biobridge.biometrics.v1.BiometricsService/*;agents=/biobridge.biometrics.v1.BiometricsService/*"
+        echo "SERVICE_ACL=ingest=/biobridge.persistence.v1.PersistenceService/WriteEvents|/biobridge.persistence.v1.PersistenceService/DeleteRecords|/biobridge.persistence.v1.PersistenceService/AppendConnectionEvents|/biobridge.persistence.v1.PersistenceService/DeleteUserData;publisher=/biobridge.persistence.v1.PersistenceService/LeaseOutbox|/biobridge.persistence.v1.PersistenceService/RenewOutboxLease|/biobridge.persistence.v1.PersistenceService/AckOutbox|/biobridge.persistence.v1.PersistenceService/NackOutbox|/biobridge.persistence.v1.PersistenceService/GetOutboxStats;tokenbroker=/biobridge.persistence.v1.PersistenceService/AppendConnectionEvents;gateway=/biobridge.biometrics.v1.BiometricsService/*;agents=/biobridge.biometrics.v1.BiometricsService/*"
         ;;
       tokenbroker)
         echo "SERVICE_TOKENS=ingest:${TOKEN[ingest]},gateway:${TOKEN[gateway]}"
-        echo "SERVICE_ACL=ingest=/biobridge.tokens.v1.TokenBrokerService/GetAccessToken|/biobridge.tokens.v1.TokenBrokerService/ResolveVendorUser|/biobridge.tokens.v1.TokenBrokerService/ListActiveConnections|/biobridge.tokens.v1.TokenBrokerService/ReportDataArrival|/biobridge.tokens.v1.TokenBrokerService/MarkStaleConnections"
+        echo "SERVICE_ACL=ingest=/biobridge.tokens.v1.TokenBrokerService/GetAccessToken|/biobridge.tokens.v1.TokenBrokerService/ResolveVendorUser|/biobridge.tokens.v1.TokenBrokerService/ListActiveConnections|/biobridge.tokens.v1.TokenBrokerService/ReportDataArrival|/biobridge.tokens.v1.TokenBrokerService/MarkStaleConnections|/biobridge.tokens.v1.TokenBrokerService/RecordConnectionEvent|/biobridge.tokens.v1.TokenBrokerService/DeleteUserData"
         echo "USER_TOKEN_SECRET=$USER_TOKEN_SECRET"
         echo "TOKEN_ENCRYPTION_KEYS=$TOKEN_KEYS"
         ;;
       ingest)
         echo "SERVICE_TOKENS=gateway:${TOKEN[gateway]},operator:${TOKEN[operator]}"
-        echo "SERVICE_ACL=operator=/biobridge.ingest.v1.IngestService/ListJobs|/biobridge.ingest.v1.IngestService/RetryJobs|/biobridge.ingest.v1.IngestService/GetBackfillProgress"
+        echo "SERVICE_ACL=operator=/biobridge.ingest.v1.IngestService/ListJobs|/biobridge.ingest.v1.IngestService/RetryJobs|/biobridge.ingest.v1.IngestService/GetBackfillProgress|/biobridge.ingest.v1.IngestService/DeleteUserData"
         echo "USER_TOKEN_SECRET=$USER_TOKEN_SECRET"
         # Webhook verification keys; vendor APIs point at the devstack's
         # emulator so nothing here reaches the internet.
@@ -199,6 +199,10 @@ for svc in "${SERVICES[@]}"; do
         echo "KAFKA_BROKERS=$KAFKA_ADDR"
         echo "KAFKA_TOPIC_PARTITIONS=3"
         echo "KAFKA_REPLICATION_FACTOR=1"
+        echo "KAFKA_MIN_INSYNC_REPLICAS=1"
+        ;;
+      gateway)
+        echo "USER_TOKEN_SECRET=$USER_TOKEN_SECRET"
         ;;
     esac
   } > "$work/$svc.env"

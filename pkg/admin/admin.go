@@ -144,9 +144,20 @@ type checkResult struct {
 	Error string `json:"error"`
 }
 
+// PublicError is a readiness failure whose message is safe to show on
+// /readyz (it names no host, credential or user), for checks whose reason is
+// what an operator needs to see there, such as a misconfigured topic.
+type PublicError struct{ Message string }
+
+func (e *PublicError) Error() string { return e.Message }
+
+// Public returns a readiness failure that /readyz shows as msg.
+func Public(msg string) error { return &PublicError{Message: msg} }
+
 // readyz runs all checks concurrently, each bounded by CheckTimeout. The
 // message for a failing check is generic (it failed or timed out) because
-// driver errors can carry connection strings; the full error is logged.
+// driver errors can carry connection strings, unless the check returned a
+// PublicError; the full error is logged.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	results := runChecks(r.Context(), s.checks)
 	var failed []checkResult
@@ -155,8 +166,12 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		msg := "check failed"
-		if errors.Is(err, context.DeadlineExceeded) {
+		var pub *PublicError
+		switch {
+		case errors.Is(err, context.DeadlineExceeded):
 			msg = "check timed out"
+		case errors.As(err, &pub):
+			msg = pub.Message
 		}
 		s.logger.WarnContext(r.Context(), "readiness check failed", "check", s.checks[i].Name, "err", err)
 		failed = append(failed, checkResult{Name: s.checks[i].Name, Error: msg})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -94,6 +95,23 @@ func TestEndpoints(t *testing.T) {
 	assert.Equal(t, "redis", got.Failed[0].Name)
 	assert.NotContains(t, body, "hunter2", "driver errors are not exposed")
 	assert.NotContains(t, body, "10.1.2.3")
+}
+
+// TestReadyzShowsPublicErrors: a check that returns a PublicError (wrapped
+// or not) has its message on /readyz; other errors stay generic.
+func TestReadyzShowsPublicErrors(t *testing.T) {
+	t.Parallel()
+	s := admin.New("127.0.0.1:0", nil, nil,
+		admin.Check{Name: "kafka_topics", Fn: func(context.Context) error {
+			return fmt.Errorf("durability: %w", admin.Public("topic t: min.insync.replicas is 1, want at least 2"))
+		}},
+		admin.Check{Name: "postgres", Fn: func(context.Context) error { return errors.New("password=hunter2") }},
+	)
+	base := start(t, s)
+	code, body := get(t, base+"/readyz")
+	assert.Equal(t, http.StatusServiceUnavailable, code)
+	assert.Contains(t, body, `"error":"topic t: min.insync.replicas is 1, want at least 2"`)
+	assert.NotContains(t, body, "hunter2")
 }
 
 func TestReadyzTimesOutHangingCheck(t *testing.T) {

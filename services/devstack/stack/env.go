@@ -147,7 +147,7 @@ func joinLines(lines []string) string { return strings.Join(lines, "\n") }
 var devACL = map[string]func(internal string) string{
 	"persistence": func(internal string) string {
 		return internal + "=" + methods("biobridge.persistence.v1.PersistenceService",
-			"WriteEvents", "DeleteRecords", "AppendConnectionEvents", "LeaseOutbox", "AckOutbox", "NackOutbox", "GetOutboxStats",
+			"WriteEvents", "DeleteRecords", "AppendConnectionEvents", "LeaseOutbox", "RenewOutboxLease", "AckOutbox", "NackOutbox", "GetOutboxStats",
 			"DeleteUserData") +
 			";agent=/biobridge.biometrics.v1.BiometricsService/*"
 	},

@@ -91,6 +91,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	e.setDefault("LOG_FORMAT", "text")
 	e.setDefault("KAFKA_TOPIC_PARTITIONS", "3")
 	e.setDefault("KAFKA_REPLICATION_FACTOR", "1")
+	e.setDefault("KAFKA_MIN_INSYNC_REPLICAS", "1")
 	// Kafka: a real cluster when KAFKA_BROKERS is set, else the embedded
 	// broker on KAFKA_ADDR. Vendors: the emulator unless their URLs are set.
 	embeddedKafka := e.get("KAFKA_BROKERS") == ""

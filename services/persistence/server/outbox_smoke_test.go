@@ -51,7 +51,7 @@ func TestOutboxLeaseAckNack(t *testing.T) {
 	require.EqualValues(t, 1, ack.GetAcked())
 
 	nack, err := e.persistence.NackOutbox(e.ingestCtx(), &persistencev1.NackOutboxRequest{
-		LeaseToken: resp.GetLeaseToken(), Ids: []int64{resp.GetEntries()[1].GetId()}, Error: "broker down", RetryAfter: durationpb.New(0)})
+		LeaseToken: resp.GetLeaseToken(), Ids: []int64{resp.GetEntries()[1].GetId()}, Error: "broker down", RetryAfter: durationpb.New(0), Attempted: true})
 	require.NoError(t, err)
 	require.EqualValues(t, 1, nack.GetReleased())
 
@@ -59,5 +59,6 @@ func TestOutboxLeaseAckNack(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, relet.GetEntries(), 2, "the nacked entry and the one after it (released with it)")
 	require.Equal(t, "broker down", relet.GetEntries()[0].GetLastError())
-	require.EqualValues(t, 1, relet.GetEntries()[0].GetAttempts())
+	require.EqualValues(t, 1, relet.GetEntries()[0].GetAttempts(), "one failed send")
+	require.Zero(t, relet.GetEntries()[1].GetAttempts(), "released with it, never sent")
 }

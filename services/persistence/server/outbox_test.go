@@ -157,7 +157,7 @@ func TestExpiredLeaseReturnsToPool(t *testing.T) {
 		second, err = e.persistence.LeaseOutbox(e.ingestCtx(), &persistencev1.LeaseOutboxRequest{Holder: "survivor"})
 		return err == nil && len(second.GetEntries()) == 1
 	}, 10*time.Second, 50*time.Millisecond)
-	require.EqualValues(t, 1, second.GetEntries()[0].GetAttempts())
+	require.Zero(t, second.GetEntries()[0].GetAttempts(), "a lease is not a publish attempt")
 
 	// The old holder's ack no longer counts; the new holder's does.
 	ack, err := e.persistence.AckOutbox(e.ingestCtx(), &persistencev1.AckOutboxRequest{LeaseToken: first.GetLeaseToken(), Ids: []int64{first.GetEntries()[0].GetId()}})
@@ -166,6 +166,54 @@ func TestExpiredLeaseReturnsToPool(t *testing.T) {
 	ack, err = e.persistence.AckOutbox(e.ingestCtx(), &persistencev1.AckOutboxRequest{LeaseToken: second.GetLeaseToken(), Ids: []int64{second.GetEntries()[0].GetId()}})
 	require.NoError(t, err)
 	require.EqualValues(t, 1, ack.GetAcked())
+}
+
+// TestRenewFencedByToken: a renewed lease outlives its first duration and
+// keeps other holders out; once it lapses, renewing fails and the new
+// holder's lease is untouched by the old token.
+func TestRenewFencedByToken(t *testing.T) {
+	t.Parallel()
+	e := start(t)
+	user := newUser()
+	e.write(event(user, "a", reading("heart_rate_bpm", 60, time.Now().Add(-time.Minute))))
+
+	first, err := e.persistence.LeaseOutbox(e.ingestCtx(), &persistencev1.LeaseOutboxRequest{Holder: "slow", LeaseDuration: durationpb.New(time.Second)})
+	require.NoError(t, err)
+	require.Len(t, first.GetEntries(), 1)
+	left := first.GetLeaseRemaining().AsDuration()
+	require.Greater(t, left, time.Duration(0))
+	require.LessOrEqual(t, left, time.Second, "measured by the database after the lease started")
+
+	renew, err := e.persistence.RenewOutboxLease(e.ingestCtx(), &persistencev1.RenewOutboxLeaseRequest{LeaseToken: first.GetLeaseToken(), LeaseDuration: durationpb.New(time.Hour)})
+	require.NoError(t, err)
+	require.EqualValues(t, 1, renew.GetRenewed())
+	require.Greater(t, renew.GetLeaseRemaining().AsDuration(), 59*time.Minute)
+	_, err = e.db.Exec(t.Context(), `UPDATE outbox SET lease_expires_at = now() - interval '1 second'`) // the lease runs out
+	require.NoError(t, err)
+	renew, err = e.persistence.RenewOutboxLease(e.ingestCtx(), &persistencev1.RenewOutboxLeaseRequest{LeaseToken: first.GetLeaseToken(), LeaseDuration: durationpb.New(time.Hour)})
+	require.NoError(t, err)
+	require.Zero(t, renew.GetRenewed(), "an expired lease cannot be renewed")
+
+	second, err := e.persistence.LeaseOutbox(e.ingestCtx(), &persistencev1.LeaseOutboxRequest{Holder: "next"})
+	require.NoError(t, err)
+	require.Len(t, second.GetEntries(), 1)
+	renew, err = e.persistence.RenewOutboxLease(e.ingestCtx(), &persistencev1.RenewOutboxLeaseRequest{LeaseToken: first.GetLeaseToken(), LeaseDuration: durationpb.New(time.Hour)})
+	require.NoError(t, err)
+	require.Zero(t, renew.GetRenewed(), "the old token does not touch the new holder's lease")
+
+	// Released without a send: attempts stay; a failed send counts once.
+	_, err = e.persistence.NackOutbox(e.ingestCtx(), &persistencev1.NackOutboxRequest{LeaseToken: second.GetLeaseToken(), Ids: []int64{second.GetEntries()[0].GetId()}, Error: "not attempted"})
+	require.NoError(t, err)
+	third, err := e.persistence.LeaseOutbox(e.ingestCtx(), &persistencev1.LeaseOutboxRequest{Holder: "next"})
+	require.NoError(t, err)
+	require.Len(t, third.GetEntries(), 1)
+	require.Zero(t, third.GetEntries()[0].GetAttempts())
+	_, err = e.persistence.NackOutbox(e.ingestCtx(), &persistencev1.NackOutboxRequest{LeaseToken: third.GetLeaseToken(), Ids: []int64{third.GetEntries()[0].GetId()}, Error: "timeout", Attempted: true})
+	require.NoError(t, err)
+	fourth, err := e.persistence.LeaseOutbox(e.ingestCtx(), &persistencev1.LeaseOutboxRequest{Holder: "next"})
+	require.NoError(t, err)
+	require.Len(t, fourth.GetEntries(), 1)
+	require.EqualValues(t, 1, fourth.GetEntries()[0].GetAttempts())
 }
 
 // TestNackedHeadBlocksItsKeyOnly: while a key's first entry waits out its

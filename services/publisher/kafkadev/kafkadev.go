@@ -33,6 +33,10 @@ type Config struct {
 	BrokerConfigs map[string]string
 	// Logger receives the broker's warnings and errors; nil discards them.
 	Logger *slog.Logger
+	// Advertise, when set, is the host:port the broker tells clients to
+	// connect to instead of its own listener: a proxy in front of it, for
+	// tests that put faults on the wire.
+	Advertise string
 }
 
 // Broker is a running embedded broker.
@@ -68,6 +72,7 @@ func StartConfig(ctx context.Context, cfg Config) (*Broker, error) {
 		return nil, fmt.Errorf("kafkadev: address %q: invalid port", cfg.Addr)
 	}
 	listenAddr := net.JoinHostPort(host, portStr)
+	var realAddr string // the listener's own address when it advertises another
 
 	opts := []kfake.Opt{
 		kfake.NumBrokers(1),
@@ -75,7 +80,17 @@ func StartConfig(ctx context.Context, cfg Config) (*Broker, error) {
 		// kfake always asks for 127.0.0.1:<port>; listen on the host we
 		// were given instead so "localhost" or another loopback IP works.
 		kfake.ListenFn(func(network, _ string) (net.Listener, error) {
-			return net.Listen(network, listenAddr)
+			ln, err := net.Listen(network, listenAddr)
+			if err != nil || cfg.Advertise == "" {
+				return ln, err
+			}
+			adv, err := net.ResolveTCPAddr("tcp", cfg.Advertise)
+			if err != nil {
+				_ = ln.Close()
+				return nil, fmt.Errorf("advertise %q: %w", cfg.Advertise, err)
+			}
+			realAddr = ln.Addr().String()
+			return advertised{Listener: ln, addr: adv}, nil
 		}),
 		kfake.ClusterID("biobridge-dev"),
 		kfake.WithLogger(slogAdapter{logger: cfg.Logger}),
@@ -96,12 +111,25 @@ func StartConfig(ctx context.Context, cfg Config) (*Broker, error) {
 		return nil, errors.New("kafkadev: broker did not report its listen address")
 	}
 	b := &Broker{cluster: cluster, addr: addrs[0]}
+	if realAddr != "" {
+		b.addr = realAddr
+	}
 	// The AfterFunc goroutine only calls shutdown, never reads b.stop.
 	b.stop = context.AfterFunc(ctx, b.shutdown)
 	return b, nil
 }
 
-// Addr returns the broker's address (the bootstrap address for clients).
+// advertised is a listener that reports another address, which kfake then
+// advertises in its metadata.
+type advertised struct {
+	net.Listener
+	addr net.Addr
+}
+
+func (a advertised) Addr() net.Addr { return a.addr }
+
+// Addr returns the address the broker listens on (the bootstrap address for
+// clients, unless Config.Advertise sends them through a proxy).
 func (b *Broker) Addr() string { return b.addr }
 
 // Cluster exposes the underlying kfake cluster, for tests that inject

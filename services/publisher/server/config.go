@@ -36,9 +36,16 @@ type Config struct {
 	// TopicPartitions is the partition count of topics created at start:
 	// KAFKA_TOPIC_PARTITIONS (12).
 	TopicPartitions int
-	// ReplicationFactor of topics created at start: KAFKA_REPLICATION_FACTOR
-	// (3; devstack uses 1).
+	// ReplicationFactor of topics created at start, and the least the
+	// durability check accepts: KAFKA_REPLICATION_FACTOR (3; devstack uses 1).
 	ReplicationFactor int
+	// MinInsyncReplicas is min.insync.replicas of topics created at start,
+	// and the least the durability check accepts: KAFKA_MIN_INSYNC_REPLICAS
+	// (2, at most KAFKA_REPLICATION_FACTOR; devstack uses 1).
+	MinInsyncReplicas int
+	// TopicCheckInterval is how often the topics' durability settings are
+	// described again: KAFKA_TOPIC_CHECK_INTERVAL (1m).
+	TopicCheckInterval time.Duration
 	// CreateTopics creates missing topics at start: KAFKA_CREATE_TOPICS (true).
 	CreateTopics bool
 	// MaxMessageBytes is the largest message sent to the event topics;
@@ -114,6 +121,8 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		KafkaTLS:                  l.Bool("KAFKA_TLS", false),
 		TopicPartitions:           l.Int("KAFKA_TOPIC_PARTITIONS", 12, 1, 10000),
 		ReplicationFactor:         l.Int("KAFKA_REPLICATION_FACTOR", 3, 1, 32),
+		MinInsyncReplicas:         l.Int("KAFKA_MIN_INSYNC_REPLICAS", 2, 1, 32),
+		TopicCheckInterval:        l.Duration("KAFKA_TOPIC_CHECK_INTERVAL", time.Minute),
 		CreateTopics:              l.Bool("KAFKA_CREATE_TOPICS", true),
 		MaxMessageBytes:           l.Int("KAFKA_MAX_MESSAGE_BYTES", 1000000, 1024, 100<<20),
 		DeadLetterMaxMessageBytes: l.Int("KAFKA_DLQ_MAX_MESSAGE_BYTES", 8<<20, 1024, 100<<20),
@@ -145,6 +154,9 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		l.Check("KAFKA_VERSION", version.IsAtLeast(sarama.V0_11_0_0), "must be at least 0.11.0 (idempotent producer)")
 		c.KafkaVersion = version
 	}
+	l.Check("KAFKA_MIN_INSYNC_REPLICAS", c.MinInsyncReplicas <= c.ReplicationFactor,
+		"must be at most KAFKA_REPLICATION_FACTOR (no write could ever be acknowledged)")
+	l.Check("KAFKA_TOPIC_CHECK_INTERVAL", c.TopicCheckInterval > 0, "must be positive")
 	l.Check("KAFKA_DLQ_MAX_MESSAGE_BYTES", c.DeadLetterMaxMessageBytes >= c.MaxMessageBytes,
 		"must be at least KAFKA_MAX_MESSAGE_BYTES, so a message too large for its topic fits the dead-letter topic")
 	if raw := l.Required("SERVICE_TOKENS"); raw != "" {

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -37,6 +38,7 @@ type Server struct {
 	kafka  *kafka.Conn
 	conn   *grpc.ClientConn
 	relay  *relay.Relay
+	topics *kafka.Durability
 	grpc   *grpcserver.Server
 	admin  *admin.Server
 }
@@ -76,7 +78,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		DeadLetterMaxMessageBytes: cfg.DeadLetterMaxMessageBytes,
 		Partitions:                int32(cfg.TopicPartitions),
 		ReplicationFactor:         int16(cfg.ReplicationFactor),
+		MinInsyncReplicas:         cfg.MinInsyncReplicas,
 		CreateTopics:              cfg.CreateTopics,
+		SendTimeout:               SendTimeout(cfg.LeaseDuration),
 	}
 	if cfg.KafkaTLS {
 		if kcfg.TLS, err = grpcclient.ClientTLSConfig(cfg.TLS, ""); err != nil {
@@ -92,12 +96,17 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	ob := outbox.New(s.conn, cfg.ServiceToken)
 
 	reg := telemetry.NewRegistry()
-	letters := deadletter.New(s.kafka.DeadLetterClient, s.kafka.Producer, s.kafka.DeadLetter, reg, logger, cfg.DeadLetterScanInterval)
+	// A topic less durable than configured does not stop the publisher
+	// (the outbox would only grow); it fails readiness and says why.
+	s.topics = kafka.NewDurability(s.kafka.Client, kcfg, reg, logger)
+	_ = s.topics.Check()
+	letters := deadletter.New(s.kafka.DeadLetterReader, s.kafka.Producer, s.kafka.DeadLetter, reg, logger, cfg.DeadLetterScanInterval)
 	s.relay = relay.New(relay.Config{
 		Holder:         cfg.Holder,
 		Workers:        cfg.Workers,
 		BatchSize:      cfg.BatchSize,
 		LeaseDuration:  cfg.LeaseDuration,
+		SendBound:      kafka.SendBound(kafka.SaramaConfig(kcfg, cfg.MaxMessageBytes)),
 		WaitTimeout:    cfg.WaitTimeout,
 		PollInterval:   cfg.PollInterval,
 		MaxAttempts:    cfg.MaxAttempts,
@@ -128,6 +137,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	}
 	s.admin = admin.New(cfg.AdminAddr, reg, logger,
 		admin.Check{Name: "kafka", Fn: func(context.Context) error { return s.kafka.Ping() }},
+		admin.Check{Name: "kafka_topics", Fn: s.topics.Ready},
 		admin.Check{Name: "persistence", Fn: func(ctx context.Context) error {
 			_, err := ob.Stats(ctx)
 			return err
@@ -137,6 +147,14 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		return nil, err
 	}
 	return s, nil
+}
+
+// SendTimeout is the budget of one producer call for a lease of d: a third
+// of it, so a fresh lease covers two calls and the heartbeat, renewing
+// every third, keeps it so. A slow cluster needs a longer lease, not a call
+// that outlives the lease.
+func SendTimeout(d time.Duration) time.Duration {
+	return d / 3
 }
 
 // serviceAuth admits callers presenting one of the configured service
@@ -165,6 +183,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	g.Go(func() error { return s.relay.Run(gctx) })
 	g.Go(func() error {
 		s.relay.Monitor(gctx, s.cfg.StatsInterval, s.kafka.Ping)
+		return nil
+	})
+	g.Go(func() error {
+		s.topics.Run(gctx, s.cfg.TopicCheckInterval)
 		return nil
 	})
 	s.logger.Info("publisher running", "grpc_addr", s.GRPCAddr(), "admin_addr", s.AdminAddr(),

@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/uuid"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
@@ -284,12 +285,12 @@ func (p *Persistence) LeaseOutbox(ctx context.Context, req *persistencev1.LeaseO
 		// Take the wake-up channel before looking, so a commit that lands
 		// between the look and the wait still wakes us.
 		wake := p.notifier.Wait()
-		entries, token, err := p.store.Lease(ctx, holder, limit, d)
+		l, err := p.store.Lease(ctx, holder, limit, d)
 		if err != nil {
 			return nil, apperr.Wrap(err, apperr.Unavailable, "storage_unavailable", "could not lease outbox entries, retry")
 		}
-		if len(entries) > 0 {
-			return &persistencev1.LeaseOutboxResponse{Entries: entries, LeaseToken: token}, nil
+		if len(l.Entries) > 0 {
+			return &persistencev1.LeaseOutboxResponse{Entries: l.Entries, LeaseToken: l.Token, LeaseRemaining: durationpb.New(l.Remaining)}, nil
 		}
 		left := time.Until(deadline)
 		if left <= 0 {
@@ -318,6 +319,23 @@ func parseLeaseToken(s string) (uuid.UUID, error) {
 	return id, nil
 }
 
+// RenewOutboxLease extends a lease still held under its token.
+func (p *Persistence) RenewOutboxLease(ctx context.Context, req *persistencev1.RenewOutboxLeaseRequest) (*persistencev1.RenewOutboxLeaseResponse, error) {
+	token, err := parseLeaseToken(req.GetLeaseToken())
+	if err != nil {
+		return nil, err
+	}
+	d := DefaultLeaseDuration
+	if req.GetLeaseDuration() != nil {
+		d = min(max(req.GetLeaseDuration().AsDuration(), MinLeaseDuration), MaxLeaseDuration)
+	}
+	n, left, err := p.store.Renew(ctx, token, d)
+	if err != nil {
+		return nil, apperr.Wrap(err, apperr.Unavailable, "storage_unavailable", "could not renew the lease, retry")
+	}
+	return &persistencev1.RenewOutboxLeaseResponse{Renewed: int32(n), LeaseRemaining: durationpb.New(left)}, nil
+}
+
 // AckOutbox deletes published entries.
 func (p *Persistence) AckOutbox(ctx context.Context, req *persistencev1.AckOutboxRequest) (*persistencev1.AckOutboxResponse, error) {
 	token, err := parseLeaseToken(req.GetLeaseToken())
@@ -344,7 +362,7 @@ func (p *Persistence) NackOutbox(ctx context.Context, req *persistencev1.NackOut
 		return &persistencev1.NackOutboxResponse{}, nil
 	}
 	retry := min(max(req.GetRetryAfter().AsDuration(), 0), MaxRetryAfter)
-	n, err := p.store.Nack(ctx, token, req.GetIds(), truncate(req.GetError(), maxErrorLen), retry)
+	n, err := p.store.Nack(ctx, token, req.GetIds(), truncate(req.GetError(), maxErrorLen), retry, req.GetAttempted())
 	if err != nil {
 		return nil, apperr.Wrap(err, apperr.Unavailable, "storage_unavailable", "could not release, retry")
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"time"
 
@@ -63,29 +64,42 @@ CROSS JOIN LATERAL (
   FROM outbox o WHERE o.key = h.key AND o.id > h.head ORDER BY id LIMIT $3
 ) x`
 
+// leaseSQL takes the planned entries. attempts is not touched: a lease is
+// not a publish attempt (an entry behind a slow head may be leased many
+// times before it is ever sent); NackOutbox counts the sends that failed.
 const leaseSQL = `
 UPDATE outbox SET lease_token = $2, lease_holder = $3, lease_expires_at = now() + $4::float8 * interval '1 second',
-  attempts = attempts + 1, retry_after = NULL
+  retry_after = NULL
 WHERE id = ANY($1) AND ` + leasable + `
-RETURNING id, topic, key, payload_type, payload, traceparent, created_at, attempts - 1, last_error`
+RETURNING id, topic, key, payload_type, payload, traceparent, created_at, attempts, last_error,
+  extract(epoch FROM (lease_expires_at - clock_timestamp()))::float8`
+
+// OutboxLease is a leased batch.
+type OutboxLease struct {
+	Entries []*persistencev1.OutboxEntry
+	Token   string
+	// Remaining is the time left on the lease by the database's clock,
+	// measured just before the lease committed.
+	Remaining time.Duration
+}
 
 // Lease leases up to max entries for d to holder: the heads of the keys
 // with pending entries, extended by each key's following entries while
 // room remains. It returns the entries in id order (per key, commit order)
 // and the lease token, or no entries when nothing is available.
-func (s *Store) Lease(ctx context.Context, holder string, max int, d time.Duration) ([]*persistencev1.OutboxEntry, string, error) {
+func (s *Store) Lease(ctx context.Context, holder string, max int, d time.Duration) (OutboxLease, error) {
 	for attempt := 0; ; attempt++ {
-		entries, token, err := s.lease(ctx, holder, max, d, attempt >= 3)
+		l, err := s.lease(ctx, holder, max, d, attempt >= 3)
 		if errors.Is(err, errRunChanged) || (err != nil && retryable(err)) {
 			if attempt < 5 {
 				continue
 			}
 		}
 		if err != nil {
-			return nil, "", err
+			return OutboxLease{}, err
 		}
-		s.m.OutboxLeased.Add(float64(len(entries)))
-		return entries, token, nil
+		s.m.OutboxLeased.Add(float64(len(l.Entries)))
+		return l, nil
 	}
 }
 
@@ -93,10 +107,10 @@ func (s *Store) Lease(ctx context.Context, holder string, max int, d time.Durati
 // between planning and leasing (its old holder nacked it); retry.
 var errRunChanged = errors.New("outbox run changed during lease")
 
-func (s *Store) lease(ctx context.Context, holder string, max int, d time.Duration, headsOnly bool) (_ []*persistencev1.OutboxEntry, _ string, err error) {
+func (s *Store) lease(ctx context.Context, holder string, max int, d time.Duration, headsOnly bool) (_ OutboxLease, err error) {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
-		return nil, "", fmt.Errorf("lease outbox: %w", err)
+		return OutboxLease{}, fmt.Errorf("lease outbox: %w", err)
 	}
 	defer func() {
 		if err != nil {
@@ -105,18 +119,18 @@ func (s *Store) lease(ctx context.Context, holder string, max int, d time.Durati
 	}()
 	rows, err := tx.Query(ctx, leaseHeadsSQL, max)
 	if err != nil {
-		return nil, "", fmt.Errorf("lease outbox: find heads: %w", err)
+		return OutboxLease{}, fmt.Errorf("lease outbox: find heads: %w", err)
 	}
 	candidates, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 	if err != nil {
-		return nil, "", fmt.Errorf("lease outbox: find heads: %w", err)
+		return OutboxLease{}, fmt.Errorf("lease outbox: find heads: %w", err)
 	}
 	if len(candidates) == 0 {
-		return nil, "", tx.Commit(ctx)
+		return OutboxLease{}, tx.Commit(ctx)
 	}
 	rows, err = tx.Query(ctx, lockHeadsSQL, candidates)
 	if err != nil {
-		return nil, "", fmt.Errorf("lease outbox: lock heads: %w", err)
+		return OutboxLease{}, fmt.Errorf("lease outbox: lock heads: %w", err)
 	}
 	type head struct {
 		id  int64
@@ -128,10 +142,10 @@ func (s *Store) lease(ctx context.Context, holder string, max int, d time.Durati
 		return h, err
 	})
 	if err != nil {
-		return nil, "", fmt.Errorf("lease outbox: lock heads: %w", err)
+		return OutboxLease{}, fmt.Errorf("lease outbox: lock heads: %w", err)
 	}
 	if len(heads) == 0 {
-		return nil, "", tx.Commit(ctx)
+		return OutboxLease{}, tx.Commit(ctx)
 	}
 	ids := make([]int64, 0, max)
 	runLen := map[string]int{}
@@ -147,7 +161,7 @@ func (s *Store) lease(ctx context.Context, holder string, max int, d time.Durati
 		}
 		rows, err := tx.Query(ctx, runsSQL, keys, headIDs, room)
 		if err != nil {
-			return nil, "", fmt.Errorf("lease outbox: find runs: %w", err)
+			return OutboxLease{}, fmt.Errorf("lease outbox: find runs: %w", err)
 		}
 		type follower struct {
 			id  int64
@@ -160,7 +174,7 @@ func (s *Store) lease(ctx context.Context, holder string, max int, d time.Durati
 			return f, err
 		})
 		if err != nil {
-			return nil, "", fmt.Errorf("lease outbox: find runs: %w", err)
+			return OutboxLease{}, fmt.Errorf("lease outbox: find runs: %w", err)
 		}
 		// Fill the room oldest first; a key's run stops at its first entry
 		// that is not leasable, so it stays contiguous.
@@ -186,32 +200,43 @@ func (s *Store) lease(ctx context.Context, holder string, max int, d time.Durati
 	token := uuid.New()
 	rows, err = tx.Query(ctx, leaseSQL, ids, pgtype.UUID{Bytes: token, Valid: true}, holder, d.Seconds())
 	if err != nil {
-		return nil, "", fmt.Errorf("lease outbox: %w", err)
+		return OutboxLease{}, fmt.Errorf("lease outbox: %w", err)
 	}
-	entries, err := pgx.CollectRows(rows, scanOutboxEntry)
+	// Each row also says what is left of the lease by the database's clock
+	// at the moment it was updated (clock_timestamp, not the transaction's
+	// start); the smallest is the one to count on.
+	remaining := math.Inf(1)
+	entries, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (*persistencev1.OutboxEntry, error) {
+		var left float64
+		e, err := scanOutboxEntry(r, &left)
+		remaining = min(remaining, left)
+		return e, err
+	})
 	if err != nil {
-		return nil, "", fmt.Errorf("lease outbox: %w", err)
+		return OutboxLease{}, fmt.Errorf("lease outbox: %w", err)
 	}
 	if len(entries) != len(ids) {
 		// A run lost an entry in the middle: leasing the rest would let a
 		// later entry overtake it. Plan again.
-		return nil, "", errRunChanged
+		return OutboxLease{}, errRunChanged
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return nil, "", fmt.Errorf("lease outbox: commit: %w", err)
+		return OutboxLease{}, fmt.Errorf("lease outbox: commit: %w", err)
 	}
 	slices.SortFunc(entries, func(a, b *persistencev1.OutboxEntry) int { return cmp.Compare(a.GetId(), b.GetId()) })
-	return entries, token.String(), nil
+	return OutboxLease{Entries: entries, Token: token.String(), Remaining: secondsDuration(remaining)}, nil
 }
 
-func scanOutboxEntry(r pgx.CollectableRow) (*persistencev1.OutboxEntry, error) {
+// scanOutboxEntry reads a row of leaseSQL's RETURNING list; extra receives
+// its columns after the entry's.
+func scanOutboxEntry(r pgx.CollectableRow, extra ...any) (*persistencev1.OutboxEntry, error) {
 	var (
 		e       persistencev1.OutboxEntry
 		typ     int16
 		payload []byte
 		created time.Time
 	)
-	if err := r.Scan(&e.Id, &e.Topic, &e.Key, &typ, &payload, &e.Traceparent, &created, &e.Attempts, &e.LastError); err != nil {
+	if err := r.Scan(append([]any{&e.Id, &e.Topic, &e.Key, &typ, &payload, &e.Traceparent, &created, &e.Attempts, &e.LastError}, extra...)...); err != nil {
 		return nil, err
 	}
 	e.CreatedAt = timestamppb.New(created)
@@ -247,6 +272,37 @@ func (s *Store) Ack(ctx context.Context, token uuid.UUID, ids []int64) (int, err
 	return int(ct.RowsAffected()), nil
 }
 
+// renewSQL extends a lease that is still held: not expired by the
+// database's clock and not taken over (the token is the fence).
+const renewSQL = `
+WITH renewed AS (
+  UPDATE outbox SET lease_expires_at = now() + $2::float8 * interval '1 second'
+  WHERE lease_token = $1 AND lease_expires_at > now()
+  RETURNING 1
+)
+SELECT count(*), extract(epoch FROM (now() + $2::float8 * interval '1 second' - clock_timestamp()))::float8 FROM renewed`
+
+// Renew extends the lease held under token to d from now, by the
+// database's clock. It returns how many entries were renewed (0: the lease
+// expired or was taken over) and the time left on it.
+func (s *Store) Renew(ctx context.Context, token uuid.UUID, d time.Duration) (int, time.Duration, error) {
+	var (
+		n    int
+		secs float64
+	)
+	if err := s.pool.QueryRow(ctx, renewSQL, pgtype.UUID{Bytes: token, Valid: true}, d.Seconds()).Scan(&n, &secs); err != nil {
+		return 0, 0, fmt.Errorf("renew outbox lease: %w", err)
+	}
+	if n == 0 {
+		return 0, 0, nil
+	}
+	return n, secondsDuration(secs), nil
+}
+
+func secondsDuration(secs float64) time.Duration {
+	return max(0, time.Duration(secs*float64(time.Second)))
+}
+
 // nackSQL releases the given entries and every later entry of the same
 // keys under the same lease: those cannot be published before the failed
 // one anyway, and leaving them leased would let them overtake it once it
@@ -257,7 +313,8 @@ WITH failed AS (
 ), released AS (
   UPDATE outbox o SET lease_token = NULL, lease_holder = NULL, lease_expires_at = NULL,
     retry_after = CASE WHEN $4::float8 > 0 THEN now() + $4::float8 * interval '1 second' END,
-    last_error = CASE WHEN o.id = ANY($2) THEN $3 ELSE o.last_error END
+    last_error = CASE WHEN o.id = ANY($2) THEN $3 ELSE o.last_error END,
+    attempts = CASE WHEN $5 AND o.id = f.first_id THEN o.attempts + 1 ELSE o.attempts END
   FROM failed f
   WHERE o.lease_token = $1 AND o.key = f.key AND o.id >= f.first_id
   RETURNING o.id
@@ -265,10 +322,12 @@ WITH failed AS (
 SELECT count(*) FILTER (WHERE id = ANY($2)) FROM released`
 
 // Nack returns entries held under token to the pool, not to be leased
-// again before retryAfter. It returns how many of ids were released.
-func (s *Store) Nack(ctx context.Context, token uuid.UUID, ids []int64, reason string, retryAfter time.Duration) (int, error) {
+// again before retryAfter. When attempted, the first of ids per key was
+// sent and failed, and its attempt count grows by one. It returns how many
+// of ids were released.
+func (s *Store) Nack(ctx context.Context, token uuid.UUID, ids []int64, reason string, retryAfter time.Duration, attempted bool) (int, error) {
 	var n int
-	err := s.pool.QueryRow(ctx, nackSQL, pgtype.UUID{Bytes: token, Valid: true}, ids, reason, retryAfter.Seconds()).Scan(&n)
+	err := s.pool.QueryRow(ctx, nackSQL, pgtype.UUID{Bytes: token, Valid: true}, ids, reason, retryAfter.Seconds(), attempted).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("nack outbox: %w", err)
 	}

@@ -4,6 +4,7 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -17,10 +18,13 @@ import (
 	"github.com/biobridge/bridge/services/publisher/internal/relay"
 )
 
-// Page sizes of ListDeadLetters.
+// Page sizes of ListDeadLetters, and the most selectors of one
+// ReplayDeadLetters call.
 const (
 	DefaultPageSize = 100
 	MaxPageSize     = 1000
+	MaxReplayIDs    = 10000
+	MaxReplayRanges = 1000
 )
 
 // Service serves PublisherService.
@@ -72,7 +76,7 @@ func (s *Service) GetStatus(ctx context.Context, _ *publisherv1.GetStatusRequest
 	return resp, nil
 }
 
-// ListDeadLetters lists dead letters, oldest first.
+// ListDeadLetters lists dead letters in topic order, a page at a time.
 func (s *Service) ListDeadLetters(ctx context.Context, req *publisherv1.ListDeadLettersRequest) (*publisherv1.ListDeadLettersResponse, error) {
 	size := int(req.GetPageSize())
 	switch {
@@ -83,11 +87,18 @@ func (s *Service) ListDeadLetters(ctx context.Context, req *publisherv1.ListDead
 	case size > MaxPageSize:
 		size = MaxPageSize
 	}
-	letters, err := s.letters.List(ctx, size, req.GetIncludeReplayed())
+	from, err := deadletter.ParsePageToken(req.GetPageToken())
+	if err != nil {
+		return nil, apperr.E(apperr.Invalid, "invalid_page_token", "page_token is not a next_page_token of ListDeadLetters")
+	}
+	letters, next, more, err := s.letters.List(ctx, from, size, req.GetIncludeReplayed())
 	if err != nil {
 		return nil, apperr.Wrap(err, apperr.Unavailable, "kafka_unavailable", "cannot read the dead-letter topic, retry later")
 	}
 	resp := &publisherv1.ListDeadLettersResponse{DeadLetters: make([]*publisherv1.DeadLetter, len(letters))}
+	if more {
+		resp.NextPageToken = deadletter.EncodePageToken(next)
+	}
 	for i, l := range letters {
 		resp.DeadLetters[i] = &publisherv1.DeadLetter{
 			Partition:     l.Partition,
@@ -106,12 +117,23 @@ func (s *Service) ListDeadLetters(ctx context.Context, req *publisherv1.ListDead
 
 // ReplayDeadLetters republishes dead letters to their original topics.
 func (s *Service) ReplayDeadLetters(ctx context.Context, req *publisherv1.ReplayDeadLettersRequest) (*publisherv1.ReplayDeadLettersResponse, error) {
+	if len(req.GetEventIds()) > MaxReplayIDs || len(req.GetRanges()) > MaxReplayRanges {
+		return nil, apperr.E(apperr.Invalid, "too_many_selectors",
+			fmt.Sprintf("at most %d event_ids and %d ranges per call; replay a range instead", MaxReplayIDs, MaxReplayRanges))
+	}
 	for _, id := range req.GetEventIds() {
 		if id == "" || len(id) > 128 {
 			return nil, apperr.E(apperr.Invalid, "invalid_event_id", "event_ids must be non-empty ids of at most 128 characters")
 		}
 	}
-	replayed, failed, err := s.letters.Replay(ctx, req.GetEventIds())
+	ranges := make([]deadletter.Range, len(req.GetRanges()))
+	for i, r := range req.GetRanges() {
+		if r.GetPartition() < 0 || r.GetFromOffset() < 0 || r.GetToOffset() < r.GetFromOffset() {
+			return nil, apperr.E(apperr.Invalid, "invalid_range", "a range needs a partition >= 0 and 0 <= from_offset <= to_offset")
+		}
+		ranges[i] = deadletter.Range{Partition: r.GetPartition(), From: r.GetFromOffset(), To: r.GetToOffset()}
+	}
+	replayed, failed, err := s.letters.Replay(ctx, req.GetEventIds(), ranges)
 	if err != nil && replayed == 0 && failed == 0 {
 		return nil, apperr.Wrap(err, apperr.Unavailable, "kafka_unavailable", "cannot read the dead-letter topic, retry later")
 	}

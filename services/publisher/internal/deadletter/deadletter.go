@@ -6,8 +6,20 @@
 // attempts it failed. A replay republishes the original message to its
 // original topic and then appends a marker record to the dead-letter topic
 // (empty value, header dlq_replay_of = the event id) under the same key, so
-// it lands in the same partition after the letter it marks. Listing reads
-// the topic from the oldest offset and applies the markers in order.
+// it lands in the same partition after the letter it marks.
+//
+// The topic can hold thousands of letters of megabytes each, so nothing
+// holds it in memory. The store keeps an index of the letters' metadata
+// (partition, offset, event id, reason, attempts, time, size, replayed:
+// about 200 bytes a letter, never a key, value or header beyond those) that
+// it brings up to date incrementally: it compares each partition's end
+// offset with how far it has read (offsets, no values) and reads only the
+// records added since, one at a time, keeping their metadata and dropping
+// the rest. Concurrent callers share one such catch-up. Listing pages
+// through the index in topic order (by partition, then offset) with a
+// cursor; counting uses it as is. Replay reads back only the letters it
+// replays, partition by partition in offset order, one record in memory at
+// a time.
 //
 // A replay that republished but could not write its marker shows the letter
 // as not replayed; replaying it again publishes a duplicate with the same
@@ -18,6 +30,7 @@ package deadletter
 import (
 	"cmp"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,27 +43,38 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/biobridge/bridge/services/publisher/internal/kafka"
 )
 
-// Letter is one dead letter.
+// Letter is one dead letter (its metadata: the key, value and headers stay
+// on the topic).
 type Letter struct {
 	Partition     int32
 	Offset        int64
 	OriginalTopic string
 	EventID       string
 	Reason        string
-	Error         string
 	Attempts      int32
 	FailedAt      time.Time
 	SizeBytes     int32
 	ValueOmitted  bool
 	Replayed      bool
+}
 
-	key     []byte
-	value   []byte
-	headers []sarama.RecordHeader
+// Position is a place in the dead-letter topic: a partition and an offset
+// in it. Listing in topic order resumes from one.
+type Position struct {
+	Partition int32
+	Offset    int64
+}
+
+// Range selects the letters of one partition between two offsets
+// (inclusive).
+type Range struct {
+	Partition int32
+	From, To  int64
 }
 
 // Sender is the part of sarama.SyncProducer the store uses.
@@ -66,28 +90,42 @@ type Store struct {
 	logger    *slog.Logger
 	pending   prometheus.Gauge
 	replayed  prometheus.Counter
+	read      prometheus.Counter
 	cacheTTL  time.Duration
 
 	replayMu sync.Mutex // one replay at a time per instance
+	scans    singleflight.Group
 
-	mu        sync.Mutex
-	count     int64
-	scannedAt time.Time
-	dirty     bool
+	mu         sync.RWMutex
+	partitions map[int32]*partitionIndex
+	byID       map[string]*Letter // the current letter of each event id
+	caughtUpAt time.Time
+	dirty      bool
 }
 
-// New returns a store reading through client, republishing with republish
-// (the event producer) and writing replay markers with markers (the
-// dead-letter producer). The pending count is cached for cacheTTL.
+// partitionIndex is what the store knows of one partition.
+type partitionIndex struct {
+	next    int64     // the first offset not read yet
+	letters []*Letter // in offset order
+}
+
+// New returns a store reading through client (whose consumer settings
+// bound the memory a read takes: keep its ChannelBufferSize small),
+// republishing with republish (the event producer) and writing replay
+// markers with markers (the dead-letter producer). The index is brought up
+// to date at most every cacheTTL for counts, and before every list and
+// replay.
 func New(client sarama.Client, republish, markers Sender, reg prometheus.Registerer, logger *slog.Logger, cacheTTL time.Duration) *Store {
 	f := promauto.With(reg)
 	return &Store{
-		client:    client,
-		republish: republish,
-		markers:   markers,
-		logger:    logger.With("component", "deadletter"),
-		cacheTTL:  cacheTTL,
-		dirty:     true,
+		client:     client,
+		republish:  republish,
+		markers:    markers,
+		logger:     logger.With("component", "deadletter"),
+		cacheTTL:   cacheTTL,
+		partitions: map[int32]*partitionIndex{},
+		byID:       map[string]*Letter{},
+		dirty:      true,
 		pending: f.NewGauge(prometheus.GaugeOpts{
 			Name: "publisher_dead_letters_pending",
 			Help: "Messages on the dead-letter topic that were not replayed.",
@@ -96,142 +134,224 @@ func New(client sarama.Client, republish, markers Sender, reg prometheus.Registe
 			Name: "publisher_dead_letters_replayed_total",
 			Help: "Dead letters republished to their original topic.",
 		}),
+		read: f.NewCounter(prometheus.CounterOpts{
+			Name: "publisher_dead_letter_records_read_total",
+			Help: "Records read from the dead-letter topic (index catch-up and replay).",
+		}),
 	}
 }
 
-// Invalidate makes the next Pending call read the topic again.
+// Invalidate makes the next Pending call look for new records.
 func (s *Store) Invalidate() {
 	s.mu.Lock()
 	s.dirty = true
 	s.mu.Unlock()
 }
 
-// Pending returns how many dead letters were not replayed, reading the topic
-// when the cached count is stale. When reading fails it returns the last
-// count it knew together with the error.
+// Pending returns how many dead letters were not replayed. When the topic
+// cannot be read it returns the last count it knew together with the error.
 func (s *Store) Pending(ctx context.Context) (int64, error) {
-	s.mu.Lock()
-	if !s.dirty && time.Since(s.scannedAt) < s.cacheTTL {
-		defer s.mu.Unlock()
-		return s.count, nil
+	s.mu.RLock()
+	fresh := !s.dirty && time.Since(s.caughtUpAt) < s.cacheTTL
+	s.mu.RUnlock()
+	var err error
+	if !fresh {
+		err = s.catchUp(ctx)
 	}
-	s.mu.Unlock()
-	_, err := s.Scan(ctx)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.count, err
+	return s.count(), err
 }
 
-// List returns up to limit dead letters, oldest first.
-func (s *Store) List(ctx context.Context, limit int, includeReplayed bool) ([]Letter, error) {
-	all, err := s.Scan(ctx)
-	if err != nil {
-		return nil, err
+func (s *Store) count() int64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var n int64
+	for _, l := range s.byID {
+		if !l.Replayed {
+			n++
+		}
 	}
-	out := make([]Letter, 0, min(limit, len(all)))
-	for _, l := range all {
-		if l.Replayed && !includeReplayed {
+	return n
+}
+
+// List returns up to limit dead letters in topic order, starting at from,
+// and the position after the last one returned (ok false when there are
+// no more).
+func (s *Store) List(ctx context.Context, from Position, limit int, includeReplayed bool) (letters []Letter, next Position, more bool, err error) {
+	if err := s.catchUp(ctx); err != nil {
+		return nil, Position{}, false, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, p := range s.sortedPartitions() {
+		if p < from.Partition {
 			continue
 		}
-		if len(out) == limit {
-			break
+		idx := s.partitions[p]
+		start := 0
+		if p == from.Partition {
+			start, _ = slices.BinarySearchFunc(idx.letters, from.Offset, func(l *Letter, o int64) int { return cmp.Compare(l.Offset, o) })
 		}
-		out = append(out, l)
+		for _, l := range idx.letters[start:] {
+			if l.Replayed && !includeReplayed {
+				continue
+			}
+			if len(letters) == limit {
+				return letters, Position{Partition: l.Partition, Offset: l.Offset}, true, nil
+			}
+			letters = append(letters, *l)
+		}
 	}
-	return out, nil
+	return letters, Position{}, false, nil
 }
 
-// Scan reads the whole dead-letter topic and returns every dead letter
-// (one per event id), oldest first, with its replay state.
-func (s *Store) Scan(ctx context.Context) ([]Letter, error) {
-	// Invalidate before reading: a dead letter written during the scan
-	// marks the count dirty again.
+func (s *Store) sortedPartitions() []int32 {
+	ps := make([]int32, 0, len(s.partitions))
+	for p := range s.partitions {
+		ps = append(ps, p)
+	}
+	slices.Sort(ps)
+	return ps
+}
+
+// catchUp reads the records added to the topic since the last catch-up.
+// Concurrent callers share one read.
+func (s *Store) catchUp(ctx context.Context) error {
+	ch := s.scans.DoChan("catch-up", func() (any, error) {
+		// The shared read must not end with the first caller's context.
+		return nil, s.readNew(context.WithoutCancel(ctx))
+	})
+	select {
+	case r := <-ch:
+		return r.Err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *Store) readNew(ctx context.Context) error {
+	// Clear dirty first: a letter written during the read marks it again.
 	s.mu.Lock()
 	s.dirty = false
 	s.mu.Unlock()
-
+	fail := func(err error) error {
+		s.Invalidate()
+		return err
+	}
 	topic := kafka.TopicDeadLetters
 	if err := s.client.RefreshMetadata(topic); err != nil {
-		s.Invalidate()
-		return nil, fmt.Errorf("dead-letter metadata: %w", err)
+		return fail(fmt.Errorf("dead-letter metadata: %w", err))
 	}
 	partitions, err := s.client.Partitions(topic)
 	if err != nil {
-		s.Invalidate()
-		return nil, fmt.Errorf("dead-letter partitions: %w", err)
+		return fail(fmt.Errorf("dead-letter partitions: %w", err))
 	}
-	consumer, err := sarama.NewConsumerFromClient(s.client)
-	if err != nil {
-		s.Invalidate()
-		return nil, fmt.Errorf("dead-letter consumer: %w", err)
-	}
-	defer func() { _ = consumer.Close() }()
-
-	byID := make(map[string]*Letter)
+	var consumer sarama.Consumer
+	defer func() {
+		if consumer != nil {
+			_ = consumer.Close()
+		}
+	}()
 	for _, p := range partitions {
-		if err := s.scanPartition(ctx, consumer, p, byID); err != nil {
-			s.Invalidate()
-			return nil, err
+		oldest, err := s.client.GetOffset(topic, p, sarama.OffsetOldest)
+		if err != nil {
+			return fail(fmt.Errorf("dead-letter partition %d oldest offset: %w", p, err))
+		}
+		newest, err := s.client.GetOffset(topic, p, sarama.OffsetNewest)
+		if err != nil {
+			return fail(fmt.Errorf("dead-letter partition %d newest offset: %w", p, err))
+		}
+		from := s.forget(p, oldest)
+		if newest <= from {
+			continue
+		}
+		if consumer == nil {
+			if consumer, err = sarama.NewConsumerFromClient(s.client); err != nil {
+				return fail(fmt.Errorf("dead-letter consumer: %w", err))
+			}
+		}
+		err = s.readPartition(ctx, consumer, p, from, newest-1, func(m *sarama.ConsumerMessage) error {
+			s.apply(m)
+			return nil
+		})
+		if err != nil {
+			return fail(err)
 		}
 	}
-	letters := make([]Letter, 0, len(byID))
-	var pending int64
-	for _, l := range byID {
-		letters = append(letters, *l)
-		if !l.Replayed {
-			pending++
-		}
-	}
-	slices.SortFunc(letters, func(a, b Letter) int {
-		return cmp.Or(a.FailedAt.Compare(b.FailedAt), cmp.Compare(a.Partition, b.Partition), cmp.Compare(a.Offset, b.Offset))
-	})
 	s.mu.Lock()
-	s.count, s.scannedAt = pending, time.Now()
+	s.caughtUpAt = time.Now()
 	s.mu.Unlock()
-	s.pending.Set(float64(pending))
-	return letters, nil
+	s.pending.Set(float64(s.count()))
+	return nil
 }
 
-func (s *Store) scanPartition(ctx context.Context, consumer sarama.Consumer, p int32, byID map[string]*Letter) error {
+// forget drops what the index holds of partition p below oldest (records
+// the broker deleted) and returns where reading resumes.
+func (s *Store) forget(p int32, oldest int64) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	idx := s.partitions[p]
+	if idx == nil {
+		idx = &partitionIndex{next: oldest}
+		s.partitions[p] = idx
+	}
+	if oldest > idx.next {
+		idx.next = oldest
+	}
+	cut := 0
+	for cut < len(idx.letters) && idx.letters[cut].Offset < oldest {
+		if s.byID[idx.letters[cut].EventID] == idx.letters[cut] {
+			delete(s.byID, idx.letters[cut].EventID)
+		}
+		cut++
+	}
+	idx.letters = idx.letters[cut:]
+	return idx.next
+}
+
+// readPartition calls fn with every record of partition p from offset from
+// through to, in order, holding one record at a time.
+func (s *Store) readPartition(ctx context.Context, consumer sarama.Consumer, p int32, from, to int64, fn func(*sarama.ConsumerMessage) error) error {
 	topic := kafka.TopicDeadLetters
-	oldest, err := s.client.GetOffset(topic, p, sarama.OffsetOldest)
-	if err != nil {
-		return fmt.Errorf("dead-letter partition %d oldest offset: %w", p, err)
-	}
-	newest, err := s.client.GetOffset(topic, p, sarama.OffsetNewest)
-	if err != nil {
-		return fmt.Errorf("dead-letter partition %d newest offset: %w", p, err)
-	}
-	if newest <= oldest {
-		return nil
-	}
-	pc, err := consumer.ConsumePartition(topic, p, oldest)
+	pc, err := consumer.ConsumePartition(topic, p, from)
 	if err != nil {
 		return fmt.Errorf("consume dead-letter partition %d: %w", p, err)
 	}
 	defer func() { _ = pc.Close() }()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
+	// No progress for this long means the broker is gone; a slow but
+	// moving read of a large partition goes on.
+	const stall = 30 * time.Second
+	t := time.NewTimer(stall)
+	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("read dead-letter partition %d: %w", p, ctx.Err())
+		case <-t.C:
+			return fmt.Errorf("read dead-letter partition %d: no record for %s", p, stall)
 		case cerr := <-pc.Errors():
 			return fmt.Errorf("read dead-letter partition %d: %w", p, cerr)
 		case m := <-pc.Messages():
-			apply(m, byID)
-			if m.Offset >= newest-1 {
+			s.read.Inc()
+			if err := fn(m); err != nil {
+				return err
+			}
+			if m.Offset >= to {
 				return nil
 			}
+			t.Reset(stall)
 		}
 	}
 }
 
-// apply folds one record of the topic into byID: a dead letter adds (or
-// re-adds after a replay) its event; a marker flags it replayed.
-func apply(m *sarama.ConsumerMessage, byID map[string]*Letter) {
+// apply folds one record into the index: a dead letter adds (or re-adds
+// after a replay) its event; a marker flags it replayed.
+func (s *Store) apply(m *sarama.ConsumerMessage) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	idx := s.partitions[m.Partition]
+	idx.next = max(idx.next, m.Offset+1)
 	if id := kafka.Header(m.Headers, kafka.HeaderDLQReplayOf); id != "" {
-		if l, ok := byID[id]; ok {
+		if l, ok := s.byID[id]; ok {
 			l.Replayed = true
 		}
 		return
@@ -241,7 +361,7 @@ func apply(m *sarama.ConsumerMessage, byID map[string]*Letter) {
 		return
 	}
 	id := kafka.Header(m.Headers, kafka.HeaderID)
-	if prev, ok := byID[id]; ok && !prev.Replayed {
+	if prev, ok := s.byID[id]; ok && !prev.Replayed {
 		// The same entry dead-lettered twice (a publisher died between
 		// the dead letter and the ack): one letter, the first.
 		return
@@ -254,77 +374,178 @@ func apply(m *sarama.ConsumerMessage, byID map[string]*Letter) {
 		OriginalTopic: orig,
 		EventID:       id,
 		Reason:        kafka.Header(m.Headers, kafka.HeaderDLQReason),
-		Error:         kafka.Header(m.Headers, kafka.HeaderDLQError),
 		Attempts:      int32(attempts),
 		FailedAt:      failedAt,
 		SizeBytes:     int32(len(m.Value)),
 		ValueOmitted:  kafka.Header(m.Headers, kafka.HeaderDLQValueOmitted) == "true",
-		key:           m.Key,
-		value:         m.Value,
 	}
-	for _, h := range m.Headers {
-		if h != nil && !strings.HasPrefix(string(h.Key), "dlq_") {
-			l.headers = append(l.headers, sarama.RecordHeader{Key: h.Key, Value: h.Value})
-		}
-	}
-	byID[id] = l
+	idx.letters = append(idx.letters, l)
+	s.byID[id] = l
 }
 
 // ErrValueOmitted is the replay failure of a dead letter stored without
 // its value (it was too large even for the dead-letter topic).
 var ErrValueOmitted = errors.New("dead letter has no value to replay")
 
-// Replay republishes the dead letters named by eventIDs (all not yet
-// replayed ones when empty) to their original topics, oldest first, and
-// marks each replayed. Letters that fail again stay dead letters.
-func (s *Store) Replay(ctx context.Context, eventIDs []string) (replayed, failed int, err error) {
+// Replay republishes the dead letters named by eventIDs or lying in ranges
+// (every letter not yet replayed when both are empty) to their original
+// topics, in topic order, and marks each replayed. Letters that fail again
+// stay dead letters. It reads back only the partitions and offsets it
+// replays, one record at a time.
+func (s *Store) Replay(ctx context.Context, eventIDs []string, ranges []Range) (replayed, failed int, err error) {
 	s.replayMu.Lock()
 	defer s.replayMu.Unlock()
 	defer s.Invalidate()
-	letters, err := s.Scan(ctx)
-	if err != nil {
+	if err := s.catchUp(ctx); err != nil {
 		return 0, 0, err
 	}
-	want := make(map[string]bool, len(eventIDs))
-	for _, id := range eventIDs {
-		want[id] = true
+	targets := s.choose(eventIDs, ranges)
+	if len(targets) == 0 {
+		return 0, 0, nil
 	}
-	for _, l := range letters {
-		if l.Replayed || (len(want) > 0 && !want[l.EventID]) {
+	consumer, err := sarama.NewConsumerFromClient(s.client)
+	if err != nil {
+		return 0, 0, fmt.Errorf("dead-letter consumer: %w", err)
+	}
+	defer func() { _ = consumer.Close() }()
+	for _, p := range sortedKeys(targets) {
+		want := targets[p]
+		// A letter without a value has nothing to read back.
+		var read []*Letter
+		for _, l := range want {
+			if l.ValueOmitted {
+				failed++
+				s.logger.WarnContext(ctx, "replay dead letter failed", "event_id", l.EventID, "err", ErrValueOmitted)
+				continue
+			}
+			read = append(read, l)
+		}
+		if len(read) == 0 {
 			continue
 		}
-		if err := ctx.Err(); err != nil {
+		next := 0
+		err := s.readPartition(ctx, consumer, p, read[0].Offset, read[len(read)-1].Offset, func(m *sarama.ConsumerMessage) error {
+			if next >= len(read) || m.Offset != read[next].Offset {
+				return nil
+			}
+			l := read[next]
+			next++
+			if err := s.replayOne(ctx, l, m); err != nil {
+				failed++
+				s.logger.WarnContext(ctx, "replay dead letter failed", "event_id", l.EventID, "topic", l.OriginalTopic, "err", err)
+				return nil
+			}
+			replayed++
+			return nil
+		})
+		if err != nil {
 			return replayed, failed, err
 		}
-		if err := s.replayOne(l); err != nil {
-			failed++
-			s.logger.WarnContext(ctx, "replay dead letter failed", "event_id", l.EventID, "topic", l.OriginalTopic, "err", err)
-			continue
-		}
-		replayed++
-		s.replayed.Inc()
-		s.logger.InfoContext(ctx, "replayed dead letter", "event_id", l.EventID, "topic", l.OriginalTopic)
 	}
 	return replayed, failed, nil
 }
 
-func (s *Store) replayOne(l Letter) error {
-	if l.ValueOmitted {
-		return ErrValueOmitted
+// choose returns the letters to replay per partition, in offset order.
+func (s *Store) choose(eventIDs []string, ranges []Range) map[int32][]*Letter {
+	want := make(map[string]bool, len(eventIDs))
+	for _, id := range eventIDs {
+		want[id] = true
+	}
+	all := len(eventIDs) == 0 && len(ranges) == 0
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := map[int32][]*Letter{}
+	for p, idx := range s.partitions {
+		for _, l := range idx.letters {
+			if l.Replayed || s.byID[l.EventID] != l {
+				continue
+			}
+			inRange := false
+			for _, r := range ranges {
+				if r.Partition == p && l.Offset >= r.From && l.Offset <= r.To {
+					inRange = true
+					break
+				}
+			}
+			if all || want[l.EventID] || inRange {
+				out[p] = append(out[p], l)
+			}
+		}
+	}
+	return out
+}
+
+func sortedKeys(m map[int32][]*Letter) []int32 {
+	ks := make([]int32, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}
+
+func (s *Store) replayOne(ctx context.Context, l *Letter, m *sarama.ConsumerMessage) error {
+	var headers []sarama.RecordHeader
+	for _, h := range m.Headers {
+		if h != nil && !strings.HasPrefix(string(h.Key), "dlq_") {
+			headers = append(headers, sarama.RecordHeader{Key: h.Key, Value: h.Value})
+		}
 	}
 	_, _, err := s.republish.SendMessage(&sarama.ProducerMessage{
 		Topic:   l.OriginalTopic,
-		Key:     sarama.ByteEncoder(l.key),
-		Value:   sarama.ByteEncoder(l.value),
-		Headers: l.headers,
+		Key:     sarama.ByteEncoder(m.Key),
+		Value:   sarama.ByteEncoder(m.Value),
+		Headers: headers,
 	})
 	if err != nil {
 		return fmt.Errorf("republish to %s: %w", l.OriginalTopic, err)
 	}
-	if _, _, err := s.markers.SendMessage(kafka.ReplayMarker(l.key, l.EventID, time.Now())); err != nil {
+	s.replayed.Inc()
+	s.mu.Lock()
+	l.Replayed = true
+	s.mu.Unlock()
+	s.logger.InfoContext(ctx, "replayed dead letter", "event_id", l.EventID, "topic", l.OriginalTopic)
+	if _, _, err := s.markers.SendMessage(kafka.ReplayMarker(m.Key, l.EventID, time.Now())); err != nil {
 		// Published but not marked: a later replay duplicates it (same
 		// ce_id). Report success: the event did reach its topic.
-		s.logger.Error("write replay marker failed", "event_id", l.EventID, "err", err)
+		s.logger.ErrorContext(ctx, "write replay marker failed", "event_id", l.EventID, "err", err)
 	}
 	return nil
+}
+
+// A page token is an opaque, versioned position: base64url("1:<partition>:<offset>").
+const tokenVersion = "1"
+
+// EncodePageToken returns the token that resumes a listing at p.
+func EncodePageToken(p Position) string {
+	return base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, "%s:%d:%d", tokenVersion, p.Partition, p.Offset))
+}
+
+// ErrInvalidPageToken is the failure of a page token this store did not
+// issue.
+var ErrInvalidPageToken = errors.New("invalid page token")
+
+// ParsePageToken reads a token from EncodePageToken; the empty token is the
+// start of the topic.
+func ParsePageToken(tok string) (Position, error) {
+	if tok == "" {
+		return Position{}, nil
+	}
+	if len(tok) > 64 {
+		return Position{}, ErrInvalidPageToken
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return Position{}, ErrInvalidPageToken
+	}
+	parts := strings.Split(string(raw), ":")
+	if len(parts) != 3 || parts[0] != tokenVersion {
+		return Position{}, ErrInvalidPageToken
+	}
+	partition, err1 := strconv.ParseInt(parts[1], 10, 32)
+	offset, err2 := strconv.ParseInt(parts[2], 10, 64)
+	if err1 != nil || err2 != nil || partition < 0 || offset < 0 {
+		return Position{}, ErrInvalidPageToken
+	}
+	return Position{Partition: int32(partition), Offset: offset}, nil
 }

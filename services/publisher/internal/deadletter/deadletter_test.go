@@ -1,12 +1,16 @@
 package deadletter_test
 
 import (
+	"fmt"
 	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/IBM/sarama"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/biobridge/bridge/services/publisher/internal/deadletter"
@@ -26,7 +30,7 @@ func setup(t *testing.T) (*kafka.Conn, *deadletter.Store) {
 	}, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = conn.Close() })
-	store := deadletter.New(conn.DeadLetterClient, conn.Producer, conn.DeadLetter, prometheus.NewRegistry(), slog.New(slog.DiscardHandler), time.Hour)
+	store := deadletter.New(conn.DeadLetterReader, conn.Producer, conn.DeadLetter, prometheus.NewRegistry(), slog.New(slog.DiscardHandler), time.Hour)
 	return conn, store
 }
 
@@ -62,27 +66,33 @@ func TestListAndReplay(t *testing.T) {
 	deadLetter(t, conn, "u3", "ev-3", "message_too_large", kafka.DeadLetterInfo{Attempts: 1, FailedAt: t0.Add(3 * time.Second), OmitValue: true})
 	store.Invalidate()
 
-	letters, err := store.List(ctx, 100, false)
-	require.NoError(t, err)
+	letters := listAll(t, store, 1, false)
 	require.Len(t, letters, 3)
-	require.Equal(t, []string{"ev-1", "ev-2", "ev-3"}, []string{letters[0].EventID, letters[1].EventID, letters[2].EventID}, "oldest first")
-	require.Equal(t, "message_too_large", letters[0].Reason)
-	require.Equal(t, kafka.TopicEvents, letters[0].OriginalTopic)
-	require.EqualValues(t, 5, letters[1].Attempts)
-	require.WithinDuration(t, t0, letters[0].FailedAt, time.Millisecond)
-	require.EqualValues(t, len("value-ev-1"), letters[0].SizeBytes)
-	require.True(t, letters[2].ValueOmitted)
+	byID := map[string]deadletter.Letter{}
+	for _, l := range letters {
+		byID[l.EventID] = l
+	}
+	require.Len(t, byID, 3)
+	require.Equal(t, "message_too_large", byID["ev-1"].Reason)
+	require.Equal(t, kafka.TopicEvents, byID["ev-1"].OriginalTopic)
+	require.EqualValues(t, 5, byID["ev-2"].Attempts)
+	require.WithinDuration(t, t0, byID["ev-1"].FailedAt, time.Millisecond)
+	require.EqualValues(t, len("value-ev-1"), byID["ev-1"].SizeBytes)
+	require.True(t, byID["ev-3"].ValueOmitted)
 	n, err = store.Pending(ctx)
 	require.NoError(t, err)
 	require.EqualValues(t, 3, n)
 
-	limited, err := store.List(ctx, 1, false)
+	limited, next, more, err := store.List(ctx, deadletter.Position{}, 1, false)
 	require.NoError(t, err)
 	require.Len(t, limited, 1)
+	require.True(t, more)
+	require.Equal(t, letters[1].Partition, next.Partition, "the cursor points at the next letter")
+	require.Equal(t, letters[1].Offset, next.Offset)
 
 	// Replay one by id: it reaches its original topic with its original
 	// key, value and headers, and no dlq_ headers.
-	replayed, failed, err := store.Replay(ctx, []string{"ev-2"})
+	replayed, failed, err := store.Replay(ctx, []string{"ev-2"}, nil)
 	require.NoError(t, err)
 	require.Equal(t, 1, replayed)
 	require.Zero(t, failed)
@@ -93,28 +103,146 @@ func TestListAndReplay(t *testing.T) {
 	require.Equal(t, "biobridge.biometrics.event.v1.upsert", kafka.Header(msgs[0].Headers, "ce_type"))
 	require.Empty(t, kafka.Header(msgs[0].Headers, "dlq_reason"))
 
-	letters, err = store.List(ctx, 100, false)
-	require.NoError(t, err)
+	letters = listAll(t, store, 100, false)
 	require.Len(t, letters, 2, "the replayed letter is hidden by default")
-	all, err := store.List(ctx, 100, true)
-	require.NoError(t, err)
+	all := listAll(t, store, 2, true)
 	require.Len(t, all, 3)
-	require.True(t, all[1].Replayed)
+	for _, l := range all {
+		require.Equal(t, l.EventID == "ev-2", l.Replayed, l.EventID)
+	}
 	n, err = store.Pending(ctx)
 	require.NoError(t, err)
 	require.EqualValues(t, 2, n)
 
 	// Replay the rest: the letter without its value cannot be replayed and
 	// stays a dead letter; a replayed one is not replayed twice.
-	replayed, failed, err = store.Replay(ctx, nil)
+	replayed, failed, err = store.Replay(ctx, nil, nil)
 	require.NoError(t, err)
 	require.Equal(t, 1, replayed)
 	require.Equal(t, 1, failed)
-	letters, err = store.List(ctx, 100, false)
-	require.NoError(t, err)
+	// A fresh store (another replica, a restart) reads the markers back.
+	fresh := deadletter.New(conn.DeadLetterReader, conn.Producer, conn.DeadLetter, prometheus.NewRegistry(), slog.New(slog.DiscardHandler), time.Hour)
+	letters = listAll(t, fresh, 100, false)
 	require.Len(t, letters, 1)
 	require.Equal(t, "ev-3", letters[0].EventID)
 	consumeTopic(t, conn, kafka.TopicEvents, 2)
+}
+
+// listAll pages through store's letters with pages of size.
+func listAll(t *testing.T, store *deadletter.Store, size int, includeReplayed bool) []deadletter.Letter {
+	t.Helper()
+	var all []deadletter.Letter
+	from := deadletter.Position{}
+	for page := 0; ; page++ {
+		require.Less(t, page, 100000, "paging ends")
+		letters, next, more, err := store.List(t.Context(), from, size, includeReplayed)
+		require.NoError(t, err)
+		require.LessOrEqual(t, len(letters), size)
+		all = append(all, letters...)
+		if !more {
+			return all
+		}
+		from = next
+	}
+}
+
+// TestReplayRange: a range replays exactly the letters of its partition
+// between its offsets that were not replayed yet.
+func TestReplayRange(t *testing.T) {
+	t.Parallel()
+	conn, store := setup(t)
+	ctx := t.Context()
+	for i := range 6 {
+		deadLetter(t, conn, "same-user", fmt.Sprintf("ev-%d", i), "message_too_large", kafka.DeadLetterInfo{Attempts: 1, FailedAt: time.Now()})
+	}
+	letters := listAll(t, store, 100, false)
+	require.Len(t, letters, 6)
+	p := letters[0].Partition
+	replayed, failed, err := store.Replay(ctx, nil, []deadletter.Range{{Partition: p, From: letters[1].Offset, To: letters[3].Offset}})
+	require.NoError(t, err)
+	require.Equal(t, 3, replayed)
+	require.Zero(t, failed)
+	msgs := consumeTopic(t, conn, kafka.TopicEvents, 3)
+	for i, m := range msgs {
+		require.Equal(t, fmt.Sprintf("ev-%d", i+1), kafka.Header(m.Headers, "ce_id"), "in topic order")
+	}
+	// The same range again replays nothing new.
+	replayed, _, err = store.Replay(ctx, nil, []deadletter.Range{{Partition: p, From: letters[0].Offset, To: letters[3].Offset}})
+	require.NoError(t, err)
+	require.Equal(t, 1, replayed, "only ev-0 was left in the range")
+	n, err := store.Pending(ctx)
+	require.NoError(t, err)
+	require.EqualValues(t, 2, n)
+}
+
+// TestConcurrentCallsShareOneScan: many callers at once read each record
+// of the topic once between them.
+func TestConcurrentCallsShareOneScan(t *testing.T) {
+	t.Parallel()
+	conn, _ := setup(t)
+	for i := range 50 {
+		deadLetter(t, conn, fmt.Sprintf("u%d", i), fmt.Sprintf("ev-%d", i), "message_too_large", kafka.DeadLetterInfo{Attempts: 1, FailedAt: time.Now()})
+	}
+	reg := prometheus.NewRegistry()
+	store := deadletter.New(conn.DeadLetterReader, conn.Producer, conn.DeadLetter, reg, slog.New(slog.DiscardHandler), time.Hour)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			letters, _, _, err := store.List(t.Context(), deadletter.Position{}, 1000, false)
+			assert.NoError(t, err)
+			assert.Len(t, letters, 50)
+		})
+	}
+	wg.Wait()
+	require.EqualValues(t, 50, counter(t, reg, "publisher_dead_letter_records_read_total"), "each record read once")
+	// Nothing new: a later call reads nothing.
+	_, _, _, err := store.List(t.Context(), deadletter.Position{}, 10, false)
+	require.NoError(t, err)
+	require.EqualValues(t, 50, counter(t, reg, "publisher_dead_letter_records_read_total"))
+}
+
+func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
+
+func TestPageToken(t *testing.T) {
+	t.Parallel()
+	for _, p := range []deadletter.Position{{}, {Partition: 3, Offset: 1 << 40}} {
+		got, err := deadletter.ParsePageToken(deadletter.EncodePageToken(p))
+		require.NoError(t, err)
+		require.Equal(t, p, got)
+	}
+	for _, bad := range []string{"x", "MTox", "MjoxOjE", "MTotMToy", strings.Repeat("A", 100)} {
+		_, err := deadletter.ParsePageToken(bad)
+		require.ErrorIs(t, err, deadletter.ErrInvalidPageToken, bad)
+	}
+}
+
+// FuzzParsePageToken: any token a client sends is either rejected or
+// names a position that encodes back to an equivalent token.
+func FuzzParsePageToken(f *testing.F) {
+	f.Add(deadletter.EncodePageToken(deadletter.Position{Partition: 1, Offset: 42}))
+	f.Add("")
+	f.Add("MTox")
+	f.Fuzz(func(t *testing.T, tok string) {
+		p, err := deadletter.ParsePageToken(tok)
+		if err != nil {
+			return
+		}
+		again, err := deadletter.ParsePageToken(deadletter.EncodePageToken(p))
+		if err != nil || again != p || p.Partition < 0 || p.Offset < 0 {
+			t.Fatalf("token %q: %+v then %+v, %v", tok, p, again, err)
+		}
+	})
 }
 
 // consumeTopic reads every partition of topic from the start until want

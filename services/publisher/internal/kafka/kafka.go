@@ -46,9 +46,26 @@ type Config struct {
 	// Partitions and ReplicationFactor apply to topics created at start.
 	Partitions        int32
 	ReplicationFactor int16
+	// MinInsyncReplicas is the min.insync.replicas of topics created at
+	// start, and the least the durability check accepts on existing ones:
+	// with acks=all, a write succeeds only once this many replicas have it.
+	MinInsyncReplicas int
 	// CreateTopics creates missing topics at start.
 	CreateTopics bool
+	// SendTimeout bounds one producer call, retries and metadata look-ups
+	// included (default 10s): SaramaConfig derives every network timeout
+	// and the retry count from it, so SendBound of the result never
+	// exceeds it. The relay keeps it well inside its outbox lease.
+	SendTimeout time.Duration
 }
+
+// DefaultSendTimeout is Config.SendTimeout's default.
+const DefaultSendTimeout = 10 * time.Second
+
+// sendRetries is how often sarama retries a produce on its own (a leader
+// move, a dropped connection); longer troubles come back as errors and the
+// outbox keeps the entries.
+const sendRetries = 2
 
 // Conn holds the clients and producers of one publisher instance. Two
 // clients exist because sarama's message size limit is per client: the
@@ -58,6 +75,23 @@ type Conn struct {
 	Producer         sarama.SyncProducer
 	DeadLetterClient sarama.Client
 	DeadLetter       sarama.SyncProducer
+	// DeadLetterReader reads the dead-letter topic holding few records at
+	// a time (ReaderConfig).
+	DeadLetterReader sarama.Client
+}
+
+// ReaderConfig is the configuration of a client that reads topics whose
+// records may each be as large as maxMessageBytes, holding as few of them
+// in memory as sarama allows: a fetch asks for about one large record per
+// partition (growing up to what the largest needs) and at most two
+// records wait in the consumer's channel.
+func ReaderConfig(cfg Config, maxMessageBytes int) *sarama.Config {
+	c := SaramaConfig(cfg, maxMessageBytes)
+	c.ChannelBufferSize = 2
+	c.Consumer.Fetch.Min = 1
+	c.Consumer.Fetch.Default = 1 << 20
+	c.Consumer.Fetch.Max = int32(maxMessageBytes + recordBatchOverhead)
+	return c
 }
 
 // SaramaConfig returns the producer configuration the contract requires,
@@ -73,22 +107,36 @@ func SaramaConfig(cfg Config, maxMessageBytes int) *sarama.Config {
 	// Idempotence needs exactly one request in flight per broker; it is
 	// also what keeps a partition's batches in order across retries.
 	c.Net.MaxOpenRequests = 1
-	c.Net.DialTimeout = 5 * time.Second
-	c.Net.ReadTimeout = 15 * time.Second
-	c.Net.WriteTimeout = 10 * time.Second
-	c.Metadata.Retry.Max = 2
-	c.Metadata.Retry.Backoff = 250 * time.Millisecond
+	// Every wait of a send comes out of SendTimeout: a send must have
+	// its outcome while the relay still holds the outbox lease, or
+	// another holder could publish the same entries and this send land
+	// after them. Per attempt: dial 20%, write 30%, read 50%; between
+	// attempts a backoff and a bounded metadata refresh.
+	budget := cfg.SendTimeout
+	if budget <= 0 {
+		budget = DefaultSendTimeout
+	}
+	backoff := budget / 50
+	meta := budget / 10
+	attempt := (budget - sendRetries*(backoff+meta)) / (sendRetries + 1)
+	c.Net.DialTimeout = attempt / 5
+	c.Net.WriteTimeout = attempt * 3 / 10
+	c.Net.ReadTimeout = attempt - c.Net.DialTimeout - c.Net.WriteTimeout
+	c.Metadata.Retry.Max = 1
+	c.Metadata.Retry.Backoff = backoff
+	c.Metadata.Timeout = meta
 	c.Metadata.RefreshFrequency = time.Minute
 	// Topics come from CreateTopics with the configured partitions and
 	// replication, never from a broker default triggered by a metadata call.
 	c.Metadata.AllowAutoTopicCreation = false
 	c.Producer.Idempotent = true
 	c.Producer.RequiredAcks = sarama.WaitForAll
-	c.Producer.Timeout = 10 * time.Second
-	// sarama's own retries cover a leader move or a dropped connection;
-	// longer outages come back as errors and the outbox holds the entries.
-	c.Producer.Retry.Max = 3
-	c.Producer.Retry.Backoff = 200 * time.Millisecond
+	// The broker's wait for the in-sync replicas must end before our read
+	// does, so a slow replica gives a clear timeout error, not a cut
+	// connection.
+	c.Producer.Timeout = c.Net.ReadTimeout / 2
+	c.Producer.Retry.Max = sendRetries
+	c.Producer.Retry.Backoff = backoff
 	c.Producer.Return.Successes = true
 	c.Producer.Return.Errors = true
 	c.Producer.MaxMessageBytes = maxMessageBytes
@@ -100,6 +148,17 @@ func SaramaConfig(cfg Config, maxMessageBytes int) *sarama.Config {
 	c.Consumer.MaxWaitTime = 100 * time.Millisecond
 	c.Admin.Timeout = 10 * time.Second
 	return c
+}
+
+// SendBound is the longest a producer call with configuration c can take
+// before it returns: every attempt may dial, write and wait for its
+// response, and before each retry sarama backs off and may refresh
+// metadata (bounded by Metadata.Timeout).
+func SendBound(c *sarama.Config) time.Duration {
+	attempts := time.Duration(c.Producer.Retry.Max + 1)
+	perAttempt := c.Net.DialTimeout + c.Net.WriteTimeout + c.Net.ReadTimeout
+	between := c.Producer.Retry.Backoff + c.Metadata.Timeout
+	return attempts*perAttempt + time.Duration(c.Producer.Retry.Max)*between
 }
 
 // Connect connects to the brokers, creates missing topics when configured
@@ -133,6 +192,9 @@ func Connect(ctx context.Context, cfg Config, logger *slog.Logger) (*Conn, error
 	}
 	if conn.DeadLetter, err = sarama.NewSyncProducerFromClient(conn.DeadLetterClient); err != nil {
 		return nil, fmt.Errorf("start kafka dead-letter producer: %w", err)
+	}
+	if conn.DeadLetterReader, err = sarama.NewClient(cfg.Brokers, ReaderConfig(cfg, cfg.DeadLetterMaxMessageBytes)); err != nil {
+		return nil, fmt.Errorf("connect kafka dead-letter reader: %w", err)
 	}
 	ok = true
 	return conn, nil
@@ -177,7 +239,7 @@ func (c *Conn) Close() error {
 		}
 	}
 	// A producer built from a client leaves the client open.
-	for _, cl := range []sarama.Client{c.Client, c.DeadLetterClient} {
+	for _, cl := range []sarama.Client{c.Client, c.DeadLetterClient, c.DeadLetterReader} {
 		if cl != nil && !cl.Closed() {
 			if err := cl.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("close kafka client: %w", err))

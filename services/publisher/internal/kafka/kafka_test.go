@@ -261,3 +261,22 @@ func TestBrokerRejectionsAreClassified(t *testing.T) {
 	_, _, err = conn.DeadLetter.SendMessage(&sarama.ProducerMessage{Topic: kafka.TopicDeadLetters, Value: sarama.ByteEncoder(make([]byte, 2000000))})
 	require.NoError(t, err)
 }
+
+// TestSendBoundWithinBudget: the producer's timeouts and retries derived
+// from a send budget never add up to more than it, for the leases the
+// publisher accepts.
+func TestSendBoundWithinBudget(t *testing.T) {
+	t.Parallel()
+	for _, budget := range []time.Duration{0, 600 * time.Millisecond, 3 * time.Second, 10 * time.Second} {
+		c := kafka.SaramaConfig(kafka.Config{SendTimeout: budget}, 1<<20)
+		want := budget
+		if want == 0 {
+			want = kafka.DefaultSendTimeout
+		}
+		bound := kafka.SendBound(c)
+		require.LessOrEqual(t, bound, want, "budget %s", budget)
+		require.Greater(t, bound, want*9/10, "budget %s mostly used", budget)
+		require.Less(t, c.Producer.Timeout, c.Net.ReadTimeout)
+		require.Positive(t, c.Metadata.Timeout)
+	}
+}

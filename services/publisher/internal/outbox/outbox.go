@@ -35,9 +35,11 @@ func (c *Client) auth(ctx context.Context) context.Context {
 type Lease struct {
 	Token   string
 	Entries []*persistencev1.OutboxEntry
-	// At is no later than the start of the lease: it runs out at
-	// At+duration at the earliest.
-	At time.Time
+	// Expires is when the lease runs out at the earliest, on this
+	// process's monotonic clock: the time left that the database measured
+	// after leasing, counted from when the request was sent (which was
+	// before the database measured). Neither side's wall clock matters.
+	Expires time.Time
 }
 
 // LeaseRequest parameterizes Lease.
@@ -50,10 +52,6 @@ type LeaseRequest struct {
 
 // rpcSlack is added to a long-poll's wait for the call deadline.
 const rpcSlack = 10 * time.Second
-
-// leaseAnswerBound is how long the persistence service may take from
-// leasing entries to answering (one commit and a response).
-const leaseAnswerBound = time.Second
 
 // Lease leases up to MaxEntries entries, waiting up to Wait for some to
 // appear. An empty lease is not an error.
@@ -70,14 +68,43 @@ func (c *Client) Lease(ctx context.Context, req LeaseRequest) (Lease, error) {
 	if err != nil {
 		return Lease{}, fmt.Errorf("lease outbox: %w", err)
 	}
-	// The lease starts inside the call: after a long-poll wait, just before
-	// the answer. Counting from the request would eat the lease with the
-	// wait; counting from a generous second before the answer stays safe.
-	at := time.Now().Add(-leaseAnswerBound)
-	if at.Before(sent) {
-		at = sent
+	// After a long-poll wait this estimate is short by the wait; the relay
+	// renews the lease before its first send when it needs more.
+	expires := sent.Add(resp.GetLeaseRemaining().AsDuration())
+	if resp.GetLeaseRemaining() == nil && len(resp.GetEntries()) > 0 {
+		// A persistence service from before lease_remaining (during a
+		// rolling upgrade): the lease started inside the call, at most a
+		// generous second before the answer.
+		start := time.Now().Add(-legacyAnswerBound)
+		if start.Before(sent) {
+			start = sent
+		}
+		expires = start.Add(req.Duration)
 	}
-	return Lease{Token: resp.GetLeaseToken(), Entries: resp.GetEntries(), At: at}, nil
+	return Lease{Token: resp.GetLeaseToken(), Entries: resp.GetEntries(), Expires: expires}, nil
+}
+
+// legacyAnswerBound is how long a persistence service that does not report
+// lease_remaining may take from leasing to answering.
+const legacyAnswerBound = time.Second
+
+// Renew extends the lease held under token to d from now (database
+// clock). It returns the new expiry on this process's clock, or ok false
+// when the lease expired or was taken over: the holder must not publish
+// its entries any more.
+func (c *Client) Renew(ctx context.Context, token string, d time.Duration) (expires time.Time, ok bool, err error) {
+	sent := time.Now()
+	resp, err := c.rpc.RenewOutboxLease(c.auth(ctx), &persistencev1.RenewOutboxLeaseRequest{
+		LeaseToken:    token,
+		LeaseDuration: durationpb.New(d),
+	})
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("renew outbox lease: %w", err)
+	}
+	if resp.GetRenewed() == 0 {
+		return time.Time{}, false, nil
+	}
+	return sent.Add(resp.GetLeaseRemaining().AsDuration()), true, nil
 }
 
 // Ack marks ids published and returns how many were still leased.
@@ -90,12 +117,15 @@ func (c *Client) Ack(ctx context.Context, token string, ids []int64) (int, error
 }
 
 // Nack returns ids to the pool, not to be leased again before retryAfter.
-func (c *Client) Nack(ctx context.Context, token string, ids []int64, reason string, retryAfter time.Duration) (int, error) {
+// attempted says the first of ids per key was sent and failed (it counts
+// as a publish attempt); false gives back entries that were never sent.
+func (c *Client) Nack(ctx context.Context, token string, ids []int64, reason string, retryAfter time.Duration, attempted bool) (int, error) {
 	resp, err := c.rpc.NackOutbox(c.auth(ctx), &persistencev1.NackOutboxRequest{
 		LeaseToken: token,
 		Ids:        ids,
 		Error:      reason,
 		RetryAfter: durationpb.New(retryAfter),
+		Attempted:  attempted,
 	})
 	if err != nil {
 		return 0, fmt.Errorf("nack outbox: %w", err)

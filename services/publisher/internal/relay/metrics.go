@@ -16,6 +16,8 @@ type Metrics struct {
 	deadLettered   *prometheus.CounterVec
 	ackFailures    prometheus.Counter
 	leaseFailures  prometheus.Counter
+	leaseRenewals  *prometheus.CounterVec
+	leaseStops     prometheus.Counter
 	latency        prometheus.Histogram
 	batchEntries   prometheus.Histogram
 	kafkaConnected prometheus.Gauge
@@ -43,6 +45,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		ackFailures: f.NewCounter(prometheus.CounterOpts{
 			Name: "publisher_ack_failures_total",
 			Help: "AckOutbox calls that failed; their entries are published again after the lease expires.",
+		}),
+		leaseRenewals: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "publisher_lease_renewals_total",
+			Help: "RenewOutboxLease calls while a batch was being sent, by result (renewed, lost, error).",
+		}, []string{"result"}),
+		leaseStops: f.NewCounter(prometheus.CounterOpts{
+			Name: "publisher_lease_stops_total",
+			Help: "Batches stopped because the outbox lease would have run out before a send finished; their rest was given back.",
 		}),
 		leaseFailures: f.NewCounter(prometheus.CounterOpts{
 			Name: "publisher_lease_failures_total",

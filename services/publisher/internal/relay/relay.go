@@ -13,6 +13,16 @@
 // restarts, order rests on the persistence service handing a user's
 // entries, in commit order, to one lease holder at a time.
 //
+// A send must have its outcome while the lease is held: if the lease ran
+// out first, another holder could lease the same entries and publish them,
+// and the late send would land after that holder's newer events. So every
+// producer call is bounded (SendBound, derived from the producer's
+// timeouts), no send starts unless the lease has at least twice that left
+// (a call may queue behind another worker's in-flight request), and a
+// heartbeat renews the lease, fenced by its token, while a batch is being
+// sent. A lease that cannot be renewed in time stops the batch: what was
+// not sent is given back.
+//
 // Delivery is at least once: an entry is acked only after Kafka accepted
 // it, so a crash between the two publishes it again. Duplicates carry the
 // same ce_id header (the event id) for consumers to drop.
@@ -50,18 +60,23 @@ type Config struct {
 	Workers int
 	// BatchSize is the most entries per lease (500).
 	BatchSize int
-	// LeaseDuration is how long a lease lasts (30s). The relay starts no
-	// new wave in the last fifth of it (at most 5s), so it does not publish
-	// entries another holder may already have leased again.
+	// LeaseDuration is how long a lease lasts (30s); a batch in flight
+	// renews it every third of that.
 	LeaseDuration time.Duration
+	// SendBound is the longest one producer call can take (the producer's
+	// timeouts and retries: kafka.SendBound of its configuration), a third
+	// of LeaseDuration. No send starts with less than twice this left on
+	// the lease.
+	SendBound time.Duration
 	// WaitTimeout is the long-poll wait of a lease (5s). Zero means poll:
 	// answer at once and sleep PollInterval after an empty lease.
 	WaitTimeout time.Duration
 	// PollInterval is the sleep after an empty lease when WaitTimeout is 0 (100ms).
 	PollInterval time.Duration
 	// MaxAttempts dead-letters an entry whose failures are neither clearly
-	// transient nor clearly permanent once it has been attempted this
-	// often (5). Transient failures are retried forever.
+	// transient nor clearly permanent once it has been sent and failed this
+	// often (5); leases that never reached a send do not count. Transient
+	// failures are retried forever.
 	MaxAttempts int
 	// BackoffInitial and BackoffMax bound the capped exponential backoff
 	// with jitter after failures (250ms, 10s).
@@ -80,6 +95,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.LeaseDuration <= 0 {
 		c.LeaseDuration = 30 * time.Second
+	}
+	if c.SendBound <= 0 {
+		c.SendBound = c.LeaseDuration / 3
 	}
 	if c.WaitTimeout < 0 {
 		c.WaitTimeout = 0
@@ -248,7 +266,9 @@ type item struct {
 	deadLettered bool
 }
 
-// nack is a group of entries to give back.
+// nack is a group of entries to give back after a failed send: the failed
+// head counts as a publish attempt (release, which gives back entries never
+// sent, does not count one).
 type nack struct {
 	ids        []int64
 	reason     string
@@ -258,6 +278,7 @@ type nack struct {
 // batch collects the outcome of one lease.
 type batch struct {
 	lease  outbox.Lease
+	hold   *leaseHold
 	acks   []*item
 	nacks  []nack
 	queues map[string][]*item // per key, in lease order
@@ -265,7 +286,7 @@ type batch struct {
 }
 
 func (r *Relay) process(ctx context.Context, lease outbox.Lease) {
-	b := &batch{lease: lease, queues: make(map[string][]*item)}
+	b := &batch{lease: lease, queues: make(map[string][]*item), hold: newLeaseHold(lease)}
 	for _, e := range lease.Entries {
 		k := e.GetKey()
 		if _, ok := b.queues[k]; !ok {
@@ -273,10 +294,14 @@ func (r *Relay) process(ctx context.Context, lease outbox.Lease) {
 		}
 		b.queues[k] = append(b.queues[k], &item{entry: e})
 	}
-	margin := min(r.cfg.LeaseDuration/5, 5*time.Second)
-	deadline := lease.At.Add(r.cfg.LeaseDuration - margin)
+	hctx, stopHeartbeat := context.WithCancel(context.WithoutCancel(ctx))
+	heartbeat := make(chan struct{})
+	go func() {
+		defer close(heartbeat)
+		r.heartbeat(hctx, b.hold)
+	}()
 
-	for ctx.Err() == nil && time.Now().Before(deadline) {
+	for ctx.Err() == nil && r.canSend(ctx, b.hold) {
 		var wave []*item
 		for _, k := range b.keys {
 			if q := b.queues[k]; len(q) > 0 {
@@ -288,6 +313,8 @@ func (r *Relay) process(ctx context.Context, lease outbox.Lease) {
 		}
 		r.sendWave(ctx, b, wave)
 	}
+	stopHeartbeat()
+	<-heartbeat
 	// Whatever is left was not attempted (shutdown or lease running out):
 	// give it back at once so the next lease can take it.
 	var left []*persistencev1.OutboxEntry
@@ -304,6 +331,84 @@ func (r *Relay) process(ctx context.Context, lease outbox.Lease) {
 	if len(left) > 0 {
 		r.release(lease, left, "not attempted before the lease ran out or the publisher stopped")
 	}
+}
+
+// leaseHold is what a batch knows about its lease while sending.
+type leaseHold struct {
+	token string
+	mu    sync.Mutex
+	// expires is the earliest the lease can run out, on this process's
+	// clock; lost is set when renewing found it expired or taken over.
+	expires time.Time
+	lost    bool
+}
+
+func newLeaseHold(l outbox.Lease) *leaseHold {
+	return &leaseHold{token: l.Token, expires: l.Expires}
+}
+
+func (h *leaseHold) left() (time.Duration, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return time.Until(h.expires), !h.lost
+}
+
+// renew extends the lease by LeaseDuration; it reports whether the lease is
+// still held.
+func (r *Relay) renew(ctx context.Context, h *leaseHold) bool {
+	rctx, cancel := context.WithTimeout(ctx, min(r.cfg.LeaseDuration/3, 5*time.Second))
+	defer cancel()
+	expires, ok, err := r.outbox.Renew(rctx, h.token, r.cfg.LeaseDuration)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch {
+	case err != nil:
+		// Unknown: keep the last estimate, which runs out on its own.
+		r.metrics.leaseRenewals.WithLabelValues("error").Inc()
+		r.logger.WarnContext(ctx, "renew outbox lease failed", "err", err)
+	case !ok:
+		r.metrics.leaseRenewals.WithLabelValues("lost").Inc()
+		h.lost = true
+	default:
+		r.metrics.leaseRenewals.WithLabelValues("renewed").Inc()
+		h.expires = expires
+	}
+	return !h.lost && time.Until(h.expires) > 0
+}
+
+// heartbeat renews the lease every third of its duration until ctx ends.
+func (r *Relay) heartbeat(ctx context.Context, h *leaseHold) {
+	t := time.NewTicker(r.cfg.LeaseDuration / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !r.renew(ctx, h) {
+			return
+		}
+	}
+}
+
+// canSend reports whether a producer call may start: the lease must outlast
+// it with room to spare, or be renewed now so that it does.
+func (r *Relay) canSend(ctx context.Context, h *leaseHold) bool {
+	need := 2 * r.cfg.SendBound
+	left, held := h.left()
+	if held && left > need {
+		return true
+	}
+	if held && r.renew(context.WithoutCancel(ctx), h) {
+		if left, held = h.left(); held && left > need {
+			return true
+		}
+	}
+	r.metrics.leaseStops.Inc()
+	r.logger.WarnContext(ctx, "stopping batch: the outbox lease would run out before a send could finish",
+		"lease_left", left, "lease_held", held, "send_bound", r.cfg.SendBound)
+	return false
 }
 
 // sendWave sends the head entry of each key once and settles each outcome.
@@ -344,7 +449,7 @@ func (r *Relay) sendWave(ctx context.Context, b *batch, wave []*item) {
 			continue
 		}
 		f := kafka.Classify(err)
-		if f.Class == kafka.Permanent && f.Shared && len(msgs) > 1 {
+		if f.Class == kafka.Permanent && f.Shared && len(msgs) > 1 && r.canSend(ctx, b.hold) {
 			// The broker rejects a partition's whole batch; find out
 			// whether this message is the culprit by sending it alone.
 			if err = r.sendAlone(it); err == nil {
@@ -361,7 +466,14 @@ func (r *Relay) sendWave(ctx context.Context, b *batch, wave []*item) {
 			// is an outage, not a bad message.
 			f = kafka.Failure{Class: kafka.Transient, Reason: f.Reason}
 		}
-		if f.Class == kafka.Permanent || (f.Class == kafka.Unknown && attempts >= r.cfg.MaxAttempts) {
+		deadLetter := f.Class == kafka.Permanent || (f.Class == kafka.Unknown && attempts >= r.cfg.MaxAttempts)
+		if deadLetter && !r.canSend(ctx, b.hold) {
+			// No time left to dead-letter it safely: it comes back with
+			// the next lease.
+			deadLetter = false
+			f = kafka.Failure{Class: kafka.Transient, Reason: "lease_expiring"}
+		}
+		if deadLetter {
 			reason := f.Reason
 			if f.Class == kafka.Unknown {
 				reason = "max_attempts_exceeded"
@@ -544,7 +656,7 @@ func (r *Relay) finish(ctx context.Context, b *batch) {
 		}
 	}
 	for _, n := range b.nacks {
-		if _, err := r.outbox.Nack(ctx, b.lease.Token, n.ids, n.reason, n.retryAfter); err != nil {
+		if _, err := r.outbox.Nack(ctx, b.lease.Token, n.ids, n.reason, n.retryAfter, true); err != nil {
 			// The lease expires and the entries come back anyway.
 			r.logger.WarnContext(ctx, "nack outbox failed", "entries", len(n.ids), "err", err)
 		}
@@ -559,7 +671,7 @@ func (r *Relay) release(lease outbox.Lease, entries []*persistencev1.OutboxEntry
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := r.outbox.Nack(ctx, lease.Token, ids, reason, 0); err != nil {
+	if _, err := r.outbox.Nack(ctx, lease.Token, ids, reason, 0, false); err != nil {
 		r.logger.WarnContext(ctx, "release outbox entries failed", "entries", len(ids), "err", err)
 	}
 }

@@ -1,6 +1,7 @@
 package relay_test
 
 import (
+	"bytes"
 	"context"
 	"sync/atomic"
 	"testing"
@@ -24,13 +25,17 @@ import (
 	"github.com/biobridge/bridge/services/publisher/internal/testenv"
 )
 
-func connectKafka(t *testing.T, env *testenv.Env) *kafka.Conn {
+// connectKafka connects the way the publisher does, with Kafka calls
+// bounded by sendTimeout (0: the default): a relay with a lease of d needs
+// at most d/3.
+func connectKafka(t *testing.T, env *testenv.Env, sendTimeout time.Duration) *kafka.Conn {
 	t.Helper()
 	cfg := env.PublisherConfig()
 	conn, err := kafka.Connect(t.Context(), kafka.Config{
 		Brokers: cfg.KafkaBrokers, Version: cfg.KafkaVersion, ClientID: "relay-test",
 		MaxMessageBytes: cfg.MaxMessageBytes, DeadLetterMaxMessageBytes: cfg.DeadLetterMaxMessageBytes,
 		Partitions: int32(cfg.TopicPartitions), ReplicationFactor: int16(cfg.ReplicationFactor), CreateTopics: true,
+		SendTimeout: sendTimeout,
 	}, testenv.Logger(t))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = conn.Close() })
@@ -39,6 +44,7 @@ func connectKafka(t *testing.T, env *testenv.Env) *kafka.Conn {
 
 func newRelay(t *testing.T, cc grpc.ClientConnInterface, k *kafka.Conn, cfg relay.Config) *relay.Relay {
 	t.Helper()
+	cfg.SendBound = kafka.SendBound(k.Client.Config())
 	return relay.New(cfg, relay.Deps{
 		Outbox:     outbox.New(cc, testenv.Token),
 		Producer:   k.Producer,
@@ -74,7 +80,7 @@ func run(t *testing.T, r *relay.Relay) (stop func()) {
 func TestCrashBeforeAck(t *testing.T) {
 	t.Parallel()
 	env := testenv.New(t, testenv.Options{})
-	k := connectKafka(t, env)
+	k := connectKafka(t, env, time.Second) // its leases are 3s
 	users := testenv.Users("crash", 50)
 	for range 40 {
 		require.NoError(t, env.Writer.WriteRound(t.Context(), users, 50))
@@ -138,7 +144,7 @@ func partitionOf(t *testing.T, k *kafka.Conn, user string) int32 {
 func TestTransientFaultsKeepOrder(t *testing.T) {
 	t.Parallel()
 	env := testenv.New(t, testenv.Options{})
-	k := connectKafka(t, env)
+	k := connectKafka(t, env, 0)
 	fault := env.Broker().Cluster().Fault(kfake.Fault{
 		Keys:  []kmsg.Key{kmsg.Produce},
 		Topic: kafka.TopicEvents,
@@ -174,7 +180,7 @@ func TestTransientFaultsKeepOrder(t *testing.T) {
 func TestUnknownErrorDeadLettersAfterMaxAttempts(t *testing.T) {
 	t.Parallel()
 	env := testenv.New(t, testenv.Options{})
-	k := connectKafka(t, env)
+	k := connectKafka(t, env, 0)
 	users := testenv.Users("unknown", 12)
 	bad := partitionOf(t, k, users[0])
 	var badUsers []string
@@ -213,4 +219,61 @@ func TestUnknownErrorDeadLettersAfterMaxAttempts(t *testing.T) {
 		require.Contains(t, m.Headers["dlq_error"], "Unexpected")
 	}
 	require.EqualValues(t, len(badUsers), r.Counters().DeadLettered)
+}
+
+// TestFollowerBehindRetriedHeadKeepsItsAttempts: a user's first event is
+// refused (transiently) many times while the user's second event is leased
+// along with it every time but never sent. Once the first gets through,
+// the second fails once with an unrecognized error: that is its first
+// publish attempt, so it is retried and published in order, not
+// dead-lettered as if every lease behind the head had been an attempt
+// (which would let the third event overtake it).
+func TestFollowerBehindRetriedHeadKeepsItsAttempts(t *testing.T) {
+	t.Parallel()
+	env := testenv.New(t, testenv.Options{})
+	k := connectKafka(t, env, time.Second) // its lease is 3s
+	user := "follower-user"
+	var ids []string
+	for range 3 {
+		got, err := env.Writer.Write(t.Context(), []*persistencev1.EventInput{env.Writer.Event(user, 1)})
+		require.NoError(t, err)
+		ids = append(ids, got[0])
+	}
+	carries := func(id string) func(kmsg.Request) bool {
+		return func(req kmsg.Request) bool {
+			for _, tp := range req.(*kmsg.ProduceRequest).Topics {
+				for _, p := range tp.Partitions {
+					if bytes.Contains(p.Records, []byte(id)) {
+						return true
+					}
+				}
+			}
+			return false
+		}
+	}
+	cluster := env.Broker().Cluster()
+	slowHead := cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: kafka.TopicEvents,
+		Err: kerr.NotEnoughReplicas, Count: -1, When: carries(ids[0])})
+	cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: kafka.TopicEvents,
+		Err: kerr.UnknownServerError, Count: 1, When: carries(ids[1])})
+	events, err := testenv.Collect([]string{env.BrokerAddr()}, kafka.TopicEvents, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = events.Close() })
+	dlq, err := testenv.Collect([]string{env.BrokerAddr()}, kafka.TopicDeadLetters, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = dlq.Close() })
+
+	r := newRelay(t, env.Conn, k, relay.Config{
+		BatchSize: 10, WaitTimeout: time.Second, LeaseDuration: 3 * time.Second, MaxAttempts: 3,
+		BackoffInitial: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
+	})
+	run(t, r)
+	// Six failed sends of the head (sarama tries each three times): its
+	// followers were leased with it six times.
+	require.Eventually(t, func() bool { return slowHead.Hits() >= 18 }, 60*time.Second, 10*time.Millisecond)
+	slowHead.Remove()
+	require.Eventually(t, func() bool { return events.Distinct() == 3 }, 30*time.Second, 10*time.Millisecond)
+	require.NoError(t, testenv.CheckOrder(events.Messages(), map[string]int{user: 3}))
+	require.Zero(t, dlq.Distinct(), "the follower's one failure is not its MaxAttempts-th")
+	require.Positive(t, r.Counters().Failed)
 }

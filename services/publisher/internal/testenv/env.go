@@ -69,6 +69,11 @@ type Env struct {
 	// Conn is a plain connection to the persistence service.
 	Conn   *grpc.ClientConn
 	Writer *Writer
+	// Proxy sits between every Kafka client and the broker when
+	// Options.StallProxy is set.
+	Proxy *StallProxy
+	// DatabaseURL is the persistence service's database.
+	DatabaseURL string
 
 	brokerCfg kafkadev.Config
 	mu        sync.Mutex
@@ -79,6 +84,11 @@ type Env struct {
 type Options struct {
 	// BrokerConfigs are broker-level configs, e.g. "message.max.bytes".
 	BrokerConfigs map[string]string
+	// StallProxy puts a StallProxy in front of the broker.
+	StallProxy bool
+	// InMemoryBroker keeps the broker's data in memory only (no data
+	// directory): for tests that write gigabytes and never restart it.
+	InMemoryBroker bool
 }
 
 // New starts an environment cleaned up with t.
@@ -106,20 +116,33 @@ func New(t testing.TB, opts Options) *Env {
 		Persistence: p,
 		Conn:        conn,
 		Writer:      NewWriter(conn, Token),
+		DatabaseURL: dbURL,
 		brokerCfg: kafkadev.Config{
 			Addr:          "127.0.0.1:0",
-			DataDir:       t.TempDir(),
 			BrokerConfigs: opts.BrokerConfigs,
 			Logger:        logger.With("service", "kfake"),
 		},
+	}
+	if !opts.InMemoryBroker {
+		e.brokerCfg.DataDir = t.TempDir()
+	}
+	if opts.StallProxy {
+		e.Proxy = NewStallProxy(t)
+		e.brokerCfg.Advertise = e.Proxy.Addr()
 	}
 	e.StartBroker()
 	t.Cleanup(e.StopBroker)
 	return e
 }
 
-// BrokerAddr is the broker's address; it stays the same across restarts.
-func (e *Env) BrokerAddr() string { return e.brokerCfg.Addr }
+// BrokerAddr is the broker's address (the proxy's, with one); it stays the
+// same across restarts.
+func (e *Env) BrokerAddr() string {
+	if e.Proxy != nil {
+		return e.Proxy.Addr()
+	}
+	return e.brokerCfg.Addr
+}
 
 // StartBroker starts the broker (again), on the same address and data
 // directory as before.
@@ -142,6 +165,9 @@ func (e *Env) StartBroker() {
 		e.t.Fatalf("start broker: %v", err)
 	}
 	e.brokerCfg.Addr = e.broker.Addr()
+	if e.Proxy != nil {
+		e.Proxy.SetUpstream(e.broker.Addr())
+	}
 }
 
 // StopBroker stops the broker; its clients see connections refused.
@@ -182,6 +208,8 @@ func PublisherConfig(broker, persistenceAddr string, tokens *auth.ServiceTokens)
 		KafkaClientID:             "publisher-test",
 		TopicPartitions:           6,
 		ReplicationFactor:         1,
+		MinInsyncReplicas:         1,
+		TopicCheckInterval:        time.Second,
 		CreateTopics:              true,
 		MaxMessageBytes:           1000000,
 		DeadLetterMaxMessageBytes: 8 << 20,
@@ -213,6 +241,7 @@ func (e *Env) EnsureTopics() {
 		DeadLetterMaxMessageBytes: cfg.DeadLetterMaxMessageBytes,
 		Partitions:                int32(cfg.TopicPartitions),
 		ReplicationFactor:         int16(cfg.ReplicationFactor),
+		MinInsyncReplicas:         cfg.MinInsyncReplicas,
 	}
 	client, err := sarama.NewClient(cfg.KafkaBrokers, kafka.SaramaConfig(kcfg, cfg.MaxMessageBytes))
 	if err != nil {

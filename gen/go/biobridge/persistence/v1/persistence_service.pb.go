@@ -831,7 +831,9 @@ type OutboxEntry struct {
 	Traceparent string `protobuf:"bytes,6,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
 	// When the entry was committed.
 	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	// How many times publishing was attempted before this lease.
+	// How many times publishing was attempted before this lease (sends that
+	// failed, counted by NackOutbox with attempted set; leases that never
+	// reached a send do not count).
 	Attempts int32 `protobuf:"varint,8,opt,name=attempts,proto3" json:"attempts,omitempty"`
 	// Last error reported by NackOutbox.
 	LastError     string `protobuf:"bytes,9,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
@@ -1040,9 +1042,13 @@ type LeaseOutboxResponse struct {
 	// Leased entries.
 	Entries []*OutboxEntry `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
 	// Token that must accompany ack/nack of these entries.
-	LeaseToken    string `protobuf:"bytes,2,opt,name=lease_token,json=leaseToken,proto3" json:"lease_token,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	LeaseToken string `protobuf:"bytes,2,opt,name=lease_token,json=leaseToken,proto3" json:"lease_token,omitempty"`
+	// Time left on the lease, measured by the database's clock just before the
+	// lease committed. A holder counts it from when it sent the request, which
+	// is never later than that moment, so its estimate never outlasts the lease.
+	LeaseRemaining *durationpb.Duration `protobuf:"bytes,3,opt,name=lease_remaining,json=leaseRemaining,proto3" json:"lease_remaining,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *LeaseOutboxResponse) Reset() {
@@ -1089,6 +1095,124 @@ func (x *LeaseOutboxResponse) GetLeaseToken() string {
 	return ""
 }
 
+func (x *LeaseOutboxResponse) GetLeaseRemaining() *durationpb.Duration {
+	if x != nil {
+		return x.LeaseRemaining
+	}
+	return nil
+}
+
+// RenewOutboxLeaseRequest extends a lease.
+type RenewOutboxLeaseRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Lease token from LeaseOutboxResponse.
+	LeaseToken string `protobuf:"bytes,1,opt,name=lease_token,json=leaseToken,proto3" json:"lease_token,omitempty"`
+	// New duration, counted from now by the database's clock (default 30s).
+	LeaseDuration *durationpb.Duration `protobuf:"bytes,2,opt,name=lease_duration,json=leaseDuration,proto3" json:"lease_duration,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewOutboxLeaseRequest) Reset() {
+	*x = RenewOutboxLeaseRequest{}
+	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewOutboxLeaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewOutboxLeaseRequest) ProtoMessage() {}
+
+func (x *RenewOutboxLeaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewOutboxLeaseRequest.ProtoReflect.Descriptor instead.
+func (*RenewOutboxLeaseRequest) Descriptor() ([]byte, []int) {
+	return file_biobridge_persistence_v1_persistence_service_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RenewOutboxLeaseRequest) GetLeaseToken() string {
+	if x != nil {
+		return x.LeaseToken
+	}
+	return ""
+}
+
+func (x *RenewOutboxLeaseRequest) GetLeaseDuration() *durationpb.Duration {
+	if x != nil {
+		return x.LeaseDuration
+	}
+	return nil
+}
+
+// RenewOutboxLeaseResponse says whether the lease is still held.
+type RenewOutboxLeaseResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Entries still held under the token and renewed; 0 means the lease
+	// expired or was taken over, and the holder must not publish them.
+	Renewed int32 `protobuf:"varint,1,opt,name=renewed,proto3" json:"renewed,omitempty"`
+	// Time left on the renewed lease, measured by the database's clock.
+	LeaseRemaining *durationpb.Duration `protobuf:"bytes,2,opt,name=lease_remaining,json=leaseRemaining,proto3" json:"lease_remaining,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RenewOutboxLeaseResponse) Reset() {
+	*x = RenewOutboxLeaseResponse{}
+	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewOutboxLeaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewOutboxLeaseResponse) ProtoMessage() {}
+
+func (x *RenewOutboxLeaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewOutboxLeaseResponse.ProtoReflect.Descriptor instead.
+func (*RenewOutboxLeaseResponse) Descriptor() ([]byte, []int) {
+	return file_biobridge_persistence_v1_persistence_service_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RenewOutboxLeaseResponse) GetRenewed() int32 {
+	if x != nil {
+		return x.Renewed
+	}
+	return 0
+}
+
+func (x *RenewOutboxLeaseResponse) GetLeaseRemaining() *durationpb.Duration {
+	if x != nil {
+		return x.LeaseRemaining
+	}
+	return nil
+}
+
 // AckOutboxRequest marks entries published.
 type AckOutboxRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1102,7 +1226,7 @@ type AckOutboxRequest struct {
 
 func (x *AckOutboxRequest) Reset() {
 	*x = AckOutboxRequest{}
-	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[14]
+	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1238,7 @@ func (x *AckOutboxRequest) String() string {
 func (*AckOutboxRequest) ProtoMessage() {}
 
 func (x *AckOutboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[14]
+	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1251,7 @@ func (x *AckOutboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckOutboxRequest.ProtoReflect.Descriptor instead.
 func (*AckOutboxRequest) Descriptor() ([]byte, []int) {
-	return file_biobridge_persistence_v1_persistence_service_proto_rawDescGZIP(), []int{14}
+	return file_biobridge_persistence_v1_persistence_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AckOutboxRequest) GetLeaseToken() string {
@@ -1155,7 +1279,7 @@ type AckOutboxResponse struct {
 
 func (x *AckOutboxResponse) Reset() {
 	*x = AckOutboxResponse{}
-	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[15]
+	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1167,7 +1291,7 @@ func (x *AckOutboxResponse) String() string {
 func (*AckOutboxResponse) ProtoMessage() {}
 
 func (x *AckOutboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[15]
+	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1180,7 +1304,7 @@ func (x *AckOutboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckOutboxResponse.ProtoReflect.Descriptor instead.
 func (*AckOutboxResponse) Descriptor() ([]byte, []int) {
-	return file_biobridge_persistence_v1_persistence_service_proto_rawDescGZIP(), []int{15}
+	return file_biobridge_persistence_v1_persistence_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AckOutboxResponse) GetAcked() int32 {
@@ -1200,14 +1324,18 @@ type NackOutboxRequest struct {
 	// Why (recorded as last_error; never PHI).
 	Error string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
 	// Do not lease these entries again before this delay.
-	RetryAfter    *durationpb.Duration `protobuf:"bytes,4,opt,name=retry_after,json=retryAfter,proto3" json:"retry_after,omitempty"`
+	RetryAfter *durationpb.Duration `protobuf:"bytes,4,opt,name=retry_after,json=retryAfter,proto3" json:"retry_after,omitempty"`
+	// The first of ids per key was sent and failed: count a publish attempt
+	// for it. False for entries given back without a send (shutdown, lease
+	// running out), which keep their attempt count.
+	Attempted     bool `protobuf:"varint,5,opt,name=attempted,proto3" json:"attempted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NackOutboxRequest) Reset() {
 	*x = NackOutboxRequest{}
-	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[16]
+	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1219,7 +1347,7 @@ func (x *NackOutboxRequest) String() string {
 func (*NackOutboxRequest) ProtoMessage() {}
 
 func (x *NackOutboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[16]
+	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1232,7 +1360,7 @@ func (x *NackOutboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NackOutboxRequest.ProtoReflect.Descriptor instead.
 func (*NackOutboxRequest) Descriptor() ([]byte, []int) {
-	return file_biobridge_persistence_v1_persistence_service_proto_rawDescGZIP(), []int{16}
+	return file_biobridge_persistence_v1_persistence_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *NackOutboxRequest) GetLeaseToken() string {
@@ -1263,6 +1391,13 @@ func (x *NackOutboxRequest) GetRetryAfter() *durationpb.Duration {
 	return nil
 }
 
+func (x *NackOutboxRequest) GetAttempted() bool {
+	if x != nil {
+		return x.Attempted
+	}
+	return false
+}
+
 // NackOutboxResponse says how many entries were released.
 type NackOutboxResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1274,7 +1409,7 @@ type NackOutboxResponse struct {
 
 func (x *NackOutboxResponse) Reset() {
 	*x = NackOutboxResponse{}
-	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[17]
+	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +1421,7 @@ func (x *NackOutboxResponse) String() string {
 func (*NackOutboxResponse) ProtoMessage() {}
 
 func (x *NackOutboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[17]
+	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +1434,7 @@ func (x *NackOutboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NackOutboxResponse.ProtoReflect.Descriptor instead.
 func (*NackOutboxResponse) Descriptor() ([]byte, []int) {
-	return file_biobridge_persistence_v1_persistence_service_proto_rawDescGZIP(), []int{17}
+	return file_biobridge_persistence_v1_persistence_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *NackOutboxResponse) GetReleased() int32 {
@@ -1318,7 +1453,7 @@ type GetOutboxStatsRequest struct {
 
 func (x *GetOutboxStatsRequest) Reset() {
 	*x = GetOutboxStatsRequest{}
-	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[18]
+	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1330,7 +1465,7 @@ func (x *GetOutboxStatsRequest) String() string {
 func (*GetOutboxStatsRequest) ProtoMessage() {}
 
 func (x *GetOutboxStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[18]
+	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1343,7 +1478,7 @@ func (x *GetOutboxStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOutboxStatsRequest.ProtoReflect.Descriptor instead.
 func (*GetOutboxStatsRequest) Descriptor() ([]byte, []int) {
-	return file_biobridge_persistence_v1_persistence_service_proto_rawDescGZIP(), []int{18}
+	return file_biobridge_persistence_v1_persistence_service_proto_rawDescGZIP(), []int{20}
 }
 
 // GetOutboxStatsResponse describes the backlog.
@@ -1361,7 +1496,7 @@ type GetOutboxStatsResponse struct {
 
 func (x *GetOutboxStatsResponse) Reset() {
 	*x = GetOutboxStatsResponse{}
-	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[19]
+	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1373,7 +1508,7 @@ func (x *GetOutboxStatsResponse) String() string {
 func (*GetOutboxStatsResponse) ProtoMessage() {}
 
 func (x *GetOutboxStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[19]
+	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1386,7 +1521,7 @@ func (x *GetOutboxStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOutboxStatsResponse.ProtoReflect.Descriptor instead.
 func (*GetOutboxStatsResponse) Descriptor() ([]byte, []int) {
-	return file_biobridge_persistence_v1_persistence_service_proto_rawDescGZIP(), []int{19}
+	return file_biobridge_persistence_v1_persistence_service_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetOutboxStatsResponse) GetPending() int64 {
@@ -1424,7 +1559,7 @@ type DeleteUserDataRequest struct {
 
 func (x *DeleteUserDataRequest) Reset() {
 	*x = DeleteUserDataRequest{}
-	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[20]
+	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1436,7 +1571,7 @@ func (x *DeleteUserDataRequest) String() string {
 func (*DeleteUserDataRequest) ProtoMessage() {}
 
 func (x *DeleteUserDataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[20]
+	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1449,7 +1584,7 @@ func (x *DeleteUserDataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteUserDataRequest.ProtoReflect.Descriptor instead.
 func (*DeleteUserDataRequest) Descriptor() ([]byte, []int) {
-	return file_biobridge_persistence_v1_persistence_service_proto_rawDescGZIP(), []int{20}
+	return file_biobridge_persistence_v1_persistence_service_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeleteUserDataRequest) GetUserId() string {
@@ -1481,7 +1616,7 @@ type DeleteUserDataResponse struct {
 
 func (x *DeleteUserDataResponse) Reset() {
 	*x = DeleteUserDataResponse{}
-	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[21]
+	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1493,7 +1628,7 @@ func (x *DeleteUserDataResponse) String() string {
 func (*DeleteUserDataResponse) ProtoMessage() {}
 
 func (x *DeleteUserDataResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[21]
+	mi := &file_biobridge_persistence_v1_persistence_service_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1506,7 +1641,7 @@ func (x *DeleteUserDataResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteUserDataResponse.ProtoReflect.Descriptor instead.
 func (*DeleteUserDataResponse) Descriptor() ([]byte, []int) {
-	return file_biobridge_persistence_v1_persistence_service_proto_rawDescGZIP(), []int{21}
+	return file_biobridge_persistence_v1_persistence_service_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeleteUserDataResponse) GetErased() bool {
@@ -1596,24 +1731,33 @@ const file_biobridge_persistence_v1_persistence_service_proto_rawDesc = "" +
 	"\vmax_entries\x18\x02 \x01(\x05R\n" +
 	"maxEntries\x12@\n" +
 	"\x0elease_duration\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\x12<\n" +
-	"\fwait_timeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\vwaitTimeout\"w\n" +
+	"\fwait_timeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\vwaitTimeout\"\xbb\x01\n" +
 	"\x13LeaseOutboxResponse\x12?\n" +
 	"\aentries\x18\x01 \x03(\v2%.biobridge.persistence.v1.OutboxEntryR\aentries\x12\x1f\n" +
 	"\vlease_token\x18\x02 \x01(\tR\n" +
-	"leaseToken\"E\n" +
+	"leaseToken\x12B\n" +
+	"\x0flease_remaining\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x0eleaseRemaining\"|\n" +
+	"\x17RenewOutboxLeaseRequest\x12\x1f\n" +
+	"\vlease_token\x18\x01 \x01(\tR\n" +
+	"leaseToken\x12@\n" +
+	"\x0elease_duration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\"x\n" +
+	"\x18RenewOutboxLeaseResponse\x12\x18\n" +
+	"\arenewed\x18\x01 \x01(\x05R\arenewed\x12B\n" +
+	"\x0flease_remaining\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0eleaseRemaining\"E\n" +
 	"\x10AckOutboxRequest\x12\x1f\n" +
 	"\vlease_token\x18\x01 \x01(\tR\n" +
 	"leaseToken\x12\x10\n" +
 	"\x03ids\x18\x02 \x03(\x03R\x03ids\")\n" +
 	"\x11AckOutboxResponse\x12\x14\n" +
-	"\x05acked\x18\x01 \x01(\x05R\x05acked\"\x98\x01\n" +
+	"\x05acked\x18\x01 \x01(\x05R\x05acked\"\xb6\x01\n" +
 	"\x11NackOutboxRequest\x12\x1f\n" +
 	"\vlease_token\x18\x01 \x01(\tR\n" +
 	"leaseToken\x12\x10\n" +
 	"\x03ids\x18\x02 \x03(\x03R\x03ids\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x12:\n" +
 	"\vretry_after\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\n" +
-	"retryAfter\"0\n" +
+	"retryAfter\x12\x1c\n" +
+	"\tattempted\x18\x05 \x01(\bR\tattempted\"0\n" +
 	"\x12NackOutboxResponse\x12\x1a\n" +
 	"\breleased\x18\x01 \x01(\x05R\breleased\"\x17\n" +
 	"\x15GetOutboxStatsRequest\"\x92\x01\n" +
@@ -1641,12 +1785,13 @@ const file_biobridge_persistence_v1_persistence_service_proto_rawDesc = "" +
 	"\x19DELETE_STATUS_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15DELETE_STATUS_DELETED\x10\x01\x12!\n" +
 	"\x1dDELETE_STATUS_ALREADY_DELETED\x10\x02\x12\x1b\n" +
-	"\x17DELETE_STATUS_NOT_FOUND\x10\x032\xa5\a\n" +
+	"\x17DELETE_STATUS_NOT_FOUND\x10\x032\xa0\b\n" +
 	"\x12PersistenceService\x12j\n" +
 	"\vWriteEvents\x12,.biobridge.persistence.v1.WriteEventsRequest\x1a-.biobridge.persistence.v1.WriteEventsResponse\x12p\n" +
 	"\rDeleteRecords\x12..biobridge.persistence.v1.DeleteRecordsRequest\x1a/.biobridge.persistence.v1.DeleteRecordsResponse\x12\x8b\x01\n" +
 	"\x16AppendConnectionEvents\x127.biobridge.persistence.v1.AppendConnectionEventsRequest\x1a8.biobridge.persistence.v1.AppendConnectionEventsResponse\x12j\n" +
-	"\vLeaseOutbox\x12,.biobridge.persistence.v1.LeaseOutboxRequest\x1a-.biobridge.persistence.v1.LeaseOutboxResponse\x12d\n" +
+	"\vLeaseOutbox\x12,.biobridge.persistence.v1.LeaseOutboxRequest\x1a-.biobridge.persistence.v1.LeaseOutboxResponse\x12y\n" +
+	"\x10RenewOutboxLease\x121.biobridge.persistence.v1.RenewOutboxLeaseRequest\x1a2.biobridge.persistence.v1.RenewOutboxLeaseResponse\x12d\n" +
 	"\tAckOutbox\x12*.biobridge.persistence.v1.AckOutboxRequest\x1a+.biobridge.persistence.v1.AckOutboxResponse\x12g\n" +
 	"\n" +
 	"NackOutbox\x12+.biobridge.persistence.v1.NackOutboxRequest\x1a,.biobridge.persistence.v1.NackOutboxResponse\x12s\n" +
@@ -1667,7 +1812,7 @@ func file_biobridge_persistence_v1_persistence_service_proto_rawDescGZIP() []byt
 }
 
 var file_biobridge_persistence_v1_persistence_service_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_biobridge_persistence_v1_persistence_service_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_biobridge_persistence_v1_persistence_service_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_biobridge_persistence_v1_persistence_service_proto_goTypes = []any{
 	(WriteStatus)(0),                       // 0: biobridge.persistence.v1.WriteStatus
 	(DeleteStatus)(0),                      // 1: biobridge.persistence.v1.DeleteStatus
@@ -1685,66 +1830,73 @@ var file_biobridge_persistence_v1_persistence_service_proto_goTypes = []any{
 	(*OutboxEntry)(nil),                    // 13: biobridge.persistence.v1.OutboxEntry
 	(*LeaseOutboxRequest)(nil),             // 14: biobridge.persistence.v1.LeaseOutboxRequest
 	(*LeaseOutboxResponse)(nil),            // 15: biobridge.persistence.v1.LeaseOutboxResponse
-	(*AckOutboxRequest)(nil),               // 16: biobridge.persistence.v1.AckOutboxRequest
-	(*AckOutboxResponse)(nil),              // 17: biobridge.persistence.v1.AckOutboxResponse
-	(*NackOutboxRequest)(nil),              // 18: biobridge.persistence.v1.NackOutboxRequest
-	(*NackOutboxResponse)(nil),             // 19: biobridge.persistence.v1.NackOutboxResponse
-	(*GetOutboxStatsRequest)(nil),          // 20: biobridge.persistence.v1.GetOutboxStatsRequest
-	(*GetOutboxStatsResponse)(nil),         // 21: biobridge.persistence.v1.GetOutboxStatsResponse
-	(*DeleteUserDataRequest)(nil),          // 22: biobridge.persistence.v1.DeleteUserDataRequest
-	(*DeleteUserDataResponse)(nil),         // 23: biobridge.persistence.v1.DeleteUserDataResponse
-	nil,                                    // 24: biobridge.persistence.v1.DeleteUserDataResponse.DeletedRowsEntry
-	(v1.Source)(0),                         // 25: biobridge.biometrics.v1.Source
-	(*timestamppb.Timestamp)(nil),          // 26: google.protobuf.Timestamp
-	(*v1.Reading)(nil),                     // 27: biobridge.biometrics.v1.Reading
-	(*v1.ConnectionEvent)(nil),             // 28: biobridge.biometrics.v1.ConnectionEvent
-	(*v1.BiometricEvent)(nil),              // 29: biobridge.biometrics.v1.BiometricEvent
-	(*durationpb.Duration)(nil),            // 30: google.protobuf.Duration
+	(*RenewOutboxLeaseRequest)(nil),        // 16: biobridge.persistence.v1.RenewOutboxLeaseRequest
+	(*RenewOutboxLeaseResponse)(nil),       // 17: biobridge.persistence.v1.RenewOutboxLeaseResponse
+	(*AckOutboxRequest)(nil),               // 18: biobridge.persistence.v1.AckOutboxRequest
+	(*AckOutboxResponse)(nil),              // 19: biobridge.persistence.v1.AckOutboxResponse
+	(*NackOutboxRequest)(nil),              // 20: biobridge.persistence.v1.NackOutboxRequest
+	(*NackOutboxResponse)(nil),             // 21: biobridge.persistence.v1.NackOutboxResponse
+	(*GetOutboxStatsRequest)(nil),          // 22: biobridge.persistence.v1.GetOutboxStatsRequest
+	(*GetOutboxStatsResponse)(nil),         // 23: biobridge.persistence.v1.GetOutboxStatsResponse
+	(*DeleteUserDataRequest)(nil),          // 24: biobridge.persistence.v1.DeleteUserDataRequest
+	(*DeleteUserDataResponse)(nil),         // 25: biobridge.persistence.v1.DeleteUserDataResponse
+	nil,                                    // 26: biobridge.persistence.v1.DeleteUserDataResponse.DeletedRowsEntry
+	(v1.Source)(0),                         // 27: biobridge.biometrics.v1.Source
+	(*timestamppb.Timestamp)(nil),          // 28: google.protobuf.Timestamp
+	(*v1.Reading)(nil),                     // 29: biobridge.biometrics.v1.Reading
+	(*v1.ConnectionEvent)(nil),             // 30: biobridge.biometrics.v1.ConnectionEvent
+	(*v1.BiometricEvent)(nil),              // 31: biobridge.biometrics.v1.BiometricEvent
+	(*durationpb.Duration)(nil),            // 32: google.protobuf.Duration
 }
 var file_biobridge_persistence_v1_persistence_service_proto_depIdxs = []int32{
-	25, // 0: biobridge.persistence.v1.EventInput.source:type_name -> biobridge.biometrics.v1.Source
-	26, // 1: biobridge.persistence.v1.EventInput.occurred_at:type_name -> google.protobuf.Timestamp
-	27, // 2: biobridge.persistence.v1.EventInput.readings:type_name -> biobridge.biometrics.v1.Reading
+	27, // 0: biobridge.persistence.v1.EventInput.source:type_name -> biobridge.biometrics.v1.Source
+	28, // 1: biobridge.persistence.v1.EventInput.occurred_at:type_name -> google.protobuf.Timestamp
+	29, // 2: biobridge.persistence.v1.EventInput.readings:type_name -> biobridge.biometrics.v1.Reading
 	0,  // 3: biobridge.persistence.v1.WriteResult.status:type_name -> biobridge.persistence.v1.WriteStatus
 	3,  // 4: biobridge.persistence.v1.WriteResult.rejected_readings:type_name -> biobridge.persistence.v1.ReadingRejection
 	2,  // 5: biobridge.persistence.v1.WriteEventsRequest.events:type_name -> biobridge.persistence.v1.EventInput
 	4,  // 6: biobridge.persistence.v1.WriteEventsResponse.results:type_name -> biobridge.persistence.v1.WriteResult
-	25, // 7: biobridge.persistence.v1.RecordRef.source:type_name -> biobridge.biometrics.v1.Source
-	26, // 8: biobridge.persistence.v1.RecordRef.deleted_at:type_name -> google.protobuf.Timestamp
+	27, // 7: biobridge.persistence.v1.RecordRef.source:type_name -> biobridge.biometrics.v1.Source
+	28, // 8: biobridge.persistence.v1.RecordRef.deleted_at:type_name -> google.protobuf.Timestamp
 	1,  // 9: biobridge.persistence.v1.DeleteResult.status:type_name -> biobridge.persistence.v1.DeleteStatus
 	7,  // 10: biobridge.persistence.v1.DeleteRecordsRequest.records:type_name -> biobridge.persistence.v1.RecordRef
 	8,  // 11: biobridge.persistence.v1.DeleteRecordsResponse.results:type_name -> biobridge.persistence.v1.DeleteResult
-	28, // 12: biobridge.persistence.v1.AppendConnectionEventsRequest.events:type_name -> biobridge.biometrics.v1.ConnectionEvent
-	29, // 13: biobridge.persistence.v1.OutboxEntry.event:type_name -> biobridge.biometrics.v1.BiometricEvent
-	28, // 14: biobridge.persistence.v1.OutboxEntry.connection_event:type_name -> biobridge.biometrics.v1.ConnectionEvent
-	26, // 15: biobridge.persistence.v1.OutboxEntry.created_at:type_name -> google.protobuf.Timestamp
-	30, // 16: biobridge.persistence.v1.LeaseOutboxRequest.lease_duration:type_name -> google.protobuf.Duration
-	30, // 17: biobridge.persistence.v1.LeaseOutboxRequest.wait_timeout:type_name -> google.protobuf.Duration
+	30, // 12: biobridge.persistence.v1.AppendConnectionEventsRequest.events:type_name -> biobridge.biometrics.v1.ConnectionEvent
+	31, // 13: biobridge.persistence.v1.OutboxEntry.event:type_name -> biobridge.biometrics.v1.BiometricEvent
+	30, // 14: biobridge.persistence.v1.OutboxEntry.connection_event:type_name -> biobridge.biometrics.v1.ConnectionEvent
+	28, // 15: biobridge.persistence.v1.OutboxEntry.created_at:type_name -> google.protobuf.Timestamp
+	32, // 16: biobridge.persistence.v1.LeaseOutboxRequest.lease_duration:type_name -> google.protobuf.Duration
+	32, // 17: biobridge.persistence.v1.LeaseOutboxRequest.wait_timeout:type_name -> google.protobuf.Duration
 	13, // 18: biobridge.persistence.v1.LeaseOutboxResponse.entries:type_name -> biobridge.persistence.v1.OutboxEntry
-	30, // 19: biobridge.persistence.v1.NackOutboxRequest.retry_after:type_name -> google.protobuf.Duration
-	26, // 20: biobridge.persistence.v1.GetOutboxStatsResponse.oldest_pending_at:type_name -> google.protobuf.Timestamp
-	24, // 21: biobridge.persistence.v1.DeleteUserDataResponse.deleted_rows:type_name -> biobridge.persistence.v1.DeleteUserDataResponse.DeletedRowsEntry
-	5,  // 22: biobridge.persistence.v1.PersistenceService.WriteEvents:input_type -> biobridge.persistence.v1.WriteEventsRequest
-	9,  // 23: biobridge.persistence.v1.PersistenceService.DeleteRecords:input_type -> biobridge.persistence.v1.DeleteRecordsRequest
-	11, // 24: biobridge.persistence.v1.PersistenceService.AppendConnectionEvents:input_type -> biobridge.persistence.v1.AppendConnectionEventsRequest
-	14, // 25: biobridge.persistence.v1.PersistenceService.LeaseOutbox:input_type -> biobridge.persistence.v1.LeaseOutboxRequest
-	16, // 26: biobridge.persistence.v1.PersistenceService.AckOutbox:input_type -> biobridge.persistence.v1.AckOutboxRequest
-	18, // 27: biobridge.persistence.v1.PersistenceService.NackOutbox:input_type -> biobridge.persistence.v1.NackOutboxRequest
-	20, // 28: biobridge.persistence.v1.PersistenceService.GetOutboxStats:input_type -> biobridge.persistence.v1.GetOutboxStatsRequest
-	22, // 29: biobridge.persistence.v1.PersistenceService.DeleteUserData:input_type -> biobridge.persistence.v1.DeleteUserDataRequest
-	6,  // 30: biobridge.persistence.v1.PersistenceService.WriteEvents:output_type -> biobridge.persistence.v1.WriteEventsResponse
-	10, // 31: biobridge.persistence.v1.PersistenceService.DeleteRecords:output_type -> biobridge.persistence.v1.DeleteRecordsResponse
-	12, // 32: biobridge.persistence.v1.PersistenceService.AppendConnectionEvents:output_type -> biobridge.persistence.v1.AppendConnectionEventsResponse
-	15, // 33: biobridge.persistence.v1.PersistenceService.LeaseOutbox:output_type -> biobridge.persistence.v1.LeaseOutboxResponse
-	17, // 34: biobridge.persistence.v1.PersistenceService.AckOutbox:output_type -> biobridge.persistence.v1.AckOutboxResponse
-	19, // 35: biobridge.persistence.v1.PersistenceService.NackOutbox:output_type -> biobridge.persistence.v1.NackOutboxResponse
-	21, // 36: biobridge.persistence.v1.PersistenceService.GetOutboxStats:output_type -> biobridge.persistence.v1.GetOutboxStatsResponse
-	23, // 37: biobridge.persistence.v1.PersistenceService.DeleteUserData:output_type -> biobridge.persistence.v1.DeleteUserDataResponse
-	30, // [30:38] is the sub-list for method output_type
-	22, // [22:30] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	32, // 19: biobridge.persistence.v1.LeaseOutboxResponse.lease_remaining:type_name -> google.protobuf.Duration
+	32, // 20: biobridge.persistence.v1.RenewOutboxLeaseRequest.lease_duration:type_name -> google.protobuf.Duration
+	32, // 21: biobridge.persistence.v1.RenewOutboxLeaseResponse.lease_remaining:type_name -> google.protobuf.Duration
+	32, // 22: biobridge.persistence.v1.NackOutboxRequest.retry_after:type_name -> google.protobuf.Duration
+	28, // 23: biobridge.persistence.v1.GetOutboxStatsResponse.oldest_pending_at:type_name -> google.protobuf.Timestamp
+	26, // 24: biobridge.persistence.v1.DeleteUserDataResponse.deleted_rows:type_name -> biobridge.persistence.v1.DeleteUserDataResponse.DeletedRowsEntry
+	5,  // 25: biobridge.persistence.v1.PersistenceService.WriteEvents:input_type -> biobridge.persistence.v1.WriteEventsRequest
+	9,  // 26: biobridge.persistence.v1.PersistenceService.DeleteRecords:input_type -> biobridge.persistence.v1.DeleteRecordsRequest
+	11, // 27: biobridge.persistence.v1.PersistenceService.AppendConnectionEvents:input_type -> biobridge.persistence.v1.AppendConnectionEventsRequest
+	14, // 28: biobridge.persistence.v1.PersistenceService.LeaseOutbox:input_type -> biobridge.persistence.v1.LeaseOutboxRequest
+	16, // 29: biobridge.persistence.v1.PersistenceService.RenewOutboxLease:input_type -> biobridge.persistence.v1.RenewOutboxLeaseRequest
+	18, // 30: biobridge.persistence.v1.PersistenceService.AckOutbox:input_type -> biobridge.persistence.v1.AckOutboxRequest
+	20, // 31: biobridge.persistence.v1.PersistenceService.NackOutbox:input_type -> biobridge.persistence.v1.NackOutboxRequest
+	22, // 32: biobridge.persistence.v1.PersistenceService.GetOutboxStats:input_type -> biobridge.persistence.v1.GetOutboxStatsRequest
+	24, // 33: biobridge.persistence.v1.PersistenceService.DeleteUserData:input_type -> biobridge.persistence.v1.DeleteUserDataRequest
+	6,  // 34: biobridge.persistence.v1.PersistenceService.WriteEvents:output_type -> biobridge.persistence.v1.WriteEventsResponse
+	10, // 35: biobridge.persistence.v1.PersistenceService.DeleteRecords:output_type -> biobridge.persistence.v1.DeleteRecordsResponse
+	12, // 36: biobridge.persistence.v1.PersistenceService.AppendConnectionEvents:output_type -> biobridge.persistence.v1.AppendConnectionEventsResponse
+	15, // 37: biobridge.persistence.v1.PersistenceService.LeaseOutbox:output_type -> biobridge.persistence.v1.LeaseOutboxResponse
+	17, // 38: biobridge.persistence.v1.PersistenceService.RenewOutboxLease:output_type -> biobridge.persistence.v1.RenewOutboxLeaseResponse
+	19, // 39: biobridge.persistence.v1.PersistenceService.AckOutbox:output_type -> biobridge.persistence.v1.AckOutboxResponse
+	21, // 40: biobridge.persistence.v1.PersistenceService.NackOutbox:output_type -> biobridge.persistence.v1.NackOutboxResponse
+	23, // 41: biobridge.persistence.v1.PersistenceService.GetOutboxStats:output_type -> biobridge.persistence.v1.GetOutboxStatsResponse
+	25, // 42: biobridge.persistence.v1.PersistenceService.DeleteUserData:output_type -> biobridge.persistence.v1.DeleteUserDataResponse
+	34, // [34:43] is the sub-list for method output_type
+	25, // [25:34] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_biobridge_persistence_v1_persistence_service_proto_init() }
@@ -1762,7 +1914,7 @@ func file_biobridge_persistence_v1_persistence_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_biobridge_persistence_v1_persistence_service_proto_rawDesc), len(file_biobridge_persistence_v1_persistence_service_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

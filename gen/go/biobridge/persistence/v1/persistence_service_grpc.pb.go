@@ -23,6 +23,7 @@ const (
 	PersistenceService_DeleteRecords_FullMethodName          = "/biobridge.persistence.v1.PersistenceService/DeleteRecords"
 	PersistenceService_AppendConnectionEvents_FullMethodName = "/biobridge.persistence.v1.PersistenceService/AppendConnectionEvents"
 	PersistenceService_LeaseOutbox_FullMethodName            = "/biobridge.persistence.v1.PersistenceService/LeaseOutbox"
+	PersistenceService_RenewOutboxLease_FullMethodName       = "/biobridge.persistence.v1.PersistenceService/RenewOutboxLease"
 	PersistenceService_AckOutbox_FullMethodName              = "/biobridge.persistence.v1.PersistenceService/AckOutbox"
 	PersistenceService_NackOutbox_FullMethodName             = "/biobridge.persistence.v1.PersistenceService/NackOutbox"
 	PersistenceService_GetOutboxStats_FullMethodName         = "/biobridge.persistence.v1.PersistenceService/GetOutboxStats"
@@ -51,6 +52,10 @@ type PersistenceServiceClient interface {
 	// A user's entries are never leased to two holders at once and come in commit
 	// order, so per-user order survives several publishers.
 	LeaseOutbox(ctx context.Context, in *LeaseOutboxRequest, opts ...grpc.CallOption) (*LeaseOutboxResponse, error)
+	// RenewOutboxLease extends a lease that is still held (fenced by its token):
+	// a publisher renews while a send is in flight so the entries cannot be
+	// leased to another holder before the send has an outcome.
+	RenewOutboxLease(ctx context.Context, in *RenewOutboxLeaseRequest, opts ...grpc.CallOption) (*RenewOutboxLeaseResponse, error)
 	// AckOutbox marks leased entries as published.
 	AckOutbox(ctx context.Context, in *AckOutboxRequest, opts ...grpc.CallOption) (*AckOutboxResponse, error)
 	// NackOutbox returns leased entries to the pool after a failed publish.
@@ -107,6 +112,16 @@ func (c *persistenceServiceClient) LeaseOutbox(ctx context.Context, in *LeaseOut
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(LeaseOutboxResponse)
 	err := c.cc.Invoke(ctx, PersistenceService_LeaseOutbox_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) RenewOutboxLease(ctx context.Context, in *RenewOutboxLeaseRequest, opts ...grpc.CallOption) (*RenewOutboxLeaseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RenewOutboxLeaseResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_RenewOutboxLease_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -175,6 +190,10 @@ type PersistenceServiceServer interface {
 	// A user's entries are never leased to two holders at once and come in commit
 	// order, so per-user order survives several publishers.
 	LeaseOutbox(context.Context, *LeaseOutboxRequest) (*LeaseOutboxResponse, error)
+	// RenewOutboxLease extends a lease that is still held (fenced by its token):
+	// a publisher renews while a send is in flight so the entries cannot be
+	// leased to another holder before the send has an outcome.
+	RenewOutboxLease(context.Context, *RenewOutboxLeaseRequest) (*RenewOutboxLeaseResponse, error)
 	// AckOutbox marks leased entries as published.
 	AckOutbox(context.Context, *AckOutboxRequest) (*AckOutboxResponse, error)
 	// NackOutbox returns leased entries to the pool after a failed publish.
@@ -208,6 +227,9 @@ func (UnimplementedPersistenceServiceServer) AppendConnectionEvents(context.Cont
 }
 func (UnimplementedPersistenceServiceServer) LeaseOutbox(context.Context, *LeaseOutboxRequest) (*LeaseOutboxResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method LeaseOutbox not implemented")
+}
+func (UnimplementedPersistenceServiceServer) RenewOutboxLease(context.Context, *RenewOutboxLeaseRequest) (*RenewOutboxLeaseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RenewOutboxLease not implemented")
 }
 func (UnimplementedPersistenceServiceServer) AckOutbox(context.Context, *AckOutboxRequest) (*AckOutboxResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AckOutbox not implemented")
@@ -314,6 +336,24 @@ func _PersistenceService_LeaseOutbox_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PersistenceService_RenewOutboxLease_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenewOutboxLeaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).RenewOutboxLease(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_RenewOutboxLease_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).RenewOutboxLease(ctx, req.(*RenewOutboxLeaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _PersistenceService_AckOutbox_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(AckOutboxRequest)
 	if err := dec(in); err != nil {
@@ -408,6 +448,10 @@ var PersistenceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "LeaseOutbox",
 			Handler:    _PersistenceService_LeaseOutbox_Handler,
+		},
+		{
+			MethodName: "RenewOutboxLease",
+			Handler:    _PersistenceService_RenewOutboxLease_Handler,
 		},
 		{
 			MethodName: "AckOutbox",

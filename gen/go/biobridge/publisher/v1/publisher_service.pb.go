@@ -290,12 +290,14 @@ func (x *DeadLetter) GetReplayed() bool {
 // ListDeadLettersRequest pages through dead letters.
 type ListDeadLettersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Maximum entries (default 100).
+	// Maximum entries (default 100, at most 1000).
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// Include dead letters that were already replayed.
 	IncludeReplayed bool `protobuf:"varint,2,opt,name=include_replayed,json=includeReplayed,proto3" json:"include_replayed,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// next_page_token of the previous page; empty starts at the beginning.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListDeadLettersRequest) Reset() {
@@ -342,11 +344,21 @@ func (x *ListDeadLettersRequest) GetIncludeReplayed() bool {
 	return false
 }
 
-// ListDeadLettersResponse lists dead letters, oldest first.
+func (x *ListDeadLettersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListDeadLettersResponse lists dead letters in topic order (by partition,
+// then offset).
 type ListDeadLettersResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Dead letters.
-	DeadLetters   []*DeadLetter `protobuf:"bytes,1,rep,name=dead_letters,json=deadLetters,proto3" json:"dead_letters,omitempty"`
+	DeadLetters []*DeadLetter `protobuf:"bytes,1,rep,name=dead_letters,json=deadLetters,proto3" json:"dead_letters,omitempty"`
+	// Token for the next page (a position in the topic); empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -388,18 +400,93 @@ func (x *ListDeadLettersResponse) GetDeadLetters() []*DeadLetter {
 	return nil
 }
 
-// ReplayDeadLettersRequest selects dead letters to republish.
+func (x *ListDeadLettersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// DeadLetterRange selects the dead letters of one partition of the
+// dead-letter topic between two offsets.
+type DeadLetterRange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Partition of the dead-letter topic.
+	Partition int32 `protobuf:"varint,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	// First offset (inclusive).
+	FromOffset int64 `protobuf:"varint,2,opt,name=from_offset,json=fromOffset,proto3" json:"from_offset,omitempty"`
+	// Last offset (inclusive).
+	ToOffset      int64 `protobuf:"varint,3,opt,name=to_offset,json=toOffset,proto3" json:"to_offset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeadLetterRange) Reset() {
+	*x = DeadLetterRange{}
+	mi := &file_biobridge_publisher_v1_publisher_service_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeadLetterRange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeadLetterRange) ProtoMessage() {}
+
+func (x *DeadLetterRange) ProtoReflect() protoreflect.Message {
+	mi := &file_biobridge_publisher_v1_publisher_service_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeadLetterRange.ProtoReflect.Descriptor instead.
+func (*DeadLetterRange) Descriptor() ([]byte, []int) {
+	return file_biobridge_publisher_v1_publisher_service_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *DeadLetterRange) GetPartition() int32 {
+	if x != nil {
+		return x.Partition
+	}
+	return 0
+}
+
+func (x *DeadLetterRange) GetFromOffset() int64 {
+	if x != nil {
+		return x.FromOffset
+	}
+	return 0
+}
+
+func (x *DeadLetterRange) GetToOffset() int64 {
+	if x != nil {
+		return x.ToOffset
+	}
+	return 0
+}
+
+// ReplayDeadLettersRequest selects dead letters to republish. With neither
+// event_ids nor ranges, every dead letter not yet replayed is replayed.
 type ReplayDeadLettersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Event ids to replay; empty means every dead letter not yet replayed.
-	EventIds      []string `protobuf:"bytes,1,rep,name=event_ids,json=eventIds,proto3" json:"event_ids,omitempty"`
+	// Event ids to replay.
+	EventIds []string `protobuf:"bytes,1,rep,name=event_ids,json=eventIds,proto3" json:"event_ids,omitempty"`
+	// Offset ranges to replay (letters already replayed are skipped).
+	Ranges        []*DeadLetterRange `protobuf:"bytes,2,rep,name=ranges,proto3" json:"ranges,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReplayDeadLettersRequest) Reset() {
 	*x = ReplayDeadLettersRequest{}
-	mi := &file_biobridge_publisher_v1_publisher_service_proto_msgTypes[5]
+	mi := &file_biobridge_publisher_v1_publisher_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -411,7 +498,7 @@ func (x *ReplayDeadLettersRequest) String() string {
 func (*ReplayDeadLettersRequest) ProtoMessage() {}
 
 func (x *ReplayDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_publisher_v1_publisher_service_proto_msgTypes[5]
+	mi := &file_biobridge_publisher_v1_publisher_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -424,12 +511,19 @@ func (x *ReplayDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplayDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ReplayDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_biobridge_publisher_v1_publisher_service_proto_rawDescGZIP(), []int{5}
+	return file_biobridge_publisher_v1_publisher_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ReplayDeadLettersRequest) GetEventIds() []string {
 	if x != nil {
 		return x.EventIds
+	}
+	return nil
+}
+
+func (x *ReplayDeadLettersRequest) GetRanges() []*DeadLetterRange {
+	if x != nil {
+		return x.Ranges
 	}
 	return nil
 }
@@ -447,7 +541,7 @@ type ReplayDeadLettersResponse struct {
 
 func (x *ReplayDeadLettersResponse) Reset() {
 	*x = ReplayDeadLettersResponse{}
-	mi := &file_biobridge_publisher_v1_publisher_service_proto_msgTypes[6]
+	mi := &file_biobridge_publisher_v1_publisher_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -459,7 +553,7 @@ func (x *ReplayDeadLettersResponse) String() string {
 func (*ReplayDeadLettersResponse) ProtoMessage() {}
 
 func (x *ReplayDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_biobridge_publisher_v1_publisher_service_proto_msgTypes[6]
+	mi := &file_biobridge_publisher_v1_publisher_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -472,7 +566,7 @@ func (x *ReplayDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplayDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*ReplayDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_biobridge_publisher_v1_publisher_service_proto_rawDescGZIP(), []int{6}
+	return file_biobridge_publisher_v1_publisher_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ReplayDeadLettersResponse) GetReplayed() int32 {
@@ -516,14 +610,23 @@ const file_biobridge_publisher_v1_publisher_service_proto_rawDesc = "" +
 	"\tfailed_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\bfailedAt\x12\x1d\n" +
 	"\n" +
 	"size_bytes\x18\b \x01(\x05R\tsizeBytes\x12\x1a\n" +
-	"\breplayed\x18\t \x01(\bR\breplayed\"`\n" +
+	"\breplayed\x18\t \x01(\bR\breplayed\"\x7f\n" +
 	"\x16ListDeadLettersRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12)\n" +
-	"\x10include_replayed\x18\x02 \x01(\bR\x0fincludeReplayed\"`\n" +
+	"\x10include_replayed\x18\x02 \x01(\bR\x0fincludeReplayed\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\x88\x01\n" +
 	"\x17ListDeadLettersResponse\x12E\n" +
-	"\fdead_letters\x18\x01 \x03(\v2\".biobridge.publisher.v1.DeadLetterR\vdeadLetters\"7\n" +
+	"\fdead_letters\x18\x01 \x03(\v2\".biobridge.publisher.v1.DeadLetterR\vdeadLetters\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"m\n" +
+	"\x0fDeadLetterRange\x12\x1c\n" +
+	"\tpartition\x18\x01 \x01(\x05R\tpartition\x12\x1f\n" +
+	"\vfrom_offset\x18\x02 \x01(\x03R\n" +
+	"fromOffset\x12\x1b\n" +
+	"\tto_offset\x18\x03 \x01(\x03R\btoOffset\"x\n" +
 	"\x18ReplayDeadLettersRequest\x12\x1b\n" +
-	"\tevent_ids\x18\x01 \x03(\tR\beventIds\"O\n" +
+	"\tevent_ids\x18\x01 \x03(\tR\beventIds\x12?\n" +
+	"\x06ranges\x18\x02 \x03(\v2'.biobridge.publisher.v1.DeadLetterRangeR\x06ranges\"O\n" +
 	"\x19ReplayDeadLettersResponse\x12\x1a\n" +
 	"\breplayed\x18\x01 \x01(\x05R\breplayed\x12\x16\n" +
 	"\x06failed\x18\x02 \x01(\x05R\x06failed2\xe2\x02\n" +
@@ -545,33 +648,35 @@ func file_biobridge_publisher_v1_publisher_service_proto_rawDescGZIP() []byte {
 	return file_biobridge_publisher_v1_publisher_service_proto_rawDescData
 }
 
-var file_biobridge_publisher_v1_publisher_service_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_biobridge_publisher_v1_publisher_service_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_biobridge_publisher_v1_publisher_service_proto_goTypes = []any{
 	(*GetStatusRequest)(nil),          // 0: biobridge.publisher.v1.GetStatusRequest
 	(*GetStatusResponse)(nil),         // 1: biobridge.publisher.v1.GetStatusResponse
 	(*DeadLetter)(nil),                // 2: biobridge.publisher.v1.DeadLetter
 	(*ListDeadLettersRequest)(nil),    // 3: biobridge.publisher.v1.ListDeadLettersRequest
 	(*ListDeadLettersResponse)(nil),   // 4: biobridge.publisher.v1.ListDeadLettersResponse
-	(*ReplayDeadLettersRequest)(nil),  // 5: biobridge.publisher.v1.ReplayDeadLettersRequest
-	(*ReplayDeadLettersResponse)(nil), // 6: biobridge.publisher.v1.ReplayDeadLettersResponse
-	(*durationpb.Duration)(nil),       // 7: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),     // 8: google.protobuf.Timestamp
+	(*DeadLetterRange)(nil),           // 5: biobridge.publisher.v1.DeadLetterRange
+	(*ReplayDeadLettersRequest)(nil),  // 6: biobridge.publisher.v1.ReplayDeadLettersRequest
+	(*ReplayDeadLettersResponse)(nil), // 7: biobridge.publisher.v1.ReplayDeadLettersResponse
+	(*durationpb.Duration)(nil),       // 8: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),     // 9: google.protobuf.Timestamp
 }
 var file_biobridge_publisher_v1_publisher_service_proto_depIdxs = []int32{
-	7, // 0: biobridge.publisher.v1.GetStatusResponse.oldest_pending_age:type_name -> google.protobuf.Duration
-	8, // 1: biobridge.publisher.v1.DeadLetter.failed_at:type_name -> google.protobuf.Timestamp
+	8, // 0: biobridge.publisher.v1.GetStatusResponse.oldest_pending_age:type_name -> google.protobuf.Duration
+	9, // 1: biobridge.publisher.v1.DeadLetter.failed_at:type_name -> google.protobuf.Timestamp
 	2, // 2: biobridge.publisher.v1.ListDeadLettersResponse.dead_letters:type_name -> biobridge.publisher.v1.DeadLetter
-	0, // 3: biobridge.publisher.v1.PublisherService.GetStatus:input_type -> biobridge.publisher.v1.GetStatusRequest
-	3, // 4: biobridge.publisher.v1.PublisherService.ListDeadLetters:input_type -> biobridge.publisher.v1.ListDeadLettersRequest
-	5, // 5: biobridge.publisher.v1.PublisherService.ReplayDeadLetters:input_type -> biobridge.publisher.v1.ReplayDeadLettersRequest
-	1, // 6: biobridge.publisher.v1.PublisherService.GetStatus:output_type -> biobridge.publisher.v1.GetStatusResponse
-	4, // 7: biobridge.publisher.v1.PublisherService.ListDeadLetters:output_type -> biobridge.publisher.v1.ListDeadLettersResponse
-	6, // 8: biobridge.publisher.v1.PublisherService.ReplayDeadLetters:output_type -> biobridge.publisher.v1.ReplayDeadLettersResponse
-	6, // [6:9] is the sub-list for method output_type
-	3, // [3:6] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	5, // 3: biobridge.publisher.v1.ReplayDeadLettersRequest.ranges:type_name -> biobridge.publisher.v1.DeadLetterRange
+	0, // 4: biobridge.publisher.v1.PublisherService.GetStatus:input_type -> biobridge.publisher.v1.GetStatusRequest
+	3, // 5: biobridge.publisher.v1.PublisherService.ListDeadLetters:input_type -> biobridge.publisher.v1.ListDeadLettersRequest
+	6, // 6: biobridge.publisher.v1.PublisherService.ReplayDeadLetters:input_type -> biobridge.publisher.v1.ReplayDeadLettersRequest
+	1, // 7: biobridge.publisher.v1.PublisherService.GetStatus:output_type -> biobridge.publisher.v1.GetStatusResponse
+	4, // 8: biobridge.publisher.v1.PublisherService.ListDeadLetters:output_type -> biobridge.publisher.v1.ListDeadLettersResponse
+	7, // 9: biobridge.publisher.v1.PublisherService.ReplayDeadLetters:output_type -> biobridge.publisher.v1.ReplayDeadLettersResponse
+	7, // [7:10] is the sub-list for method output_type
+	4, // [4:7] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_biobridge_publisher_v1_publisher_service_proto_init() }
@@ -585,7 +690,7 @@ func file_biobridge_publisher_v1_publisher_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_biobridge_publisher_v1_publisher_service_proto_rawDesc), len(file_biobridge_publisher_v1_publisher_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
