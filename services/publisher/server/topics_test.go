@@ -65,6 +65,16 @@ func TestTopicsCreatedWithConfiguredSettings(t *testing.T) {
 
 	code, body := readyz(t, pub.AdminAddr())
 	require.Equal(t, http.StatusOK, code, body)
+
+	// The durability series exist at 0 while nothing is wrong, so the
+	// alert on them is evaluated from the start.
+	resp, err := http.Get("http://" + pub.AdminAddr() + "/metrics")
+	require.NoError(t, err)
+	metrics, err := io.ReadAll(resp.Body)
+	require.NoError(t, resp.Body.Close())
+	require.NoError(t, err)
+	require.Contains(t, string(metrics), `publisher_kafka_topic_durability_problem{setting="min.insync.replicas",topic="biometrics.events.v1"} 0`)
+	require.Contains(t, string(metrics), `publisher_kafka_topic_durability_problem{setting="retention.ms",topic="biometrics.events.v1.dlq"} 0`)
 }
 
 // TestUnderReplicatedTopicFailsReadiness: topics that exist with less

@@ -50,6 +50,16 @@ func (d *Durability) Check() error {
 		return err
 	}
 	d.gauge.Reset()
+	// Every setting checked is exported, at 0 when it is as configured, so
+	// dashboards and alerts see the series before the first problem.
+	for _, spec := range TopicSpecs(d.cfg) {
+		for _, setting := range []string{"exists", "replication_factor", ConfigMinInsyncReplicas} {
+			d.gauge.WithLabelValues(spec.Name, setting).Set(0)
+		}
+		if spec.Name == TopicDeadLetters {
+			d.gauge.WithLabelValues(spec.Name, ConfigRetentionMs).Set(0)
+		}
+	}
 	for _, p := range problems {
 		d.gauge.WithLabelValues(p.Topic, p.Setting).Set(1)
 		d.logger.Error("kafka topic is less durable than configured: acknowledged events can be lost with one broker",
