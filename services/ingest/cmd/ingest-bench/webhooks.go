@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -86,6 +87,10 @@ func benchWebhookAccept(ctx context.Context, s *stack, o options) ([]benchreport
 	lat := make([]time.Duration, len(plan))
 	var mu sync.Mutex
 	totalShed := 0
+	stopProfile, err := o.profile("webhooks")
+	if err != nil {
+		return nil, err
+	}
 	elapsed, err := parallel(len(plan), o.senders, func(i int) error {
 		start := time.Now()
 		shed, err := send(plan[i])
@@ -95,7 +100,7 @@ func benchWebhookAccept(ctx context.Context, s *stack, o options) ([]benchreport
 		mu.Unlock()
 		return err
 	})
-	if err != nil {
+	if err := errors.Join(err, stopProfile()); err != nil {
 		return nil, err
 	}
 	rate := float64(len(plan)) / elapsed.Seconds()
