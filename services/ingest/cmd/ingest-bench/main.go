@@ -7,8 +7,12 @@
 //     table.
 //   - ingest.webhook_accept_per_s and ingest.webhook_accept_p99_ms: signed
 //     WHOOP webhooks from 64 concurrent senders until acknowledged (each
-//     one committed to the job queue), versus one PostgreSQL transaction
-//     per webhook into an equivalent table.
+//     one committed to the job queue, concurrent ones sharing group-commit
+//     transactions), versus one PostgreSQL transaction per webhook into an
+//     equivalent table.
+//
+// -only runs a subset (healthkit, webhooks, freshness); -cpuprofile writes
+// a CPU profile of each measurement's bridge phase (not its baseline).
 //   - ingest.freshness_p99_ms: a WHOOP workout created at the emulator
 //     until GetLatest shows it, versus the same fetch and write done
 //     synchronously by the sender.
@@ -159,7 +163,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		Method: "Everything runs in this process on loopback ports: the REST gateway, ingest and persistence with real gRPC hops, " +
 			"on a fresh PostgreSQL database and Redis key prefix. Each value is compared with a baseline measured in the same run: " +
 			"HealthKit pushes (synchronous, 200 = committed) against pgx CopyFrom of the same rows into an equivalent table; " +
-			"webhook acceptance (HTTP through the gateway, signature check, commit of the deduplicated job, 200) against one INSERT " +
+			"webhook acceptance (HTTP through the gateway, signature check, group commit of the deduplicated job, 200) against one INSERT " +
 			"transaction per webhook into a copy of the job table. Fetch workers are held to one during the webhook run. " +
 			"Freshness runs on a second stack with the vendor emulator (no added latency, no rate limit) and the token broker, " +
 			"against the same fetch, normalization and WriteEvents done synchronously by the sender.",
