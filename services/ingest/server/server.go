@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -26,6 +27,7 @@ import (
 	"github.com/biobridge/bridge/pkg/admin"
 	"github.com/biobridge/bridge/pkg/apperr"
 	"github.com/biobridge/bridge/pkg/auth"
+	"github.com/biobridge/bridge/pkg/groupcommit"
 	"github.com/biobridge/bridge/pkg/grpcclient"
 	"github.com/biobridge/bridge/pkg/grpcserver"
 	"github.com/biobridge/bridge/pkg/limiter"
@@ -63,10 +65,12 @@ type Server struct {
 	db      *pgxpool.Pool
 	rdb     *redis.Client
 	pool    *worker.Pool
-	vendors []*vendorhttp.Client
-	loops   *completeness.Loops
-	subs    *oura.Subscriptions
-	subsM   *subscriptionMetrics
+	// enqueuer group-commits webhook jobs; closed after the gRPC server.
+	enqueuer *jobs.GroupEnqueuer
+	vendors  []*vendorhttp.Client
+	loops    *completeness.Loops
+	subs     *oura.Subscriptions
+	subsM    *subscriptionMetrics
 }
 
 // Methods and the credential each one needs.
@@ -253,6 +257,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	}
 	eraser := erasure.New(eraserCfg, s.db, brokerClient, persistencev1.NewPersistenceServiceClient(s.persist), s.reg, logger)
 	tolerance := webhook.Options{Tolerance: cfg.WebhookTolerance}
+	s.enqueuer = jobs.NewGroupEnqueuer(store, webhookGroupCommit, webhookGroupMetrics(s.reg))
 	handler := api.New(api.Deps{
 		Persistence: persistencev1.NewPersistenceServiceClient(s.persist),
 		Limiter:     limiter.New("ingest_pushes", cfg.MaxConcurrentPushes, cfg.WaitBudget, s.reg),
@@ -260,6 +265,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 			Whoop:   webhook.NewWhoopVerifier(cfg.WhoopClientSecret, tolerance),
 			Oura:    webhook.NewOuraVerifier(cfg.OuraClientSecret, tolerance),
 			Jobs:    store,
+			Enqueue: s.enqueuer.Enqueue,
 			Limiter: limiter.New("ingest_webhooks", cfg.MaxConcurrentWebhooks, cfg.WebhookWaitBudget, s.reg),
 			Wake:    s.pool.Wake,
 		},
@@ -330,6 +336,9 @@ func (s *Server) Serve(ctx context.Context) error {
 
 func (s *Server) closeClients(ctx context.Context) error {
 	var errs []error
+	if s.enqueuer != nil {
+		s.enqueuer.Close()
+	}
 	for _, v := range s.vendors {
 		errs = append(errs, v.Close(ctx))
 	}
@@ -349,6 +358,34 @@ func (s *Server) closeClients(ctx context.Context) error {
 		s.db.Close()
 	}
 	return errors.Join(errs...)
+}
+
+// webhookGroupCommit merges the job inserts of concurrent webhooks into
+// shared transactions. No window: a webhook that finds a transaction slot
+// free starts at once (no added latency when traffic is light); while every
+// slot is busy, webhooks queue and the next transaction takes all of them,
+// so batches grow with the load by themselves. Four slots leave the rest of
+// the connection pool to the workers.
+var webhookGroupCommit = groupcommit.Config{Window: 0, MaxOps: 500, Concurrency: 4, TxTimeout: 10 * time.Second}
+
+func webhookGroupMetrics(reg prometheus.Registerer) groupcommit.Metrics {
+	f := promauto.With(reg)
+	return groupcommit.Metrics{
+		Requests: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "biobridge_ingest_webhook_group_commit_requests",
+			Help:    "Webhook jobs committed together in one transaction.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 10),
+		}),
+		Wait: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "biobridge_ingest_webhook_group_commit_wait_seconds",
+			Help:    "Time a webhook job waited for a transaction slot before its transaction started.",
+			Buckets: []float64{0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1},
+		}),
+		Isolations: f.NewCounter(prometheus.CounterOpts{
+			Name: "biobridge_ingest_webhook_group_commit_isolations_total",
+			Help: "Shared webhook-job transactions that failed and were retried one webhook at a time, so one bad job fails alone.",
+		}),
+	}
 }
 
 // Run builds and serves the service until ctx ends.

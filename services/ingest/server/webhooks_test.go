@@ -3,6 +3,7 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -202,4 +204,40 @@ func TestAcceptedWhileTheBrokerIsDown(t *testing.T) {
 		return err == nil && strings.Contains(lastErr, "resolve vendor user")
 	}, 20*time.Second, 50*time.Millisecond, "the worker keeps the job and retries: %s", e.debugJobs())
 	assert.Zero(t, e.jobCounts()["dead"])
+}
+
+// Concurrent webhooks go through the group committer (they may share
+// transactions) and each 200 still means its job is committed: the job is
+// in the table as soon as its answer arrives.
+func TestConcurrentWebhooksAreCommittedBeforeTheAnswer(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, options{ingest: func(c *server.Config) { c.Workers = 1 }})
+	const n = 30
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			trace := fmt.Sprintf("group-trace-%d", i)
+			body := fmt.Appendf(nil, `{"user_id":%d,"id":"11111111-2222-4333-8444-%012d","type":"workout.updated","trace_id":"%s"}`, 5000+i, i, trace)
+			status, answerBody, _ := answer(t, e.postWhoop(body, vendoremu.DefaultWhoopClientSecret, time.Now()))
+			if !assert.Equal(t, http.StatusOK, status, answerBody) || !assert.Contains(t, answerBody, "WEBHOOK_STATUS_ACCEPTED") {
+				return
+			}
+			var jobs int
+			assert.NoError(t, e.db.QueryRow(context.Background(),
+				`SELECT count(*) FROM ingest.jobs WHERE vendor = 'whoop' AND dedupe_key = $1`, trace).Scan(&jobs))
+			assert.Equal(t, 1, jobs, "%s is committed when its 200 arrives", trace)
+		})
+	}
+	wg.Wait()
+	mfs, err := e.ingest.Registry().Gather()
+	require.NoError(t, err)
+	var merged *dto.Histogram
+	for _, mf := range mfs {
+		if mf.GetName() == "biobridge_ingest_webhook_group_commit_requests" {
+			merged = mf.GetMetric()[0].GetHistogram()
+		}
+	}
+	require.NotNil(t, merged, "webhook jobs go through the group committer")
+	assert.EqualValues(t, n, merged.GetSampleSum(), "every accepted webhook's job was in a group-commit transaction")
+	assert.LessOrEqual(t, merged.GetSampleCount(), uint64(n))
 }

@@ -30,13 +30,13 @@ import (
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
 	"github.com/biobridge/bridge/pkg/admin"
 	"github.com/biobridge/bridge/pkg/auth"
+	"github.com/biobridge/bridge/pkg/groupcommit"
 	"github.com/biobridge/bridge/pkg/grpcserver"
 	"github.com/biobridge/bridge/pkg/limiter"
 	"github.com/biobridge/bridge/pkg/logging"
 	"github.com/biobridge/bridge/pkg/telemetry"
 	"github.com/biobridge/bridge/services/persistence/internal/api"
 	"github.com/biobridge/bridge/services/persistence/internal/audit"
-	"github.com/biobridge/bridge/services/persistence/internal/groupcommit"
 	"github.com/biobridge/bridge/services/persistence/internal/latestcache"
 	"github.com/biobridge/bridge/services/persistence/internal/metrics"
 	"github.com/biobridge/bridge/services/persistence/internal/store"
@@ -67,7 +67,7 @@ type Server struct {
 	rdb       redis.UniversalClient
 	latest    *api.Latest
 	audit     *audit.Writer
-	committer *groupcommit.Committer
+	committer *groupcommit.Committer[store.Op, store.OpResult]
 	notifier  *store.Notifier
 	grpc      *grpcserver.Server
 	admin     *admin.Server
@@ -149,7 +149,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		Window:      cfg.GroupCommitWindow,
 		MaxOps:      cfg.GroupCommitMaxEvents,
 		Concurrency: cfg.GroupCommitConcurrency,
-	}, s.store.Apply, s.latest.AfterCommit, s.m)
+	}, s.applyAndCache, groupcommit.Metrics{Requests: s.m.GroupRequests, Wait: s.m.GroupWait, Isolations: s.m.GroupIsolations})
 	s.notifier = store.NewNotifier()
 
 	lim := limiter.New("persistence_rpcs", cfg.MaxConcurrentRPCs, time.Second, s.reg)
@@ -231,6 +231,20 @@ func (s *Server) Serve(ctx context.Context) error {
 	wg.Wait()
 	s.closeStores()
 	return err
+}
+
+// applyAndCache is one group-commit transaction: the write, then the
+// latest-cache update, before any of its callers is answered (a caller that
+// reads after its write sees it).
+func (s *Server) applyAndCache(ctx context.Context, ops []store.Op) ([]store.OpResult, error) {
+	res, changes, err := s.store.Apply(ctx, ops)
+	if err != nil {
+		return nil, err
+	}
+	if len(changes) > 0 {
+		s.latest.AfterCommit(ctx, changes)
+	}
+	return res, nil
 }
 
 // Run is New followed by Serve.

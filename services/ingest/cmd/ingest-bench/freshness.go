@@ -145,6 +145,10 @@ func benchFreshness(ctx context.Context, s *stack, o options) ([]benchreport.Res
 }
 
 // connectWhoop runs the connect flow through the gateway, as the tests do.
+// appReturnURL is the app return URL the token broker forwards the
+// vendor's redirect to (OAUTH_RETURN_URLS).
+const appReturnURL = "biobridge-bench-app:/oauth"
+
 func connectWhoop(ctx context.Context, s *stack, user, emuUser string) error {
 	if _, err := s.emu.AddUser(vendoremu.UserSpec{Name: emuUser}); err != nil {
 		return err
@@ -185,11 +189,32 @@ func connectWhoop(ctx context.Context, s *stack, user, emuUser string) error {
 	if err != nil || res.StatusCode != http.StatusFound {
 		return fmt.Errorf("authorize: HTTP %d", res.StatusCode)
 	}
+	// The gateway serves the vendor's redirect and sends the browser on to
+	// the app's return URL; the app completes the link with its user's JWT.
 	cb, err := http.NewRequestWithContext(ctx, http.MethodGet, s.gatewayURL+loc.Path+"?"+loc.RawQuery, nil)
 	if err != nil {
 		return err
 	}
-	_, err = doHTTP(http.DefaultClient, cb)
+	res, err = noFollow.Do(cb)
+	if err != nil {
+		return err
+	}
+	_ = res.Body.Close()
+	back, query, _ := strings.Cut(res.Header.Get("Location"), "?")
+	if res.StatusCode != http.StatusFound || back != appReturnURL {
+		return fmt.Errorf("callback: HTTP %d to %q", res.StatusCode, back)
+	}
+	app, err := url.ParseQuery(query)
+	if err != nil {
+		return err
+	}
+	complete, err := http.NewRequestWithContext(ctx, http.MethodPost, s.gatewayURL+"/v1/connections/whoop/complete",
+		strings.NewReader(`{"code":"`+app.Get("code")+`","state":"`+app.Get("state")+`"}`))
+	if err != nil {
+		return err
+	}
+	complete.Header.Set("Authorization", "Bearer "+tok)
+	_, err = doHTTP(http.DefaultClient, complete)
 	return err
 }
 

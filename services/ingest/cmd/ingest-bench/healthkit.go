@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -124,8 +125,12 @@ func benchHealthKit(ctx context.Context, s *stack, o options) ([]benchreport.Res
 		return nil, fmt.Errorf("warm-up push: %w", err)
 	}
 
-	elapsed, err := parallel(o.hkPushes, o.hkWorkers, push)
+	stopProfile, err := o.profile("healthkit")
 	if err != nil {
+		return nil, err
+	}
+	elapsed, err := parallel(o.hkPushes, o.hkWorkers, push)
+	if err := errors.Join(err, stopProfile()); err != nil {
 		return nil, err
 	}
 	readings := float64(o.hkPushes * o.hkSize)

@@ -7,8 +7,12 @@
 //     table.
 //   - ingest.webhook_accept_per_s and ingest.webhook_accept_p99_ms: signed
 //     WHOOP webhooks from 64 concurrent senders until acknowledged (each
-//     one committed to the job queue), versus one PostgreSQL transaction
-//     per webhook into an equivalent table.
+//     one committed to the job queue, concurrent ones sharing group-commit
+//     transactions), versus one PostgreSQL transaction per webhook into an
+//     equivalent table.
+//
+// -only runs a subset (healthkit, webhooks, freshness); -cpuprofile writes
+// a CPU profile of each measurement's bridge phase (not its baseline).
 //   - ingest.freshness_p99_ms: a WHOOP workout created at the emulator
 //     until GetLatest shows it, versus the same fetch and write done
 //     synchronously by the sender.
@@ -25,6 +29,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
+	"strings"
 	"syscall"
 
 	"github.com/biobridge/bridge/pkg/benchreport"
@@ -52,6 +58,34 @@ type options struct {
 	webhooks  int
 	senders   int
 	freshness int
+
+	// cpuProfile, when set, is the prefix of one CPU profile per
+	// measurement (<prefix>.healthkit, <prefix>.webhooks), each covering
+	// only the bridge phase, not the baseline.
+	cpuProfile string
+	only       map[string]bool
+}
+
+// selected reports whether the measurement runs (-only empty: all).
+func (o options) selected(name string) bool { return len(o.only) == 0 || o.only[name] }
+
+// profile starts a CPU profile of one measurement's bridge phase; the
+// returned function stops it. With no -cpuprofile it does nothing.
+func (o options) profile(name string) (stop func() error, err error) {
+	if o.cpuProfile == "" {
+		return func() error { return nil }, nil
+	}
+	f, err := os.Create(o.cpuProfile + "." + name)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		return nil, errors.Join(err, f.Close())
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		return f.Close()
+	}, nil
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) (err error) {
@@ -69,11 +103,24 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	fs.IntVar(&o.webhooks, "webhooks", 6400, "WHOOP webhooks to send")
 	fs.IntVar(&o.senders, "senders", 64, "concurrent webhook senders")
 	fs.IntVar(&o.freshness, "freshness-records", 200, "records timed for freshness (0 skips it)")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of each measurement's bridge phase to <this>.<measurement>")
+	only := fs.String("only", "", "run only these measurements, comma-separated (healthkit, webhooks, freshness)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
 	if o.hkPushes < 1 || o.hkSize < 1 || o.hkWorkers < 1 || o.webhooks < 1 || o.senders < 1 {
 		return errors.New("-healthkit-pushes, -healthkit-samples, -healthkit-clients, -webhooks and -senders must be positive")
+	}
+	if *only != "" {
+		o.only = map[string]bool{}
+		for _, name := range strings.Split(*only, ",") {
+			switch name {
+			case "healthkit", "webhooks", "freshness":
+				o.only[name] = true
+			default:
+				return fmt.Errorf("-only: unknown measurement %q", name)
+			}
+		}
 	}
 
 	// One fetch worker whose every job fails fast and waits an hour: the
@@ -86,17 +133,21 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	defer func() { err = errors.Join(err, s.close()) }()
 
 	var results []benchreport.Result
-	hk, err := benchHealthKit(ctx, s, o)
-	if err != nil {
-		return fmt.Errorf("healthkit benchmark: %w", err)
+	if o.selected("healthkit") {
+		hk, err := benchHealthKit(ctx, s, o)
+		if err != nil {
+			return fmt.Errorf("healthkit benchmark: %w", err)
+		}
+		results = append(results, hk...)
 	}
-	results = append(results, hk...)
-	wh, err := benchWebhookAccept(ctx, s, o)
-	if err != nil {
-		return fmt.Errorf("webhook benchmark: %w", err)
+	if o.selected("webhooks") {
+		wh, err := benchWebhookAccept(ctx, s, o)
+		if err != nil {
+			return fmt.Errorf("webhook benchmark: %w", err)
+		}
+		results = append(results, wh...)
 	}
-	results = append(results, wh...)
-	if o.freshness > 0 {
+	if o.freshness > 0 && o.selected("freshness") {
 		fr, err := runFreshness(ctx, o)
 		if err != nil {
 			return fmt.Errorf("freshness benchmark: %w", err)
@@ -112,7 +163,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		Method: "Everything runs in this process on loopback ports: the REST gateway, ingest and persistence with real gRPC hops, " +
 			"on a fresh PostgreSQL database and Redis key prefix. Each value is compared with a baseline measured in the same run: " +
 			"HealthKit pushes (synchronous, 200 = committed) against pgx CopyFrom of the same rows into an equivalent table; " +
-			"webhook acceptance (HTTP through the gateway, signature check, commit of the deduplicated job, 200) against one INSERT " +
+			"webhook acceptance (HTTP through the gateway, signature check, group commit of the deduplicated job, 200) against one INSERT " +
 			"transaction per webhook into a copy of the job table. Fetch workers are held to one during the webhook run. " +
 			"Freshness runs on a second stack with the vendor emulator (no added latency, no rate limit) and the token broker, " +
 			"against the same fetch, normalization and WriteEvents done synchronously by the sender.",

@@ -210,10 +210,13 @@ func (s *stack) startVendors(ctx context.Context, logger *slog.Logger) (string, 
 		"OURA_API_URL":           emu.OuraURL(),
 		"OURA_AUTHORIZE_URL":     emu.OuraAuthorizeURL(),
 		"PUBLIC_BASE_URL":        publicBaseURL,
-		"USER_TOKEN_SECRET":      userTokenSecret,
-		"SERVICE_TOKENS":         "ingest:" + serviceToken,
-		"SERVICE_ACL":            "ingest=/biobridge.tokens.v1.TokenBrokerService/*",
-		"LOG_PSEUDONYM_KEY":      pseudonymKey,
+		// Required with a vendor configured; no app completes a linking
+		// here (connections are seeded), so any valid URL does.
+		"OAUTH_RETURN_URLS": "biobridge-bench-app:/oauth",
+		"USER_TOKEN_SECRET": userTokenSecret,
+		"SERVICE_TOKENS":    "ingest:" + serviceToken,
+		"SERVICE_ACL":       "ingest=/biobridge.tokens.v1.TokenBrokerService/*",
+		"LOG_PSEUDONYM_KEY": pseudonymKey,
 	}))
 	if err != nil {
 		return "", fmt.Errorf("token broker config: %w", err)

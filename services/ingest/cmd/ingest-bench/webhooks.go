@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -83,9 +84,17 @@ func benchWebhookAccept(ctx context.Context, s *stack, o options) ([]benchreport
 		}
 	}
 	plan := planWebhooks(o.webhooks)
+	txBefore, err := webhookTransactions(s)
+	if err != nil {
+		return nil, err
+	}
 	lat := make([]time.Duration, len(plan))
 	var mu sync.Mutex
 	totalShed := 0
+	stopProfile, err := o.profile("webhooks")
+	if err != nil {
+		return nil, err
+	}
 	elapsed, err := parallel(len(plan), o.senders, func(i int) error {
 		start := time.Now()
 		shed, err := send(plan[i])
@@ -95,6 +104,10 @@ func benchWebhookAccept(ctx context.Context, s *stack, o options) ([]benchreport
 		mu.Unlock()
 		return err
 	})
+	if err := errors.Join(err, stopProfile()); err != nil {
+		return nil, err
+	}
+	txAfter, err := webhookTransactions(s)
 	if err != nil {
 		return nil, err
 	}
@@ -106,13 +119,29 @@ func benchWebhookAccept(ctx context.Context, s *stack, o options) ([]benchreport
 	if err != nil {
 		return nil, err
 	}
-	notes := fmt.Sprintf("%d signed WHOOP webhooks from %d concurrent senders through gateway+ingest (verify, parse, commit to ingest.jobs): "+
-		"p50 %.2fms, %d shed and retried; baseline: one INSERT transaction per webhook into an equivalent table, same concurrency, p99 %.2fms",
-		len(plan), o.senders, ms(p50), totalShed, ms(baseP99))
+	notes := fmt.Sprintf("%d signed WHOOP webhooks from %d concurrent senders through gateway+ingest (verify, parse, group commit to ingest.jobs): "+
+		"p50 %.2fms, %d shed and retried, %.0f insert transactions (%.1f webhooks each); "+
+		"baseline: one INSERT transaction per webhook into an equivalent table, same concurrency, p99 %.2fms",
+		len(plan), o.senders, ms(p50), totalShed, txAfter-txBefore, float64(len(plan))/max(txAfter-txBefore, 1), ms(baseP99))
 	return []benchreport.Result{
 		benchreport.Higher("ingest.webhook_accept_per_s", "webhooks/s", rate, baseRate, notes),
 		benchreport.Lower("ingest.webhook_accept_p99_ms", "ms", ms(p99), ms(baseP99), notes),
 	}, nil
+}
+
+// webhookTransactions reads how many group-commit transactions ingest has
+// run for webhook jobs.
+func webhookTransactions(s *stack) (float64, error) {
+	mfs, err := s.ingest.Registry().Gather()
+	if err != nil {
+		return 0, err
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "biobridge_ingest_webhook_group_commit_requests" && len(mf.GetMetric()) == 1 {
+			return float64(mf.GetMetric()[0].GetHistogram().GetSampleCount()), nil
+		}
+	}
+	return 0, errors.New("ingest exposes no biobridge_ingest_webhook_group_commit_requests")
 }
 
 // insertBaseline commits the same deliveries as single-statement

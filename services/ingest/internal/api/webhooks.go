@@ -27,9 +27,13 @@ import (
 // worker; a notification for an unknown user is acknowledged here and
 // dropped (counted, logged by pseudonym) there.
 type Webhooks struct {
-	Whoop   webhook.Verifier
-	Oura    webhook.Verifier
-	Jobs    *jobs.Store
+	Whoop webhook.Verifier
+	Oura  webhook.Verifier
+	Jobs  *jobs.Store
+	// Enqueue commits one webhook's job (deduplicated) and returns once it
+	// is committed; the server passes a group committer's, so concurrent
+	// webhooks share transactions.
+	Enqueue func(ctx context.Context, j jobs.NewJob) (id int64, inserted bool, err error)
 	Limiter *limiter.Limiter
 	// Wake tells the local workers a job is waiting (optional).
 	Wake func()
@@ -179,7 +183,7 @@ func (h *Handler) webhook(ctx context.Context, vendor string, v webhook.Verifier
 	if err != nil {
 		return reject(apperr.Wrap(err, apperr.Internal, "internal", "cannot encode the job"))
 	}
-	_, inserted, err := h.deps.Webhooks.Jobs.Enqueue(ctx, jobs.NewJob{
+	_, inserted, err := h.deps.Webhooks.Enqueue(ctx, jobs.NewJob{
 		Vendor: vendor, Kind: worker.KindWebhook, DedupeKey: a.deliveryID, Payload: payload, Priority: jobs.PriorityLive,
 	})
 	if err != nil {

@@ -19,8 +19,8 @@ import (
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
 	"github.com/biobridge/bridge/pkg/apperr"
 	"github.com/biobridge/bridge/pkg/auth"
+	"github.com/biobridge/bridge/pkg/groupcommit"
 	"github.com/biobridge/bridge/pkg/telemetry"
-	"github.com/biobridge/bridge/services/persistence/internal/groupcommit"
 	"github.com/biobridge/bridge/services/persistence/internal/metrics"
 	"github.com/biobridge/bridge/services/persistence/internal/record"
 	"github.com/biobridge/bridge/services/persistence/internal/store"
@@ -68,7 +68,7 @@ type Persistence struct {
 	persistencev1.UnimplementedPersistenceServiceServer
 
 	store     *store.Store
-	committer *groupcommit.Committer
+	committer *groupcommit.Committer[store.Op, store.OpResult]
 	notifier  *store.Notifier
 	latest    *Latest
 	m         *metrics.Metrics
@@ -82,7 +82,7 @@ type Persistence struct {
 }
 
 // NewPersistence returns the PersistenceService implementation.
-func NewPersistence(st *store.Store, c *groupcommit.Committer, n *store.Notifier, m *metrics.Metrics,
+func NewPersistence(st *store.Store, c *groupcommit.Committer[store.Op, store.OpResult], n *store.Notifier, m *metrics.Metrics,
 	logger *slog.Logger, stopping <-chan struct{}, pollInterval time.Duration) *Persistence {
 	if pollInterval <= 0 {
 		pollInterval = time.Second

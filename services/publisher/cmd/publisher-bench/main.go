@@ -13,6 +13,9 @@
 //     same producer settings sending the same messages straight to the
 //     broker, with no outbox in between.
 //
+// -only drain skips the latency phases; -cpuprofile writes a CPU profile of
+// the drain through the publisher (not of the prefill or the baselines).
+//
 // It creates and drops its own database and writes <out>/publisher.json for
 // `make bench`.
 package main
@@ -28,6 +31,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -70,6 +74,11 @@ type options struct {
 	duration time.Duration
 	users    int
 	backlog  int
+	// cpuProfile, when set, receives a CPU profile of the drain through
+	// the publisher (not of its baselines).
+	cpuProfile string
+	// drainOnly skips the steady-rate phases.
+	drainOnly bool
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) (err error) {
@@ -83,11 +92,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	fs.DurationVar(&o.duration, "duration", 8*time.Second, "length of each steady-rate phase")
 	fs.IntVar(&o.users, "users", 50, "users written to per round in the steady phases")
 	fs.IntVar(&o.backlog, "backlog", 20000, "outbox entries drained in the throughput measurement")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the drain through the publisher to this file")
+	only := fs.String("only", "", "run only this measurement (drain: max_publish_events_per_s)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
 	if o.rate < 1 || o.users < 1 || o.backlog < 1 || o.duration <= 0 {
 		return errors.New("-rate, -users, -backlog and -duration must be positive")
+	}
+	switch *only {
+	case "":
+	case "drain":
+		o.drainOnly = true
+	default:
+		return fmt.Errorf("-only: unknown measurement %q", *only)
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 
@@ -97,16 +115,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	defer func() { err = errors.Join(err, st.close()) }()
 
-	longPoll, err := steady(ctx, st, st.cfg, "longpoll", o)
-	if err != nil {
-		return fmt.Errorf("steady phase: %w", err)
-	}
-	pollCfg := st.cfg
-	pollCfg.WaitTimeout = 0
-	pollCfg.PollInterval = 100 * time.Millisecond
-	polling, err := steady(ctx, st, pollCfg, "polling", o)
-	if err != nil {
-		return fmt.Errorf("polling baseline phase: %w", err)
+	var results []benchreport.Result
+	if !o.drainOnly {
+		r, err := latency(ctx, st, o)
+		if err != nil {
+			return err
+		}
+		results = append(results, r)
 	}
 	drain, err := throughput(ctx, st, o)
 	if err != nil {
@@ -121,20 +136,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return fmt.Errorf("outbox-only drain: %w", err)
 	}
 
-	results := []benchreport.Result{
-		benchreport.Lower("publisher.commit_to_publish_p99_ms", "ms", longPoll.p99, polling.p99, fmt.Sprintf(
-			"p50 %.1f ms (baseline p50 %.1f ms); %d events at %.0f events/s over %s across %d users, from the moment WriteEvents "+
-				"acknowledged the commit to the event's arrival at a sarama consumer; the publisher long-polls LeaseOutbox (woken by commits). "+
-				"Baseline: the same publisher polling the outbox every 100 ms (wait_timeout 0), a typical polling relay",
-			longPoll.p50, polling.p50, longPoll.n, longPoll.rate, o.duration, o.users)),
+	results = append(results,
 		benchreport.Higher("publisher.max_publish_events_per_s", "events/s", drain, raw, fmt.Sprintf(
 			"drain of a prefilled outbox of %d entries (%d users, one reading each): lease, idempotent produce (acks=all, "+
 				"1 request in flight), ack; 2 workers, batches of 500. Baseline: raw sarama with the same producer settings "+
 				"sending the same messages in batches of 500 from 2 goroutines straight to the broker, no outbox. "+
 				"For scale: leasing and acking the same backlog with no Kafka at all (one loop) drains %.0f entries/s, "+
 				"so the outbox lease, not the producer, bounds this number",
-			o.backlog, o.backlog/20, leaseOnly)),
-	}
+			o.backlog, o.backlog/20, leaseOnly)))
 	for _, r := range results {
 		fmt.Fprintf(stdout, "%s = %.1f %s (baseline %.1f, ratio %.2f)\n  %s\n", r.Name, r.Value, r.Unit, r.Baseline, r.Ratio, r.Notes)
 	}
@@ -321,7 +330,7 @@ func percentile(sorted []float64, q float64) float64 {
 
 // throughput prefills the outbox with the publisher stopped, then starts
 // one and measures how fast it empties the outbox.
-func throughput(ctx context.Context, st *stack, o options) (float64, error) {
+func throughput(ctx context.Context, st *stack, o options) (_ float64, err error) {
 	total, err := prefill(ctx, st, "drain", o.backlog)
 	if err != nil {
 		return 0, err
@@ -333,6 +342,15 @@ func throughput(ctx context.Context, st *stack, o options) (float64, error) {
 	if stats.Pending != int64(total) {
 		return 0, fmt.Errorf("outbox holds %d entries, want %d", stats.Pending, total)
 	}
+	stopProfile, err := startProfile(o.cpuProfile)
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		if serr := stopProfile(); serr != nil && err == nil {
+			err = serr
+		}
+	}()
 	pub, err := testenv.StartPublisher(ctx, st.cfg, st.logger)
 	if err != nil {
 		return 0, err
@@ -462,6 +480,46 @@ func rawThroughput(ctx context.Context, st *stack, o options) (float64, error) {
 		return 0, err
 	}
 	return float64(len(msgs)) / time.Since(start).Seconds(), nil
+}
+
+// latency runs the steady-rate phases: long-polling publisher against a
+// polling one.
+func latency(ctx context.Context, st *stack, o options) (benchreport.Result, error) {
+	longPoll, err := steady(ctx, st, st.cfg, "longpoll", o)
+	if err != nil {
+		return benchreport.Result{}, fmt.Errorf("steady phase: %w", err)
+	}
+	pollCfg := st.cfg
+	pollCfg.WaitTimeout = 0
+	pollCfg.PollInterval = 100 * time.Millisecond
+	polling, err := steady(ctx, st, pollCfg, "polling", o)
+	if err != nil {
+		return benchreport.Result{}, fmt.Errorf("polling baseline phase: %w", err)
+	}
+	return benchreport.Lower("publisher.commit_to_publish_p99_ms", "ms", longPoll.p99, polling.p99, fmt.Sprintf(
+		"p50 %.1f ms (baseline p50 %.1f ms); %d events at %.0f events/s over %s across %d users, from the moment WriteEvents "+
+			"acknowledged the commit to the event's arrival at a sarama consumer; the publisher long-polls LeaseOutbox (woken by commits). "+
+			"Baseline: the same publisher polling the outbox every 100 ms (wait_timeout 0), a typical polling relay",
+		longPoll.p50, polling.p50, longPoll.n, longPoll.rate, o.duration, o.users)), nil
+}
+
+// startProfile starts a CPU profile into path (nothing when path is
+// empty); the returned function stops it.
+func startProfile(path string) (stop func() error, err error) {
+	if path == "" {
+		return func() error { return nil }, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		return nil, errors.Join(err, f.Close())
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		return f.Close()
+	}, nil
 }
 
 func firstSet(vals ...string) string {

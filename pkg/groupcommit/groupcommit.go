@@ -1,6 +1,8 @@
 // Package groupcommit merges concurrent small write calls into shared
-// transactions. Many concurrent single-event webhooks would otherwise each
-// pay a commit (a WAL flush); batched, they share one.
+// transactions. Many concurrent single-event writes (persistence's
+// WriteEvents, ingest's webhook jobs) would otherwise each pay a commit (a
+// WAL flush and a round trip); batched, they share one. Every caller still
+// waits for the commit of its own ops: nothing is acknowledged from memory.
 //
 // A former goroutine waits for a free transaction slot, takes the first
 // queued call, then gathers more calls until the window elapses or the
@@ -17,20 +19,30 @@ package groupcommit
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
-	"github.com/biobridge/bridge/services/persistence/internal/metrics"
-	"github.com/biobridge/bridge/services/persistence/internal/record"
-	"github.com/biobridge/bridge/services/persistence/internal/store"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
-// ApplyFunc runs one transaction (store.Store.Apply).
-type ApplyFunc func(ctx context.Context, ops []store.Op) ([]store.OpResult, []record.UserChange, error)
+// ApplyFunc runs ops in one transaction and returns one result per op, in
+// order. It returns only after the transaction committed (or failed); work
+// that must be visible before the callers are answered (a cache update)
+// belongs in it too.
+type ApplyFunc[Op, Result any] func(ctx context.Context, ops []Op) ([]Result, error)
 
-// AfterFunc runs after a transaction committed, before its callers are
-// answered (the cache update), so a caller that reads after its write
-// sees it.
-type AfterFunc func(ctx context.Context, changes []record.UserChange)
+// Metrics are the committer's optional instruments (nil fields are not
+// observed).
+type Metrics struct {
+	// Requests observes the calls merged into each transaction.
+	Requests prometheus.Observer
+	// Wait observes, in seconds, how long each call queued before its
+	// transaction started.
+	Wait prometheus.Observer
+	// Isolations counts merged transactions that failed and were retried
+	// call by call.
+	Isolations prometheus.Counter
+}
 
 // Config tunes the committer.
 type Config struct {
@@ -46,25 +58,24 @@ type Config struct {
 	TxTimeout time.Duration
 }
 
-type call struct {
+type call[Op, Result any] struct {
 	ctx      context.Context
-	ops      []store.Op
+	ops      []Op
 	enqueued time.Time
-	done     chan outcome
+	done     chan outcome[Result]
 }
 
-type outcome struct {
-	results []store.OpResult
+type outcome[Result any] struct {
+	results []Result
 	err     error
 }
 
-// Committer batches calls.
-type Committer struct {
+// Committer batches calls of ops into transactions run by an ApplyFunc.
+type Committer[Op, Result any] struct {
 	cfg   Config
-	apply ApplyFunc
-	after AfterFunc
-	m     *metrics.Metrics
-	queue chan *call
+	apply ApplyFunc[Op, Result]
+	m     Metrics
+	queue chan *call[Op, Result]
 	slots chan struct{}
 	// closing is closed by Close; transactions in flight still finish.
 	closing chan struct{}
@@ -75,7 +86,7 @@ type Committer struct {
 var ErrClosed = errors.New("group commit: closed")
 
 // New starts a committer.
-func New(cfg Config, apply ApplyFunc, after AfterFunc, m *metrics.Metrics) *Committer {
+func New[Op, Result any](cfg Config, apply ApplyFunc[Op, Result], m Metrics) *Committer[Op, Result] {
 	if cfg.Window < 0 {
 		cfg.Window = 0
 	}
@@ -88,9 +99,9 @@ func New(cfg Config, apply ApplyFunc, after AfterFunc, m *metrics.Metrics) *Comm
 	if cfg.TxTimeout <= 0 {
 		cfg.TxTimeout = 30 * time.Second
 	}
-	c := &Committer{
-		cfg: cfg, apply: apply, after: after, m: m,
-		queue:   make(chan *call, 4096),
+	c := &Committer[Op, Result]{
+		cfg: cfg, apply: apply, m: m,
+		queue:   make(chan *call[Op, Result], 4096),
 		slots:   make(chan struct{}, cfg.Concurrency),
 		closing: make(chan struct{}),
 		done:    make(chan struct{}),
@@ -101,11 +112,11 @@ func New(cfg Config, apply ApplyFunc, after AfterFunc, m *metrics.Metrics) *Comm
 
 // Do runs ops in a (possibly shared) transaction and returns their results.
 // If ctx ends first, Do returns ctx's error; the ops may still commit.
-func (c *Committer) Do(ctx context.Context, ops []store.Op) ([]store.OpResult, error) {
+func (c *Committer[Op, Result]) Do(ctx context.Context, ops []Op) ([]Result, error) {
 	if len(ops) == 0 {
 		return nil, nil
 	}
-	cl := &call{ctx: ctx, ops: ops, enqueued: time.Now(), done: make(chan outcome, 1)}
+	cl := &call[Op, Result]{ctx: ctx, ops: ops, enqueued: time.Now(), done: make(chan outcome[Result], 1)}
 	select {
 	case c.queue <- cl:
 	case <-c.done:
@@ -133,7 +144,7 @@ func (c *Committer) Do(ctx context.Context, ops []store.Op) ([]store.OpResult, e
 // Close stops taking calls, waits for the transactions in flight and
 // answers queued calls with ErrClosed. Call it after the gRPC server has
 // stopped, so no call is still arriving.
-func (c *Committer) Close() {
+func (c *Committer[Op, Result]) Close() {
 	select {
 	case <-c.closing:
 	default:
@@ -142,9 +153,9 @@ func (c *Committer) Close() {
 	<-c.done
 }
 
-func (c *Committer) run() {
+func (c *Committer[Op, Result]) run() {
 	defer close(c.done)
-	var carry *call
+	var carry *call[Op, Result]
 	for {
 		// A free slot first: while all are busy, calls accumulate.
 		select {
@@ -164,7 +175,7 @@ func (c *Committer) run() {
 				return
 			}
 		}
-		batch := []*call{first}
+		batch := []*call[Op, Result]{first}
 		n := len(first.ops)
 		var timer <-chan time.Time
 		var t *time.Timer
@@ -214,32 +225,34 @@ func (c *Committer) run() {
 }
 
 // drain waits for the transactions in flight and fails queued calls.
-func (c *Committer) drain(carry *call) {
+func (c *Committer[Op, Result]) drain(carry *call[Op, Result]) {
 	for range cap(c.slots) {
 		c.slots <- struct{}{}
 	}
 	if carry != nil {
-		carry.done <- outcome{err: ErrClosed}
+		carry.done <- outcome[Result]{err: ErrClosed}
 	}
 	for {
 		select {
 		case cl := <-c.queue:
-			cl.done <- outcome{err: ErrClosed}
+			cl.done <- outcome[Result]{err: ErrClosed}
 		default:
 			return
 		}
 	}
 }
 
-func (c *Committer) commit(batch []*call) {
+func (c *Committer[Op, Result]) commit(batch []*call[Op, Result]) {
 	now := time.Now()
 	live := batch[:0:0]
 	for _, cl := range batch {
-		c.m.GroupWait.Observe(now.Sub(cl.enqueued).Seconds())
+		if c.m.Wait != nil {
+			c.m.Wait.Observe(now.Sub(cl.enqueued).Seconds())
+		}
 		if cl.ctx.Err() != nil {
 			// The caller left before its transaction started: skip it
 			// rather than commit data nobody will be told about.
-			cl.done <- outcome{err: cl.ctx.Err()}
+			cl.done <- outcome[Result]{err: cl.ctx.Err()}
 			continue
 		}
 		live = append(live, cl)
@@ -247,8 +260,10 @@ func (c *Committer) commit(batch []*call) {
 	if len(live) == 0 {
 		return
 	}
-	c.m.GroupRequests.Observe(float64(len(live)))
-	var ops []store.Op
+	if c.m.Requests != nil {
+		c.m.Requests.Observe(float64(len(live)))
+	}
+	var ops []Op
 	if len(live) == 1 {
 		ops = live[0].ops
 	} else {
@@ -260,35 +275,37 @@ func (c *Committer) commit(batch []*call) {
 	if err == nil {
 		off := 0
 		for _, cl := range live {
-			cl.done <- outcome{results: results[off : off+len(cl.ops)]}
+			cl.done <- outcome[Result]{results: results[off : off+len(cl.ops)]}
 			off += len(cl.ops)
 		}
 		return
 	}
 	if len(live) == 1 {
-		live[0].done <- outcome{err: err}
+		live[0].done <- outcome[Result]{err: err}
 		return
 	}
 	// Isolate: one transaction per call, so only the call that breaks a
 	// transaction sees the error.
-	c.m.GroupIsolations.Inc()
+	if c.m.Isolations != nil {
+		c.m.Isolations.Inc()
+	}
 	for _, cl := range live {
 		res, err := c.run1(cl.ops)
-		cl.done <- outcome{results: res, err: err}
+		cl.done <- outcome[Result]{results: res, err: err}
 	}
 }
 
-func (c *Committer) run1(ops []store.Op) ([]store.OpResult, error) {
+func (c *Committer[Op, Result]) run1(ops []Op) ([]Result, error) {
 	// Not the callers' contexts: one caller giving up must not abort a
 	// transaction that others share.
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.TxTimeout)
 	defer cancel()
-	results, changes, err := c.apply(ctx, ops)
+	results, err := c.apply(ctx, ops)
 	if err != nil {
 		return nil, err
 	}
-	if c.after != nil && len(changes) > 0 {
-		c.after(ctx, changes)
+	if len(results) != len(ops) {
+		return nil, fmt.Errorf("group commit: %d results for %d ops", len(results), len(ops))
 	}
 	return results, nil
 }

@@ -8,57 +8,52 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
-	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
-	"github.com/biobridge/bridge/services/persistence/internal/groupcommit"
-	"github.com/biobridge/bridge/services/persistence/internal/metrics"
-	"github.com/biobridge/bridge/services/persistence/internal/record"
-	"github.com/biobridge/bridge/services/persistence/internal/store"
+	"github.com/biobridge/bridge/pkg/groupcommit"
 )
 
-// fake applies ops by echoing each op's trace parent as its event id, and
-// fails any transaction containing a "poison" op.
+// fake applies ops by echoing each op as its result, and fails any
+// transaction containing a "poison" op.
 type fake struct {
 	mu    sync.Mutex
 	sizes []int
-	after atomic.Int64
+	txs   atomic.Int64
+	// mergedFailures counts failed transactions of more than one op.
+	mergedFailures atomic.Int64
 }
 
-func (f *fake) apply(_ context.Context, ops []store.Op) ([]store.OpResult, []record.UserChange, error) {
+func (f *fake) apply(_ context.Context, ops []string) ([]string, error) {
 	f.mu.Lock()
 	f.sizes = append(f.sizes, len(ops))
 	f.mu.Unlock()
-	out := make([]store.OpResult, len(ops))
-	for i, op := range ops {
-		if op.TraceParent == "poison" {
-			return nil, nil, errors.New("poisoned")
+	for _, op := range ops {
+		if op == "poison" {
+			if len(ops) > 1 {
+				f.mergedFailures.Add(1)
+			}
+			return nil, errors.New("poisoned")
 		}
-		out[i] = store.OpResult{Status: persistencev1.WriteStatus_WRITE_STATUS_INSERTED, EventID: op.TraceParent}
 	}
-	return out, []record.UserChange{{UserID: "u"}}, nil
+	f.txs.Add(1)
+	return append([]string(nil), ops...), nil
 }
 
-func ops(ids ...string) []store.Op {
-	out := make([]store.Op, len(ids))
-	for i, id := range ids {
-		out[i] = store.Op{TraceParent: id}
-	}
-	return out
-}
+func ops(ids ...string) []string { return ids }
 
 func TestEachCallGetsItsOwnResults(t *testing.T) {
 	t.Parallel()
 	f := &fake{}
-	c := groupcommit.New(groupcommit.Config{Window: 20 * time.Millisecond, Concurrency: 1, MaxOps: 100}, f.apply,
-		func(context.Context, []record.UserChange) { f.after.Add(1) }, metrics.Nop())
+	c := groupcommit.New(groupcommit.Config{Window: 20 * time.Millisecond, Concurrency: 1, MaxOps: 100}, f.apply, groupcommit.Metrics{})
 	defer c.Close()
 	var wg sync.WaitGroup
 	for i := range 20 {
 		wg.Go(func() {
 			id := string(rune('a' + i))
 			res, err := c.Do(context.Background(), ops(id, id+"2"))
-			if err != nil || len(res) != 2 || res[0].EventID != id || res[1].EventID != id+"2" {
+			if err != nil || len(res) != 2 || res[0] != id || res[1] != id+"2" {
 				t.Errorf("call %d: %v %v", i, res, err)
 			}
 		})
@@ -70,13 +65,14 @@ func TestEachCallGetsItsOwnResults(t *testing.T) {
 	for _, n := range f.sizes {
 		require.LessOrEqual(t, n, 100)
 	}
-	require.EqualValues(t, len(f.sizes), f.after.Load(), "the cache hook runs once per committed transaction")
+	require.EqualValues(t, len(f.sizes), f.txs.Load(), "every transaction committed")
 }
 
 func TestAFailingCallFailsAlone(t *testing.T) {
 	t.Parallel()
 	f := &fake{}
-	c := groupcommit.New(groupcommit.Config{Window: 50 * time.Millisecond, Concurrency: 1}, f.apply, nil, metrics.Nop())
+	isolations := prometheus.NewCounter(prometheus.CounterOpts{Name: "isolations_total"})
+	c := groupcommit.New(groupcommit.Config{Window: 50 * time.Millisecond, Concurrency: 1}, f.apply, groupcommit.Metrics{Isolations: isolations})
 	defer c.Close()
 	var wg sync.WaitGroup
 	errs := make([]error, 5)
@@ -97,12 +93,22 @@ func TestAFailingCallFailsAlone(t *testing.T) {
 			require.NoError(t, err)
 		}
 	}
+	require.Equal(t, float64(f.mergedFailures.Load()), testutil.ToFloat64(isolations), "each failed merged transaction is counted")
+}
+
+func TestAnApplyThatLosesResultsFailsItsCallers(t *testing.T) {
+	t.Parallel()
+	short := func(_ context.Context, ops []string) ([]string, error) { return ops[:len(ops)-1], nil }
+	c := groupcommit.New(groupcommit.Config{Concurrency: 1}, short, groupcommit.Metrics{})
+	defer c.Close()
+	_, err := c.Do(context.Background(), ops("a", "b"))
+	require.ErrorContains(t, err, "1 results for 2 ops")
 }
 
 func TestBigCallsAreNotMergedPastTheLimit(t *testing.T) {
 	t.Parallel()
 	f := &fake{}
-	c := groupcommit.New(groupcommit.Config{Window: 20 * time.Millisecond, Concurrency: 1, MaxOps: 10}, f.apply, nil, metrics.Nop())
+	c := groupcommit.New(groupcommit.Config{Window: 20 * time.Millisecond, Concurrency: 1, MaxOps: 10}, f.apply, groupcommit.Metrics{})
 	defer c.Close()
 	var wg sync.WaitGroup
 	for range 4 {
@@ -129,11 +135,11 @@ func TestBigCallsAreNotMergedPastTheLimit(t *testing.T) {
 func TestCloseAnswersEveryone(t *testing.T) {
 	t.Parallel()
 	block := make(chan struct{})
-	apply := func(ctx context.Context, o []store.Op) ([]store.OpResult, []record.UserChange, error) {
+	apply := func(ctx context.Context, o []string) ([]string, error) {
 		<-block
-		return make([]store.OpResult, len(o)), nil, nil
+		return o, nil
 	}
-	c := groupcommit.New(groupcommit.Config{Concurrency: 1}, apply, nil, metrics.Nop())
+	c := groupcommit.New(groupcommit.Config{Concurrency: 1}, apply, groupcommit.Metrics{})
 	results := make(chan error, 3)
 	for range 3 {
 		go func() {
