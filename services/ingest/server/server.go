@@ -24,7 +24,6 @@ import (
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
 	tokensv1 "github.com/biobridge/bridge/gen/go/biobridge/tokens/v1"
 	"github.com/biobridge/bridge/pkg/admin"
-	"github.com/biobridge/bridge/pkg/apperr"
 	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/grpcclient"
 	"github.com/biobridge/bridge/pkg/grpcserver"
@@ -99,16 +98,9 @@ func authenticate(tokens *auth.ServiceTokens, acl *auth.ACL, users *auth.UserVer
 			}
 			return auth.WithUser(ctx, sub), nil
 		case methodIngestEvents, methodListJobs, methodRetryJobs, methodBackfills, methodDeleteUser:
-			name, ok := tokens.Authenticate(auth.BearerToken(ctx))
-			if !ok {
-				return ctx, apperr.E(apperr.Unauthenticated, "invalid_service_token", "a valid service token is required")
-			}
-			if err := acl.Check(name, method); err != nil {
-				return ctx, err
-			}
-			return auth.WithCaller(ctx, name), nil
+			return auth.ServiceAuth(ctx, tokens, acl, method)
 		}
-		return ctx, apperr.E(apperr.PermissionDenied, auth.ReasonMethodNotAllowed, "method "+method+" is not allowed")
+		return ctx, auth.MethodNotListed(method)
 	}
 }
 

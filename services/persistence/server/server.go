@@ -158,7 +158,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 			Service:  ServiceName,
 			Logger:   logger,
 			Registry: s.reg,
-			Auth:     api.ServiceAuth(tokens, acl),
+			Auth:     auth.ServiceHook(tokens, acl),
 			ACL:      acl,
 			ExtraUnary: []grpc.UnaryServerInterceptor{lim.UnaryInterceptor(
 				persistencev1.PersistenceService_WriteEvents_FullMethodName,

@@ -126,7 +126,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		Service:  "publisher",
 		Logger:   logger,
 		Registry: reg,
-		Auth:     serviceAuth(cfg.ServiceTokens, cfg.ServiceACL),
+		Auth:     auth.ServiceHook(cfg.ServiceTokens, cfg.ServiceACL),
 		ACL:      cfg.ServiceACL,
 	}); err != nil {
 		return nil, err
@@ -155,15 +155,6 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 // that outlives the lease.
 func SendTimeout(d time.Duration) time.Duration {
 	return d / 3
-}
-
-// serviceAuth admits callers presenting one of the configured service
-// tokens, to the methods acl allows them (replaying dead letters republishes
-// events, so not every token holder should reach it).
-func serviceAuth(tokens *auth.ServiceTokens, acl *auth.ACL) func(context.Context, string) (context.Context, error) {
-	return func(ctx context.Context, fullMethod string) (context.Context, error) {
-		return auth.ServiceAuth(ctx, tokens, acl, fullMethod)
-	}
 }
 
 // GRPCAddr is the bound PublisherService address.

@@ -41,28 +41,6 @@ const (
 	maxErrorLen          = 1000
 )
 
-// ServiceAuth authenticates every call with a service token
-// ("authorization: Bearer <token>", compared in constant time by
-// auth.ServiceTokens), checks that acl lets that caller call fullMethod
-// (SERVICE_ACL: the agents' read token must not write, delete or drain the
-// outbox) and puts the caller's name in the context.
-func ServiceAuth(tokens *auth.ServiceTokens, acl *auth.ACL) func(ctx context.Context, fullMethod string) (context.Context, error) {
-	return func(ctx context.Context, fullMethod string) (context.Context, error) {
-		tok := auth.BearerToken(ctx)
-		if tok == "" {
-			return nil, apperr.E(apperr.Unauthenticated, auth.ReasonMissingToken, "missing service token")
-		}
-		name, ok := tokens.Authenticate(tok)
-		if !ok {
-			return nil, apperr.E(apperr.Unauthenticated, auth.ReasonInvalidToken, "invalid service token")
-		}
-		if err := acl.Check(name, fullMethod); err != nil {
-			return nil, err
-		}
-		return auth.WithCaller(ctx, name), nil
-	}
-}
-
 // Persistence implements PersistenceService.
 type Persistence struct {
 	persistencev1.UnimplementedPersistenceServiceServer
