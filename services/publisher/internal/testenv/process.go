@@ -76,6 +76,7 @@ func (e *Env) ProcessEnv(extra map[string]string) []string {
 		"PERSISTENCE_TARGET":        e.Persistence.Addr,
 		"SERVICE_TOKEN":             Token,
 		"SERVICE_TOKENS":            "tests:" + Token,
+		"SERVICE_ACL_OPEN":          "true",
 		"LOG_PSEUDONYM_KEY":         "0123456789abcdef-tests",
 		"LOG_FORMAT":                "json",
 		"LOG_LEVEL":                 "info",
