@@ -147,10 +147,10 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		return nil, errors.New("REDIS_URL: invalid redis url")
 	}
 	s.rdb = redis.NewClient(ropts)
-	if s.persist, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{TLS: cfg.TLS, OwnCredentials: true}); err != nil {
+	if s.persist, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{TLS: cfg.TLS, ServiceToken: cfg.ServiceToken}); err != nil {
 		return nil, fmt.Errorf("dial persistence: %w", err)
 	}
-	if s.broker, err = grpcclient.Dial(cfg.TokenBrokerTarget, grpcclient.Config{TLS: cfg.TLS, OwnCredentials: true,
+	if s.broker, err = grpcclient.Dial(cfg.TokenBrokerTarget, grpcclient.Config{TLS: cfg.TLS, ServiceToken: cfg.ServiceToken,
 		IdempotentServices: []string{"biobridge.tokens.v1.TokenBrokerService"}}); err != nil {
 		return nil, fmt.Errorf("dial token broker: %w", err)
 	}
@@ -188,7 +188,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 
 	store := jobs.New(s.db)
 	fetcher := worker.NewFetcher(worker.FetchConfig{
-		ServiceToken: cfg.ServiceToken, PendingDelay: cfg.PendingScoreDelay, PendingMaxAge: cfg.PendingScoreMaxAge,
+		PendingDelay: cfg.PendingScoreDelay, PendingMaxAge: cfg.PendingScoreMaxAge,
 	}, tokensv1.NewTokenBrokerServiceClient(s.broker), persistencev1.NewPersistenceServiceClient(s.persist),
 		whoop.NewAPI(whoopClient), oura.NewAPI(ouraClient), s.reg, logger)
 	host, _ := os.Hostname()
@@ -211,7 +211,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	}, s.reg, logger)
 	wake = s.pool.Wake
 	s.loops = completeness.New(completeness.Config{
-		ServiceToken: cfg.ServiceToken, Owner: owner, Vendors: vendors,
+		Owner: owner, Vendors: vendors,
 		BackfillDays: cfg.BackfillDays, SyncInterval: cfg.ConnectionSyncInterval,
 		ReconcileInterval: cfg.ReconcileInterval, ReconcileWindow: cfg.ReconcileWindow,
 		StaleAfter: cfg.StaleAfter, StaleCheckInterval: cfg.StaleCheckInterval,
@@ -239,7 +239,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	if err != nil {
 		return nil, fmt.Errorf("build grpc server: %w", err)
 	}
-	eraserCfg := erasure.Config{ServiceToken: cfg.ServiceToken, AfterStep: cfg.ErasureAfterStep}
+	eraserCfg := erasure.Config{AfterStep: cfg.ErasureAfterStep}
 	if len(cfg.PseudonymKey) > 0 {
 		eraserCfg.Subject = logging.NewPseudonymizer(cfg.PseudonymKey).Pseudonym
 	}
@@ -259,7 +259,6 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		Logger:   logger,
 		Registry: s.reg,
 	}, api.Options{
-		ServiceToken:          cfg.ServiceToken,
 		MaxSamples:            cfg.HealthKitMaxSamples,
 		OuraVerificationToken: cfg.OuraVerificationToken,
 	})

@@ -90,10 +90,10 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	if s.kafka, err = kafka.Connect(ctx, kcfg, logger); err != nil {
 		return nil, err
 	}
-	if s.conn, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{TLS: cfg.TLS, OwnCredentials: true}); err != nil {
+	if s.conn, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{TLS: cfg.TLS, ServiceToken: cfg.ServiceToken}); err != nil {
 		return nil, err
 	}
-	ob := outbox.New(s.conn, cfg.ServiceToken)
+	ob := outbox.New(s.conn)
 
 	reg := telemetry.NewRegistry()
 	// A topic less durable than configured does not stop the publisher

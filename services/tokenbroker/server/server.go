@@ -140,7 +140,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	if cfg.PersistenceTarget != "" {
 		s.persistConn, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{
 			TLS:                cfg.TLS,
-			OwnCredentials:     true,
+			ServiceToken:       cfg.ServiceToken,
 			IdempotentServices: []string{persistencev1.PersistenceService_ServiceDesc.ServiceName},
 		})
 		if err != nil {
@@ -148,7 +148,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		}
 		persist = persistencev1.NewPersistenceServiceClient(s.persistConn)
 	}
-	s.relay = relay.New(relay.Config{Interval: cfg.RelayInterval, ServiceToken: cfg.ServiceToken}, store, persist, s.reg, logger)
+	s.relay = relay.New(relay.Config{Interval: cfg.RelayInterval}, store, persist, s.reg, logger)
 	cache := tokencache.New(s.redis, cfg.RedisKeyPrefix)
 	s.broker, err = broker.New(broker.Config{
 		SafetyMargin: cfg.SafetyMargin, RefreshTimeout: cfg.RefreshTimeout, LockLease: cfg.LockLease,

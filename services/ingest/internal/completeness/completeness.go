@@ -33,7 +33,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -46,8 +45,6 @@ import (
 // Config tunes the loops. A zero BackfillDays, ReconcileInterval or
 // StaleAfter turns that part off.
 type Config struct {
-	// ServiceToken is presented to the token broker.
-	ServiceToken string
 	// Owner names this process in reconciliation claims.
 	Owner string
 	// Vendors are the vendors whose series start at zero.
@@ -198,10 +195,6 @@ func New(cfg Config, store *jobs.Store, broker tokensv1.TokenBrokerServiceClient
 		wake: wake, m: m, arrivals: map[arrivalKey]time.Time{}}
 }
 
-func (l *Loops) outgoing(ctx context.Context) context.Context {
-	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+l.cfg.ServiceToken)
-}
-
 // Run runs every enabled loop until ctx ends, then sends the arrivals
 // still pending.
 func (l *Loops) Run(ctx context.Context) error {
@@ -330,7 +323,7 @@ func (l *Loops) eachActive(ctx context.Context, since time.Time, fn func(context
 	}
 	n := 0
 	for {
-		resp, err := l.broker.ListActiveConnections(l.outgoing(ctx), req)
+		resp, err := l.broker.ListActiveConnections(ctx, req)
 		if err != nil {
 			return n, fmt.Errorf("list active connections: %w", err)
 		}
@@ -573,7 +566,7 @@ func (l *Loops) scheduleReconcile(ctx context.Context, c *tokensv1.Connection, r
 // --- staleness ---
 
 func (l *Loops) staleOnce(ctx context.Context) {
-	resp, err := l.broker.MarkStaleConnections(l.outgoing(ctx), &tokensv1.MarkStaleConnectionsRequest{StaleAfter: durationpb.New(l.cfg.StaleAfter)})
+	resp, err := l.broker.MarkStaleConnections(ctx, &tokensv1.MarkStaleConnectionsRequest{StaleAfter: durationpb.New(l.cfg.StaleAfter)})
 	if err != nil {
 		l.failed(ctx, "stale", fmt.Errorf("mark stale connections: %w", err))
 		return
@@ -620,7 +613,7 @@ func (l *Loops) reportOnce(ctx context.Context) {
 		if len(batch) == 0 {
 			return
 		}
-		if _, err := l.broker.ReportDataArrival(l.outgoing(ctx), &tokensv1.ReportDataArrivalRequest{Arrivals: batch}); err != nil {
+		if _, err := l.broker.ReportDataArrival(ctx, &tokensv1.ReportDataArrivalRequest{Arrivals: batch}); err != nil {
 			l.m.reportFailures.Inc()
 			if ctx.Err() == nil {
 				l.logger.WarnContext(ctx, "cannot report data arrival", slog.Any("error", err))
