@@ -15,7 +15,6 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"io/fs"
 	"math"
 	"sort"
 	"time"
@@ -33,24 +32,14 @@ const Schema = "ingest"
 //go:embed migrations/*.sql
 var migrationFiles embed.FS
 
+var migrations = pgstore.EmbeddedMigrations(migrationFiles, "migrations", Schema)
+
 // Migrate applies ingest's migrations to the database at url.
-func Migrate(ctx context.Context, url string) error {
-	sub, err := fs.Sub(migrationFiles, "migrations")
-	if err != nil {
-		return fmt.Errorf("open ingest migrations: %w", err)
-	}
-	return pgstore.Migrate(ctx, url, sub, Schema)
-}
+func Migrate(ctx context.Context, url string) error { return migrations.Migrate(ctx, url) }
 
 // MigrationsVersion is a hash of the migration files: test templates built
 // from an older set are not reused.
-func MigrationsVersion() string {
-	sub, err := fs.Sub(migrationFiles, "migrations")
-	if err != nil {
-		return "unknown"
-	}
-	return pgstore.Version(sub)
-}
+func MigrationsVersion() string { return migrations.Version() }
 
 // State mirrors ingest.v1.JobState.
 type State int16

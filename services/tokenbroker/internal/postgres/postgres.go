@@ -15,7 +15,6 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"io/fs"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -32,24 +31,14 @@ const Schema = "tokens"
 //go:embed migrations/*.sql
 var migrationFiles embed.FS
 
+var migrations = pgstore.EmbeddedMigrations(migrationFiles, "migrations", Schema)
+
 // Migrate applies the embedded migrations to the database at url.
-func Migrate(ctx context.Context, url string) error {
-	sub, err := fs.Sub(migrationFiles, "migrations")
-	if err != nil {
-		return fmt.Errorf("open embedded migrations: %w", err)
-	}
-	return pgstore.Migrate(ctx, url, sub, Schema)
-}
+func Migrate(ctx context.Context, url string) error { return migrations.Migrate(ctx, url) }
 
 // MigrationsVersion is a short hash of every migration file: it changes
 // whenever a migration does, which is what test template names need.
-func MigrationsVersion() string {
-	sub, err := fs.Sub(migrationFiles, "migrations")
-	if err != nil {
-		return "unknown"
-	}
-	return pgstore.Version(sub)
-}
+func MigrationsVersion() string { return migrations.Version() }
 
 // Status values of the connections table.
 const (
