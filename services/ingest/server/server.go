@@ -29,6 +29,7 @@ import (
 	"github.com/biobridge/bridge/pkg/grpcserver"
 	"github.com/biobridge/bridge/pkg/limiter"
 	"github.com/biobridge/bridge/pkg/logging"
+	"github.com/biobridge/bridge/pkg/periodic"
 	"github.com/biobridge/bridge/pkg/pgstore"
 	"github.com/biobridge/bridge/pkg/ratebudget"
 	"github.com/biobridge/bridge/pkg/telemetry"
@@ -309,7 +310,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	g.Go(func() error { return s.admin.Serve(gctx) })
 	g.Go(func() error { return s.pool.Run(gctx) })
 	g.Go(func() error { return s.loops.Run(gctx) })
-	g.Go(func() error { every(gctx, 5*time.Second, s.measureBudgets); return nil })
+	g.Go(func() error { periodic.Every(gctx, 5*time.Second, s.measureBudgets); return nil })
 	if s.subs != nil {
 		g.Go(func() error { s.keepSubscriptions(gctx); return nil })
 	}

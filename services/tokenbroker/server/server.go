@@ -27,6 +27,7 @@ import (
 	"github.com/biobridge/bridge/pkg/grpcclient"
 	"github.com/biobridge/bridge/pkg/grpcserver"
 	"github.com/biobridge/bridge/pkg/logging"
+	"github.com/biobridge/bridge/pkg/periodic"
 	"github.com/biobridge/bridge/pkg/pgstore"
 	"github.com/biobridge/bridge/pkg/ratebudget"
 	"github.com/biobridge/bridge/pkg/telemetry"
@@ -237,8 +238,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	g.Go(func() error { return s.grpc.Serve(gctx) })
 	g.Go(func() error { return s.admin.Serve(gctx) })
 	g.Go(func() error { s.relay.Run(gctx); return nil })
-	g.Go(func() error { s.every(gctx, s.cfg.ProactiveInterval, s.proactive); return nil })
-	g.Go(func() error { s.every(gctx, time.Minute, s.cleanStates); return nil })
+	g.Go(func() error { periodic.Every(gctx, s.cfg.ProactiveInterval, s.proactive); return nil })
+	g.Go(func() error { periodic.Every(gctx, time.Minute, s.cleanStates); return nil })
 	g.Go(func() error { s.reencrypt(gctx); return nil })
 	err := g.Wait()
 	// A refresh the vendor already answered must reach the store.
@@ -277,20 +278,6 @@ func (s *Server) close() {
 	}
 	if s.pool != nil {
 		s.pool.Close()
-	}
-}
-
-// every runs fn now and then every d until ctx ends.
-func (s *Server) every(ctx context.Context, d time.Duration, fn func(context.Context)) {
-	t := time.NewTicker(d)
-	defer t.Stop()
-	for {
-		fn(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
 	}
 }
 

@@ -38,6 +38,7 @@ import (
 
 	tokensv1 "github.com/biobridge/bridge/gen/go/biobridge/tokens/v1"
 	"github.com/biobridge/bridge/pkg/logging"
+	"github.com/biobridge/bridge/pkg/periodic"
 	"github.com/biobridge/bridge/services/ingest/internal/jobs"
 	"github.com/biobridge/bridge/services/ingest/internal/worker"
 )
@@ -203,7 +204,7 @@ func (l *Loops) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			every(ctx, d, fn)
+			periodic.Every(ctx, d, fn)
 		}()
 	}
 	if l.cfg.BackfillDays > 0 {
@@ -224,20 +225,6 @@ func (l *Loops) Run(ctx context.Context) error {
 	defer cancel()
 	l.reportOnce(fctx)
 	return nil
-}
-
-// every runs fn now and then every d until ctx ends.
-func every(ctx context.Context, d time.Duration, fn func(context.Context)) {
-	t := time.NewTicker(d)
-	defer t.Stop()
-	for {
-		fn(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }
 
 func (l *Loops) failed(ctx context.Context, loop string, err error) {
