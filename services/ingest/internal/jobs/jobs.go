@@ -24,6 +24,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/biobridge/bridge/pkg/pgstore"
+	"github.com/biobridge/bridge/pkg/truncate"
 )
 
 // Schema is the PostgreSQL schema ingest owns.
@@ -262,14 +263,14 @@ func (s *Store) Retry(ctx context.Context, j Job, delay time.Duration, lastError
 	return s.fenced(ctx, j, "reschedule", `
 		UPDATE ingest.jobs SET state = 1, run_at = now() + $3 * interval '1 microsecond', last_error = $4,
 		       attempts = greatest(attempts - $5, 0), lease_token = NULL, updated_at = now()
-		WHERE id = $1 AND lease_token = $2 AND state = 2`, delay.Microseconds(), truncate(lastError), give)
+		WHERE id = $1 AND lease_token = $2 AND state = 2`, delay.Microseconds(), truncate.UTF8(lastError, maxErrorLen), give)
 }
 
 // Bury marks a held job dead after its last attempt.
 func (s *Store) Bury(ctx context.Context, j Job, lastError string) error {
 	return s.fenced(ctx, j, "bury", `
 		UPDATE ingest.jobs SET state = 4, last_error = $3, lease_token = NULL, finished_at = now(), updated_at = now()
-		WHERE id = $1 AND lease_token = $2 AND state = 2`, truncate(lastError))
+		WHERE id = $1 AND lease_token = $2 AND state = 2`, truncate.UTF8(lastError, maxErrorLen))
 }
 
 // Park sets a held job aside until userID reconnects at the job's vendor:
@@ -280,7 +281,7 @@ func (s *Store) Park(ctx context.Context, j Job, userID string, generation time.
 	return s.fenced(ctx, j, "park", `
 		UPDATE ingest.jobs SET state = 5, park_user_id = $3, park_generation = $4, last_error = $5,
 		       attempts = greatest(attempts - 1, 0), lease_token = NULL, updated_at = now()
-		WHERE id = $1 AND lease_token = $2 AND state = 2`, userID, generation, truncate(reason))
+		WHERE id = $1 AND lease_token = $2 AND state = 2`, userID, generation, truncate.UTF8(reason, maxErrorLen))
 }
 
 // OldestParked returns, per vendor, the oldest connection generation a
@@ -358,13 +359,8 @@ func (s *Store) fenced(ctx context.Context, j Job, what, sql string, args ...any
 
 // truncate keeps last_error short; it never contains PHI (callers pass
 // reasons and status codes, not bodies).
-func truncate(s string) string {
-	const max = 500
-	if len(s) > max {
-		return s[:max]
-	}
-	return s
-}
+// maxErrorLen bounds the last error a job records.
+const maxErrorLen = 500
 
 // Get returns one job.
 func (s *Store) Get(ctx context.Context, id int64) (Job, error) {

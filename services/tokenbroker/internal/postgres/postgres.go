@@ -23,6 +23,7 @@ import (
 
 	"github.com/biobridge/bridge/pkg/logging"
 	"github.com/biobridge/bridge/pkg/pgstore"
+	"github.com/biobridge/bridge/pkg/truncate"
 )
 
 // Schema is the PostgreSQL schema the broker owns.
@@ -615,7 +616,7 @@ func (s *Store) ForwardBatch(ctx context.Context, limit int, fn func(context.Con
 		}
 		if ferr := fn(ctx, events); ferr != nil {
 			if _, err := tx.Exec(ctx, `UPDATE tokens.connection_events SET attempts = attempts + 1, last_error = $2
-				WHERE event_id = ANY($1::uuid[])`, ids, truncate(ferr.Error(), 500)); err != nil {
+				WHERE event_id = ANY($1::uuid[])`, ids, truncate.UTF8(ferr.Error(), 500)); err != nil {
 				return fmt.Errorf("record relay failure: %w", err)
 			}
 			fnErr = ferr
@@ -632,13 +633,6 @@ func (s *Store) ForwardBatch(ctx context.Context, limit int, fn func(context.Con
 		err = fnErr
 	}
 	return n, ran, err
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
 }
 
 // Backlog returns the number of unforwarded events and the age of the oldest.
