@@ -147,6 +147,9 @@ const connectionColumns = `user_id, vendor, vendor_user_id, status, scopes, key_
 	connected_at, last_refresh_at, last_used_at, last_data_at, stale,
 	coalesce(refresh_claim_owner, ''), refresh_claim_until`
 
+// collectConnection is scanConnection for pgx.CollectRows.
+func collectConnection(row pgx.CollectableRow) (*Connection, error) { return scanConnection(row) }
+
 func scanConnection(row pgx.Row) (*Connection, error) {
 	var c Connection
 	var keyID *string
@@ -198,16 +201,8 @@ func (s *Store) List(ctx context.Context, userID string) ([]*Connection, error) 
 	if err != nil {
 		return nil, fmt.Errorf("list connections: %w", err)
 	}
-	defer rows.Close()
-	var out []*Connection
-	for rows.Next() {
-		c, err := scanConnection(rows)
-		if err != nil {
-			return nil, fmt.Errorf("scan connection: %w", err)
-		}
-		out = append(out, c)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := pgx.CollectRows(rows, collectConnection)
+	if err != nil {
 		return nil, fmt.Errorf("list connections: %w", err)
 	}
 	return out, nil
@@ -422,16 +417,8 @@ func (s *Store) StaleKeyRows(ctx context.Context, primary string, after Key, lim
 	if err != nil {
 		return nil, fmt.Errorf("list connections to re-encrypt: %w", err)
 	}
-	defer rows.Close()
-	var out []*Connection
-	for rows.Next() {
-		c, err := scanConnection(rows)
-		if err != nil {
-			return nil, fmt.Errorf("scan connection: %w", err)
-		}
-		out = append(out, c)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := pgx.CollectRows(rows, collectConnection)
+	if err != nil {
 		return nil, fmt.Errorf("list connections to re-encrypt: %w", err)
 	}
 	return out, nil
@@ -594,16 +581,12 @@ func (s *Store) ForwardBatch(ctx context.Context, limit int, fn func(context.Con
 			return nil
 		}
 		rows, err := tx.Query(ctx, `
-			SELECT event_id::text, user_id, vendor, type, reason, occurred_at, sequence FROM tokens.connection_events
+			SELECT `+eventColumns+` FROM tokens.connection_events
 			WHERE forwarded_at IS NULL ORDER BY created_at, event_id LIMIT $1`, limit)
 		if err != nil {
 			return fmt.Errorf("read pending events: %w", err)
 		}
-		events, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Event, error) {
-			var e Event
-			err := r.Scan(&e.EventID, &e.UserID, &e.Vendor, &e.Type, &e.Reason, &e.OccurredAt, &e.Sequence)
-			return e, err
-		})
+		events, err := pgx.CollectRows(rows, scanEvent)
 		if err != nil {
 			return fmt.Errorf("read pending events: %w", err)
 		}
@@ -648,18 +631,23 @@ func (s *Store) Backlog(ctx context.Context, now time.Time) (count int64, oldest
 	return count, oldest, nil
 }
 
+// eventColumns are the connection_events columns scanEvent reads.
+const eventColumns = `event_id::text, user_id, vendor, type, reason, occurred_at, sequence`
+
+func scanEvent(r pgx.CollectableRow) (Event, error) {
+	var e Event
+	err := r.Scan(&e.EventID, &e.UserID, &e.Vendor, &e.Type, &e.Reason, &e.OccurredAt, &e.Sequence)
+	return e, err
+}
+
 // Events lists every event of user, oldest first (tests, diagnosis).
 func (s *Store) Events(ctx context.Context, userID string) ([]Event, error) {
-	rows, err := s.pool.Query(ctx, `SELECT event_id::text, user_id, vendor, type, reason, occurred_at, sequence
+	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+`
 		FROM tokens.connection_events WHERE user_id = $1 ORDER BY created_at, event_id`, userID)
 	if err != nil {
 		return nil, fmt.Errorf("list events: %w", err)
 	}
-	events, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Event, error) {
-		var e Event
-		err := r.Scan(&e.EventID, &e.UserID, &e.Vendor, &e.Type, &e.Reason, &e.OccurredAt, &e.Sequence)
-		return e, err
-	})
+	events, err := pgx.CollectRows(rows, scanEvent)
 	if err != nil {
 		return nil, fmt.Errorf("list events: %w", err)
 	}
