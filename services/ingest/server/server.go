@@ -133,6 +133,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	s := &Server{cfg: cfg, logger: logger, reg: telemetry.NewRegistry()}
 	defer func() {
 		if err != nil {
+			if s.grpc != nil {
+				err = errors.Join(err, s.grpc.Close())
+			}
 			s.closeClients(context.Background())
 		}
 	}()

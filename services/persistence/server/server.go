@@ -184,7 +184,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	}
 	if err := s.admin.Listen(); err != nil {
 		s.committer.Close()
-		return nil, err
+		return nil, errors.Join(err, s.grpc.Close())
 	}
 	return s, nil
 }

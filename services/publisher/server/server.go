@@ -61,10 +61,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	defer func() {
 		if err != nil {
 			if s.grpc != nil {
-				// Serving with a finished context closes the bound listener.
-				done, cancel := context.WithCancel(context.Background())
-				cancel()
-				_ = s.grpc.Serve(done)
+				err = errors.Join(err, s.grpc.Close())
 			}
 			err = errors.Join(err, s.close())
 		}

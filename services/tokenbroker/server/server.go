@@ -263,6 +263,11 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 }
 
 func (s *Server) close() {
+	if s.grpc != nil {
+		if err := s.grpc.Close(); err != nil {
+			s.log.Warn("close grpc server", "err", err)
+		}
+	}
 	if s.persistConn != nil {
 		if err := s.persistConn.Close(); err != nil {
 			s.log.Warn("close persistence client", "err", err)
