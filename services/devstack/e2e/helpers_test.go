@@ -119,7 +119,7 @@ func topicEndOffsets(t *testing.T, brokers, topic string) int64 {
 	cfg.Version = sarama.V3_6_0_0
 	client, err := sarama.NewClient([]string{brokers}, cfg)
 	require.NoError(t, err)
-	defer client.Close()
+	defer func() { _ = client.Close() }()
 	parts, err := client.Partitions(topic)
 	if err != nil {
 		return 0

@@ -136,7 +136,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 			if s.grpc != nil {
 				err = errors.Join(err, s.grpc.Close())
 			}
-			s.closeClients(context.Background())
+			err = errors.Join(err, s.closeClients(context.Background()))
 		}
 	}()
 

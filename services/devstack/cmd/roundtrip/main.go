@@ -74,7 +74,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }() // reads only: a close error loses nothing
 	client := biometricsv1.NewBiometricsServiceClient(conn)
 	var last error
 	for {
