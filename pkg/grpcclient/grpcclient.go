@@ -28,6 +28,7 @@ import (
 	"github.com/biobridge/bridge/pkg/apperr"
 	"github.com/biobridge/bridge/pkg/config"
 	"github.com/biobridge/bridge/pkg/logging"
+	"github.com/biobridge/bridge/pkg/telemetry"
 )
 
 // RequestIDHeader matches grpcserver.RequestIDHeader.
@@ -88,7 +89,9 @@ func Dial(target string, cfg Config) (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	var otelOpts []otelgrpc.Option
+	// The propagator is explicit: without telemetry.SetupTracing (devstack,
+	// tests) the global one propagates nothing.
+	otelOpts := []otelgrpc.Option{otelgrpc.WithPropagators(telemetry.Propagator())}
 	if cfg.TracerProvider != nil {
 		otelOpts = append(otelOpts, otelgrpc.WithTracerProvider(cfg.TracerProvider))
 	}

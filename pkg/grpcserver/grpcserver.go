@@ -52,6 +52,7 @@ import (
 	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/config"
 	"github.com/biobridge/bridge/pkg/logging"
+	"github.com/biobridge/bridge/pkg/telemetry"
 )
 
 // RequestIDHeader is the metadata key carrying the request id both ways.
@@ -138,7 +139,9 @@ func New(cfg Config, opts Options) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, opts: opts, logger: logger}
 
-	var otelOpts []otelgrpc.Option
+	// The propagator is explicit: without telemetry.SetupTracing (devstack,
+	// tests) the global one propagates nothing.
+	otelOpts := []otelgrpc.Option{otelgrpc.WithPropagators(telemetry.Propagator())}
 	if opts.TracerProvider != nil {
 		otelOpts = append(otelOpts, otelgrpc.WithTracerProvider(opts.TracerProvider))
 	}

@@ -151,10 +151,10 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		return nil, errors.New("REDIS_URL: invalid redis url")
 	}
 	s.rdb = redis.NewClient(ropts)
-	if s.persist, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{TLS: cfg.TLS, ServiceToken: cfg.ServiceToken}); err != nil {
+	if s.persist, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{TLS: cfg.TLS, ServiceToken: cfg.ServiceToken, TracerProvider: cfg.TracerProvider}); err != nil {
 		return nil, fmt.Errorf("dial persistence: %w", err)
 	}
-	if s.broker, err = grpcclient.Dial(cfg.TokenBrokerTarget, grpcclient.Config{TLS: cfg.TLS, ServiceToken: cfg.ServiceToken,
+	if s.broker, err = grpcclient.Dial(cfg.TokenBrokerTarget, grpcclient.Config{TLS: cfg.TLS, ServiceToken: cfg.ServiceToken, TracerProvider: cfg.TracerProvider,
 		IdempotentServices: []string{"biobridge.tokens.v1.TokenBrokerService"}}); err != nil {
 		return nil, fmt.Errorf("dial token broker: %w", err)
 	}
@@ -168,7 +168,8 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		{Limit: cfg.OuraRateLimit, Period: cfg.OuraRateWindow},
 	}, cfg.RateBudgetSlack)
 	whoopClient, err := vendorhttp.New(vendorhttp.Config{
-		Vendor: worker.VendorWhoop, BaseURL: cfg.WhoopAPIURL + whoop.APIPath,
+		TracerProvider: cfg.TracerProvider,
+		Vendor:         worker.VendorWhoop, BaseURL: cfg.WhoopAPIURL + whoop.APIPath,
 		ConnectTimeout: cfg.VendorConnectTimeout, RequestTimeout: cfg.VendorRequestTimeout, MaxConns: cfg.VendorMaxConns,
 		// WHOOP's limit is per app: a 429 stops every replica.
 		Budget: whoopBudget, PauseOn429: true, Metrics: vm, Logger: logger,
@@ -179,7 +180,8 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	}
 	s.vendors = append(s.vendors, whoopClient)
 	ouraClient, err := vendorhttp.New(vendorhttp.Config{
-		Vendor: worker.VendorOura, BaseURL: cfg.OuraAPIURL,
+		TracerProvider: cfg.TracerProvider,
+		Vendor:         worker.VendorOura, BaseURL: cfg.OuraAPIURL,
 		ConnectTimeout: cfg.VendorConnectTimeout, RequestTimeout: cfg.VendorRequestTimeout, MaxConns: cfg.VendorMaxConns,
 		// Oura limits per token as well: one user's 429 must not stop the others.
 		Budget: ouraBudget, PauseOn429: false, Metrics: vm, Logger: logger,
@@ -208,8 +210,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		worker.KindReconcile:       collector,
 		worker.KindConnectionEvent: worker.NewNotifier(fetcher),
 	}, worker.Config{
-		Owner:   owner,
-		Workers: cfg.Workers, Lease: cfg.JobLease, PollInterval: cfg.PollInterval, MaxAttempts: cfg.JobMaxAttempts,
+		TracerProvider: cfg.TracerProvider,
+		Owner:          owner,
+		Workers:        cfg.Workers, Lease: cfg.JobLease, PollInterval: cfg.PollInterval, MaxAttempts: cfg.JobMaxAttempts,
 		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, ShutdownGrace: cfg.ShutdownGrace, Retention: cfg.JobRetention,
 		MaxBackground: cfg.BackgroundWorkers, Vendors: vendors,
 	}, s.reg, logger)
@@ -234,11 +237,12 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	}
 
 	s.grpc, err = grpcserver.New(grpcserver.Config{Addr: cfg.GRPCAddr, TLS: cfg.TLS, GracePeriod: cfg.ShutdownGrace}, grpcserver.Options{
-		Service:  "ingest",
-		Logger:   logger,
-		Registry: s.reg,
-		Auth:     authenticate(tokens, acl, users),
-		ACL:      acl,
+		TracerProvider: cfg.TracerProvider,
+		Service:        "ingest",
+		Logger:         logger,
+		Registry:       s.reg,
+		Auth:           authenticate(tokens, acl, users),
+		ACL:            acl,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("build grpc server: %w", err)

@@ -87,7 +87,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	if s.kafka, err = kafka.Connect(ctx, kcfg, logger); err != nil {
 		return nil, err
 	}
-	if s.conn, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{TLS: cfg.TLS, ServiceToken: cfg.ServiceToken}); err != nil {
+	if s.conn, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{TLS: cfg.TLS, ServiceToken: cfg.ServiceToken, TracerProvider: cfg.TracerProvider}); err != nil {
 		return nil, err
 	}
 	ob := outbox.New(s.conn)
@@ -110,21 +110,23 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		BackoffInitial: cfg.BackoffInitial,
 		BackoffMax:     cfg.BackoffMax,
 	}, relay.Deps{
-		Outbox:       ob,
-		Producer:     s.kafka.Producer,
-		DeadLetter:   s.kafka.DeadLetter,
-		Metrics:      relay.NewMetrics(reg),
-		Logger:       logger,
-		Ping:         s.kafka.Ping,
-		OnDeadLetter: letters.Invalidate,
+		TracerProvider: cfg.TracerProvider,
+		Outbox:         ob,
+		Producer:       s.kafka.Producer,
+		DeadLetter:     s.kafka.DeadLetter,
+		Metrics:        relay.NewMetrics(reg),
+		Logger:         logger,
+		Ping:           s.kafka.Ping,
+		OnDeadLetter:   letters.Invalidate,
 	})
 
 	if s.grpc, err = grpcserver.New(grpcserver.Config{Addr: cfg.GRPCAddr, TLS: cfg.TLS}, grpcserver.Options{
-		Service:  "publisher",
-		Logger:   logger,
-		Registry: reg,
-		Auth:     auth.ServiceHook(cfg.ServiceTokens, cfg.ServiceACL),
-		ACL:      cfg.ServiceACL,
+		TracerProvider: cfg.TracerProvider,
+		Service:        "publisher",
+		Logger:         logger,
+		Registry:       reg,
+		Auth:           auth.ServiceHook(cfg.ServiceTokens, cfg.ServiceACL),
+		ACL:            cfg.ServiceACL,
 	}); err != nil {
 		return nil, err
 	}

@@ -140,6 +140,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	var persist persistencev1.PersistenceServiceClient
 	if cfg.PersistenceTarget != "" {
 		s.persistConn, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{
+			TracerProvider:     cfg.TracerProvider,
 			TLS:                cfg.TLS,
 			ServiceToken:       cfg.ServiceToken,
 			IdempotentServices: []string{persistencev1.PersistenceService_ServiceDesc.ServiceName},
@@ -165,7 +166,8 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 
 	authn := &grpcapi.Authenticator{Services: services, ACL: acl, Users: users}
 	s.grpc, err = grpcserver.New(grpcserver.Config{Addr: cfg.GRPCAddr, TLS: cfg.TLS}, grpcserver.Options{
-		Service: "tokenbroker", Logger: logger, Registry: s.reg, Auth: authn.Auth, ACL: acl,
+		TracerProvider: cfg.TracerProvider,
+		Service:        "tokenbroker", Logger: logger, Registry: s.reg, Auth: authn.Auth, ACL: acl,
 	})
 	if err != nil {
 		return nil, err
