@@ -46,10 +46,10 @@ import (
 
 // Migrate applies ingest's migrations (schema "ingest") to the database at
 // url. New does it too; tests use it to build template databases.
-func Migrate(ctx context.Context, url string) error { return jobs.Migrate(ctx, url) }
+func Migrate(ctx context.Context, url string) error { return jobs.Migrations.Migrate(ctx, url) }
 
 // MigrationsVersion changes whenever a migration does (for test template names).
-func MigrationsVersion() string { return jobs.MigrationsVersion() }
+func MigrationsVersion() string { return jobs.Migrations.Version() }
 
 // Server is a running ingest service.
 type Server struct {

@@ -46,11 +46,11 @@ const Schema = postgres.Schema
 
 // Migrate applies the broker's embedded migrations to the database at url
 // (pkg/testpg templates, devstack).
-func Migrate(ctx context.Context, url string) error { return postgres.Migrate(ctx, url) }
+func Migrate(ctx context.Context, url string) error { return postgres.Migrations.Migrate(ctx, url) }
 
 // MigrationsVersion changes whenever a migration does (a hash of the
 // migration files), for naming test template databases.
-func MigrationsVersion() string { return postgres.MigrationsVersion() }
+func MigrationsVersion() string { return postgres.Migrations.Version() }
 
 // Server is a running token broker.
 type Server struct {

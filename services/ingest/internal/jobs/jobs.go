@@ -33,14 +33,9 @@ const Schema = "ingest"
 //go:embed migrations/*.sql
 var migrationFiles embed.FS
 
-var migrations = pgstore.EmbeddedMigrations(migrationFiles, "migrations", Schema)
-
-// Migrate applies ingest's migrations to the database at url.
-func Migrate(ctx context.Context, url string) error { return migrations.Migrate(ctx, url) }
-
-// MigrationsVersion is a hash of the migration files: test templates built
-// from an older set are not reused.
-func MigrationsVersion() string { return migrations.Version() }
+// Migrations are ingest's schema migrations; their Version keys test
+// templates, so one built from an older set is not reused.
+var Migrations = pgstore.EmbeddedMigrations(migrationFiles, "migrations", Schema)
 
 // State mirrors ingest.v1.JobState.
 type State int16

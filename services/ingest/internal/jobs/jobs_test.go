@@ -17,7 +17,7 @@ import (
 
 func newStore(t *testing.T) (*Store, *pgxpool.Pool) {
 	t.Helper()
-	url := testpg.New(t, "ingest_jobs_"+MigrationsVersion(), Migrate)
+	url := testpg.New(t, "ingest_jobs_"+Migrations.Version(), Migrations.Migrate)
 	pool, err := pgxpool.New(context.Background(), url)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)

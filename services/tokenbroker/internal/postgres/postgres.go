@@ -32,14 +32,8 @@ const Schema = "tokens"
 //go:embed migrations/*.sql
 var migrationFiles embed.FS
 
-var migrations = pgstore.EmbeddedMigrations(migrationFiles, "migrations", Schema)
-
-// Migrate applies the embedded migrations to the database at url.
-func Migrate(ctx context.Context, url string) error { return migrations.Migrate(ctx, url) }
-
-// MigrationsVersion is a short hash of every migration file: it changes
-// whenever a migration does, which is what test template names need.
-func MigrationsVersion() string { return migrations.Version() }
+// Migrations are the broker's schema migrations.
+var Migrations = pgstore.EmbeddedMigrations(migrationFiles, "migrations", Schema)
 
 // Status values of the connections table.
 const (
