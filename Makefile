@@ -28,13 +28,31 @@ checkgenerate: generate ## Fail when generated code is not in sync with proto/.
 	@if [ -n "$$(git status --porcelain -- gen proto)" ]; then \
 		echo "generated code is stale; run 'make generate' and commit:"; git status --porcelain -- gen proto; exit 1; fi
 
+# golangci-lint is a tool dependency of tools/go.mod, a module kept out of
+# go.work so its many dependencies never change the services' build list.
+# It is built once into bin/ and rebuilt when tools/go.mod changes.
+GOLANGCI_LINT := $(CURDIR)/bin/golangci-lint
+# buf breaking compares proto/ with this git ref (the previous commit; CI
+# on a branch may pass BREAKING_AGAINST=origin/main). A clone too shallow
+# to have it skips the check with a note rather than failing.
+BREAKING_AGAINST ?= HEAD~1
+
+$(GOLANGCI_LINT): tools/go.mod tools/go.sum
+	@mkdir -p $(@D)
+	cd tools && GOWORK=off go build -o $@ github.com/golangci/golangci-lint/v2/cmd/golangci-lint
+
 .PHONY: lint
-lint: ## gofmt, go vet over every module, buf lint and buf format, documents named are in the repo.
+lint: $(GOLANGCI_LINT) ## gofmt, go vet, golangci-lint over every module, buf lint, format and breaking, documents named are in the repo.
 	@unformatted="$$(gofmt -l $(MODULE_DIRS) | grep -v '^$(CURDIR)/gen/go/' || true)"; \
 		if [ -n "$$unformatted" ]; then echo "not gofmt-ed:"; echo "$$unformatted"; exit 1; fi
 	go vet $(ALL_PKGS)
+	$(GOLANGCI_LINT) run $(ALL_PKGS)
 	go tool buf lint
 	go tool buf format --diff --exit-code
+	@if git rev-parse -q --verify '$(BREAKING_AGAINST)^{commit}' >/dev/null; then \
+		echo "go tool buf breaking --against '.git#ref=$(BREAKING_AGAINST)'"; \
+		go tool buf breaking --against '.git#ref=$(BREAKING_AGAINST)'; \
+	else echo "buf breaking: $(BREAKING_AGAINST) is not in this clone (shallow?), skipped"; fi
 	scripts/check-doc-refs.sh
 
 .PHONY: vulncheck

@@ -240,7 +240,8 @@ func sortedKeys(m map[string]bool) []string {
 }
 
 // ReasonInvalidServiceToken is the reason of the Unauthenticated error a
-// call without a valid service token gets.
+// call without a valid service token gets (a missing token included: the
+// caller learns nothing about which tokens exist either way).
 const ReasonInvalidServiceToken = "invalid_service_token"
 
 // ServiceAuth authenticates a call by its service token and checks it
@@ -256,4 +257,19 @@ func ServiceAuth(ctx context.Context, tokens *ServiceTokens, acl *ACL, fullMetho
 		return nil, err
 	}
 	return WithCaller(ctx, name), nil
+}
+
+// ServiceHook returns ServiceAuth as a grpcserver auth hook, for a server
+// whose every method takes a service token.
+func ServiceHook(tokens *ServiceTokens, acl *ACL) func(ctx context.Context, fullMethod string) (context.Context, error) {
+	return func(ctx context.Context, fullMethod string) (context.Context, error) {
+		return ServiceAuth(ctx, tokens, acl, fullMethod)
+	}
+}
+
+// MethodNotListed is the error of an auth hook for a method it does not
+// list: hooks fail closed, so a method added to the proto later is refused
+// until someone decides which credential it needs.
+func MethodNotListed(fullMethod string) error {
+	return apperr.E(apperr.PermissionDenied, ReasonMethodNotAllowed, "method "+fullMethod+" is not allowed")
 }

@@ -1,10 +1,13 @@
 package auth_test
 
 import (
+	"context"
+
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/biobridge/bridge/pkg/apperr"
 	"github.com/biobridge/bridge/pkg/auth"
@@ -105,4 +108,59 @@ func TestACLAllowed(t *testing.T) {
 			assert.Contains(t, ae.Message, tt.method)
 		})
 	}
+}
+
+// TestServiceHook checks the one service-token hook every server uses: a
+// missing or unknown token is Unauthenticated with one reason, a caller the
+// ACL does not allow is PermissionDenied, and an allowed caller's name
+// reaches the handler.
+func TestServiceHook(t *testing.T) {
+	t.Parallel()
+	tokens, err := auth.ParseServiceTokens("agents:agents-token,ingest:ingest-token")
+	require.NoError(t, err)
+	acl, err := auth.ParseACL("agents=" + getLatest + ";ingest=*")
+	require.NoError(t, err)
+	hook := auth.ServiceHook(tokens, acl)
+	bearer := func(v string) context.Context {
+		if v == "" {
+			return context.Background()
+		}
+		return metadata.NewIncomingContext(context.Background(), metadata.Pairs("authorization", v))
+	}
+	tests := []struct {
+		name       string
+		header     string
+		method     string
+		wantCode   apperr.Code // 0: allowed
+		wantReason string
+		wantCaller string
+	}{
+		{"no token", "", getLatest, apperr.Unauthenticated, auth.ReasonInvalidServiceToken, ""},
+		{"unknown token", "Bearer nope", getLatest, apperr.Unauthenticated, auth.ReasonInvalidServiceToken, ""},
+		{"not a bearer", "Basic agents-token", getLatest, apperr.Unauthenticated, auth.ReasonInvalidServiceToken, ""},
+		{"method outside the caller's ACL", "Bearer agents-token", writeEvents, apperr.PermissionDenied, auth.ReasonMethodNotAllowed, ""},
+		{"allowed", "Bearer agents-token", getLatest, 0, "", "agents"},
+		{"scheme case-insensitive", "bearer ingest-token", leaseOutbox, 0, "", "ingest"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, err := hook(bearer(tt.header), tt.method)
+			if tt.wantCode != 0 {
+				require.Error(t, err)
+				assert.Equal(t, tt.wantCode, apperr.CodeOf(err))
+				assert.Equal(t, tt.wantReason, apperr.ReasonOf(err))
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.wantCaller, auth.Caller(ctx))
+		})
+	}
+}
+
+func TestMethodNotListed(t *testing.T) {
+	t.Parallel()
+	err := auth.MethodNotListed("/biobridge.x.v1.XService/Drop")
+	assert.Equal(t, apperr.PermissionDenied, apperr.CodeOf(err))
+	assert.Equal(t, auth.ReasonMethodNotAllowed, apperr.ReasonOf(err))
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/biobridge/bridge/pkg/apperr"
 	"github.com/biobridge/bridge/pkg/config"
 	"github.com/biobridge/bridge/pkg/logging"
+	"github.com/biobridge/bridge/pkg/telemetry"
 )
 
 // RequestIDHeader matches grpcserver.RequestIDHeader.
@@ -58,19 +59,21 @@ type Config struct {
 	IdempotentServices []string
 	// TracerProvider defaults to the global one (telemetry.SetupTracing).
 	TracerProvider trace.TracerProvider
-	// OwnCredentials says the calls carry this service's own SERVICE_TOKEN
-	// (not a credential forwarded from an end caller, as the gateway's
-	// do). An UNAUTHENTICATED or PERMISSION_DENIED answer is then a
-	// deployment error (the callee does not accept the token, or its
-	// SERVICE_ACL does not allow the method), never the end caller's
-	// fault: it becomes an Internal error naming the callee and the
-	// variables to check, so an app gets a 500, not a 401 that it reads
-	// as "log the user in again".
-	OwnCredentials bool
+	// ServiceToken is this service's own SERVICE_TOKEN. When set, every call
+	// carries it as "authorization: Bearer <token>" (per-RPC credentials,
+	// so no call site builds the header), and an UNAUTHENTICATED or
+	// PERMISSION_DENIED answer is a deployment error (the callee does not
+	// accept the token, or its SERVICE_ACL does not allow the method),
+	// never the end caller's fault: it becomes an Internal error naming the
+	// callee and the variables to check, so an app gets a 500, not a 401
+	// that it reads as "log the user in again". Empty (the gateway, which
+	// forwards its callers' credentials): calls carry what their context
+	// carries and refusals pass through.
+	ServiceToken string
 }
 
 // ReasonInternalAuthFailed is the reason of the Internal error a call with
-// OwnCredentials turns an authentication or permission refusal into.
+// a ServiceToken turns an authentication or permission refusal into.
 const ReasonInternalAuthFailed = "internal_auth_failed"
 
 // Dial creates a client connection to target (for example "127.0.0.1:9101"
@@ -86,7 +89,9 @@ func Dial(target string, cfg Config) (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	var otelOpts []otelgrpc.Option
+	// The propagator is explicit: without telemetry.SetupTracing (devstack,
+	// tests) the global one propagates nothing.
+	otelOpts := []otelgrpc.Option{otelgrpc.WithPropagators(telemetry.Propagator())}
 	if cfg.TracerProvider != nil {
 		otelOpts = append(otelOpts, otelgrpc.WithTracerProvider(cfg.TracerProvider))
 	}
@@ -107,8 +112,9 @@ func Dial(target string, cfg Config) (*grpc.ClientConn, error) {
 		grpc.WithChainUnaryInterceptor(unaryInterceptor(cfg.DefaultTimeout)),
 		grpc.WithChainStreamInterceptor(streamInterceptor),
 	}
-	if cfg.OwnCredentials {
-		opts = append(opts, grpc.WithChainUnaryInterceptor(ownCredentialsUnary(target)),
+	if cfg.ServiceToken != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(ServiceCredentials(cfg.ServiceToken)),
+			grpc.WithChainUnaryInterceptor(ownCredentialsUnary(target)),
 			grpc.WithChainStreamInterceptor(ownCredentialsStream(target)))
 	}
 	sc, err := serviceConfig(cfg.IdempotentServices)
@@ -122,6 +128,23 @@ func Dial(target string, cfg Config) (*grpc.ClientConn, error) {
 	}
 	return conn, nil
 }
+
+// ServiceCredentials returns per-RPC credentials that send token as
+// "authorization: Bearer <token>" with every call, for connections dialed
+// without Dial (tests, benchmarks). They do not demand transport security:
+// plaintext is allowed on loopback, and grpcserver refuses to serve it
+// anywhere else unless told to.
+func ServiceCredentials(token string) credentials.PerRPCCredentials {
+	return bearer{header: "Bearer " + token}
+}
+
+type bearer struct{ header string }
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": b.header}, nil
+}
+
+func (bearer) RequireTransportSecurity() bool { return false }
 
 // ClientTLSConfig builds the client TLS configuration from files.
 func ClientTLSConfig(files config.TLSFiles, serverName string) (*tls.Config, error) {

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/biobridge/bridge/pkg/apperr"
+	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/config"
 	"github.com/biobridge/bridge/pkg/grpcclient"
 	"github.com/biobridge/bridge/pkg/grpcserver"
@@ -139,14 +140,14 @@ func TestDialBadTLSFiles(t *testing.T) {
 	require.ErrorContains(t, err, "read tls ca file")
 }
 
-// TestOwnCredentialsRefusalIsInternal: with OwnCredentials a callee's
+// TestOwnCredentialsRefusalIsInternal: with a ServiceToken a callee's
 // refusal of this service's token is an internal error (the end caller
 // gets 500, not a 401 about their own credentials) naming what to check;
 // without it, as in the gateway, the refusal passes through.
 func TestOwnCredentialsRefusalIsInternal(t *testing.T) {
 	t.Parallel()
 	addr, _ := start(t)
-	own := client(t, addr, grpcclient.Config{OwnCredentials: true})
+	own := client(t, addr, grpcclient.Config{ServiceToken: "some-token"})
 	forwarded := client(t, addr, grpcclient.Config{})
 	for _, cmd := range []string{"refuse", "deny"} {
 		_, err := own.UnaryCall(context.Background(), body(cmd))
@@ -163,4 +164,54 @@ func TestOwnCredentialsRefusalIsInternal(t *testing.T) {
 	}
 	_, err := own.UnaryCall(context.Background(), body("ok"))
 	require.NoError(t, err)
+}
+
+// TestServiceTokenIsSent: a connection with a ServiceToken authenticates
+// every call, unary and streaming, without the call site adding anything;
+// one without it carries no credentials of its own.
+func TestServiceTokenIsSent(t *testing.T) {
+	t.Parallel()
+	tokens, err := auth.ParseServiceTokens("ingest:ingest-token")
+	require.NoError(t, err)
+	srv, err := grpcserver.New(grpcserver.Config{Addr: "127.0.0.1:0"}, grpcserver.Options{
+		Service: "test",
+		Auth:    auth.ServiceHook(tokens, nil),
+	})
+	require.NoError(t, err)
+	svc := &callerService{}
+	testpb.RegisterTestServiceServer(srv.Registrar(), svc)
+	require.NoError(t, srv.Listen())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+
+	own := client(t, srv.Addr(), grpcclient.Config{ServiceToken: "ingest-token"})
+	resp, err := own.UnaryCall(context.Background(), body("ok"))
+	require.NoError(t, err)
+	assert.Equal(t, "ingest", resp.GetUsername())
+	stream, err := own.StreamingOutputCall(context.Background(), &testpb.StreamingOutputCallRequest{})
+	require.NoError(t, err)
+	msg, err := stream.Recv()
+	require.NoError(t, err)
+	assert.Equal(t, "ingest", string(msg.GetPayload().GetBody()))
+
+	_, err = client(t, srv.Addr(), grpcclient.Config{}).UnaryCall(context.Background(), body("ok"))
+	assert.Equal(t, codes.Unauthenticated, status.Code(err))
+}
+
+// callerService answers with the authenticated caller's name.
+type callerService struct {
+	testpb.UnimplementedTestServiceServer
+}
+
+func (callerService) UnaryCall(ctx context.Context, _ *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	return &testpb.SimpleResponse{Username: auth.Caller(ctx)}, nil
+}
+
+func (callerService) StreamingOutputCall(_ *testpb.StreamingOutputCallRequest, stream testpb.TestService_StreamingOutputCallServer) error {
+	return stream.Send(&testpb.StreamingOutputCallResponse{Payload: &testpb.Payload{Body: []byte(auth.Caller(stream.Context()))}})
 }

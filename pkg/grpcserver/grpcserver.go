@@ -52,6 +52,7 @@ import (
 	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/config"
 	"github.com/biobridge/bridge/pkg/logging"
+	"github.com/biobridge/bridge/pkg/telemetry"
 )
 
 // RequestIDHeader is the metadata key carrying the request id both ways.
@@ -110,8 +111,9 @@ type Server struct {
 	srv    *grpc.Server
 	health *health.Server
 
-	mu sync.Mutex // guards ln: Addr may be called while Serve starts
-	ln net.Listener
+	mu     sync.Mutex // guards ln and closed: Addr may be called while Serve starts
+	ln     net.Listener
+	closed bool
 
 	metrics *grpcprom.ServerMetrics
 }
@@ -137,7 +139,9 @@ func New(cfg Config, opts Options) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, opts: opts, logger: logger}
 
-	var otelOpts []otelgrpc.Option
+	// The propagator is explicit: without telemetry.SetupTracing (devstack,
+	// tests) the global one propagates nothing.
+	otelOpts := []otelgrpc.Option{otelgrpc.WithPropagators(telemetry.Propagator())}
 	if opts.TracerProvider != nil {
 		otelOpts = append(otelOpts, otelgrpc.WithTracerProvider(opts.TracerProvider))
 	}
@@ -263,6 +267,9 @@ func (s *Server) Listen() error {
 func (s *Server) listener() (net.Listener, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		return nil, errors.New("grpc server closed")
+	}
 	if s.ln != nil {
 		return s.ln, nil
 	}
@@ -308,6 +315,25 @@ func (s *Server) listenAddr() (string, error) {
 		return addr, nil
 	}
 	return "", fmt.Errorf("grpc listen address %s is not loopback and TLS is not configured: set TLS_CERT_FILE and TLS_KEY_FILE, or GRPC_ALLOW_PLAINTEXT=true to serve plaintext anyway", addr)
+}
+
+// Close releases the port of a server that is not going to Serve: a
+// constructor that fails after Listen (its admin port taken, say) must not
+// leave the gRPC port bound for as long as the process lives. The server
+// cannot Serve afterwards. A serving server stops when Serve's context
+// ends; Close after that is harmless.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	s.srv.Stop()
+	if s.ln == nil {
+		return nil
+	}
+	if err := s.ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return fmt.Errorf("close grpc listener: %w", err)
+	}
+	return nil
 }
 
 // Addr returns the bound address once Listen succeeded, else the configured one.

@@ -107,3 +107,30 @@ func contextDone() (context.Context, context.CancelFunc) {
 	cancel()
 	return ctx, cancel
 }
+
+// TestCloseReleasesThePort: a server that listened but will never serve
+// gives its port back on Close, and cannot serve after it.
+func TestCloseReleasesThePort(t *testing.T) {
+	t.Parallel()
+	srv, err := grpcserver.New(grpcserver.Config{Addr: "127.0.0.1:0"}, grpcserver.Options{})
+	require.NoError(t, err)
+	require.NoError(t, srv.Listen())
+	addr := srv.Addr()
+	require.NoError(t, srv.Close())
+	ln, err := net.Listen("tcp", addr)
+	require.NoError(t, err, "the port is still bound after Close")
+	require.NoError(t, ln.Close())
+	require.Error(t, srv.Serve(context.Background()), "a closed server does not serve")
+	require.NoError(t, srv.Close(), "closing twice is harmless")
+}
+
+// TestCloseAfterServe: Close after Serve returned does not fail.
+func TestCloseAfterServe(t *testing.T) {
+	t.Parallel()
+	srv, err := grpcserver.New(grpcserver.Config{Addr: "127.0.0.1:0"}, grpcserver.Options{})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	require.NoError(t, srv.Serve(ctx))
+	require.NoError(t, srv.Close())
+}

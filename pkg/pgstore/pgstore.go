@@ -233,6 +233,40 @@ func Redact(rawURL string) string {
 	return u.Redacted()
 }
 
+// Migrations are a service's embedded schema migrations: the *.sql files in
+// one directory of an embed.FS, applied to the schema the service owns.
+type Migrations struct {
+	files  fs.FS
+	schema string
+	err    error
+}
+
+// EmbeddedMigrations returns the migrations in directory dir of fsys (for
+// example an embed.FS of "migrations/*.sql") for schema.
+func EmbeddedMigrations(fsys fs.FS, dir, schema string) Migrations {
+	sub, err := fs.Sub(fsys, dir)
+	if err != nil {
+		err = fmt.Errorf("open %s migrations: %w", schema, err)
+	}
+	return Migrations{files: sub, schema: schema, err: err}
+}
+
+// Migrate applies the migrations to the database at url (see Migrate).
+func (m Migrations) Migrate(ctx context.Context, url string) error {
+	if m.err != nil {
+		return m.err
+	}
+	return Migrate(ctx, url, m.files, m.schema)
+}
+
+// Version is the migrations' Version, "unknown" if they cannot be read.
+func (m Migrations) Version() string {
+	if m.err != nil {
+		return "unknown"
+	}
+	return Version(m.files)
+}
+
 // Version is a short hash of every file in a migrations FS. It changes
 // whenever a migration does, which is what test template databases are keyed
 // by (pkg/testpg), so a changed migration never reuses an old template.

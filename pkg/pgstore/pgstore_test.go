@@ -118,10 +118,32 @@ func TestVersionChangesWithAnyMigration(t *testing.T) {
 	t.Parallel()
 	a := fstest.MapFS{"0001_init.up.sql": {Data: []byte("CREATE TABLE a ();")}, "0001_init.down.sql": {Data: []byte("DROP TABLE a;")}}
 	b := fstest.MapFS{"0001_init.up.sql": {Data: []byte("CREATE TABLE b ();")}, "0001_init.down.sql": {Data: []byte("DROP TABLE a;")}}
-	if pgstore.Version(a) != pgstore.Version(a) {
+	if first, again := pgstore.Version(a), pgstore.Version(a); first != again {
 		t.Fatal("Version is not deterministic")
 	}
 	if pgstore.Version(a) == pgstore.Version(b) {
 		t.Fatal("a changed migration keeps the same version")
 	}
+}
+
+// TestEmbeddedMigrations: migrations in a directory of an FS (as a
+// service embeds them) apply to their schema and are versioned by their
+// files; a directory that is no path fails Migrate with a named error.
+func TestEmbeddedMigrations(t *testing.T) {
+	t.Parallel()
+	url := testpg.New(t, "pgstore_empty_v1", nil)
+	ctx := context.Background()
+	m := pgstore.EmbeddedMigrations(os.DirFS("testdata"), "migrations", "embedded")
+	require.NoError(t, m.Migrate(ctx, url))
+	conn, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	defer func() { require.NoError(t, conn.Close(ctx)) }()
+	var n int
+	require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM embedded.items`).Scan(&n))
+	assert.Equal(t, 1, n)
+	assert.Equal(t, pgstore.Version(migrations(t)), m.Version())
+
+	bad := pgstore.EmbeddedMigrations(os.DirFS("testdata"), "../outside", "bad")
+	require.ErrorContains(t, bad.Migrate(ctx, url), "open bad migrations")
+	assert.Equal(t, "unknown", bad.Version())
 }

@@ -110,7 +110,7 @@ func HealthCheck(ctx context.Context, addr string) error {
 	if err != nil {
 		return fmt.Errorf("healthcheck %s: %w", addr, err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }() // nothing was sent that a close could lose
 	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
 	if err != nil {
 		return fmt.Errorf("healthcheck %s: %w", addr, err)

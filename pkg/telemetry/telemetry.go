@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // NewRegistry returns a registry with the Go runtime and process collectors.
@@ -36,8 +37,35 @@ func NewRegistry() *prometheus.Registry {
 // Extract work the same whether or not SetupTracing ran (tests, tools).
 var propagator = propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
 
-// SetupTracing installs a global TracerProvider and the W3C TraceContext +
-// Baggage propagator, reading the standard variables through getenv:
+// Propagator is the W3C TraceContext + Baggage propagator every service
+// uses. grpcserver and grpcclient pass it to otelgrpc explicitly, so
+// propagation does not hang on the global one being installed.
+func Propagator() propagation.TextMapPropagator { return propagator }
+
+// TracerProviderOr returns tp, or the global tracer provider when tp is nil
+// (a component whose owner did not pass one).
+func TracerProviderOr(tp trace.TracerProvider) trace.TracerProvider {
+	if tp == nil {
+		return otel.GetTracerProvider()
+	}
+	return tp
+}
+
+// SetupTracing installs NewTracerProvider's provider as the global one,
+// and the W3C TraceContext + Baggage propagator. The returned shutdown
+// flushes and stops the provider.
+func SetupTracing(ctx context.Context, service string, getenv func(string) string) (shutdown func(context.Context) error, err error) {
+	otel.SetTextMapPropagator(propagator)
+	tp, err := NewTracerProvider(ctx, service, getenv)
+	if err != nil {
+		return nil, err
+	}
+	otel.SetTracerProvider(tp)
+	return tp.Shutdown, nil
+}
+
+// NewTracerProvider builds the tracer provider of one service, reading the
+// standard variables through getenv:
 //
 //   - OTEL_TRACES_EXPORTER: "none" disables export; otherwise OTLP/gRPC.
 //   - OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT:
@@ -47,11 +75,11 @@ var propagator = propagation.NewCompositeTextMapPropagator(propagation.TraceCont
 //   - OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG: the spec's samplers,
 //     default parentbased_always_on.
 //
-// Without an exporter a TracerProvider is still installed, so trace ids
-// exist, reach the logs and propagate to downstream services.
-// The returned shutdown flushes and stops the provider.
-func SetupTracing(ctx context.Context, service string, getenv func(string) string) (shutdown func(context.Context) error, err error) {
-	otel.SetTextMapPropagator(propagator)
+// Without an exporter it still samples, so trace ids exist, reach the
+// logs and propagate to downstream services. extra options come last (a
+// test's in-memory exporter, say). devstack builds one per service, so
+// each keeps its own service.name in one process.
+func NewTracerProvider(ctx context.Context, service string, getenv func(string) string, extra ...sdktrace.TracerProviderOption) (*sdktrace.TracerProvider, error) {
 	env := func(k string) string { return strings.TrimSpace(getenv(k)) }
 
 	if v := env("OTEL_SERVICE_NAME"); v != "" {
@@ -98,9 +126,7 @@ func SetupTracing(ctx context.Context, service string, getenv func(string) strin
 		}
 		opts = append(opts, sdktrace.WithBatcher(exp))
 	}
-	tp := sdktrace.NewTracerProvider(opts...)
-	otel.SetTracerProvider(tp)
-	return tp.Shutdown, nil
+	return sdktrace.NewTracerProvider(append(opts, extra...)...), nil
 }
 
 func samplerFromEnv(name, arg string) (sdktrace.Sampler, error) {

@@ -34,6 +34,13 @@ func startStack(t *testing.T) *stack.Stack {
 // between: such a start is retried with new ports.
 func startStackWith(t *testing.T, extra map[string]string, emu vendoremu.Config) *stack.Stack {
 	t.Helper()
+	return startStackOptions(t, extra, stack.Options{EmulatorConfig: emu})
+}
+
+// startStackOptions is startStackWith with further stack options (its
+// environment, ports and emulator settings are the test's).
+func startStackOptions(t *testing.T, extra map[string]string, opts stack.Options) *stack.Stack {
+	t.Helper()
 	dbURL := testpg.New(t, "e2e-empty", func(context.Context, string) error { return nil })
 	redisURL, prefix := testpg.NewRedis(t)
 	env := map[string]string{
@@ -49,7 +56,8 @@ func startStackWith(t *testing.T, extra map[string]string, emu vendoremu.Config)
 	var s *stack.Stack
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
-		s, err = stack.Start(ctx, stack.Options{Getenv: func(k string) string { return env[k] }, Ephemeral: true, EmulatorConfig: emu})
+		opts.Getenv, opts.Ephemeral = func(k string) string { return env[k] }, true
+		s, err = stack.Start(ctx, opts)
 		if err == nil || !strings.Contains(err.Error(), "address already in use") {
 			break
 		}
@@ -119,7 +127,7 @@ func topicEndOffsets(t *testing.T, brokers, topic string) int64 {
 	cfg.Version = sarama.V3_6_0_0
 	client, err := sarama.NewClient([]string{brokers}, cfg)
 	require.NoError(t, err)
-	defer client.Close()
+	defer func() { _ = client.Close() }()
 	parts, err := client.Partitions(topic)
 	if err != nil {
 		return 0

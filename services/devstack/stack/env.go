@@ -129,16 +129,6 @@ func freePort() (string, error) {
 	return addr, nil
 }
 
-// redact shortens a secret for the banner.
-func redact(v string) string {
-	if len(v) <= 12 {
-		return v
-	}
-	return v[:12] + "…"
-}
-
-func joinLines(lines []string) string { return strings.Join(lines, "\n") }
-
 // devACL is the SERVICE_ACL each service of the stack gets: the calls the
 // stack's own wiring makes (every service presents SERVICE_TOKEN, the
 // caller named internal here) and what agents and operators may do, the

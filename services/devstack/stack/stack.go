@@ -15,10 +15,13 @@ import (
 	"strings"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/pgstore"
+	"github.com/biobridge/bridge/pkg/telemetry"
 	"github.com/biobridge/bridge/pkg/vendoremu"
 	gateway "github.com/biobridge/bridge/services/gateway/server"
 	ingest "github.com/biobridge/bridge/services/ingest/server"
@@ -47,6 +50,9 @@ type Options struct {
 	// EmulatorConfig adjusts the vendor emulator (credentials and webhook
 	// URLs are always set by the stack so they match the services).
 	EmulatorConfig vendoremu.Config
+	// SpanExporter, when set, receives every service's spans as they end,
+	// besides any OTLP exporter the OTEL_* variables configure (tests).
+	SpanExporter sdktrace.SpanExporter
 }
 
 // Stack is a running suite.
@@ -125,6 +131,17 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
 		return nil, fmt.Errorf("invalid configuration:\n%w", err)
 	}
+	// Tracing as the binaries have it: the OTEL_* variables, read once per
+	// service, and one tracer provider each, so every span carries its own
+	// service's service.name.
+	for name, tp := range map[string]*trace.TracerProvider{
+		"persistence": &persistenceCfg.TracerProvider, "tokenbroker": &brokerCfg.TracerProvider,
+		"ingest": &ingestCfg.TracerProvider, "publisher": &publisherCfg.TracerProvider, "gateway": &gatewayCfg.TracerProvider,
+	} {
+		if *tp, err = s.tracing(ctx, name, opts.SpanExporter); err != nil {
+			return nil, err
+		}
+	}
 
 	if err := pgstore.EnsureDatabase(ctx, e.get("POSTGRES_URL")); err != nil {
 		return nil, fmt.Errorf("prepare database: %w", err)
@@ -192,6 +209,33 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// tracing builds the tracer provider of one service from the OTEL_*
+// variables. OTEL_SERVICE_NAME is not applied: one name for the whole
+// stack would hide which service a span comes from. The provider is shut
+// down (its spans flushed) when the stack stops.
+func (s *Stack) tracing(ctx context.Context, service string, exporter sdktrace.SpanExporter) (trace.TracerProvider, error) {
+	getenv := func(k string) string {
+		if k == "OTEL_SERVICE_NAME" {
+			return ""
+		}
+		return s.env.get(k)
+	}
+	var extra []sdktrace.TracerProviderOption
+	if exporter != nil {
+		extra = append(extra, sdktrace.WithSpanProcessor(sdktrace.NewSimpleSpanProcessor(exporter)))
+	}
+	tp, err := telemetry.NewTracerProvider(ctx, service, getenv, extra...)
+	if err != nil {
+		return nil, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	s.cleanup = append(s.cleanup, func() error {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return tp.Shutdown(cctx)
+	})
+	return tp, nil
 }
 
 // serving turns a constructor's result into the Serve function of what it built.

@@ -3,6 +3,8 @@ package server
 import (
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/config"
 	"github.com/biobridge/bridge/pkg/service"
@@ -11,6 +13,11 @@ import (
 // Config is the gateway's configuration. Each field names its environment
 // variable and default.
 type Config struct {
+	// TracerProvider makes the service's spans; nil is the global one,
+	// which the binary sets up from the OTEL_* variables. Not read from the
+	// environment: devstack gives each service its own, so each keeps its
+	// service.name in one process.
+	TracerProvider trace.TracerProvider
 	// HTTPAddr is GATEWAY_HTTP_ADDR (default ":8080"): the public REST port.
 	HTTPAddr string
 	// AdminAddr is GATEWAY_ADMIN_ADDR (default ":9200"): /metrics, /healthz, /readyz.

@@ -56,7 +56,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Server, error) 
 	s := &Server{cfg: cfg, logger: logger}
 	reg := telemetry.NewRegistry()
 	dial := func(target string) (*grpc.ClientConn, error) {
-		conn, err := grpcclient.Dial(target, grpcclient.Config{TLS: cfg.TLS, DefaultTimeout: cfg.RequestTimeout,
+		conn, err := grpcclient.Dial(target, grpcclient.Config{TLS: cfg.TLS, DefaultTimeout: cfg.RequestTimeout, TracerProvider: cfg.TracerProvider,
 			IdempotentServices: []string{"biobridge.biometrics.v1.BiometricsService"}})
 		if err != nil {
 			return nil, err
@@ -235,15 +235,15 @@ func backendCheck(name string, conn *grpc.ClientConn) admin.Check {
 }
 
 // headerMatcher forwards the request id and the standard headers; grpc-gateway
-// forwards Authorization by itself.
+// forwards Authorization by itself. A caller's W3C trace context
+// (traceparent, tracestate) is dropped: the gateway is the public edge, so
+// every request starts a trace of ours (see docs/observability.md).
 func headerMatcher(key string) (string, bool) {
 	switch textproto.CanonicalMIMEHeaderKey(key) {
 	case "X-Request-Id":
 		return grpcserver.RequestIDHeader, true
-	case "Traceparent":
-		return "traceparent", true
-	case "Tracestate":
-		return "tracestate", true
+	case "Traceparent", "Tracestate":
+		return "", false
 	}
 	return runtime.DefaultHeaderMatcher(key)
 }

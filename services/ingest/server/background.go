@@ -12,20 +12,6 @@ import (
 	"github.com/biobridge/bridge/services/ingest/internal/oura"
 )
 
-// every runs fn now and then every d until ctx ends.
-func every(ctx context.Context, d time.Duration, fn func(context.Context)) {
-	t := time.NewTicker(d)
-	defer t.Stop()
-	for {
-		fn(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
 // measureBudgets refreshes the rate budget utilization gauges.
 func (s *Server) measureBudgets(ctx context.Context) {
 	for _, v := range s.vendors {

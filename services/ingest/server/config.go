@@ -5,6 +5,8 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/config"
 	"github.com/biobridge/bridge/pkg/service"
@@ -15,6 +17,11 @@ import (
 // fields too, so a Config built by hand (devstack, tests) needs only the
 // addresses, URLs, secrets and tokens.
 type Config struct {
+	// TracerProvider makes the service's spans; nil is the global one,
+	// which the binary sets up from the OTEL_* variables. Not read from the
+	// environment: devstack gives each service its own, so each keeps its
+	// service.name in one process.
+	TracerProvider trace.TracerProvider
 	// GRPCAddr is INGEST_GRPC_ADDR (default ":9101").
 	GRPCAddr string
 	// AdminAddr is INGEST_ADMIN_ADDR (default ":9201"): /metrics, /healthz, /readyz.

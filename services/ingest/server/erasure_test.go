@@ -69,7 +69,7 @@ func redisKeys(t *testing.T, e *env, needle string) []string {
 	opts, err := redis.ParseURL(e.redisURL)
 	require.NoError(t, err)
 	rdb := redis.NewClient(opts)
-	defer rdb.Close()
+	defer func() { _ = rdb.Close() }()
 	var out []string
 	iter := rdb.Scan(context.Background(), 0, e.prefix+"*", 500).Iterator()
 	for iter.Next(context.Background()) {

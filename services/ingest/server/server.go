@@ -25,13 +25,13 @@ import (
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
 	tokensv1 "github.com/biobridge/bridge/gen/go/biobridge/tokens/v1"
 	"github.com/biobridge/bridge/pkg/admin"
-	"github.com/biobridge/bridge/pkg/apperr"
 	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/groupcommit"
 	"github.com/biobridge/bridge/pkg/grpcclient"
 	"github.com/biobridge/bridge/pkg/grpcserver"
 	"github.com/biobridge/bridge/pkg/limiter"
 	"github.com/biobridge/bridge/pkg/logging"
+	"github.com/biobridge/bridge/pkg/periodic"
 	"github.com/biobridge/bridge/pkg/pgstore"
 	"github.com/biobridge/bridge/pkg/ratebudget"
 	"github.com/biobridge/bridge/pkg/telemetry"
@@ -48,10 +48,10 @@ import (
 
 // Migrate applies ingest's migrations (schema "ingest") to the database at
 // url. New does it too; tests use it to build template databases.
-func Migrate(ctx context.Context, url string) error { return jobs.Migrate(ctx, url) }
+func Migrate(ctx context.Context, url string) error { return jobs.Migrations.Migrate(ctx, url) }
 
 // MigrationsVersion changes whenever a migration does (for test template names).
-func MigrationsVersion() string { return jobs.MigrationsVersion() }
+func MigrationsVersion() string { return jobs.Migrations.Version() }
 
 // Server is a running ingest service.
 type Server struct {
@@ -103,16 +103,9 @@ func authenticate(tokens *auth.ServiceTokens, acl *auth.ACL, users *auth.UserVer
 			}
 			return auth.WithUser(ctx, sub), nil
 		case methodIngestEvents, methodListJobs, methodRetryJobs, methodBackfills, methodDeleteUser:
-			name, ok := tokens.Authenticate(auth.BearerToken(ctx))
-			if !ok {
-				return ctx, apperr.E(apperr.Unauthenticated, "invalid_service_token", "a valid service token is required")
-			}
-			if err := acl.Check(name, method); err != nil {
-				return ctx, err
-			}
-			return auth.WithCaller(ctx, name), nil
+			return auth.ServiceAuth(ctx, tokens, acl, method)
 		}
-		return ctx, apperr.E(apperr.PermissionDenied, auth.ReasonMethodNotAllowed, "method "+method+" is not allowed")
+		return ctx, auth.MethodNotListed(method)
 	}
 }
 
@@ -144,7 +137,10 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	s := &Server{cfg: cfg, logger: logger, reg: telemetry.NewRegistry()}
 	defer func() {
 		if err != nil {
-			s.closeClients(context.Background())
+			if s.grpc != nil {
+				err = errors.Join(err, s.grpc.Close())
+			}
+			err = errors.Join(err, s.closeClients(context.Background()))
 		}
 	}()
 
@@ -159,10 +155,10 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		return nil, errors.New("REDIS_URL: invalid redis url")
 	}
 	s.rdb = redis.NewClient(ropts)
-	if s.persist, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{TLS: cfg.TLS, OwnCredentials: true}); err != nil {
+	if s.persist, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{TLS: cfg.TLS, ServiceToken: cfg.ServiceToken, TracerProvider: cfg.TracerProvider}); err != nil {
 		return nil, fmt.Errorf("dial persistence: %w", err)
 	}
-	if s.broker, err = grpcclient.Dial(cfg.TokenBrokerTarget, grpcclient.Config{TLS: cfg.TLS, OwnCredentials: true,
+	if s.broker, err = grpcclient.Dial(cfg.TokenBrokerTarget, grpcclient.Config{TLS: cfg.TLS, ServiceToken: cfg.ServiceToken, TracerProvider: cfg.TracerProvider,
 		IdempotentServices: []string{"biobridge.tokens.v1.TokenBrokerService"}}); err != nil {
 		return nil, fmt.Errorf("dial token broker: %w", err)
 	}
@@ -176,7 +172,8 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		{Limit: cfg.OuraRateLimit, Period: cfg.OuraRateWindow},
 	}, cfg.RateBudgetSlack)
 	whoopClient, err := vendorhttp.New(vendorhttp.Config{
-		Vendor: worker.VendorWhoop, BaseURL: cfg.WhoopAPIURL + whoop.APIPath,
+		TracerProvider: cfg.TracerProvider,
+		Vendor:         worker.VendorWhoop, BaseURL: cfg.WhoopAPIURL + whoop.APIPath,
 		ConnectTimeout: cfg.VendorConnectTimeout, RequestTimeout: cfg.VendorRequestTimeout, MaxConns: cfg.VendorMaxConns,
 		// WHOOP's limit is per app: a 429 stops every replica.
 		Budget: whoopBudget, PauseOn429: true, Metrics: vm, Logger: logger,
@@ -187,7 +184,8 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	}
 	s.vendors = append(s.vendors, whoopClient)
 	ouraClient, err := vendorhttp.New(vendorhttp.Config{
-		Vendor: worker.VendorOura, BaseURL: cfg.OuraAPIURL,
+		TracerProvider: cfg.TracerProvider,
+		Vendor:         worker.VendorOura, BaseURL: cfg.OuraAPIURL,
 		ConnectTimeout: cfg.VendorConnectTimeout, RequestTimeout: cfg.VendorRequestTimeout, MaxConns: cfg.VendorMaxConns,
 		// Oura limits per token as well: one user's 429 must not stop the others.
 		Budget: ouraBudget, PauseOn429: false, Metrics: vm, Logger: logger,
@@ -200,7 +198,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 
 	store := jobs.New(s.db)
 	fetcher := worker.NewFetcher(worker.FetchConfig{
-		ServiceToken: cfg.ServiceToken, PendingDelay: cfg.PendingScoreDelay, PendingMaxAge: cfg.PendingScoreMaxAge,
+		PendingDelay: cfg.PendingScoreDelay, PendingMaxAge: cfg.PendingScoreMaxAge,
 	}, tokensv1.NewTokenBrokerServiceClient(s.broker), persistencev1.NewPersistenceServiceClient(s.persist),
 		whoop.NewAPI(whoopClient), oura.NewAPI(ouraClient), s.reg, logger)
 	host, _ := os.Hostname()
@@ -216,14 +214,15 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		worker.KindReconcile:       collector,
 		worker.KindConnectionEvent: worker.NewNotifier(fetcher),
 	}, worker.Config{
-		Owner:   owner,
-		Workers: cfg.Workers, Lease: cfg.JobLease, PollInterval: cfg.PollInterval, MaxAttempts: cfg.JobMaxAttempts,
+		TracerProvider: cfg.TracerProvider,
+		Owner:          owner,
+		Workers:        cfg.Workers, Lease: cfg.JobLease, PollInterval: cfg.PollInterval, MaxAttempts: cfg.JobMaxAttempts,
 		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, ShutdownGrace: cfg.ShutdownGrace, Retention: cfg.JobRetention,
 		MaxBackground: cfg.BackgroundWorkers, Vendors: vendors,
 	}, s.reg, logger)
 	wake = s.pool.Wake
 	s.loops = completeness.New(completeness.Config{
-		ServiceToken: cfg.ServiceToken, Owner: owner, Vendors: vendors,
+		Owner: owner, Vendors: vendors,
 		BackfillDays: cfg.BackfillDays, SyncInterval: cfg.ConnectionSyncInterval,
 		ReconcileInterval: cfg.ReconcileInterval, ReconcileWindow: cfg.ReconcileWindow,
 		StaleAfter: cfg.StaleAfter, StaleCheckInterval: cfg.StaleCheckInterval,
@@ -242,16 +241,17 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	}
 
 	s.grpc, err = grpcserver.New(grpcserver.Config{Addr: cfg.GRPCAddr, TLS: cfg.TLS, GracePeriod: cfg.ShutdownGrace}, grpcserver.Options{
-		Service:  "ingest",
-		Logger:   logger,
-		Registry: s.reg,
-		Auth:     authenticate(tokens, acl, users),
-		ACL:      acl,
+		TracerProvider: cfg.TracerProvider,
+		Service:        "ingest",
+		Logger:         logger,
+		Registry:       s.reg,
+		Auth:           authenticate(tokens, acl, users),
+		ACL:            acl,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("build grpc server: %w", err)
 	}
-	eraserCfg := erasure.Config{ServiceToken: cfg.ServiceToken, AfterStep: cfg.ErasureAfterStep}
+	eraserCfg := erasure.Config{AfterStep: cfg.ErasureAfterStep}
 	if len(cfg.PseudonymKey) > 0 {
 		eraserCfg.Subject = logging.NewPseudonymizer(cfg.PseudonymKey).Pseudonym
 	}
@@ -273,7 +273,6 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		Logger:   logger,
 		Registry: s.reg,
 	}, api.Options{
-		ServiceToken:          cfg.ServiceToken,
 		MaxSamples:            cfg.HealthKitMaxSamples,
 		OuraVerificationToken: cfg.OuraVerificationToken,
 	})
@@ -324,7 +323,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	g.Go(func() error { return s.admin.Serve(gctx) })
 	g.Go(func() error { return s.pool.Run(gctx) })
 	g.Go(func() error { return s.loops.Run(gctx) })
-	g.Go(func() error { every(gctx, 5*time.Second, s.measureBudgets); return nil })
+	g.Go(func() error { periodic.Every(gctx, 5*time.Second, s.measureBudgets); return nil })
 	if s.subs != nil {
 		g.Go(func() error { s.keepSubscriptions(gctx); return nil })
 	}

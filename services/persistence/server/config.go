@@ -3,6 +3,8 @@ package server
 import (
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 
@@ -15,6 +17,11 @@ import (
 // defaults below in New, so tests can build a Config by hand with only
 // the addresses, URLs and tokens.
 type Config struct {
+	// TracerProvider makes the service's spans; nil is the global one,
+	// which the binary sets up from the OTEL_* variables. Not read from the
+	// environment: devstack gives each service its own, so each keeps its
+	// service.name in one process.
+	TracerProvider trace.TracerProvider
 	// GRPCAddr is PERSISTENCE_GRPC_ADDR (default ":9103"; ":0" picks a port).
 	GRPCAddr string
 	// AdminAddr is PERSISTENCE_ADMIN_ADDR (default ":9203"): /metrics,

@@ -155,11 +155,12 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	lim := limiter.New("persistence_rpcs", cfg.MaxConcurrentRPCs, time.Second, s.reg)
 	s.grpc, err = grpcserver.New(grpcserver.Config{Addr: cfg.GRPCAddr, TLS: cfg.TLS, GracePeriod: cfg.GracePeriod},
 		grpcserver.Options{
-			Service:  ServiceName,
-			Logger:   logger,
-			Registry: s.reg,
-			Auth:     api.ServiceAuth(tokens, acl),
-			ACL:      acl,
+			TracerProvider: cfg.TracerProvider,
+			Service:        ServiceName,
+			Logger:         logger,
+			Registry:       s.reg,
+			Auth:           auth.ServiceHook(tokens, acl),
+			ACL:            acl,
 			ExtraUnary: []grpc.UnaryServerInterceptor{lim.UnaryInterceptor(
 				persistencev1.PersistenceService_WriteEvents_FullMethodName,
 				persistencev1.PersistenceService_DeleteRecords_FullMethodName,
@@ -184,7 +185,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	}
 	if err := s.admin.Listen(); err != nil {
 		s.committer.Close()
-		return nil, err
+		return nil, errors.Join(err, s.grpc.Close())
 	}
 	return s, nil
 }

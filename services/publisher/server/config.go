@@ -5,6 +5,8 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/IBM/sarama"
 
 	"github.com/biobridge/bridge/pkg/auth"
@@ -15,6 +17,11 @@ import (
 // Config is the publisher's configuration. Every field names its
 // environment variable and default.
 type Config struct {
+	// TracerProvider makes the service's spans; nil is the global one,
+	// which the binary sets up from the OTEL_* variables. Not read from the
+	// environment: devstack gives each service its own, so each keeps its
+	// service.name in one process.
+	TracerProvider trace.TracerProvider
 	// GRPCAddr serves PublisherService: PUBLISHER_GRPC_ADDR (":9104").
 	GRPCAddr string
 	// AdminAddr serves /metrics, /healthz, /readyz: PUBLISHER_ADMIN_ADDR (":9204").

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"google.golang.org/grpc/metadata"
 
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
 	"github.com/biobridge/bridge/services/publisher/internal/kafka"
@@ -35,8 +34,7 @@ func checkTopic(t *testing.T, env *testenv.Env) topiccheck.Report {
 // leased reports how many outbox entries are leased right now.
 func leased(t *testing.T, env *testenv.Env) int64 {
 	t.Helper()
-	ctx := metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer "+testenv.Token)
-	st, err := persistencev1.NewPersistenceServiceClient(env.Conn).GetOutboxStats(ctx, &persistencev1.GetOutboxStatsRequest{})
+	st, err := persistencev1.NewPersistenceServiceClient(env.Conn).GetOutboxStats(t.Context(), &persistencev1.GetOutboxStatsRequest{})
 	require.NoError(t, err)
 	return st.GetLeased()
 }

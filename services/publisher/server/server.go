@@ -61,10 +61,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	defer func() {
 		if err != nil {
 			if s.grpc != nil {
-				// Serving with a finished context closes the bound listener.
-				done, cancel := context.WithCancel(context.Background())
-				cancel()
-				_ = s.grpc.Serve(done)
+				err = errors.Join(err, s.grpc.Close())
 			}
 			err = errors.Join(err, s.close())
 		}
@@ -90,10 +87,10 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	if s.kafka, err = kafka.Connect(ctx, kcfg, logger); err != nil {
 		return nil, err
 	}
-	if s.conn, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{TLS: cfg.TLS, OwnCredentials: true}); err != nil {
+	if s.conn, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{TLS: cfg.TLS, ServiceToken: cfg.ServiceToken, TracerProvider: cfg.TracerProvider}); err != nil {
 		return nil, err
 	}
-	ob := outbox.New(s.conn, cfg.ServiceToken)
+	ob := outbox.New(s.conn)
 
 	reg := telemetry.NewRegistry()
 	// A topic less durable than configured does not stop the publisher
@@ -113,21 +110,23 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		BackoffInitial: cfg.BackoffInitial,
 		BackoffMax:     cfg.BackoffMax,
 	}, relay.Deps{
-		Outbox:       ob,
-		Producer:     s.kafka.Producer,
-		DeadLetter:   s.kafka.DeadLetter,
-		Metrics:      relay.NewMetrics(reg),
-		Logger:       logger,
-		Ping:         s.kafka.Ping,
-		OnDeadLetter: letters.Invalidate,
+		TracerProvider: cfg.TracerProvider,
+		Outbox:         ob,
+		Producer:       s.kafka.Producer,
+		DeadLetter:     s.kafka.DeadLetter,
+		Metrics:        relay.NewMetrics(reg),
+		Logger:         logger,
+		Ping:           s.kafka.Ping,
+		OnDeadLetter:   letters.Invalidate,
 	})
 
 	if s.grpc, err = grpcserver.New(grpcserver.Config{Addr: cfg.GRPCAddr, TLS: cfg.TLS}, grpcserver.Options{
-		Service:  "publisher",
-		Logger:   logger,
-		Registry: reg,
-		Auth:     serviceAuth(cfg.ServiceTokens, cfg.ServiceACL),
-		ACL:      cfg.ServiceACL,
+		TracerProvider: cfg.TracerProvider,
+		Service:        "publisher",
+		Logger:         logger,
+		Registry:       reg,
+		Auth:           auth.ServiceHook(cfg.ServiceTokens, cfg.ServiceACL),
+		ACL:            cfg.ServiceACL,
 	}); err != nil {
 		return nil, err
 	}
@@ -155,15 +154,6 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 // that outlives the lease.
 func SendTimeout(d time.Duration) time.Duration {
 	return d / 3
-}
-
-// serviceAuth admits callers presenting one of the configured service
-// tokens, to the methods acl allows them (replaying dead letters republishes
-// events, so not every token holder should reach it).
-func serviceAuth(tokens *auth.ServiceTokens, acl *auth.ACL) func(context.Context, string) (context.Context, error) {
-	return func(ctx context.Context, fullMethod string) (context.Context, error) {
-		return auth.ServiceAuth(ctx, tokens, acl, fullMethod)
-	}
 }
 
 // GRPCAddr is the bound PublisherService address.

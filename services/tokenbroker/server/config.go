@@ -5,6 +5,8 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/config"
 	"github.com/biobridge/bridge/pkg/ratebudget"
@@ -38,6 +40,11 @@ func (v VendorConfig) Configured() bool { return v.ClientID != "" }
 // Config is the token broker's configuration. Each field names its
 // environment variable and default.
 type Config struct {
+	// TracerProvider makes the service's spans; nil is the global one,
+	// which the binary sets up from the OTEL_* variables. Not read from the
+	// environment: devstack gives each service its own, so each keeps its
+	// service.name in one process.
+	TracerProvider trace.TracerProvider
 	// GRPCAddr is TOKENBROKER_GRPC_ADDR (default ":9102").
 	GRPCAddr string
 	// AdminAddr is TOKENBROKER_ADMIN_ADDR (default ":9202"): /metrics,

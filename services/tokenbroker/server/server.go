@@ -27,6 +27,7 @@ import (
 	"github.com/biobridge/bridge/pkg/grpcclient"
 	"github.com/biobridge/bridge/pkg/grpcserver"
 	"github.com/biobridge/bridge/pkg/logging"
+	"github.com/biobridge/bridge/pkg/periodic"
 	"github.com/biobridge/bridge/pkg/pgstore"
 	"github.com/biobridge/bridge/pkg/ratebudget"
 	"github.com/biobridge/bridge/pkg/telemetry"
@@ -45,11 +46,11 @@ const Schema = postgres.Schema
 
 // Migrate applies the broker's embedded migrations to the database at url
 // (pkg/testpg templates, devstack).
-func Migrate(ctx context.Context, url string) error { return postgres.Migrate(ctx, url) }
+func Migrate(ctx context.Context, url string) error { return postgres.Migrations.Migrate(ctx, url) }
 
 // MigrationsVersion changes whenever a migration does (a hash of the
 // migration files), for naming test template databases.
-func MigrationsVersion() string { return postgres.MigrationsVersion() }
+func MigrationsVersion() string { return postgres.Migrations.Version() }
 
 // Server is a running token broker.
 type Server struct {
@@ -139,8 +140,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	var persist persistencev1.PersistenceServiceClient
 	if cfg.PersistenceTarget != "" {
 		s.persistConn, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{
+			TracerProvider:     cfg.TracerProvider,
 			TLS:                cfg.TLS,
-			OwnCredentials:     true,
+			ServiceToken:       cfg.ServiceToken,
 			IdempotentServices: []string{persistencev1.PersistenceService_ServiceDesc.ServiceName},
 		})
 		if err != nil {
@@ -148,7 +150,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		}
 		persist = persistencev1.NewPersistenceServiceClient(s.persistConn)
 	}
-	s.relay = relay.New(relay.Config{Interval: cfg.RelayInterval, ServiceToken: cfg.ServiceToken}, store, persist, s.reg, logger)
+	s.relay = relay.New(relay.Config{Interval: cfg.RelayInterval}, store, persist, s.reg, logger)
 	cache := tokencache.New(s.redis, cfg.RedisKeyPrefix)
 	s.broker, err = broker.New(broker.Config{
 		SafetyMargin: cfg.SafetyMargin, RefreshTimeout: cfg.RefreshTimeout, LockLease: cfg.LockLease,
@@ -164,7 +166,8 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 
 	authn := &grpcapi.Authenticator{Services: services, ACL: acl, Users: users}
 	s.grpc, err = grpcserver.New(grpcserver.Config{Addr: cfg.GRPCAddr, TLS: cfg.TLS}, grpcserver.Options{
-		Service: "tokenbroker", Logger: logger, Registry: s.reg, Auth: authn.Auth, ACL: acl,
+		TracerProvider: cfg.TracerProvider,
+		Service:        "tokenbroker", Logger: logger, Registry: s.reg, Auth: authn.Auth, ACL: acl,
 	})
 	if err != nil {
 		return nil, err
@@ -237,8 +240,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	g.Go(func() error { return s.grpc.Serve(gctx) })
 	g.Go(func() error { return s.admin.Serve(gctx) })
 	g.Go(func() error { s.relay.Run(gctx); return nil })
-	g.Go(func() error { s.every(gctx, s.cfg.ProactiveInterval, s.proactive); return nil })
-	g.Go(func() error { s.every(gctx, time.Minute, s.cleanStates); return nil })
+	g.Go(func() error { periodic.Every(gctx, s.cfg.ProactiveInterval, s.proactive); return nil })
+	g.Go(func() error { periodic.Every(gctx, time.Minute, s.cleanStates); return nil })
 	g.Go(func() error { s.reencrypt(gctx); return nil })
 	err := g.Wait()
 	// A refresh the vendor already answered must reach the store.
@@ -262,6 +265,11 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 }
 
 func (s *Server) close() {
+	if s.grpc != nil {
+		if err := s.grpc.Close(); err != nil {
+			s.log.Warn("close grpc server", "err", err)
+		}
+	}
 	if s.persistConn != nil {
 		if err := s.persistConn.Close(); err != nil {
 			s.log.Warn("close persistence client", "err", err)
@@ -277,20 +285,6 @@ func (s *Server) close() {
 	}
 	if s.pool != nil {
 		s.pool.Close()
-	}
-}
-
-// every runs fn now and then every d until ctx ends.
-func (s *Server) every(ctx context.Context, d time.Duration, fn func(context.Context)) {
-	t := time.NewTicker(d)
-	defer t.Stop()
-	for {
-		fn(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
 	}
 }
 

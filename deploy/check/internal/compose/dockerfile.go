@@ -118,10 +118,7 @@ func Dockerfile(dockerfile, ignore []byte, goWork []byte) error {
 // of its parents ("" when kept). Later "!" patterns re-include, as Docker
 // does.
 func ignored(ignore []byte, path string) string {
-	var parts []string
-	for _, p := range strings.Split(filepath.ToSlash(path), "/") {
-		parts = append(parts, p)
-	}
+	parts := strings.Split(filepath.ToSlash(path), "/")
 	result := ""
 	for _, raw := range strings.Split(string(ignore), "\n") {
 		pat := strings.TrimSpace(raw)

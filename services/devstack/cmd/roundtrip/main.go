@@ -23,8 +23,6 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc/metadata"
-
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
 	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/grpcclient"
@@ -72,16 +70,15 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "pushed %s=%v at %s for %s through %s\n", metric, value, observed.Format(time.RFC3339Nano), *user, *gateway)
 
-	conn, err := grpcclient.Dial(*persistence, grpcclient.Config{DefaultTimeout: 5 * time.Second})
+	conn, err := grpcclient.Dial(*persistence, grpcclient.Config{DefaultTimeout: 5 * time.Second, ServiceToken: *serviceToken})
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }() // reads only: a close error loses nothing
 	client := biometricsv1.NewBiometricsServiceClient(conn)
-	callCtx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+*serviceToken)
 	var last error
 	for {
-		resp, err := client.GetLatest(callCtx, &biometricsv1.GetLatestRequest{UserId: *user, Metrics: []string{metric}})
+		resp, err := client.GetLatest(ctx, &biometricsv1.GetLatestRequest{UserId: *user, Metrics: []string{metric}})
 		if err == nil {
 			for _, v := range resp.GetValues() {
 				if v.GetMetric() == metric && v.GetValue() == value && v.GetObservedAt().AsTime().Equal(observed) {

@@ -119,7 +119,7 @@ func push(addr, authorization string) string {
 	if err != nil {
 		return "dial error"
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	_ = conn.SetDeadline(time.Now().Add(2 * time.Minute))
 	head := "POST /v1/healthkit/samples HTTP/1.1\r\nHost: " + addr + "\r\nContent-Type: application/json\r\n" +
 		"Content-Length: " + strconv.Itoa(stormBodyBytes) + "\r\n"
@@ -179,7 +179,7 @@ func peakRSS(t *testing.T, pid int) int64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	s := bufio.NewScanner(f)
 	for s.Scan() {
 		if rest, ok := strings.CutPrefix(s.Text(), "VmHWM:"); ok {

@@ -39,12 +39,12 @@ func benchFreshness(ctx context.Context, s *stack, o options) ([]benchreport.Res
 	if err != nil {
 		return nil, err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	bconn, err := grpc.NewClient(s.brokerAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, err
 	}
-	defer bconn.Close()
+	defer func() { _ = bconn.Close() }()
 	svc := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+serviceToken)
 	bio := biometricsv1.NewBiometricsServiceClient(conn)
 	base := time.Now().UTC().Add(-3 * time.Hour).Truncate(time.Second)

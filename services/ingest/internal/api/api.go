@@ -15,7 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
@@ -43,8 +42,6 @@ type Deps struct {
 
 // Options are the handler's settings.
 type Options struct {
-	// ServiceToken is presented to persistence.
-	ServiceToken string
 	// MaxSamples caps samples plus deletions per push.
 	MaxSamples int
 	// OuraVerificationToken answers Oura's handshake; empty refuses it.
@@ -86,10 +83,6 @@ func New(deps Deps, opts Options) *Handler {
 	return h
 }
 
-func (h *Handler) outgoing(ctx context.Context) context.Context {
-	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+h.opts.ServiceToken)
-}
-
 // PushHealthKitSamples stores a push for the user of the bearer JWT. The
 // write is synchronous: a 200 means every accepted sample is committed.
 func (h *Handler) PushHealthKitSamples(ctx context.Context, req *ingestv1.PushHealthKitSamplesRequest) (*ingestv1.PushHealthKitSamplesResponse, error) {
@@ -123,7 +116,7 @@ func (h *Handler) PushHealthKitSamples(ctx context.Context, req *ingestv1.PushHe
 	batch := healthkit.Normalize(user, req.GetSamples())
 	resp := &ingestv1.PushHealthKitSamplesResponse{Results: batch.Results}
 	if len(batch.Events) > 0 {
-		out, err := h.deps.Persistence.WriteEvents(h.outgoing(ctx), &persistencev1.WriteEventsRequest{Events: batch.Events})
+		out, err := h.deps.Persistence.WriteEvents(ctx, &persistencev1.WriteEventsRequest{Events: batch.Events})
 		if err != nil {
 			h.pushes.WithLabelValues("storage_error").Inc()
 			return nil, storageError(err)
@@ -140,7 +133,7 @@ func (h *Handler) PushHealthKitSamples(ctx context.Context, req *ingestv1.PushHe
 		for i, uuid := range deleted {
 			refs[i] = &persistencev1.RecordRef{UserId: user, Source: biometricsv1.Source_SOURCE_HEALTHKIT, VendorRecordId: uuid}
 		}
-		out, err := h.deps.Persistence.DeleteRecords(h.outgoing(ctx), &persistencev1.DeleteRecordsRequest{Records: refs})
+		out, err := h.deps.Persistence.DeleteRecords(ctx, &persistencev1.DeleteRecordsRequest{Records: refs})
 		if err != nil {
 			h.pushes.WithLabelValues("storage_error").Inc()
 			return nil, storageError(err)
@@ -233,7 +226,7 @@ func (h *Handler) IngestEvents(ctx context.Context, req *ingestv1.IngestEventsRe
 		return nil, err
 	}
 	defer release()
-	out, err := h.deps.Persistence.WriteEvents(h.outgoing(ctx), &persistencev1.WriteEventsRequest{Events: req.GetEvents()})
+	out, err := h.deps.Persistence.WriteEvents(ctx, &persistencev1.WriteEventsRequest{Events: req.GetEvents()})
 	if err != nil {
 		return nil, storageError(err)
 	}

@@ -33,12 +33,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	tokensv1 "github.com/biobridge/bridge/gen/go/biobridge/tokens/v1"
 	"github.com/biobridge/bridge/pkg/logging"
+	"github.com/biobridge/bridge/pkg/periodic"
 	"github.com/biobridge/bridge/services/ingest/internal/jobs"
 	"github.com/biobridge/bridge/services/ingest/internal/worker"
 )
@@ -46,8 +46,6 @@ import (
 // Config tunes the loops. A zero BackfillDays, ReconcileInterval or
 // StaleAfter turns that part off.
 type Config struct {
-	// ServiceToken is presented to the token broker.
-	ServiceToken string
 	// Owner names this process in reconciliation claims.
 	Owner string
 	// Vendors are the vendors whose series start at zero.
@@ -198,10 +196,6 @@ func New(cfg Config, store *jobs.Store, broker tokensv1.TokenBrokerServiceClient
 		wake: wake, m: m, arrivals: map[arrivalKey]time.Time{}}
 }
 
-func (l *Loops) outgoing(ctx context.Context) context.Context {
-	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+l.cfg.ServiceToken)
-}
-
 // Run runs every enabled loop until ctx ends, then sends the arrivals
 // still pending.
 func (l *Loops) Run(ctx context.Context) error {
@@ -210,7 +204,7 @@ func (l *Loops) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			every(ctx, d, fn)
+			periodic.Every(ctx, d, fn)
 		}()
 	}
 	if l.cfg.BackfillDays > 0 {
@@ -231,20 +225,6 @@ func (l *Loops) Run(ctx context.Context) error {
 	defer cancel()
 	l.reportOnce(fctx)
 	return nil
-}
-
-// every runs fn now and then every d until ctx ends.
-func every(ctx context.Context, d time.Duration, fn func(context.Context)) {
-	t := time.NewTicker(d)
-	defer t.Stop()
-	for {
-		fn(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }
 
 func (l *Loops) failed(ctx context.Context, loop string, err error) {
@@ -330,7 +310,7 @@ func (l *Loops) eachActive(ctx context.Context, since time.Time, fn func(context
 	}
 	n := 0
 	for {
-		resp, err := l.broker.ListActiveConnections(l.outgoing(ctx), req)
+		resp, err := l.broker.ListActiveConnections(ctx, req)
 		if err != nil {
 			return n, fmt.Errorf("list active connections: %w", err)
 		}
@@ -573,7 +553,7 @@ func (l *Loops) scheduleReconcile(ctx context.Context, c *tokensv1.Connection, r
 // --- staleness ---
 
 func (l *Loops) staleOnce(ctx context.Context) {
-	resp, err := l.broker.MarkStaleConnections(l.outgoing(ctx), &tokensv1.MarkStaleConnectionsRequest{StaleAfter: durationpb.New(l.cfg.StaleAfter)})
+	resp, err := l.broker.MarkStaleConnections(ctx, &tokensv1.MarkStaleConnectionsRequest{StaleAfter: durationpb.New(l.cfg.StaleAfter)})
 	if err != nil {
 		l.failed(ctx, "stale", fmt.Errorf("mark stale connections: %w", err))
 		return
@@ -620,7 +600,7 @@ func (l *Loops) reportOnce(ctx context.Context) {
 		if len(batch) == 0 {
 			return
 		}
-		if _, err := l.broker.ReportDataArrival(l.outgoing(ctx), &tokensv1.ReportDataArrivalRequest{Arrivals: batch}); err != nil {
+		if _, err := l.broker.ReportDataArrival(ctx, &tokensv1.ReportDataArrivalRequest{Arrivals: batch}); err != nil {
 			l.m.reportFailures.Inc()
 			if ctx.Err() == nil {
 				l.logger.WarnContext(ctx, "cannot report data arrival", slog.Any("error", err))

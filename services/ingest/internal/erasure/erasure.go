@@ -27,7 +27,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
-	"google.golang.org/grpc/metadata"
 
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
 	tokensv1 "github.com/biobridge/bridge/gen/go/biobridge/tokens/v1"
@@ -45,8 +44,6 @@ var stepNames = map[int]string{stepConnections: "connections", stepJobs: "jobs",
 
 // Config configures an Eraser.
 type Config struct {
-	// ServiceToken is presented to the token broker and persistence.
-	ServiceToken string
 	// Subject turns a user id into the pseudonym the erasures table keys
 	// by (the HMAC keyed with LOG_PSEUDONYM_KEY).
 	Subject func(userID string) string
@@ -162,16 +159,12 @@ func (e *Eraser) erase(ctx context.Context, userID, requestedBy string) (Result,
 	return res, nil
 }
 
-func (e *Eraser) outgoing(ctx context.Context) context.Context {
-	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+e.cfg.ServiceToken)
-}
-
 // eraseConnections has the broker revoke and delete the user's
 // connections, then drops the queued webhooks of those vendor accounts
 // (they carry the vendor's id of the person). Webhooks that arrive later
 // find no connection and are dropped by the worker.
 func (e *Eraser) eraseConnections(ctx context.Context, userID string) ([]string, error) {
-	resp, err := e.broker.DeleteUserData(e.outgoing(ctx), &tokensv1.DeleteUserDataRequest{UserId: userID})
+	resp, err := e.broker.DeleteUserData(ctx, &tokensv1.DeleteUserDataRequest{UserId: userID})
 	if err != nil {
 		return nil, fmt.Errorf("token broker: %w", err)
 	}
@@ -209,7 +202,7 @@ func (e *Eraser) eraseJobs(ctx context.Context, userID string, accounts []*token
 // eraseData has persistence erase the biometric data and publish
 // user_erased.
 func (e *Eraser) eraseData(ctx context.Context, userID, requestedBy string) error {
-	_, err := e.persistence.DeleteUserData(e.outgoing(ctx), &persistencev1.DeleteUserDataRequest{UserId: userID, RequestedBy: requestedBy})
+	_, err := e.persistence.DeleteUserData(ctx, &persistencev1.DeleteUserDataRequest{UserId: userID, RequestedBy: requestedBy})
 	if err != nil {
 		return fmt.Errorf("persistence: %w", err)
 	}

@@ -15,7 +15,6 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"io/fs"
 	"math"
 	"sort"
 	"time"
@@ -25,6 +24,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/biobridge/bridge/pkg/pgstore"
+	"github.com/biobridge/bridge/pkg/truncate"
 )
 
 // Schema is the PostgreSQL schema ingest owns.
@@ -33,24 +33,9 @@ const Schema = "ingest"
 //go:embed migrations/*.sql
 var migrationFiles embed.FS
 
-// Migrate applies ingest's migrations to the database at url.
-func Migrate(ctx context.Context, url string) error {
-	sub, err := fs.Sub(migrationFiles, "migrations")
-	if err != nil {
-		return fmt.Errorf("open ingest migrations: %w", err)
-	}
-	return pgstore.Migrate(ctx, url, sub, Schema)
-}
-
-// MigrationsVersion is a hash of the migration files: test templates built
-// from an older set are not reused.
-func MigrationsVersion() string {
-	sub, err := fs.Sub(migrationFiles, "migrations")
-	if err != nil {
-		return "unknown"
-	}
-	return pgstore.Version(sub)
-}
+// Migrations are ingest's schema migrations; their Version keys test
+// templates, so one built from an older set is not reused.
+var Migrations = pgstore.EmbeddedMigrations(migrationFiles, "migrations", Schema)
 
 // State mirrors ingest.v1.JobState.
 type State int16
@@ -273,14 +258,14 @@ func (s *Store) Retry(ctx context.Context, j Job, delay time.Duration, lastError
 	return s.fenced(ctx, j, "reschedule", `
 		UPDATE ingest.jobs SET state = 1, run_at = now() + $3 * interval '1 microsecond', last_error = $4,
 		       attempts = greatest(attempts - $5, 0), lease_token = NULL, updated_at = now()
-		WHERE id = $1 AND lease_token = $2 AND state = 2`, delay.Microseconds(), truncate(lastError), give)
+		WHERE id = $1 AND lease_token = $2 AND state = 2`, delay.Microseconds(), truncate.UTF8(lastError, maxErrorLen), give)
 }
 
 // Bury marks a held job dead after its last attempt.
 func (s *Store) Bury(ctx context.Context, j Job, lastError string) error {
 	return s.fenced(ctx, j, "bury", `
 		UPDATE ingest.jobs SET state = 4, last_error = $3, lease_token = NULL, finished_at = now(), updated_at = now()
-		WHERE id = $1 AND lease_token = $2 AND state = 2`, truncate(lastError))
+		WHERE id = $1 AND lease_token = $2 AND state = 2`, truncate.UTF8(lastError, maxErrorLen))
 }
 
 // Park sets a held job aside until userID reconnects at the job's vendor:
@@ -291,7 +276,7 @@ func (s *Store) Park(ctx context.Context, j Job, userID string, generation time.
 	return s.fenced(ctx, j, "park", `
 		UPDATE ingest.jobs SET state = 5, park_user_id = $3, park_generation = $4, last_error = $5,
 		       attempts = greatest(attempts - 1, 0), lease_token = NULL, updated_at = now()
-		WHERE id = $1 AND lease_token = $2 AND state = 2`, userID, generation, truncate(reason))
+		WHERE id = $1 AND lease_token = $2 AND state = 2`, userID, generation, truncate.UTF8(reason, maxErrorLen))
 }
 
 // OldestParked returns, per vendor, the oldest connection generation a
@@ -369,13 +354,8 @@ func (s *Store) fenced(ctx context.Context, j Job, what, sql string, args ...any
 
 // truncate keeps last_error short; it never contains PHI (callers pass
 // reasons and status codes, not bodies).
-func truncate(s string) string {
-	const max = 500
-	if len(s) > max {
-		return s[:max]
-	}
-	return s
-}
+// maxErrorLen bounds the last error a job records.
+const maxErrorLen = 500
 
 // Get returns one job.
 func (s *Store) Get(ctx context.Context, id int64) (Job, error) {

@@ -3,6 +3,7 @@ package jobs
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,7 +17,7 @@ import (
 
 func newStore(t *testing.T) (*Store, *pgxpool.Pool) {
 	t.Helper()
-	url := testpg.New(t, "ingest_jobs_"+MigrationsVersion(), Migrate)
+	url := testpg.New(t, "ingest_jobs_"+Migrations.Version(), Migrations.Migrate)
 	pool, err := pgxpool.New(context.Background(), url)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
@@ -398,4 +399,23 @@ func TestParkAndResume(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestLongErrorIsCutOnACharacter: a last error longer than the column's
+// bound is cut on a character boundary. Cut in the middle of "é",
+// PostgreSQL refuses the value as invalid UTF-8 and the job could not be
+// rescheduled at all.
+func TestLongErrorIsCutOnACharacter(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t)
+	ctx := context.Background()
+	id, _, err := s.Enqueue(ctx, job("oura", "long-error"))
+	require.NoError(t, err)
+	leased, err := s.Lease(ctx, "w", 1, time.Minute)
+	require.NoError(t, err)
+	long := strings.Repeat("x", maxErrorLen-1) + "é and more"
+	require.NoError(t, s.Retry(ctx, leased[0], 0, long, true))
+	got, err := s.Get(ctx, id)
+	require.NoError(t, err)
+	assert.Equal(t, strings.Repeat("x", maxErrorLen-1), got.LastError)
 }

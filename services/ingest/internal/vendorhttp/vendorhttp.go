@@ -25,10 +25,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/biobridge/bridge/pkg/telemetry"
 )
 
 // Kind classifies a failed call.
@@ -140,6 +141,8 @@ func IsBackground(ctx context.Context) bool {
 
 // Config configures a Client.
 type Config struct {
+	// TracerProvider makes the spans (default: the global one).
+	TracerProvider trace.TracerProvider
 	// Vendor names the vendor in metrics, spans and errors ("whoop").
 	Vendor string
 	// BaseURL is prepended to every path.
@@ -308,7 +311,7 @@ func New(cfg Config) (*Client, error) {
 		http: &http.Client{Transport: tr, Timeout: cfg.RequestTimeout, CheckRedirect: func(*http.Request, []*http.Request) error {
 			return http.ErrUseLastResponse
 		}},
-		tracer: otel.Tracer("github.com/biobridge/bridge/services/ingest/internal/vendorhttp"),
+		tracer: telemetry.TracerProviderOr(cfg.TracerProvider).Tracer("github.com/biobridge/bridge/services/ingest/internal/vendorhttp"),
 	}, nil
 }
 

@@ -375,7 +375,7 @@ func (f *Fetcher) writeBatch(ctx context.Context, vendor string, events []*persi
 	if len(events) == 0 {
 		return 0, 0, nil
 	}
-	resp, err := f.persistence.WriteEvents(f.outgoing(ctx), &persistencev1.WriteEventsRequest{Events: events})
+	resp, err := f.persistence.WriteEvents(ctx, &persistencev1.WriteEventsRequest{Events: events})
 	if err != nil {
 		return 0, 0, grpcFailure("write events", err)
 	}

@@ -10,7 +10,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
@@ -54,8 +53,6 @@ const (
 
 // FetchConfig tunes the webhook handler.
 type FetchConfig struct {
-	// ServiceToken is presented to the token broker and persistence.
-	ServiceToken string
 	// PendingDelay is how long to wait before looking at a PENDING_SCORE
 	// record again (default 5m).
 	PendingDelay time.Duration
@@ -130,10 +127,6 @@ func (f *Fetcher) noteArrival(user, vendor string) {
 	if f.arrivals != nil {
 		f.arrivals.Note(user, vendor)
 	}
-}
-
-func (f *Fetcher) outgoing(ctx context.Context) context.Context {
-	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+f.cfg.ServiceToken)
 }
 
 // Handle implements Handler for KindWebhook.
@@ -323,7 +316,7 @@ func (c connection) settle(outcome string, err error) (string, error) {
 // conn.user is "" when the job ends here (outcome, nil) or must be retried
 // (err).
 func (f *Fetcher) resolve(ctx context.Context, vendor, vendorUserID string) (conn connection, outcome string, err error) {
-	resp, err := f.tokens.ResolveVendorUser(f.outgoing(ctx), &tokensv1.ResolveVendorUserRequest{Vendor: vendor, VendorUserId: vendorUserID})
+	resp, err := f.tokens.ResolveVendorUser(ctx, &tokensv1.ResolveVendorUserRequest{Vendor: vendor, VendorUserId: vendorUserID})
 	if err != nil {
 		if status.Code(err) == codes.NotFound {
 			// Nobody connected this vendor account (or the connection was
@@ -361,7 +354,7 @@ var (
 // empty, is the token the vendor just refused: the broker refreshes early
 // if it is still the current one, or hands out its replacement.
 func (f *Fetcher) token(ctx context.Context, user, vendor, rejected string) (string, error) {
-	resp, err := f.tokens.GetAccessToken(f.outgoing(ctx), &tokensv1.GetAccessTokenRequest{UserId: user, Vendor: vendor, RejectedAccessToken: rejected})
+	resp, err := f.tokens.GetAccessToken(ctx, &tokensv1.GetAccessTokenRequest{UserId: user, Vendor: vendor, RejectedAccessToken: rejected})
 	if err != nil {
 		switch status.Code(err) {
 		case codes.FailedPrecondition:
@@ -408,7 +401,7 @@ func (f *Fetcher) write(ctx context.Context, vendor string, ev *persistencev1.Ev
 		f.writes.WithLabelValues(vendor, ev.GetKind(), OutcomeNoReadings).Inc()
 		return OutcomeNoReadings, nil
 	}
-	resp, err := f.persistence.WriteEvents(f.outgoing(ctx), &persistencev1.WriteEventsRequest{Events: []*persistencev1.EventInput{ev}})
+	resp, err := f.persistence.WriteEvents(ctx, &persistencev1.WriteEventsRequest{Events: []*persistencev1.EventInput{ev}})
 	if err != nil {
 		return "", grpcFailure("write events", err)
 	}
@@ -451,7 +444,7 @@ func (f *Fetcher) logRejection(ctx context.Context, vendor, kind, reason string)
 }
 
 func (f *Fetcher) delete(ctx context.Context, vendor, kind, user string, source biometricsv1.Source, id string) (string, error) {
-	resp, err := f.persistence.DeleteRecords(f.outgoing(ctx), &persistencev1.DeleteRecordsRequest{
+	resp, err := f.persistence.DeleteRecords(ctx, &persistencev1.DeleteRecordsRequest{
 		Records: []*persistencev1.RecordRef{{UserId: user, Source: source, VendorRecordId: id}},
 	})
 	if err != nil {

@@ -75,7 +75,7 @@ func (n *Notifier) Handle(ctx context.Context, j jobs.Job) (string, error) {
 	if !ok {
 		return "", &Permanent{Reason: "unknown connection event type " + e.Type}
 	}
-	_, err := n.f.tokens.RecordConnectionEvent(n.f.outgoing(ctx), &tokensv1.RecordConnectionEventRequest{
+	_, err := n.f.tokens.RecordConnectionEvent(ctx, &tokensv1.RecordConnectionEventRequest{
 		Event: &biometricsv1.ConnectionEvent{
 			EventId: e.EventID, UserId: e.UserID, Vendor: e.Vendor, Type: typ,
 			OccurredAt: timestamppb.New(e.OccurredAt), Reason: e.Reason,

@@ -24,11 +24,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/biobridge/bridge/pkg/telemetry"
 	"github.com/biobridge/bridge/services/ingest/internal/jobs"
 )
 
@@ -94,6 +94,8 @@ func (p *Park) Error() string { return p.Reason }
 
 // Config tunes the pool.
 type Config struct {
+	// TracerProvider makes the spans (default: the global one).
+	TracerProvider trace.TracerProvider
 	// Owner identifies this process in lease_owner (host and pid).
 	Owner string
 	// Workers is how many jobs run at once (default 8).
@@ -184,7 +186,7 @@ type Pool struct {
 func NewPool(store *jobs.Store, handlers map[string]Handler, cfg Config, reg prometheus.Registerer, logger *slog.Logger) *Pool {
 	cfg.setDefaults()
 	p := &Pool{cfg: cfg, store: store, handlers: handlers, logger: logger, m: newPoolMetrics(reg), wake: make(chan struct{}, 1),
-		tracer: otel.Tracer("github.com/biobridge/bridge/services/ingest/internal/worker")}
+		tracer: telemetry.TracerProviderOr(cfg.TracerProvider).Tracer("github.com/biobridge/bridge/services/ingest/internal/worker")}
 	p.initDepth()
 	for _, v := range cfg.Vendors {
 		for kind := range handlers {

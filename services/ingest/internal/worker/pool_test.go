@@ -22,7 +22,7 @@ import (
 
 func newStore(t *testing.T) *jobs.Store {
 	t.Helper()
-	url := testpg.New(t, "ingest_jobs_"+jobs.MigrationsVersion(), jobs.Migrate)
+	url := testpg.New(t, "ingest_jobs_"+jobs.Migrations.Version(), jobs.Migrations.Migrate)
 	pool, err := pgxpool.New(context.Background(), url)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)

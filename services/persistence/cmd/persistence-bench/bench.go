@@ -18,12 +18,12 @@ import (
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
 	"github.com/biobridge/bridge/pkg/benchreport"
+	"github.com/biobridge/bridge/pkg/grpcclient"
 	"github.com/biobridge/bridge/services/persistence/server"
 )
 
@@ -54,7 +54,8 @@ func start(ctx context.Context, cfg server.Config, logger *slog.Logger) (*runnin
 	}
 	r := &running{srv: srv, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- srv.Serve(sctx) }()
-	r.conn, err = grpc.NewClient(srv.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	r.conn, err = grpc.NewClient(srv.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(grpcclient.ServiceCredentials(benchToken)))
 	if err != nil {
 		_ = r.stop()
 		return nil, err
@@ -176,16 +177,11 @@ func (r result) p99() float64 {
 	return float64(r.lat[len(r.lat)*99/100].Microseconds()) / 1000
 }
 
-func authed(ctx context.Context) context.Context {
-	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+benchToken)
-}
-
 // bulkWrite: one caller sends WriteEvents of 500 events x 20 readings;
 // the baseline COPYs rows of the same shape, in batches of the same size,
 // into a plain table with the readings table's columns and primary key.
 func (b *bench) bulkWrite(ctx context.Context) ([]benchreport.Result, error) {
 	client := persistencev1.NewPersistenceServiceClient(b.main.conn)
-	actx := authed(ctx)
 	base := time.Now().Add(-30 * 24 * time.Hour).Truncate(time.Second)
 	// Calls and copies are numbered so every row is distinct.
 	var calls, copies atomic.Int64
@@ -229,7 +225,7 @@ func (b *bench) bulkWrite(ctx context.Context) ([]benchreport.Result, error) {
 	}
 	ours := func(d time.Duration) (int, time.Duration, []time.Duration, error) {
 		return concurrently(d, func() (int, error) {
-			resp, err := client.WriteEvents(actx, makeBatch())
+			resp, err := client.WriteEvents(ctx, makeBatch())
 			if err != nil {
 				return 0, fmt.Errorf("bulk WriteEvents: %w", err)
 			}
@@ -292,10 +288,9 @@ func (b *bench) groupCommit(ctx context.Context) ([]benchreport.Result, error) {
 			var wg sync.WaitGroup
 			for c := range groupCommitCallers {
 				wg.Go(func() {
-					actx := authed(ctx)
 					for time.Now().Before(deadline) {
 						i := seq.Add(1)
-						_, err := client.WriteEvents(actx, &persistencev1.WriteEventsRequest{Events: []*persistencev1.EventInput{{
+						_, err := client.WriteEvents(ctx, &persistencev1.WriteEventsRequest{Events: []*persistencev1.EventInput{{
 							UserId: fmt.Sprintf("%s-user-%d", tag, c), Source: biometricsv1.Source_SOURCE_HEALTHKIT, Kind: "sample",
 							VendorRecordId: fmt.Sprintf("%s-%d", tag, i),
 							Readings: []*biometricsv1.Reading{{Metric: "heart_rate_bpm", Value: 60 + float64(i%40),
@@ -330,7 +325,6 @@ func (b *bench) groupCommit(ctx context.Context) ([]benchreport.Result, error) {
 func (b *bench) getLatest(ctx context.Context) ([]benchreport.Result, error) {
 	pclient := persistencev1.NewPersistenceServiceClient(b.main.conn)
 	bclient := biometricsv1.NewBiometricsServiceClient(b.main.conn)
-	actx := authed(ctx)
 	metrics := []string{"heart_rate_bpm", "hrv_rmssd_ms", "resting_heart_rate_bpm", "spo2_pct", "respiratory_rate_brpm"}
 	users := make([]string, latestUsers)
 	req := &persistencev1.WriteEventsRequest{}
@@ -343,11 +337,11 @@ func (b *bench) getLatest(ctx context.Context) ([]benchreport.Result, error) {
 		req.Events = append(req.Events, &persistencev1.EventInput{UserId: users[i], Source: biometricsv1.Source_SOURCE_OURA,
 			Kind: "daily", VendorRecordId: "day-1", Readings: rs})
 	}
-	if _, err := pclient.WriteEvents(actx, req); err != nil {
+	if _, err := pclient.WriteEvents(ctx, req); err != nil {
 		return nil, fmt.Errorf("seed latest users: %w", err)
 	}
 	for _, u := range users { // warm the cache
-		if _, err := bclient.GetLatest(actx, &biometricsv1.GetLatestRequest{UserId: u}); err != nil {
+		if _, err := bclient.GetLatest(ctx, &biometricsv1.GetLatestRequest{UserId: u}); err != nil {
 			return nil, fmt.Errorf("warm GetLatest: %w", err)
 		}
 	}
@@ -361,10 +355,9 @@ func (b *bench) getLatest(ctx context.Context) ([]benchreport.Result, error) {
 			for c := range latestConcurrency {
 				wg.Go(func() {
 					rng := rand.New(rand.NewPCG(uint64(c), uint64(start.UnixNano())))
-					cctx := authed(ctx)
 					for time.Now().Before(deadline) {
 						t0 := time.Now()
-						if err := op(cctx, users[rng.IntN(len(users))]); err != nil {
+						if err := op(ctx, users[rng.IntN(len(users))]); err != nil {
 							errs[c] = err
 							return
 						}

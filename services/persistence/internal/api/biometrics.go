@@ -22,6 +22,7 @@ import (
 	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/catalog"
 	"github.com/biobridge/bridge/pkg/logging"
+	"github.com/biobridge/bridge/pkg/truncate"
 	"github.com/biobridge/bridge/services/persistence/internal/latestcache"
 	"github.com/biobridge/bridge/services/persistence/internal/metrics"
 	"github.com/biobridge/bridge/services/persistence/internal/record"
@@ -105,7 +106,7 @@ func metricFilter(names []string) (map[string]bool, error) {
 	f := make(map[string]bool, len(names))
 	for _, n := range names {
 		if _, ok := catalog.Lookup(n); !ok {
-			return nil, apperr.E(apperr.Invalid, catalog.ReasonUnknownMetric, fmt.Sprintf("metric %q is not in the catalog", truncate(n, 64)))
+			return nil, apperr.E(apperr.Invalid, catalog.ReasonUnknownMetric, fmt.Sprintf("metric %q is not in the catalog", truncate.UTF8(n, 64)))
 		}
 		f[n] = true
 	}
@@ -195,7 +196,7 @@ func (b *Biometrics) QueryReadings(ctx context.Context, req *biometricsv1.QueryR
 	}
 	m, ok := catalog.Lookup(req.GetMetric())
 	if !ok {
-		return nil, apperr.E(apperr.Invalid, catalog.ReasonUnknownMetric, fmt.Sprintf("metric %q is not in the catalog", truncate(req.GetMetric(), 64)))
+		return nil, apperr.E(apperr.Invalid, catalog.ReasonUnknownMetric, fmt.Sprintf("metric %q is not in the catalog", truncate.UTF8(req.GetMetric(), 64)))
 	}
 	var start time.Time
 	if req.GetStart() != nil {

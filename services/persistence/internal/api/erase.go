@@ -7,6 +7,7 @@ import (
 	"github.com/biobridge/bridge/pkg/apperr"
 	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/logging"
+	"github.com/biobridge/bridge/pkg/truncate"
 	"github.com/biobridge/bridge/services/persistence/internal/record"
 )
 
@@ -28,7 +29,7 @@ func (p *Persistence) DeleteUserData(ctx context.Context, req *persistencev1.Del
 	if by == "" {
 		by = auth.Caller(ctx)
 	}
-	out, err := p.store.EraseUser(ctx, user, truncate(by, 128))
+	out, err := p.store.EraseUser(ctx, user, truncate.UTF8(by, 128))
 	if err != nil {
 		return nil, writeError(err)
 	}

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
-	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -21,6 +20,7 @@ import (
 	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/groupcommit"
 	"github.com/biobridge/bridge/pkg/telemetry"
+	"github.com/biobridge/bridge/pkg/truncate"
 	"github.com/biobridge/bridge/services/persistence/internal/metrics"
 	"github.com/biobridge/bridge/services/persistence/internal/record"
 	"github.com/biobridge/bridge/services/persistence/internal/store"
@@ -40,28 +40,6 @@ const (
 	MaxRetryAfter        = time.Hour
 	maxErrorLen          = 1000
 )
-
-// ServiceAuth authenticates every call with a service token
-// ("authorization: Bearer <token>", compared in constant time by
-// auth.ServiceTokens), checks that acl lets that caller call fullMethod
-// (SERVICE_ACL: the agents' read token must not write, delete or drain the
-// outbox) and puts the caller's name in the context.
-func ServiceAuth(tokens *auth.ServiceTokens, acl *auth.ACL) func(ctx context.Context, fullMethod string) (context.Context, error) {
-	return func(ctx context.Context, fullMethod string) (context.Context, error) {
-		tok := auth.BearerToken(ctx)
-		if tok == "" {
-			return nil, apperr.E(apperr.Unauthenticated, auth.ReasonMissingToken, "missing service token")
-		}
-		name, ok := tokens.Authenticate(tok)
-		if !ok {
-			return nil, apperr.E(apperr.Unauthenticated, auth.ReasonInvalidToken, "invalid service token")
-		}
-		if err := acl.Check(name, fullMethod); err != nil {
-			return nil, err
-		}
-		return auth.WithCaller(ctx, name), nil
-	}
-}
 
 // Persistence implements PersistenceService.
 type Persistence struct {
@@ -105,7 +83,7 @@ func (p *Persistence) WriteEvents(ctx context.Context, req *persistencev1.WriteE
 		res := &persistencev1.WriteResult{Index: int32(i)}
 		for _, r := range rejected {
 			res.RejectedReadings = append(res.RejectedReadings, &persistencev1.ReadingRejection{
-				Index: int32(r.Index), Metric: truncate(r.Metric, 128), Reason: r.Reason, Message: r.Message,
+				Index: int32(r.Index), Metric: truncate.UTF8(r.Metric, 128), Reason: r.Reason, Message: r.Message,
 			})
 			p.m.Rejections.WithLabelValues("reading", r.Reason).Inc()
 		}
@@ -276,7 +254,7 @@ func (p *Persistence) LeaseOutbox(ctx context.Context, req *persistencev1.LeaseO
 		d = min(max(req.GetLeaseDuration().AsDuration(), MinLeaseDuration), MaxLeaseDuration)
 	}
 	wait := min(max(req.GetWaitTimeout().AsDuration(), 0), MaxLeaseWait)
-	holder := truncate(req.GetHolder(), 128)
+	holder := truncate.UTF8(req.GetHolder(), 128)
 	if holder == "" {
 		holder = auth.Caller(ctx)
 	}
@@ -362,7 +340,7 @@ func (p *Persistence) NackOutbox(ctx context.Context, req *persistencev1.NackOut
 		return &persistencev1.NackOutboxResponse{}, nil
 	}
 	retry := min(max(req.GetRetryAfter().AsDuration(), 0), MaxRetryAfter)
-	n, err := p.store.Nack(ctx, token, req.GetIds(), truncate(req.GetError(), maxErrorLen), retry, req.GetAttempted())
+	n, err := p.store.Nack(ctx, token, req.GetIds(), truncate.UTF8(req.GetError(), maxErrorLen), retry, req.GetAttempted())
 	if err != nil {
 		return nil, apperr.Wrap(err, apperr.Unavailable, "storage_unavailable", "could not release, retry")
 	}
@@ -380,16 +358,4 @@ func (p *Persistence) GetOutboxStats(ctx context.Context, _ *persistencev1.GetOu
 		resp.OldestPendingAt = timestamppb.New(st.OldestPending)
 	}
 	return resp, nil
-}
-
-// truncate cuts s to at most n bytes on a rune boundary.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	s = s[:n]
-	for !utf8.ValidString(s) {
-		s = s[:len(s)-1]
-	}
-	return s
 }

@@ -18,7 +18,6 @@ import (
 	"embed"
 	"errors"
 	"hash/fnv"
-	"io/fs"
 	"log/slog"
 	"slices"
 	"strings"
@@ -42,20 +41,11 @@ const NotifyChannel = "biometrics_outbox"
 //go:embed migrations/*.sql
 var migrationFiles embed.FS
 
-// Migrations returns the embedded migrations (files at the root).
-func Migrations() (fs.FS, error) {
-	return fs.Sub(migrationFiles, "migrations")
-}
+var migrations = pgstore.EmbeddedMigrations(migrationFiles, "migrations", Schema)
 
 // MigrationsVersion is a hash of the embedded migration files. Test
 // templates are keyed by it, so a changed migration builds a new template.
-var MigrationsVersion = func() string {
-	sub, err := Migrations()
-	if err != nil {
-		return "unknown"
-	}
-	return pgstore.Version(sub)
-}()
+var MigrationsVersion = migrations.Version()
 
 // Migrate applies the migrations to url (advisory-locked by golang-migrate,
 // so replicas starting together do not race) and creates the time
@@ -75,11 +65,7 @@ func Migrate(ctx context.Context, url string, monthsAhead int) error {
 
 // MigrateSchema applies the embedded migrations (no partitions).
 func MigrateSchema(ctx context.Context, url string) error {
-	files, err := Migrations()
-	if err != nil {
-		return err
-	}
-	return pgstore.Migrate(ctx, url, files, Schema)
+	return migrations.Migrate(ctx, url)
 }
 
 // Store is the PostgreSQL store.

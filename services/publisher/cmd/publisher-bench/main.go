@@ -48,6 +48,7 @@ import (
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
 	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/benchreport"
+	"github.com/biobridge/bridge/pkg/grpcclient"
 	"github.com/biobridge/bridge/pkg/pgstore"
 	persistence "github.com/biobridge/bridge/services/persistence/server"
 	"github.com/biobridge/bridge/services/publisher/internal/kafka"
@@ -195,12 +196,13 @@ func startStack(ctx context.Context, o options, logger *slog.Logger) (_ *stack, 
 		return nil, err
 	}
 	s.cleanup = append(s.cleanup, s.pers.Stop)
-	if s.conn, err = grpc.NewClient(s.pers.Addr, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+	if s.conn, err = grpc.NewClient(s.pers.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(grpcclient.ServiceCredentials(testenv.Token))); err != nil {
 		return nil, err
 	}
 	s.cleanup = append(s.cleanup, s.conn.Close)
-	s.writer = testenv.NewWriter(s.conn, testenv.Token)
-	s.outbox = outbox.New(s.conn, testenv.Token)
+	s.writer = testenv.NewWriter(s.conn)
+	s.outbox = outbox.New(s.conn)
 	tokens, err := auth.ParseServiceTokens("bench:" + testenv.Token)
 	if err != nil {
 		return nil, err

@@ -15,6 +15,7 @@ import (
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
 	"github.com/biobridge/bridge/pkg/telemetry"
+	"github.com/biobridge/bridge/pkg/truncate"
 )
 
 // CloudEvents Kafka binary binding headers (CloudEvents 1.0, Kafka protocol
@@ -183,7 +184,7 @@ func DeadLetter(orig *sarama.ProducerMessage, info DeadLetterInfo) *sarama.Produ
 	}
 	headers = append(headers,
 		header(HeaderDLQReason, info.Reason),
-		header(HeaderDLQError, truncate(info.Error, 512)),
+		header(HeaderDLQError, truncate.UTF8(info.Error, 512)),
 		header(HeaderDLQAttempts, strconv.Itoa(info.Attempts)),
 		header(HeaderDLQFailedAt, info.FailedAt.UTC().Format(time.RFC3339Nano)),
 		header(HeaderDLQOriginalTopic, orig.Topic),
@@ -213,11 +214,4 @@ func ReplayMarker(key []byte, eventID string, at time.Time) *sarama.ProducerMess
 			header(HeaderDLQReplayAt, at.UTC().Format(time.RFC3339Nano)),
 		},
 	}
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
 }

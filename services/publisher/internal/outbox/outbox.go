@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
@@ -18,17 +17,13 @@ import (
 
 // Client calls the outbox RPCs.
 type Client struct {
-	rpc   persistencev1.PersistenceServiceClient
-	token string
+	rpc persistencev1.PersistenceServiceClient
 }
 
-// New returns a client over conn that presents token as bearer.
-func New(conn grpc.ClientConnInterface, token string) *Client {
-	return &Client{rpc: persistencev1.NewPersistenceServiceClient(conn), token: token}
-}
-
-func (c *Client) auth(ctx context.Context) context.Context {
-	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+c.token)
+// New returns a client over conn, which carries the service token
+// (grpcclient.Config.ServiceToken).
+func New(conn grpc.ClientConnInterface) *Client {
+	return &Client{rpc: persistencev1.NewPersistenceServiceClient(conn)}
 }
 
 // Lease is one leased batch.
@@ -59,7 +54,7 @@ func (c *Client) Lease(ctx context.Context, req LeaseRequest) (Lease, error) {
 	ctx, cancel := context.WithTimeout(ctx, req.Wait+rpcSlack)
 	defer cancel()
 	sent := time.Now()
-	resp, err := c.rpc.LeaseOutbox(c.auth(ctx), &persistencev1.LeaseOutboxRequest{
+	resp, err := c.rpc.LeaseOutbox(ctx, &persistencev1.LeaseOutboxRequest{
 		Holder:        req.Holder,
 		MaxEntries:    int32(req.MaxEntries),
 		LeaseDuration: durationpb.New(req.Duration),
@@ -94,7 +89,7 @@ const legacyAnswerBound = time.Second
 // its entries any more.
 func (c *Client) Renew(ctx context.Context, token string, d time.Duration) (expires time.Time, ok bool, err error) {
 	sent := time.Now()
-	resp, err := c.rpc.RenewOutboxLease(c.auth(ctx), &persistencev1.RenewOutboxLeaseRequest{
+	resp, err := c.rpc.RenewOutboxLease(ctx, &persistencev1.RenewOutboxLeaseRequest{
 		LeaseToken:    token,
 		LeaseDuration: durationpb.New(d),
 	})
@@ -109,7 +104,7 @@ func (c *Client) Renew(ctx context.Context, token string, d time.Duration) (expi
 
 // Ack marks ids published and returns how many were still leased.
 func (c *Client) Ack(ctx context.Context, token string, ids []int64) (int, error) {
-	resp, err := c.rpc.AckOutbox(c.auth(ctx), &persistencev1.AckOutboxRequest{LeaseToken: token, Ids: ids})
+	resp, err := c.rpc.AckOutbox(ctx, &persistencev1.AckOutboxRequest{LeaseToken: token, Ids: ids})
 	if err != nil {
 		return 0, fmt.Errorf("ack outbox: %w", err)
 	}
@@ -120,7 +115,7 @@ func (c *Client) Ack(ctx context.Context, token string, ids []int64) (int, error
 // attempted says the first of ids per key was sent and failed (it counts
 // as a publish attempt); false gives back entries that were never sent.
 func (c *Client) Nack(ctx context.Context, token string, ids []int64, reason string, retryAfter time.Duration, attempted bool) (int, error) {
-	resp, err := c.rpc.NackOutbox(c.auth(ctx), &persistencev1.NackOutboxRequest{
+	resp, err := c.rpc.NackOutbox(ctx, &persistencev1.NackOutboxRequest{
 		LeaseToken: token,
 		Ids:        ids,
 		Error:      reason,
@@ -143,7 +138,7 @@ type Stats struct {
 
 // Stats reports the backlog.
 func (c *Client) Stats(ctx context.Context) (Stats, error) {
-	resp, err := c.rpc.GetOutboxStats(c.auth(ctx), &persistencev1.GetOutboxStatsRequest{})
+	resp, err := c.rpc.GetOutboxStats(ctx, &persistencev1.GetOutboxStatsRequest{})
 	if err != nil {
 		return Stats{}, fmt.Errorf("outbox stats: %w", err)
 	}

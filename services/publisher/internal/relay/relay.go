@@ -484,7 +484,6 @@ func (r *Relay) sendWave(ctx context.Context, b *batch, wave []*item) {
 				r.pop(b, it)
 				continue
 			} else {
-				err = dlErr
 				f = kafka.Classify(dlErr)
 			}
 		}

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
+	"github.com/biobridge/bridge/pkg/grpcclient"
 	"github.com/biobridge/bridge/services/publisher/internal/kafka"
 	"github.com/biobridge/bridge/services/publisher/internal/outbox"
 	"github.com/biobridge/bridge/services/publisher/internal/relay"
@@ -46,7 +47,7 @@ func newRelay(t *testing.T, cc grpc.ClientConnInterface, k *kafka.Conn, cfg rela
 	t.Helper()
 	cfg.SendBound = kafka.SendBound(k.Client.Config())
 	return relay.New(cfg, relay.Deps{
-		Outbox:     outbox.New(cc, testenv.Token),
+		Outbox:     outbox.New(cc),
 		Producer:   k.Producer,
 		DeadLetter: k.DeadLetter,
 		Metrics:    relay.NewMetrics(prometheus.NewRegistry()),
@@ -95,6 +96,7 @@ func TestCrashBeforeAck(t *testing.T) {
 	var dropped atomic.Int64
 	crashing, err := grpc.NewClient(env.Persistence.Addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(grpcclient.ServiceCredentials(testenv.Token)),
 		grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 			if method == persistencev1.PersistenceService_AckOutbox_FullMethodName ||
 				method == persistencev1.PersistenceService_NackOutbox_FullMethodName {
@@ -116,7 +118,7 @@ func TestCrashBeforeAck(t *testing.T) {
 	run(t, newRelay(t, env.Conn, k, cfg))
 	require.Eventually(t, func() bool { return c.Distinct() == total }, 60*time.Second, 50*time.Millisecond, "no event lost")
 	require.NoError(t, testenv.CheckOrder(c.Messages(), env.Writer.Written()))
-	ob := outbox.New(env.Conn, testenv.Token)
+	ob := outbox.New(env.Conn)
 	require.Eventually(t, func() bool {
 		st, err := ob.Stats(t.Context())
 		return err == nil && st.Pending == 0

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/biobridge/bridge/pkg/auth"
+	"github.com/biobridge/bridge/pkg/grpcclient"
 	"github.com/biobridge/bridge/pkg/service"
 	"github.com/biobridge/bridge/pkg/testpg"
 	persistence "github.com/biobridge/bridge/services/persistence/server"
@@ -66,7 +67,7 @@ func (p *Persistence) Stop() error { return p.stop() }
 type Env struct {
 	t           testing.TB
 	Persistence *Persistence
-	// Conn is a plain connection to the persistence service.
+	// Conn is a connection to the persistence service that presents Token.
 	Conn   *grpc.ClientConn
 	Writer *Writer
 	// Proxy sits between every Kafka client and the broker when
@@ -106,7 +107,8 @@ func New(t testing.TB, opts Options) *Env {
 			t.Errorf("stop persistence: %v", err)
 		}
 	})
-	conn, err := grpc.NewClient(p.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(p.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(grpcclient.ServiceCredentials(Token)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +117,7 @@ func New(t testing.TB, opts Options) *Env {
 		t:           t,
 		Persistence: p,
 		Conn:        conn,
-		Writer:      NewWriter(conn, Token),
+		Writer:      NewWriter(conn),
 		DatabaseURL: dbURL,
 		brokerCfg: kafkadev.Config{
 			Addr:          "127.0.0.1:0",

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
@@ -19,8 +18,7 @@ import (
 // per-user order on the topic. Each user's events are written in sequence
 // (one call commits before the next), so write order is commit order.
 type Writer struct {
-	rpc   persistencev1.PersistenceServiceClient
-	token string
+	rpc persistencev1.PersistenceServiceClient
 
 	mu  sync.Mutex
 	seq map[string]int
@@ -28,11 +26,10 @@ type Writer struct {
 	committed map[string]time.Time
 }
 
-// NewWriter returns a writer over conn presenting token.
-func NewWriter(conn grpc.ClientConnInterface, token string) *Writer {
+// NewWriter returns a writer over conn, which carries the service token.
+func NewWriter(conn grpc.ClientConnInterface) *Writer {
 	return &Writer{
 		rpc:       persistencev1.NewPersistenceServiceClient(conn),
-		token:     token,
 		seq:       map[string]int{},
 		committed: map[string]time.Time{},
 	}
@@ -74,7 +71,6 @@ func (w *Writer) Event(user string, readings int) *persistencev1.EventInput {
 // Write stores events in one WriteEvents call and fails unless every one
 // was inserted. It returns the event ids in order.
 func (w *Writer) Write(ctx context.Context, events []*persistencev1.EventInput) ([]string, error) {
-	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+w.token)
 	resp, err := w.rpc.WriteEvents(ctx, &persistencev1.WriteEventsRequest{Events: events})
 	if err != nil {
 		return nil, fmt.Errorf("write events: %w", err)

@@ -40,7 +40,7 @@ type world struct {
 func newWorld(t *testing.T, emuCfg vendoremu.Config) *world {
 	t.Helper()
 	ctx := context.Background()
-	pgURL := testpg.New(t, "tokenbroker_"+postgres.MigrationsVersion(), postgres.Migrate)
+	pgURL := testpg.New(t, "tokenbroker_"+postgres.Migrations.Version(), postgres.Migrations.Migrate)
 	pool, err := pgstore.Connect(ctx, pgURL, nil)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)

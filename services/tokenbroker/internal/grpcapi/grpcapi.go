@@ -70,7 +70,7 @@ func (a *Authenticator) Auth(ctx context.Context, fullMethod string) (context.Co
 	case accessState:
 		return ctx, nil
 	}
-	return nil, apperr.E(apperr.PermissionDenied, "method_not_allowed", "method not allowed")
+	return nil, auth.MethodNotListed(fullMethod)
 }
 
 // Service implements TokenBrokerServiceServer.

@@ -22,16 +22,8 @@ func (s *Store) ListActive(ctx context.Context, since time.Time, after Key, limi
 	if err != nil {
 		return nil, fmt.Errorf("list active connections: %w", err)
 	}
-	defer rows.Close()
-	var out []*Connection
-	for rows.Next() {
-		c, err := scanConnection(rows)
-		if err != nil {
-			return nil, fmt.Errorf("scan connection: %w", err)
-		}
-		out = append(out, c)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := pgx.CollectRows(rows, collectConnection)
+	if err != nil {
 		return nil, fmt.Errorf("list active connections: %w", err)
 	}
 	return out, nil

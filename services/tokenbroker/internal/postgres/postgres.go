@@ -15,7 +15,6 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"io/fs"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/biobridge/bridge/pkg/logging"
 	"github.com/biobridge/bridge/pkg/pgstore"
+	"github.com/biobridge/bridge/pkg/truncate"
 )
 
 // Schema is the PostgreSQL schema the broker owns.
@@ -32,24 +32,8 @@ const Schema = "tokens"
 //go:embed migrations/*.sql
 var migrationFiles embed.FS
 
-// Migrate applies the embedded migrations to the database at url.
-func Migrate(ctx context.Context, url string) error {
-	sub, err := fs.Sub(migrationFiles, "migrations")
-	if err != nil {
-		return fmt.Errorf("open embedded migrations: %w", err)
-	}
-	return pgstore.Migrate(ctx, url, sub, Schema)
-}
-
-// MigrationsVersion is a short hash of every migration file: it changes
-// whenever a migration does, which is what test template names need.
-func MigrationsVersion() string {
-	sub, err := fs.Sub(migrationFiles, "migrations")
-	if err != nil {
-		return "unknown"
-	}
-	return pgstore.Version(sub)
-}
+// Migrations are the broker's schema migrations.
+var Migrations = pgstore.EmbeddedMigrations(migrationFiles, "migrations", Schema)
 
 // Status values of the connections table.
 const (
@@ -157,6 +141,9 @@ const connectionColumns = `user_id, vendor, vendor_user_id, status, scopes, key_
 	connected_at, last_refresh_at, last_used_at, last_data_at, stale,
 	coalesce(refresh_claim_owner, ''), refresh_claim_until`
 
+// collectConnection is scanConnection for pgx.CollectRows.
+func collectConnection(row pgx.CollectableRow) (*Connection, error) { return scanConnection(row) }
+
 func scanConnection(row pgx.Row) (*Connection, error) {
 	var c Connection
 	var keyID *string
@@ -208,16 +195,8 @@ func (s *Store) List(ctx context.Context, userID string) ([]*Connection, error) 
 	if err != nil {
 		return nil, fmt.Errorf("list connections: %w", err)
 	}
-	defer rows.Close()
-	var out []*Connection
-	for rows.Next() {
-		c, err := scanConnection(rows)
-		if err != nil {
-			return nil, fmt.Errorf("scan connection: %w", err)
-		}
-		out = append(out, c)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := pgx.CollectRows(rows, collectConnection)
+	if err != nil {
 		return nil, fmt.Errorf("list connections: %w", err)
 	}
 	return out, nil
@@ -432,16 +411,8 @@ func (s *Store) StaleKeyRows(ctx context.Context, primary string, after Key, lim
 	if err != nil {
 		return nil, fmt.Errorf("list connections to re-encrypt: %w", err)
 	}
-	defer rows.Close()
-	var out []*Connection
-	for rows.Next() {
-		c, err := scanConnection(rows)
-		if err != nil {
-			return nil, fmt.Errorf("scan connection: %w", err)
-		}
-		out = append(out, c)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := pgx.CollectRows(rows, collectConnection)
+	if err != nil {
 		return nil, fmt.Errorf("list connections to re-encrypt: %w", err)
 	}
 	return out, nil
@@ -604,16 +575,12 @@ func (s *Store) ForwardBatch(ctx context.Context, limit int, fn func(context.Con
 			return nil
 		}
 		rows, err := tx.Query(ctx, `
-			SELECT event_id::text, user_id, vendor, type, reason, occurred_at, sequence FROM tokens.connection_events
+			SELECT `+eventColumns+` FROM tokens.connection_events
 			WHERE forwarded_at IS NULL ORDER BY created_at, event_id LIMIT $1`, limit)
 		if err != nil {
 			return fmt.Errorf("read pending events: %w", err)
 		}
-		events, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Event, error) {
-			var e Event
-			err := r.Scan(&e.EventID, &e.UserID, &e.Vendor, &e.Type, &e.Reason, &e.OccurredAt, &e.Sequence)
-			return e, err
-		})
+		events, err := pgx.CollectRows(rows, scanEvent)
 		if err != nil {
 			return fmt.Errorf("read pending events: %w", err)
 		}
@@ -626,7 +593,7 @@ func (s *Store) ForwardBatch(ctx context.Context, limit int, fn func(context.Con
 		}
 		if ferr := fn(ctx, events); ferr != nil {
 			if _, err := tx.Exec(ctx, `UPDATE tokens.connection_events SET attempts = attempts + 1, last_error = $2
-				WHERE event_id = ANY($1::uuid[])`, ids, truncate(ferr.Error(), 500)); err != nil {
+				WHERE event_id = ANY($1::uuid[])`, ids, truncate.UTF8(ferr.Error(), 500)); err != nil {
 				return fmt.Errorf("record relay failure: %w", err)
 			}
 			fnErr = ferr
@@ -645,13 +612,6 @@ func (s *Store) ForwardBatch(ctx context.Context, limit int, fn func(context.Con
 	return n, ran, err
 }
 
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
-}
-
 // Backlog returns the number of unforwarded events and the age of the oldest.
 func (s *Store) Backlog(ctx context.Context, now time.Time) (count int64, oldest time.Duration, err error) {
 	var first *time.Time
@@ -665,18 +625,23 @@ func (s *Store) Backlog(ctx context.Context, now time.Time) (count int64, oldest
 	return count, oldest, nil
 }
 
+// eventColumns are the connection_events columns scanEvent reads.
+const eventColumns = `event_id::text, user_id, vendor, type, reason, occurred_at, sequence`
+
+func scanEvent(r pgx.CollectableRow) (Event, error) {
+	var e Event
+	err := r.Scan(&e.EventID, &e.UserID, &e.Vendor, &e.Type, &e.Reason, &e.OccurredAt, &e.Sequence)
+	return e, err
+}
+
 // Events lists every event of user, oldest first (tests, diagnosis).
 func (s *Store) Events(ctx context.Context, userID string) ([]Event, error) {
-	rows, err := s.pool.Query(ctx, `SELECT event_id::text, user_id, vendor, type, reason, occurred_at, sequence
+	rows, err := s.pool.Query(ctx, `SELECT `+eventColumns+`
 		FROM tokens.connection_events WHERE user_id = $1 ORDER BY created_at, event_id`, userID)
 	if err != nil {
 		return nil, fmt.Errorf("list events: %w", err)
 	}
-	events, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Event, error) {
-		var e Event
-		err := r.Scan(&e.EventID, &e.UserID, &e.Vendor, &e.Type, &e.Reason, &e.OccurredAt, &e.Sequence)
-		return e, err
-	})
+	events, err := pgx.CollectRows(rows, scanEvent)
 	if err != nil {
 		return nil, fmt.Errorf("list events: %w", err)
 	}

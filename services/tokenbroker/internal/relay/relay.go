@@ -15,7 +15,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
@@ -31,8 +30,6 @@ type Config struct {
 	BatchSize int
 	// CallTimeout bounds one AppendConnectionEvents call (default 10s).
 	CallTimeout time.Duration
-	// ServiceToken is presented as the bearer token to persistence.
-	ServiceToken string
 }
 
 // Relay forwards events. A nil client only measures the backlog.
@@ -151,7 +148,6 @@ func (r *Relay) forward(ctx context.Context, events []postgres.Event) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
 	defer cancel()
-	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+r.cfg.ServiceToken)
 	_, err := r.client.AppendConnectionEvents(ctx, req)
 	return err
 }
