@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -263,4 +264,25 @@ func TestStartServesOnARealPort(t *testing.T) {
 	status, tk := postToken(t, emu.BaseURL(), vendoremu.Oura, form)
 	require.Equal(t, http.StatusOK, status, tk.Error)
 	require.Equal(t, "daily personal", tk.Scope)
+}
+
+// TestCloseDoesNotWaitForSilentConnections: a connection that never sent a
+// request (a client transport's spare dial) does not hold Close. net/http's
+// Shutdown treats such a connection as busy for 5 s, which made stack
+// shutdowns in tests miss their deadline.
+func TestCloseDoesNotWaitForSilentConnections(t *testing.T) {
+	t.Parallel()
+	emu, err := vendoremu.New(vendoremu.Config{Seed: 1}, nil)
+	require.NoError(t, err)
+	require.NoError(t, emu.Start("127.0.0.1:0"))
+	conn, err := net.Dial("tcp", emu.Addr())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	// A request on another connection proves the silent one was accepted.
+	status, _ := adminDo(t, http.MethodGet, emu.BaseURL()+"/_admin/health", ``)
+	require.Equal(t, http.StatusOK, status)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	require.NoError(t, emu.Close(ctx))
 }

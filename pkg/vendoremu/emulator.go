@@ -82,6 +82,12 @@ type Emulator struct {
 	srv      *http.Server
 	ln       net.Listener
 	serveErr chan error
+	// fresh holds connections accepted but not yet past their first
+	// request header (http.StateNew). Shutdown treats them as busy for 5 s,
+	// so Close closes them itself: a client's spare connection (a dial its
+	// transport finished after the request that wanted it was gone) would
+	// otherwise hold every stack shutdown for 5 s.
+	fresh map[net.Conn]struct{}
 }
 
 // New builds an Emulator from cfg (defaults applied, then validated) and
@@ -145,7 +151,8 @@ func (e *Emulator) Start(addr string) error {
 		return fmt.Errorf("listen on %s: %w", addr, err)
 	}
 	e.ln = ln
-	e.srv = &http.Server{Handler: e.handler, ReadHeaderTimeout: 10 * time.Second}
+	e.fresh = map[net.Conn]struct{}{}
+	e.srv = &http.Server{Handler: e.handler, ReadHeaderTimeout: 10 * time.Second, ConnState: e.trackFresh}
 	e.serveErr = make(chan error, 1)
 	go func() {
 		err := e.srv.Serve(ln)
@@ -156,6 +163,26 @@ func (e *Emulator) Start(addr string) error {
 	}()
 	e.log.Info("vendor emulator listening", "addr", ln.Addr().String())
 	return nil
+}
+
+func (e *Emulator) trackFresh(c net.Conn, state http.ConnState) {
+	e.srvMu.Lock()
+	defer e.srvMu.Unlock()
+	if state == http.StateNew {
+		e.fresh[c] = struct{}{}
+	} else {
+		delete(e.fresh, c)
+	}
+}
+
+// closeFresh closes the connections that never sent a request.
+func (e *Emulator) closeFresh() {
+	e.srvMu.Lock()
+	defer e.srvMu.Unlock()
+	for c := range e.fresh {
+		_ = c.Close()
+		delete(e.fresh, c)
+	}
 }
 
 // Addr is the listening address after Start ("" before).
@@ -222,6 +249,7 @@ func (e *Emulator) Close(ctx context.Context) error {
 	srv := e.srv
 	e.srvMu.Unlock()
 	if srv != nil {
+		e.closeFresh()
 		if err := srv.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("shutdown http server: %w", err))
 		}
