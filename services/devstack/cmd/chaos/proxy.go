@@ -13,12 +13,12 @@ import (
 // what the services see when that dependency goes away; restoring it lets
 // them reconnect.
 type proxy struct {
-	ln       net.Listener
+	ln        net.Listener
 	upstreams []string
 	next      int
-	mu       sync.Mutex
-	cut      bool
-	conns    map[net.Conn]struct{}
+	mu        sync.Mutex
+	cut       bool
+	conns     map[net.Conn]struct{}
 }
 
 func newProxy(listen string, upstreams ...string) (*proxy, error) {

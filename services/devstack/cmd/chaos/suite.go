@@ -81,7 +81,7 @@ func (s *suite) directPostgresURL() string {
 	return "postgres://postgres@" + s.ports.addr(offPostgres) + "/biobridge?sslmode=disable"
 }
 
-func (s *suite) gatewayURL() string { return "http://" + s.ports.addr(offGatewayHTTP) }
+func (s *suite) gatewayURL() string  { return "http://" + s.ports.addr(offGatewayHTTP) }
 func (s *suite) emulatorURL() string { return "http://" + s.ports.addr(offEmulator) }
 
 // build compiles the real binaries into dir/bin.
