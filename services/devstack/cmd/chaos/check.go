@@ -26,7 +26,8 @@ type counts struct {
 	LatestWrong   int // latest answered != newest surviving reading (must be 0)
 	LatestBehind  int // newest reading older than the newest acknowledged sample (must be 0)
 	ReuseViolated int64
-	OutboxLeft    int // outbox rows still there when the check ran
+	OutboxLeft    int           // outbox rows still there when the check ran
+	OutboxDrain   time.Duration // from the end of the load until the outbox was empty
 	Problems      []string
 }
 
@@ -46,12 +47,14 @@ func check(ctx context.Context, s *suite, res *loadResult) (counts, error) {
 
 	// The publisher drains the outbox; a stuck outbox shows as pending
 	// (not lost) in topiccheck, and is reported here as well.
-	deadline := time.Now().Add(90 * time.Second)
+	drainStart := time.Now()
+	deadline := drainStart.Add(90 * time.Second)
 	for {
 		if err := conn.QueryRow(ctx, `SELECT count(*) FROM biometrics.outbox`).Scan(&c.OutboxLeft); err != nil {
 			return c, fmt.Errorf("checker: outbox: %w", err)
 		}
 		if c.OutboxLeft == 0 || time.Now().After(deadline) {
+			c.OutboxDrain = time.Since(drainStart)
 			break
 		}
 		time.Sleep(500 * time.Millisecond)

@@ -57,8 +57,11 @@ type loadConfig struct {
 	readers     int
 	batch       int
 	maxPushes   int
-	duration    time.Duration
-	prefix      string // user ids start with it, so scenarios never share users
+	// pushEvery paces each push client: a push starts at most this often,
+	// so the load is a steady rate through the lead-in, fault and tail.
+	pushEvery time.Duration
+	duration  time.Duration
+	prefix    string // user ids start with it, so scenarios never share users
 	// sharedUsers lets every push client write for every user, so one
 	// user's pushes run concurrently (off: each user belongs to one
 	// client, pushing in sequence as one device does).
@@ -131,6 +134,7 @@ func runLoad(ctx context.Context, gw string, cfg loadConfig) (*loadResult, error
 		wg.Go(func() {
 			rng := rand.New(rand.NewPCG(cfg.seed, uint64(w)))
 			for ctx.Err() == nil {
+				pace := time.After(cfg.pushEvery)
 				mu.Lock()
 				if pushes >= cfg.maxPushes {
 					mu.Unlock()
@@ -185,6 +189,10 @@ func runLoad(ctx context.Context, gw string, cfg loadConfig) (*loadResult, error
 						break
 					}
 					time.Sleep(time.Duration(250<<attempt) * time.Millisecond)
+				}
+				select {
+				case <-ctx.Done():
+				case <-pace:
 				}
 			}
 		})

@@ -69,6 +69,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	only := fs.String("scenarios", "", "comma-separated scenarios to run (default all: "+strings.Join(scenarioNames(), ",")+")")
 	out := fs.String("out", "RELIABILITY.md", "report to write (empty: none)")
 	base := fs.Int("port-base", 28000, "first port of the block every listener is taken from")
+	pgBin := fs.String("pg-bin", "/usr/lib/postgresql/15/bin", "directory holding initdb and postgres")
 	keep := fs.Bool("keep", false, "keep the run's directory (logs, data) instead of removing it")
 	short := fs.Bool("short", false, "shorter load and faults (CI)")
 	shared := fs.Bool("shared-users", false, "let every push client write for every user (concurrent pushes of one user)")
@@ -90,10 +91,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	logf := func(format string, a ...any) {
 		fmt.Fprintf(stdout, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, a...)...)
 	}
-	s := &suite{dir: dir, ports: ports{*base}, pgBin: "/usr/lib/postgresql/15/bin"}
-	if v := os.Getenv("PG_BIN"); v != "" {
-		s.pgBin = v
-	}
+	s := &suite{dir: dir, ports: ports{*base}, pgBin: *pgBin}
 	defer func() {
 		err = errors.Join(err, s.close())
 		if *keep || err != nil {
@@ -134,7 +132,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 		if !filepath.IsAbs(path) {
 			path = filepath.Join(root, path)
 		}
-		if err := writeReport(path, results, *seed, *short); err != nil {
+		if err := writeReport(path, results, *seed, *short, *shared); err != nil {
 			return err
 		}
 		logf("wrote %s", *out)

@@ -10,12 +10,15 @@ import (
 // writeReport writes RELIABILITY.md: per scenario the load, what the
 // clients saw before, during and after the fault, the recovery time and the
 // checker's counts.
-func writeReport(path string, results []result, seed uint64, short bool) error {
+func writeReport(path string, results []result, seed uint64, short, shared bool) error {
 	var b strings.Builder
 	p := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
 	mode := ""
 	if short {
 		mode = " -short"
+	}
+	if shared {
+		mode += " -shared-users"
 	}
 	p("# Reliability report")
 	p("")
@@ -23,7 +26,7 @@ func writeReport(path string, results []result, seed uint64, short bool) error {
 	p("")
 	p("Every service runs as its own process from its real binary: gateway, persistence, and two replicas each of ingest, token broker and publisher, calling each other over gRPC with per-service `SERVICE_ACL`s and round-robin over the replicas. The stores are private to the run: a PostgreSQL cluster created with `initdb`, a Redis without persistence, and the embedded Kafka-protocol broker (kfake) as a process of its own with a data directory, plus the vendor emulator. TCP proxies sit in front of PostgreSQL, Redis, Kafka and the emulator, so a fault cuts exactly one dependency.")
 	p("")
-	p("The load, the same for every scenario and reproducible with the seed: 20 users per scenario, 4 clients pushing HealthKit batches of 10 samples (3 metrics) through the gateway with user JWTs and retrying a failed push up to 3 times with the same sample UUIDs, and 2 readers of `GET /v1/users/{user}/biometrics/latest` with an agent token. Each scenario has its own users.")
+	p("The load, the same for every scenario and reproducible with the seed: 20 users per scenario, 4 clients each starting a push at most every 80 ms (about 50 pushes, 500 samples a second), HealthKit batches of 10 samples (3 metrics) through the gateway with user JWTs and retrying a failed push up to 3 times with the same sample UUIDs, and 2 readers of `GET /v1/users/{user}/biometrics/latest` with an agent token. Each scenario has its own users; each user belongs to one push client (pushes in sequence, as one device does) unless `-shared-users` is given.")
 	p("")
 	p("The checker, after the load stops and the outbox drains (at most 90 s):")
 	p("")
@@ -31,6 +34,8 @@ func writeReport(path string, results []result, seed uint64, short bool) error {
 	p("- **lost / harmful duplicates / reordered**: `topiccheck` over `biometrics.events.v1` against every event PostgreSQL committed, the run's earlier scenarios included (must all be 0; plain duplicates, the same `ce_id` twice, are at-least-once delivery and allowed);")
 	p("- **latest wrong**: the latest API differs from the newest surviving reading per user and metric; **latest behind**: that reading is older than the newest sample a client was told was accepted (both must be 0);")
 	p("- **reuse violations**: refresh tokens the emulator saw presented again after they were spent (must be 0).")
+	p("")
+	p("Requests are counted in the window (before, during, after the fault) in which they started; p99 is over the answered and unanswered alike, the latter at the client's 10 s timeout. Recovery is the time from the end of the fault to the first successful push after which no push failed.")
 	p("")
 	p("| scenario | fault | pushes (2xx) | latest reads | recovery | missing | lost | harmful dup | reordered | latest wrong / behind | reuse | verdict |")
 	p("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -70,9 +75,9 @@ func writeReport(path string, results []result, seed uint64, short bool) error {
 		}
 		c := r.counts
 		p("")
-		p("Recovery: %s. Checker (%s): %d samples acknowledged, %d missing from PostgreSQL; topic: %d events committed, %d published, %d pending, %d dead-lettered, %d lost, %d duplicates (%d harmful), %d reordered; latest: %d user+metric pairs, %d wrong, %d behind; %d refresh-token reuse violations; outbox rows left %d.",
+		p("Recovery: %s. Checker (%s): %d samples acknowledged, %d missing from PostgreSQL; topic: %d events committed, %d published, %d pending, %d dead-lettered, %d lost, %d duplicates (%d harmful), %d reordered; latest: %d user+metric pairs, %d wrong, %d behind; %d refresh-token reuse violations; outbox rows left %d (drained %s after the load ended).",
 			recoveryString(r), r.checkTook.Round(time.Second), c.Acked, c.AckedMissing, c.Topic.Committed, c.Topic.Published, c.Topic.Pending, c.Topic.DeadLettered,
-			c.Topic.Lost, c.Topic.Duplicates, c.Topic.HarmfulDuplicates, c.Topic.Reordered, c.LatestChecked, c.LatestWrong, c.LatestBehind, c.ReuseViolated, c.OutboxLeft)
+			c.Topic.Lost, c.Topic.Duplicates, c.Topic.HarmfulDuplicates, c.Topic.Reordered, c.LatestChecked, c.LatestWrong, c.LatestBehind, c.ReuseViolated, c.OutboxLeft, c.OutboxDrain.Round(100*time.Millisecond))
 		if len(c.Problems) > 0 || len(c.Topic.LostIDs) > 0 || len(c.Topic.Findings) > 0 {
 			p("")
 			p("Problems found:")

@@ -142,7 +142,7 @@ func runScenario(ctx context.Context, s *suite, sc scenario, seed uint64, short,
 	h := fnv.New64a()
 	_, _ = h.Write([]byte(sc.name))
 	cfg := loadConfig{seed: seed ^ h.Sum64(), users: 20, pushWorkers: 4, readers: 2, batch: 10,
-		maxPushes: 5000, duration: d.lead + d.fault + d.tail, prefix: "chaos-" + sc.name, sharedUsers: sharedUsers}
+		maxPushes: 10000, pushEvery: 80 * time.Millisecond, duration: d.lead + d.fault + d.tail, prefix: "chaos-" + sc.name, sharedUsers: sharedUsers}
 	r := result{name: sc.name, what: sc.what, seed: seed, d: d, start: time.Now()}
 	type loadOut struct {
 		res *loadResult
