@@ -21,6 +21,8 @@ import (
 type counts struct {
 	Acked         int // samples a 2xx push acknowledged
 	AckedMissing  int // ... of which PostgreSQL has no record (must be 0)
+	Rejected      int // samples a push answered rejected (out-of-range values)
+	RejectedKept  int // ... of which PostgreSQL has a record (must be 0)
 	Topic         topiccheck.Report
 	LatestChecked int // user+metric pairs compared
 	LatestWrong   int // latest answered != newest surviving reading (must be 0)
@@ -32,7 +34,7 @@ type counts struct {
 }
 
 func (c counts) ok() bool {
-	return c.AckedMissing == 0 && c.Topic.OK() && c.LatestWrong == 0 && c.LatestBehind == 0 && c.ReuseViolated == 0
+	return c.AckedMissing == 0 && c.RejectedKept == 0 && c.Topic.OK() && c.LatestWrong == 0 && c.LatestBehind == 0 && c.ReuseViolated == 0
 }
 
 // check waits for the outbox to drain, then compares what the clients were
@@ -75,6 +77,15 @@ func check(ctx context.Context, s *suite, res *loadResult) (counts, error) {
 	}
 	if err := rows.Err(); err != nil {
 		return c, err
+	}
+	for _, r := range res.rejected {
+		c.Rejected++
+		if stored[r.user+"/"+r.uuid] {
+			c.RejectedKept++
+			if len(c.Problems) < 10 {
+				c.Problems = append(c.Problems, "rejected but stored: "+r.user+" "+r.uuid)
+			}
+		}
 	}
 	newestAcked := map[string]time.Time{}
 	for _, a := range res.acked {

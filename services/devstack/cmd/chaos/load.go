@@ -78,7 +78,11 @@ type acked struct {
 type loadResult struct {
 	samples []sample
 	acked   []acked
-	users   []string
+	// rejected are samples a push answered rejected: values out of the
+	// metric's range, which the load sends on purpose (respiratory rates
+	// up to 139 a minute).
+	rejected []acked
+	users    []string
 }
 
 // runLoad pushes HealthKit batches through the gateway and reads latest,
@@ -168,17 +172,21 @@ func runLoad(ctx context.Context, gw string, cfg loadConfig) (*loadResult, error
 					if code/100 == 2 {
 						var out pushResponse
 						if err := json.Unmarshal(b, &out); err == nil {
-							ok := map[string]bool{}
+							ok, rejected := map[string]bool{}, map[string]bool{}
 							for _, r := range out.Results {
 								st := strings.ToLower(r.Status)
 								if strings.HasSuffix(st, "accepted") || strings.HasSuffix(st, "duplicate") {
 									ok[r.UUID] = true
+								} else if strings.HasSuffix(st, "rejected") {
+									rejected[r.UUID] = true
 								}
 							}
 							mu.Lock()
 							for _, m := range meta {
 								if ok[m.uuid] {
 									res.acked = append(res.acked, m)
+								} else if rejected[m.uuid] {
+									res.rejected = append(res.rejected, m)
 								}
 							}
 							mu.Unlock()

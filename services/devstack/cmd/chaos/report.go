@@ -30,15 +30,15 @@ func writeReport(path string, results []result, seed uint64, short, shared bool)
 	p("")
 	p("The checker, after the load stops and the outbox drains (at most 90 s):")
 	p("")
-	p("- **missing**: samples a 2xx push acknowledged that PostgreSQL has no record of (must be 0);")
+	p("- **missing**: samples a 2xx push acknowledged that PostgreSQL has no record of (must be 0); **bad kept**: samples the push answered rejected (the load sends out-of-range respiratory rates on purpose) that PostgreSQL has a record of (must be 0);")
 	p("- **lost / harmful duplicates / reordered**: `topiccheck` over `biometrics.events.v1` against every event PostgreSQL committed, the run's earlier scenarios included (must all be 0; plain duplicates, the same `ce_id` twice, are at-least-once delivery and allowed);")
 	p("- **latest wrong**: the latest API differs from the newest surviving reading per user and metric; **latest behind**: that reading is older than the newest sample a client was told was accepted (both must be 0);")
 	p("- **reuse violations**: refresh tokens the emulator saw presented again after they were spent (must be 0).")
 	p("")
 	p("Requests are counted in the window (before, during, after the fault) in which they started; p99 is over the answered and unanswered alike, the latter at the client's 10 s timeout. Recovery is the time from the end of the fault to the first successful push after which no push failed.")
 	p("")
-	p("| scenario | fault | pushes (2xx) | latest reads | recovery | missing | lost | harmful dup | reordered | latest wrong / behind | reuse | verdict |")
-	p("|---|---|---|---|---|---|---|---|---|---|---|---|")
+	p("| scenario | fault | pushes (2xx) | latest reads | recovery | missing | bad kept | lost | harmful dup | reordered | latest wrong / behind | reuse | verdict |")
+	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range results {
 		pw := summarise(r.load.samples, "push", r.start, r.end.Add(time.Second))
 		lw := summarise(r.load.samples, "latest", r.start, r.end.Add(time.Second))
@@ -46,8 +46,8 @@ func writeReport(path string, results []result, seed uint64, short, shared bool)
 		if !r.counts.ok() {
 			v = "**FAIL**"
 		}
-		p("| %s | %s | %d (%d) | %d | %s | %d | %d | %d | %d | %d / %d | %d | %s |", r.name, faultLen(r), pw.Requests, twoxx(pw.Codes), lw.Requests,
-			recoveryString(r), r.counts.AckedMissing, r.counts.Topic.Lost, r.counts.Topic.HarmfulDuplicates, r.counts.Topic.Reordered,
+		p("| %s | %s | %d (%d) | %d | %s | %d | %d | %d | %d | %d | %d / %d | %d | %s |", r.name, faultLen(r), pw.Requests, twoxx(pw.Codes), lw.Requests,
+			recoveryString(r), r.counts.AckedMissing, r.counts.RejectedKept, r.counts.Topic.Lost, r.counts.Topic.HarmfulDuplicates, r.counts.Topic.Reordered,
 			r.counts.LatestWrong, r.counts.LatestBehind, r.counts.ReuseViolated, v)
 	}
 	for _, r := range results {
@@ -75,8 +75,8 @@ func writeReport(path string, results []result, seed uint64, short, shared bool)
 		}
 		c := r.counts
 		p("")
-		p("Recovery: %s. Checker (%s): %d samples acknowledged, %d missing from PostgreSQL; topic: %d events committed, %d published, %d pending, %d dead-lettered, %d lost, %d duplicates (%d harmful), %d reordered; latest: %d user+metric pairs, %d wrong, %d behind; %d refresh-token reuse violations; outbox rows left %d (drained %s after the load ended).",
-			recoveryString(r), r.checkTook.Round(time.Second), c.Acked, c.AckedMissing, c.Topic.Committed, c.Topic.Published, c.Topic.Pending, c.Topic.DeadLettered,
+		p("Recovery: %s. Checker (%s): %d samples acknowledged, %d missing from PostgreSQL; %d rejected, %d of them stored; topic: %d events committed, %d published, %d pending, %d dead-lettered, %d lost, %d duplicates (%d harmful), %d reordered; latest: %d user+metric pairs, %d wrong, %d behind; %d refresh-token reuse violations; outbox rows left %d (drained %s after the load ended).",
+			recoveryString(r), r.checkTook.Round(time.Second), c.Acked, c.AckedMissing, c.Rejected, c.RejectedKept, c.Topic.Committed, c.Topic.Published, c.Topic.Pending, c.Topic.DeadLettered,
 			c.Topic.Lost, c.Topic.Duplicates, c.Topic.HarmfulDuplicates, c.Topic.Reordered, c.LatestChecked, c.LatestWrong, c.LatestBehind, c.ReuseViolated, c.OutboxLeft, c.OutboxDrain.Round(100*time.Millisecond))
 		if len(c.Problems) > 0 || len(c.Topic.LostIDs) > 0 || len(c.Topic.Findings) > 0 {
 			p("")

@@ -128,8 +128,8 @@ func (r result) verdict() string {
 	if !c.ok() {
 		v = "FAIL"
 	}
-	return fmt.Sprintf("%s: acked %d, missing %d; topic committed %d lost %d harmful-dup %d reordered %d pending %d; latest checked %d wrong %d behind %d; reuse %d",
-		v, c.Acked, c.AckedMissing, c.Topic.Committed, c.Topic.Lost, c.Topic.HarmfulDuplicates, c.Topic.Reordered, c.Topic.Pending,
+	return fmt.Sprintf("%s: acked %d, missing %d; rejected %d, kept %d; topic committed %d lost %d harmful-dup %d reordered %d pending %d; latest checked %d wrong %d behind %d; reuse %d",
+		v, c.Acked, c.AckedMissing, c.Rejected, c.RejectedKept, c.Topic.Committed, c.Topic.Lost, c.Topic.HarmfulDuplicates, c.Topic.Reordered, c.Topic.Pending,
 		c.LatestChecked, c.LatestWrong, c.LatestBehind, c.ReuseViolated)
 }
 
