@@ -30,28 +30,28 @@ func (d durations) scale(short bool) durations {
 
 var scenarios = []scenario{
 	{"baseline", "no fault", nil},
-	{"kafka-down", "the Kafka broker stopped for 20 s, then restarted on its data directory", func(ctx context.Context, s *suite, d durations) error {
+	{"kafka-down", "the Kafka broker stopped (SIGTERM), then restarted on its data directory", func(ctx context.Context, s *suite, d durations) error {
 		s.kafka.stop()
 		sleep(ctx, d.fault)
 		return s.restart(ctx, s.kafka)
 	}},
-	{"postgres-down", "PostgreSQL unreachable for 15 s (its proxy cut: open connections closed, new ones refused)", func(ctx context.Context, s *suite, d durations) error {
+	{"postgres-down", "PostgreSQL unreachable (its proxy cut: open connections closed, new ones refused), then reachable again", func(ctx context.Context, s *suite, d durations) error {
 		s.pgProxy.SetCut(true)
 		sleep(ctx, d.fault)
 		s.pgProxy.SetCut(false)
 		return nil
 	}},
-	{"publisher-kill", "SIGKILL of one publisher replica mid-load, restarted 5 s later", func(ctx context.Context, s *suite, d durations) error {
+	{"publisher-kill", "SIGKILL of one publisher replica mid-load, restarted after the fault time", func(ctx context.Context, s *suite, d durations) error {
 		s.replicas["publisher"][0].kill()
 		sleep(ctx, d.fault)
 		return s.restart(ctx, s.replicas["publisher"][0])
 	}},
-	{"redis-down-empty", "Redis killed for 10 s and started again empty", func(ctx context.Context, s *suite, d durations) error {
+	{"redis-down-empty", "Redis killed (SIGKILL), then started again empty", func(ctx context.Context, s *suite, d durations) error {
 		s.redis.kill()
 		sleep(ctx, d.fault)
 		return s.restart(ctx, s.redis)
 	}},
-	{"ingest-kill-all", "SIGKILL of both ingest replicas mid-load, restarted 5 s later", func(ctx context.Context, s *suite, d durations) error {
+	{"ingest-kill-all", "SIGKILL of both ingest replicas mid-load, restarted after the fault time", func(ctx context.Context, s *suite, d durations) error {
 		for _, p := range s.replicas["ingest"] {
 			p.kill()
 		}
