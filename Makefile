@@ -65,6 +65,10 @@ build: ## Build every service binary into bin/.
 	@for d in services/*/cmd/*/; do name=$$(basename $$d); \
 		echo "go build -o bin/$$name ./$$d"; go build -o bin/$$name ./$$d; done
 
+.PHONY: chaos
+chaos: ## Fault-injection suite: every service as its own process on private stores, one fault per scenario under load; writes RELIABILITY.md (ports 28000-28999; CHAOS_ARGS=-short, -scenarios a,b, -seed N).
+	go run ./services/devstack/cmd/chaos $(CHAOS_ARGS)
+
 .PHONY: build-isolated
 build-isolated: ## Build and vet each module with GOWORK=off, so go.mod files cannot drift.
 	@for d in $(MODULE_DIRS); do echo "GOWORK=off go build ./... in $$d"; \
