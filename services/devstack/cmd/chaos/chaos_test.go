@@ -67,7 +67,7 @@ func read(t *testing.T, addr string) string {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	require.NoError(t, err)
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	b, _ := io.ReadAll(c)
 	return string(b)
 }

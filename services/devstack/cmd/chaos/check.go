@@ -45,7 +45,7 @@ func check(ctx context.Context, s *suite, res *loadResult) (counts, error) {
 	if err != nil {
 		return c, fmt.Errorf("checker: connect: %w", err)
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
+	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
 
 	// The publisher drains the outbox; a stuck outbox shows as pending
 	// (not lost) in topiccheck, and is reported here as well.
