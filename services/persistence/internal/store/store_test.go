@@ -181,3 +181,50 @@ func TestStaleAndDeletedUpsertsInOneTransaction(t *testing.T) {
 	require.Equal(t, 1, count(t, st, `SELECT count(*) FROM records WHERE vendor_record_id = 'w' AND NOT deleted
 		AND deleted_at IS NULL AND occurred_at = $1`, at.Add(3*time.Hour)))
 }
+
+// TestReceivedAtFollowsCommitOrder: an event's received_at is stamped
+// under the user's lock, so of two writes of one user the one committed
+// later has the later received_at (consumers and topiccheck order a user's
+// events by it). Write A covers users x and y and waits for x's lock, held
+// here, before it can take y's; write B of y alone commits meanwhile. A,
+// committed second, must not carry the earlier stamp.
+func TestReceivedAtFollowsCommitOrder(t *testing.T) {
+	t.Parallel()
+	st := open(t)
+	ctx := context.Background()
+	y := "order-y"
+	x := ""
+	for i := 0; x == ""; i++ {
+		if c := fmt.Sprintf("order-x%d", i); store.UserLockKey(c) < store.UserLockKey(y) {
+			x = c
+		}
+	}
+	at := time.Date(2026, 11, 20, 8, 0, 0, 0, time.UTC)
+	opsA := []store.Op{upsert(t, x, "a-x", "recovery_score", 50, at), upsert(t, y, "a-y", "recovery_score", 51, at)}
+	opsB := []store.Op{upsert(t, y, "b-y", "recovery_score", 52, at)}
+
+	holder, err := st.Pool().Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = holder.Rollback(ctx) }()
+	_, err = holder.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, store.UserLockKey(x))
+	require.NoError(t, err)
+
+	doneA := make(chan error, 1)
+	go func() {
+		_, _, err := st.Apply(ctx, opsA)
+		doneA <- err
+	}()
+	require.Eventually(t, func() bool {
+		return count(t, st, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+			AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`) > 0
+	}, 10*time.Second, 5*time.Millisecond, "write A never waited for x's lock")
+	_, _, err = st.Apply(ctx, opsB)
+	require.NoError(t, err)
+	require.NoError(t, holder.Rollback(ctx))
+	require.NoError(t, <-doneA)
+
+	var later bool
+	require.NoError(t, st.Pool().QueryRow(ctx, `SELECT a.received_at > b.received_at FROM events a, events b
+		WHERE a.vendor_record_id = 'a-y' AND b.vendor_record_id = 'b-y'`).Scan(&later))
+	require.True(t, later, "the write committed second carries the earlier received_at")
+}

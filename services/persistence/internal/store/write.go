@@ -390,7 +390,6 @@ func (st *recState) rejectUpsert(ev *record.Event) string {
 
 // apply is one attempt of Apply.
 func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.UserChange, err error) {
-	now := record.Micros(time.Now())
 	states := map[record.Key]*recState{}
 	var keys []record.Key
 	var users []string
@@ -431,6 +430,10 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 	if err != nil {
 		return nil, nil, err
 	}
+	// Stamped under the users' locks: of two writes of one user, the one
+	// that commits later is received later (per-user order by received_at
+	// is commit order).
+	now := record.Micros(time.Now())
 
 	// Decide every op in order, in memory.
 	results := make([]OpResult, len(ops))
