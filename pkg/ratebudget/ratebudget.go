@@ -24,6 +24,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -143,6 +144,33 @@ func (b *Budget) TakeShare(ctx context.Context, share float64) (time.Duration, e
 		return 0, fmt.Errorf("take rate budget: %w", err)
 	}
 	return time.Duration(us) * time.Microsecond, nil
+}
+
+// ErrSpent: the budget would not free up before the caller's deadline.
+var ErrSpent = errors.New("shared rate budget spent")
+
+// Wait calls take (a Take or TakeShare) until it grants a request,
+// sleeping for the waits it names. It gives up with ErrSpent, and the wait
+// take asked for, when the next try would fall after deadline (zero: no
+// deadline but ctx's). An error of take is returned as it is, and ctx's
+// error when ctx ends first.
+func Wait(ctx context.Context, deadline time.Time, take func(context.Context) (time.Duration, error)) (time.Duration, error) {
+	for {
+		wait, err := take(ctx)
+		if err != nil || wait <= 0 {
+			return 0, err
+		}
+		if !deadline.IsZero() && time.Now().Add(wait).After(deadline) {
+			return wait, ErrSpent
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return 0, ctx.Err()
+		case <-t.C:
+		}
+	}
 }
 
 // Pause stops every replica from spending the budget for d (the vendor's

@@ -2,6 +2,7 @@ package ratebudget
 
 import (
 	"context"
+	"errors"
 	"sort"
 	"sync"
 	"testing"
@@ -157,4 +158,26 @@ func TestBackgroundShareLeavesRoomForLiveWork(t *testing.T) {
 	u, err = b.Utilization(ctx)
 	require.NoError(t, err)
 	assert.InDelta(t, 1.0, u, 1e-9)
+}
+
+func TestWaitStopsAtTheDeadline(t *testing.T) {
+	ctx := context.Background()
+	granted := func(context.Context) (time.Duration, error) { return 0, nil }
+	wait, err := Wait(ctx, time.Now(), granted)
+	require.NoError(t, err)
+	require.Zero(t, wait)
+
+	spent := func(context.Context) (time.Duration, error) { return time.Hour, nil }
+	wait, err = Wait(ctx, time.Now().Add(time.Minute), spent)
+	require.ErrorIs(t, err, ErrSpent)
+	require.Equal(t, time.Hour, wait)
+
+	broken := errors.New("redis down")
+	_, err = Wait(ctx, time.Time{}, func(context.Context) (time.Duration, error) { return 0, broken })
+	require.ErrorIs(t, err, broken)
+
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	_, err = Wait(cctx, time.Time{}, spent)
+	require.ErrorIs(t, err, context.Canceled)
 }

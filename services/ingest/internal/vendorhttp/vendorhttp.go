@@ -29,6 +29,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/biobridge/bridge/pkg/ratebudget"
 	"github.com/biobridge/bridge/pkg/telemetry"
 )
 
@@ -432,30 +433,21 @@ func (c *Client) takeBudget(ctx context.Context, endpoint string) error {
 	if IsBackground(ctx) {
 		share, deadline = c.cfg.BackgroundShare, start
 	}
-	for {
-		wait, err := b.TakeShare(ctx, share)
-		if err != nil {
-			// Without Redis there is no shared budget; calling anyway could
-			// get the whole app throttled, so treat it as an outage.
-			return c.fail(endpoint, Unavailable, 0, 0, err)
-		}
-		if wait == 0 {
-			c.cfg.Metrics.budgetWait.WithLabelValues(c.cfg.Vendor).Observe(time.Since(start).Seconds())
-			return nil
-		}
-		if time.Now().Add(wait).After(deadline) {
-			c.cfg.Metrics.budgetWait.WithLabelValues(c.cfg.Vendor).Observe(time.Since(start).Seconds())
-			c.cfg.Metrics.rateLimited.WithLabelValues(c.cfg.Vendor, "budget").Inc()
-			return c.fail(endpoint, RateLimited, 0, wait, errors.New("shared rate budget spent"))
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
+	wait, err := ratebudget.Wait(ctx, deadline, func(ctx context.Context) (time.Duration, error) { return b.TakeShare(ctx, share) })
+	switch {
+	case errors.Is(err, ratebudget.ErrSpent):
+		c.cfg.Metrics.budgetWait.WithLabelValues(c.cfg.Vendor).Observe(time.Since(start).Seconds())
+		c.cfg.Metrics.rateLimited.WithLabelValues(c.cfg.Vendor, "budget").Inc()
+		return c.fail(endpoint, RateLimited, 0, wait, err)
+	case err != nil && err == ctx.Err(): // Wait returns ctx.Err() itself; a wrapped one is take's
+		return err
+	case err != nil:
+		// Without Redis there is no shared budget; calling anyway could
+		// get the whole app throttled, so treat it as an outage.
+		return c.fail(endpoint, Unavailable, 0, 0, err)
 	}
+	c.cfg.Metrics.budgetWait.WithLabelValues(c.cfg.Vendor).Observe(time.Since(start).Seconds())
+	return nil
 }
 
 func (c *Client) fail(endpoint string, k Kind, status int, retry time.Duration, err error) error {

@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"golang.org/x/oauth2"
+
+	"github.com/biobridge/bridge/pkg/ratebudget"
 )
 
 // Vendor names.
@@ -98,27 +100,19 @@ func (v *Vendor) takeBudget(ctx context.Context) error {
 	if v.budget == nil {
 		return nil
 	}
-	for {
-		wait, err := v.budget.Take(ctx)
-		if err != nil {
-			// Without Redis there is no shared budget; calling anyway could
-			// get the whole app throttled.
-			return fmt.Errorf("%s rate budget: %w", v.name, err)
-		}
-		if wait <= 0 {
-			return nil
-		}
-		if d, ok := ctx.Deadline(); ok && time.Now().Add(wait).After(d) {
-			return fmt.Errorf("%s: %w", v.name, ErrBudgetSpent)
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
+	deadline, _ := ctx.Deadline()
+	_, err := ratebudget.Wait(ctx, deadline, v.budget.Take)
+	switch {
+	case errors.Is(err, ratebudget.ErrSpent):
+		return fmt.Errorf("%s: %w", v.name, ErrBudgetSpent)
+	case err != nil && err == ctx.Err(): // Wait returns ctx.Err() itself; a wrapped one is take's
+		return err
+	case err != nil:
+		// Without Redis there is no shared budget; calling anyway could
+		// get the whole app throttled.
+		return fmt.Errorf("%s rate budget: %w", v.name, err)
 	}
+	return nil
 }
 
 // New returns the vendor name configured with creds. publicBaseURL is the
