@@ -243,18 +243,24 @@ type GenerationKey struct {
 	ConnectedAt time.Time
 }
 
+// generationColumns splits keys into the arrays the unnest queries take.
+func generationColumns(keys []GenerationKey) (users, vendors []string, ats []time.Time) {
+	users = make([]string, len(keys))
+	vendors = make([]string, len(keys))
+	ats = make([]time.Time, len(keys))
+	for i, k := range keys {
+		users[i], vendors[i], ats[i] = k.UserID, k.Vendor, k.ConnectedAt
+	}
+	return users, vendors, ats
+}
+
 // MissingBackfills returns the generations among keys that have no
 // backfill yet.
 func (s *Store) MissingBackfills(ctx context.Context, keys []GenerationKey) ([]GenerationKey, error) {
 	if len(keys) == 0 {
 		return nil, nil
 	}
-	users := make([]string, len(keys))
-	vendors := make([]string, len(keys))
-	ats := make([]time.Time, len(keys))
-	for i, k := range keys {
-		users[i], vendors[i], ats[i] = k.UserID, k.Vendor, k.ConnectedAt
-	}
+	users, vendors, ats := generationColumns(keys)
 	rows, err := s.pool.Query(ctx, `
 		SELECT k.user_id, k.vendor, k.connected_at
 		FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(user_id, vendor, connected_at)

@@ -308,12 +308,7 @@ func (s *Store) Resume(ctx context.Context, keys []GenerationKey) (map[string]in
 	if len(keys) == 0 {
 		return nil, nil
 	}
-	users := make([]string, len(keys))
-	vendors := make([]string, len(keys))
-	ats := make([]time.Time, len(keys))
-	for i, k := range keys {
-		users[i], vendors[i], ats[i] = k.UserID, k.Vendor, k.ConnectedAt
-	}
+	users, vendors, ats := generationColumns(keys)
 	rows, err := s.pool.Query(ctx, `
 		UPDATE ingest.jobs j SET state = 1, attempts = 0, run_at = now(), park_user_id = NULL, park_generation = NULL,
 		       last_error = 'resumed: ' || j.last_error, updated_at = now()
