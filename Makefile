@@ -19,7 +19,8 @@ help: ## List the targets.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: generate
-generate: ## Regenerate Go code, the OpenAPI document and the Python stubs from proto/ (offline).
+generate: ## Regenerate Go code, the OpenAPI document and the Python stubs from proto/ (offline; buf.gen.yaml).
+	scripts/gen-python.sh ensure
 	go tool buf generate
 	scripts/gen-python.sh
 
@@ -73,6 +74,11 @@ chaos: ## Fault-injection suite: every service as its own process on private sto
 build-isolated: ## Build and vet each module with GOWORK=off, so go.mod files cannot drift.
 	@for d in $(MODULE_DIRS); do echo "GOWORK=off go build ./... in $$d"; \
 		(cd $$d && GOWORK=off go build ./... && GOWORK=off go vet ./... >/dev/null); done
+	@# Every service module but devstack requires only gen and pkg of this repository.
+	@for d in $(filter-out %/services/devstack,$(filter %/services/%,$(MODULE_DIRS))); do \
+		extra=$$(cd $$d && GOWORK=off go list -m -f '{{if not .Main}}{{.Path}}{{end}}' all | grep '^github.com/biobridge/bridge/' \
+			| grep -vx 'github.com/biobridge/bridge/gen' | grep -vx 'github.com/biobridge/bridge/pkg'); \
+		if [ -n "$$extra" ]; then echo "$$d requires more than gen and pkg: $$extra"; exit 1; fi; done
 
 .PHONY: test
 test: test-python test-go ## Run every test: Python against a devstack, then Go (needs PostgreSQL and Redis; see README).
@@ -152,3 +158,11 @@ bench: ## Run the benchmarks; writes BENCHMARKS.md and benchmarks.json.
 	@rm -rf $(BENCH_OUT) && mkdir -p $(BENCH_OUT)
 	@for d in services/*/cmd/*-bench/; do echo "go run ./$$d -out $(BENCH_OUT)"; go run ./$$d -out $(BENCH_OUT); done
 	go run ./pkg/benchreport/cmd/benchmerge -in $(BENCH_OUT) -md BENCHMARKS.md -json benchmarks.json
+
+.PHONY: bench-plot
+bench-plot: ## Plot throughput and p99 against client concurrency (HealthKit push, GetLatest; bridge and baseline) into docs/bench/ (BENCH_PLOT_ARGS=-concurrency 1,2,4).
+	go run ./services/devstack/cmd/bench-plot -out docs/bench $(BENCH_PLOT_ARGS)
+
+.PHONY: vegeta-crosscheck
+vegeta-crosscheck: ## vegeta against a devstack's REST gateway (HealthKit pushes, GetLatest) to cross-check the bench figures; ports 25600-25612 (VEGETA_PORT_BASE), results in .vegeta/.
+	scripts/vegeta-crosscheck.sh

@@ -142,11 +142,8 @@ func User(ctx context.Context) string {
 // BearerToken returns the token from incoming gRPC metadata
 // "authorization: Bearer <token>" (scheme case-insensitive), or "".
 func BearerToken(ctx context.Context) string {
-	md, ok := metadata.FromIncomingContext(ctx)
-	if !ok {
-		return ""
-	}
-	for _, v := range md.Get("authorization") {
+	// The one key, without copying the whole metadata.
+	for _, v := range metadata.ValueFromIncomingContext(ctx, "authorization") {
 		scheme, tok, found := strings.Cut(strings.TrimSpace(v), " ")
 		if found && strings.EqualFold(scheme, "bearer") {
 			if tok = strings.TrimSpace(tok); tok != "" {

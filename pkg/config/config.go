@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -202,4 +203,34 @@ func (l *Loader) TLS() TLSFiles {
 		}
 	}
 	return t
+}
+
+// FillZero sets every zero field of *c to the same field of defaults, so a
+// service's defaults live in one place (what its LoadConfig reads from an
+// empty environment) and a Config built by hand gets the same ones. A
+// string is zero when empty, an integer or duration when not positive;
+// structs are filled field by field. Other kinds (booleans, slices,
+// pointers, funcs, interfaces) are left as they are: their zero is a
+// choice, not a missing value.
+func FillZero[T any](c *T, defaults T) {
+	fillZero(reflect.ValueOf(c).Elem(), reflect.ValueOf(defaults))
+}
+
+func fillZero(dst, def reflect.Value) {
+	switch dst.Kind() {
+	case reflect.String:
+		if dst.String() == "" {
+			dst.SetString(def.String())
+		}
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		if dst.Int() <= 0 {
+			dst.SetInt(def.Int())
+		}
+	case reflect.Struct:
+		for i := range dst.NumField() {
+			if dst.Type().Field(i).IsExported() {
+				fillZero(dst.Field(i), def.Field(i))
+			}
+		}
+	}
 }

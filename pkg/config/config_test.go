@@ -3,6 +3,7 @@ package config_test
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -138,5 +139,32 @@ func TestLoaderTLS(t *testing.T) {
 				assert.Contains(t, l.Err().Error(), w)
 			}
 		})
+	}
+}
+
+func TestFillZeroFillsOnlyMissingValues(t *testing.T) {
+	t.Parallel()
+	type inner struct{ URL string }
+	type cfg struct {
+		Addr    string
+		Workers int
+		Wait    time.Duration
+		Off     bool
+		List    []string
+		Vendor  inner
+		private int
+	}
+	defaults := cfg{Addr: ":9101", Workers: 8, Wait: time.Second, Off: true, List: []string{"a"}, Vendor: inner{URL: "https://x"}, private: 3}
+	c := cfg{Addr: ":1", Workers: -1}
+	config.FillZero(&c, defaults)
+	want := cfg{Addr: ":1", Workers: 8, Wait: time.Second, Vendor: inner{URL: "https://x"}}
+	if !reflect.DeepEqual(c, want) {
+		t.Fatalf("FillZero = %+v, want %+v", c, want)
+	}
+	set := cfg{Addr: ":2", Workers: 2, Wait: time.Minute, Vendor: inner{URL: "https://y"}}
+	got := set
+	config.FillZero(&got, defaults)
+	if !reflect.DeepEqual(got, set) {
+		t.Fatalf("FillZero changed set fields: %+v", got)
 	}
 }

@@ -7,7 +7,11 @@
 //
 // Interceptor order, outermost first (the same for unary and streams):
 //
-//	otelgrpc stats handler  (spans, trace ids in the context)
+//	otelgrpc stats handler  (spans, trace ids in the context; only when
+//	                         tracing is on, see tracingOn: otherwise an
+//	                         interceptor puts the caller's W3C trace
+//	                         context in the context, as the handler with
+//	                         a no-op provider does, for less work)
 //	request id              (x-request-id in, in the context, and back in
 //	                         the header, or the trailer on error)
 //	prometheus metrics      (sees the mapped gRPC code, not "Unknown")
@@ -20,13 +24,14 @@ package grpcserver
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"runtime"
@@ -40,7 +45,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -116,6 +123,60 @@ type Server struct {
 	closed bool
 
 	metrics *grpcprom.ServerMetrics
+	// tracing: the otelgrpc stats handler is installed (tracingOn).
+	tracing bool
+}
+
+// Tracing reports whether the server makes spans (the otelgrpc stats
+// handler is installed); without, it still passes the callers' trace
+// context on.
+func (s *Server) Tracing() bool { return s.tracing }
+
+// tracingOn reports whether tp (nil: the global provider) makes spans: a
+// provider given explicitly that is not otel's no-op one, or, for nil,
+// the global provider installed by telemetry.SetupTracing. Every service
+// binary calls SetupTracing; a server built without it (a test, a bench)
+// has no span to make, and skips the stats handler's work.
+func tracingOn(tp trace.TracerProvider) bool {
+	if tp == nil {
+		return telemetry.GlobalTracing()
+	}
+	_, isNoop := tp.(noop.TracerProvider)
+	return !isNoop
+}
+
+// streamWorkers is the number of goroutines kept to run calls: enough for
+// the calls a busy server has in flight at once (a call that finds them
+// all busy gets a goroutine of its own, as without workers). An idle
+// worker costs its stack.
+func streamWorkers() uint32 {
+	return uint32(max(64, 8*runtime.GOMAXPROCS(0)))
+}
+
+// traceContextUnary and traceContextStream do, when the stats handler is
+// not installed, what it does with a provider that makes no spans: put
+// the caller's trace context (traceparent, tracestate, baggage) in the
+// context, so log lines carry its trace id, calls onward and records
+// written (outbox entries) carry its trace on.
+func traceContextUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	return handler(extractTraceContext(ctx), req)
+}
+
+func traceContextStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	ctx := extractTraceContext(ss.Context())
+	if ctx == ss.Context() {
+		return handler(srv, ss)
+	}
+	return handler(srv, &ctxStream{ServerStream: ss, ctx: ctx})
+}
+
+func extractTraceContext(ctx context.Context) context.Context {
+	return telemetry.Extract(ctx, func(key string) string {
+		if v := metadata.ValueFromIncomingContext(ctx, key); len(v) > 0 {
+			return v[0]
+		}
+		return ""
+	}, nil)
 }
 
 // New builds the server. Register services on Registrar before Serve.
@@ -139,14 +200,7 @@ func New(cfg Config, opts Options) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, opts: opts, logger: logger}
 
-	// The propagator is explicit: without telemetry.SetupTracing (devstack,
-	// tests) the global one propagates nothing.
-	otelOpts := []otelgrpc.Option{otelgrpc.WithPropagators(telemetry.Propagator())}
-	if opts.TracerProvider != nil {
-		otelOpts = append(otelOpts, otelgrpc.WithTracerProvider(opts.TracerProvider))
-	}
 	serverOpts := []grpc.ServerOption{
-		grpc.StatsHandler(otelgrpc.NewServerHandler(otelOpts...)),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgBytes),
 		grpc.MaxSendMsgSize(cfg.MaxSendMsgBytes),
 		// Clients ping idle connections (see grpcclient); allow it so the
@@ -162,6 +216,9 @@ func New(cfg Config, opts Options) (*Server, error) {
 			MaxConnectionAge:      10 * time.Minute,
 			MaxConnectionAgeGrace: time.Minute,
 		}),
+		// Calls run on reused goroutines (a new one only when all are busy),
+		// whose stacks have already grown to what a handler needs.
+		grpc.NumStreamWorkers(streamWorkers()),
 	}
 	if cfg.TLS.CertFile != "" || cfg.TLS.KeyFile != "" {
 		tc, err := ServerTLSConfig(cfg.TLS)
@@ -173,8 +230,22 @@ func New(cfg Config, opts Options) (*Server, error) {
 		return nil, errors.New("grpc server tls: TLS_CA_FILE set without TLS_CERT_FILE and TLS_KEY_FILE")
 	}
 
-	unary := []grpc.UnaryServerInterceptor{s.requestIDUnary}
-	stream := []grpc.StreamServerInterceptor{s.requestIDStream}
+	var unary []grpc.UnaryServerInterceptor
+	var stream []grpc.StreamServerInterceptor
+	s.tracing = tracingOn(opts.TracerProvider)
+	if s.tracing {
+		// The propagator is explicit: the global one may not be installed.
+		otelOpts := []otelgrpc.Option{otelgrpc.WithPropagators(telemetry.Propagator())}
+		if opts.TracerProvider != nil {
+			otelOpts = append(otelOpts, otelgrpc.WithTracerProvider(opts.TracerProvider))
+		}
+		serverOpts = append(serverOpts, grpc.StatsHandler(otelgrpc.NewServerHandler(otelOpts...)))
+	} else {
+		unary = append(unary, traceContextUnary)
+		stream = append(stream, traceContextStream)
+	}
+	unary = append(unary, s.requestIDUnary)
+	stream = append(stream, s.requestIDStream)
 	if opts.Registry != nil {
 		m, err := serverMetrics(opts.Registry)
 		if err != nil {
@@ -434,18 +505,21 @@ func validRequestID(id string) bool {
 	return true
 }
 
-// NewRequestID returns a random 128-bit hex id.
+// NewRequestID returns a random 128-bit hex id. The bits come from
+// math/rand/v2's generator (ChaCha8, seeded by the system, a state per
+// thread): an id must not repeat or be guessed from the ones before it,
+// not be a secret, and this is cheaper than crypto/rand on every call.
 func NewRequestID() string {
-	b := make([]byte, 16)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
+	var b [16]byte
+	binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
+	binary.LittleEndian.PutUint64(b[8:], rand.Uint64())
+	return hex.EncodeToString(b[:])
 }
 
+// requestIDFrom looks the caller's id up without copying the metadata.
 func requestIDFrom(ctx context.Context) string {
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get(RequestIDHeader); len(v) > 0 && validRequestID(v[0]) {
-			return v[0]
-		}
+	if v := metadata.ValueFromIncomingContext(ctx, RequestIDHeader); len(v) > 0 && validRequestID(v[0]) {
+		return v[0]
 	}
 	return NewRequestID()
 }
@@ -481,17 +555,28 @@ func (c *ctxStream) Context() context.Context { return c.ctx }
 // --- error mapping and access log ---
 
 func (s *Server) finish(ctx context.Context, method string, start time.Time, err error) error {
+	if err == nil {
+		// The common case builds no status and, unless the access log is
+		// on, no log attributes.
+		s.accessLog(ctx, method, codes.OK, start)
+		return nil
+	}
 	st, unknown := apperr.ToStatus(err)
 	if unknown {
 		// The cause stays here; the client only sees the status message.
 		s.logger.ErrorContext(ctx, "rpc failed", "method", method, "code", st.Code().String(), "err", err)
 	}
-	s.logger.DebugContext(ctx, "rpc", "method", method, "code", st.Code().String(),
-		"duration_ms", float64(time.Since(start).Microseconds())/1000)
-	if err == nil {
-		return nil
-	}
+	s.accessLog(ctx, method, st.Code(), start)
 	return st.Err()
+}
+
+// accessLog writes the debug line of a finished call.
+func (s *Server) accessLog(ctx context.Context, method string, code codes.Code, start time.Time) {
+	if !s.logger.Enabled(ctx, slog.LevelDebug) {
+		return
+	}
+	s.logger.DebugContext(ctx, "rpc", "method", method, "code", code.String(),
+		"duration_ms", float64(time.Since(start).Microseconds())/1000)
 }
 
 func (s *Server) mapErrorsUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -54,6 +55,8 @@ func (s *testService) UnaryCall(ctx context.Context, req *testpb.SimpleRequest) 
 	case "wait":
 		<-ctx.Done()
 		return nil, ctx.Err()
+	case "trace":
+		return &testpb.SimpleResponse{Username: trace.SpanContextFromContext(ctx).TraceID().String()}, nil
 	}
 	return &testpb.SimpleResponse{
 		Username: auth.Caller(ctx),
@@ -65,6 +68,10 @@ func (s *testService) UnaryCall(ctx context.Context, req *testpb.SimpleRequest) 
 func (s *testService) StreamingOutputCall(req *testpb.StreamingOutputCallRequest, stream grpc.ServerStreamingServer[testpb.StreamingOutputCallResponse]) error {
 	if string(req.GetPayload().GetBody()) == "notfound" {
 		return apperr.E(apperr.NotFound, "nothing", "nothing to stream")
+	}
+	if string(req.GetPayload().GetBody()) == "trace" {
+		id := trace.SpanContextFromContext(stream.Context()).TraceID().String()
+		return stream.Send(&testpb.StreamingOutputCallResponse{Payload: &testpb.Payload{Body: []byte(id)}})
 	}
 	for range 3 {
 		body := []byte(auth.Caller(stream.Context()) + "|" + logging.RequestID(stream.Context()))

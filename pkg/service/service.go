@@ -10,7 +10,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -23,7 +26,9 @@ import (
 	"github.com/biobridge/bridge/pkg/telemetry"
 )
 
-// Common is the configuration every service shares.
+// Common is the configuration every service shares. Every service's Config
+// embeds it (LoadConfig reads it with LoadCommon), which gives the Config
+// the Shared method Main needs.
 type Common struct {
 	// LogFormat is LOG_FORMAT: "json" (default) or "text".
 	LogFormat string
@@ -48,17 +53,28 @@ func LoadCommon(l *config.Loader) Common {
 	return c
 }
 
+// Shared returns the shared configuration; a Config that embeds Common has
+// it through the embedding.
+func (c Common) Shared() Common { return c }
+
+// Config is what Main needs of a service's configuration.
+type Config interface {
+	// Shared returns the settings every service shares.
+	Shared() Common
+}
+
 // Logger builds the service's logger.
 func (c Common) Logger(w io.Writer, service string) *slog.Logger {
 	return logging.New(w, logging.Options{Format: c.LogFormat, Level: c.LogLevel, PseudonymKey: c.PseudonymKey, Service: service})
 }
 
 // Spec describes one service binary.
-type Spec[C any] struct {
+type Spec[C Config] struct {
 	// Name is the service name used in logs and traces.
 	Name string
-	// Load reads and validates the service's whole configuration.
-	Load func(getenv func(string) string) (C, Common, error)
+	// Load reads and validates the service's whole configuration: every
+	// service's LoadConfig.
+	Load func(getenv func(string) string) (C, error)
 	// Run runs the service until ctx ends.
 	Run func(ctx context.Context, cfg C, logger *slog.Logger) error
 	// HealthAddr returns the gRPC address `<binary> healthcheck` probes.
@@ -71,12 +87,12 @@ type Spec[C any] struct {
 // argument prints the build's version, `healthcheck` probes the running
 // service (for container health checks); anything else starts it. Every
 // configuration problem is reported at once.
-func Main[C any](ctx context.Context, args []string, getenv func(string) string, stdout io.Writer, spec Spec[C]) error {
+func Main[C Config](ctx context.Context, args []string, getenv func(string) string, stdout io.Writer, spec Spec[C]) error {
 	if len(args) > 1 && args[1] == "version" {
 		_, err := fmt.Fprintf(stdout, "%s %s\n", spec.Name, buildinfo.Version())
 		return err
 	}
-	cfg, common, err := spec.Load(getenv)
+	cfg, err := spec.Load(getenv)
 	if err != nil {
 		return fmt.Errorf("invalid configuration for %s:\n%w", spec.Name, indent(err))
 	}
@@ -86,7 +102,7 @@ func Main[C any](ctx context.Context, args []string, getenv func(string) string,
 		}
 		return HealthCheck(ctx, spec.HealthAddr(cfg))
 	}
-	logger := common.Logger(stdout, spec.Name)
+	logger := cfg.Shared().Logger(stdout, spec.Name)
 	logger.Info("starting", slog.String("version", buildinfo.Version()))
 	shutdown, err := telemetry.SetupTracing(ctx, spec.Name, getenv)
 	if err != nil {
@@ -96,6 +112,29 @@ func Main[C any](ctx context.Context, args []string, getenv func(string) string,
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	return errors.Join(runErr, shutdown(sctx))
+}
+
+// Exec is a service binary's main: Main with the process's arguments,
+// environment and standard output, until SIGINT or SIGTERM. When Main fails
+// it prints the error to standard error and exits with status 1.
+func Exec[C Config](spec Spec[C]) {
+	ExecFunc(func(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+		return Main(ctx, args, getenv, stdout, spec)
+	})
+}
+
+// ExecFunc is the main of a command that is not a service (a bench, a
+// checker, the devstack): run with the process's arguments, environment
+// and standard output, until SIGINT or SIGTERM; when run fails it prints
+// the error to standard error and exits with status 1.
+func ExecFunc(run func(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args, os.Getenv, os.Stdout)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 }
 
 // HealthCheck asks the gRPC health service at addr whether the server is

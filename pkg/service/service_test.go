@@ -11,13 +11,16 @@ import (
 	"github.com/biobridge/bridge/pkg/config"
 )
 
-type cfg struct{ Limit int }
+type cfg struct {
+	Limit int
+	Common
+}
 
-func load(getenv func(string) string) (cfg, Common, error) {
+func load(getenv func(string) string) (cfg, error) {
 	l := config.New(getenv)
 	c := cfg{Limit: l.Int("MAX_CONCURRENT_WEBHOOKS", 50, 1, 1000)}
-	common := LoadCommon(l)
-	return c, common, l.Err()
+	c.Common = LoadCommon(l)
+	return c, l.Err()
 }
 
 func TestMainReportsEveryInvalidVariableAtOnce(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -61,8 +62,17 @@ func SetupTracing(ctx context.Context, service string, getenv func(string) strin
 		return nil, err
 	}
 	otel.SetTracerProvider(tp)
+	globalTracing.Store(true)
 	return tp.Shutdown, nil
 }
+
+var globalTracing atomic.Bool
+
+// GlobalTracing reports whether SetupTracing installed the global tracer
+// provider. Until it does, otel's global provider makes no spans, and a
+// component left to use it (grpcserver with no TracerProvider) may skip
+// the work of making them.
+func GlobalTracing() bool { return globalTracing.Load() }
 
 // NewTracerProvider builds the tracer provider of one service, reading the
 // standard variables through getenv:

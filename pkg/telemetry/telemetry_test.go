@@ -99,6 +99,7 @@ func TestSetupTracing(t *testing.T) {
 				return
 			}
 			require.NoError(t, err)
+			assert.True(t, telemetry.GlobalTracing(), "servers left to the global provider make spans")
 			ctx, span := otel.Tracer("test").Start(ctx, "op")
 			sc := span.SpanContext()
 			assert.True(t, sc.IsValid(), "trace ids exist without an exporter")

@@ -17,6 +17,7 @@ require (
 )
 
 require (
+	github.com/Azure/go-ansiterm v0.0.0-20261006220739-8c912ac31dd4 // indirect
 	github.com/MicahParks/jwkset v0.11.4 // indirect
 	github.com/MicahParks/keyfunc/v3 v3.9.2 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
@@ -49,7 +50,6 @@ require (
 	go.uber.org/atomic v1.12.0 // indirect
 	go.yaml.in/yaml/v3 v3.0.5 // indirect
 	golang.org/x/net v0.61.0 // indirect
-	golang.org/x/oauth2 v0.37.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/text v0.43.0 // indirect
 	golang.org/x/time v0.15.0 // indirect
@@ -62,19 +62,4 @@ replace (
 	github.com/biobridge/bridge/pkg => ../../pkg
 )
 
-require (
-	github.com/biobridge/bridge/services/gateway v0.0.0
-	github.com/biobridge/bridge/services/persistence v0.0.0
-)
-
-replace (
-	github.com/biobridge/bridge/services/gateway => ../gateway
-	github.com/biobridge/bridge/services/persistence => ../persistence
-)
-
-require (
-	github.com/biobridge/bridge/services/tokenbroker v0.0.0
-	github.com/prometheus/client_model v0.6.3
-)
-
-replace github.com/biobridge/bridge/services/tokenbroker => ../tokenbroker
+require github.com/prometheus/client_model v0.6.3

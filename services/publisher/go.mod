@@ -32,7 +32,6 @@ require (
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect
-	github.com/biobridge/bridge/services/persistence v0.0.0
 	github.com/cenkalti/backoff/v5 v5.0.3 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/davecgh/go-spew v1.1.2-0.20180830191138-d8f796af33cc // indirect
@@ -80,5 +79,3 @@ replace (
 	github.com/biobridge/bridge/gen => ../../gen
 	github.com/biobridge/bridge/pkg => ../../pkg
 )
-
-replace github.com/biobridge/bridge/services/persistence => ../persistence

@@ -23,7 +23,7 @@ def event():
     )
 
 
-# Headers exactly as services/publisher/internal/kafka.BuildMessage writes them.
+# Headers exactly as services/publisher/kafka.BuildMessage writes them.
 HEADERS = [
     (b"ce_specversion", b"1.0"),
     (b"ce_id", b"ev-1"),

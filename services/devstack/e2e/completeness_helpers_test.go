@@ -17,9 +17,10 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/biobridge/bridge/emulator"
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
 	ingestv1 "github.com/biobridge/bridge/gen/go/biobridge/ingest/v1"
-	"github.com/biobridge/bridge/pkg/vendoremu"
+	"github.com/biobridge/bridge/pkg/topics"
 	"github.com/biobridge/bridge/services/devstack/stack"
 )
 
@@ -35,7 +36,7 @@ type world struct {
 
 // startWorld runs a stack with env on top of the test's own database, Redis
 // prefix and ports, and the emulator configured by emu.
-func startWorld(t *testing.T, env map[string]string, emu vendoremu.Config) *world {
+func startWorld(t *testing.T, env map[string]string, emu emulator.Config) *world {
 	t.Helper()
 	s := startStackWith(t, env, emu)
 	dbURL := s.Env("POSTGRES_URL")
@@ -104,24 +105,6 @@ func (w *world) backfillsCompleted(user string) int {
 	return n
 }
 
-// expected lists the identities (source/vendor_record_id) an emulated
-// user's records have once stored.
-func expected(emu *vendoremu.Emulator, emuUser string) []string {
-	var out []string
-	for _, r := range emu.ListRecords(vendoremu.RecordFilter{User: emuUser}) {
-		switch {
-		case r.Vendor == vendoremu.Whoop && (r.Type == "sleep" || r.Type == "workout"):
-			out = append(out, "whoop/"+r.ID)
-		case r.Vendor == vendoremu.Whoop && r.Type == "recovery":
-			out = append(out, "whoop/recovery:"+r.ID)
-		case r.Vendor == vendoremu.Oura:
-			out = append(out, "oura/"+r.ID)
-		}
-	}
-	sort.Strings(out)
-	return out
-}
-
 // stored lists user's records persistence holds, and their highest version
 // (Oura heart-rate samples aside: the emulator lists documents only).
 func (w *world) stored(user string) ([]string, int) {
@@ -155,7 +138,7 @@ type connectionEvents struct {
 func (w *world) consumeConnectionEvents() *connectionEvents {
 	t := w.t
 	t.Helper()
-	const topic = "biometrics.connections.v1"
+	const topic = topics.Connections
 	cfg := sarama.NewConfig()
 	cfg.Version = sarama.V3_6_0_0
 	cfg.Consumer.Return.Errors = false

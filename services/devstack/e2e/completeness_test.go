@@ -9,8 +9,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/biobridge/bridge/emulator"
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
-	"github.com/biobridge/bridge/pkg/vendoremu"
+	"github.com/biobridge/bridge/services/devstack/internal/vendorrecords"
 )
 
 // Three users connect WHOOP (one Oura too) with 30 days of history each
@@ -28,20 +29,20 @@ func TestBackfillWithinBudgetWhileLiveWebhooksFlow(t *testing.T) {
 		// broker's (its profile read when a user connects).
 		"WHOOP_RATE_LIMIT":  "16",
 		"WHOOP_RATE_WINDOW": window.String(),
-	}, vendoremu.Config{Seed: 7, WhoopRateLimit: vendorLimit, WhoopRateWindow: window})
+	}, emulator.Config{Seed: 7, WhoopRateLimit: vendorLimit, WhoopRateWindow: window})
 	emu := w.s.Emulator
 	ctx := context.Background()
 
 	w.connect("live-user", "whoop", "lena")
 	history := []string{"hugo", "hedda", "henrik"}
 	for i, name := range history {
-		_, err := emu.AddUser(vendoremu.UserSpec{Name: name})
+		_, err := emu.AddUser(emulator.UserSpec{Name: name})
 		require.NoError(t, err)
-		vendors := []vendoremu.Vendor{vendoremu.Whoop}
+		vendors := []emulator.Vendor{emulator.Whoop}
 		if i == 0 {
-			vendors = append(vendors, vendoremu.Oura)
+			vendors = append(vendors, emulator.Oura)
 		}
-		_, err = emu.GenerateHistory(ctx, vendoremu.HistorySpec{User: name, Days: 30, Vendors: vendors})
+		_, err = emu.GenerateHistory(ctx, emulator.HistorySpec{User: name, Days: 30, Vendors: vendors})
 		require.NoError(t, err)
 	}
 	emu.ResetCounters()
@@ -72,7 +73,7 @@ func TestBackfillWithinBudgetWhileLiveWebhooksFlow(t *testing.T) {
 		require.Less(t, time.Since(start), 50*time.Second, "backfills did not finish: %v %v %v",
 			w.backfills("hist-0"), w.backfills("hist-1"), w.backfills("hist-2"))
 		s, e := time.Now().UTC().Add(-8*time.Hour-time.Duration(live)*time.Minute), time.Now().UTC().Add(-time.Duration(live)*time.Minute)
-		recs, err := emu.CreateRecord(ctx, vendoremu.RecordSpec{User: "lena", Vendor: vendoremu.Whoop, Type: "sleep", Start: s, End: e})
+		recs, err := emu.CreateRecord(ctx, emulator.RecordSpec{User: "lena", Vendor: emulator.Whoop, Type: "sleep", Start: s, End: e})
 		require.NoError(t, err)
 		created := time.Now()
 		want := map[string]bool{"whoop/" + recs[0].ID: true, "whoop/recovery:" + recs[0].ID: true}
@@ -93,7 +94,7 @@ func TestBackfillWithinBudgetWhileLiveWebhooksFlow(t *testing.T) {
 
 	total := 0
 	for i, name := range history {
-		want := expected(emu, name)
+		want := vendorrecords.Expected(emu, name)
 		got, top := w.stored(fmt.Sprint("hist-", i))
 		assert.Equal(t, want, got, "every record of %s's history", name)
 		assert.Equal(t, 1, top, "nothing stored twice")
@@ -125,7 +126,7 @@ func TestReconciliationRecoversDroppedWebhooks(t *testing.T) {
 		"INGEST_BACKFILL_DAYS":      "0",
 		"INGEST_RECONCILE_INTERVAL": interval.String(),
 		"INGEST_RECONCILE_WINDOW":   "72h",
-	}, vendoremu.Config{Seed: 11})
+	}, emulator.Config{Seed: 11})
 	emu := w.s.Emulator
 	ctx := context.Background()
 	w.connect("rex", "whoop", "rex")
@@ -138,16 +139,16 @@ func TestReconciliationRecoversDroppedWebhooks(t *testing.T) {
 		return n == 2
 	}, 3*interval, 50*time.Millisecond)
 
-	require.NoError(t, emu.SetFaults(vendoremu.Faults{WebhookDropRate: 0.3}))
+	require.NoError(t, emu.SetFaults(emulator.Faults{WebhookDropRate: 0.3}))
 	for i := range 8 {
 		end := time.Now().UTC().Add(-time.Duration(6*i+1) * time.Hour)
-		_, err := emu.CreateRecord(ctx, vendoremu.RecordSpec{User: "rex", Vendor: vendoremu.Whoop, Type: "sleep", Start: end.Add(-7 * time.Hour), End: end})
+		_, err := emu.CreateRecord(ctx, emulator.RecordSpec{User: "rex", Vendor: emulator.Whoop, Type: "sleep", Start: end.Add(-7 * time.Hour), End: end})
 		require.NoError(t, err)
 	}
 	for i := range 3 {
 		day := time.Now().UTC().AddDate(0, 0, -i).Format(time.DateOnly)
 		for _, typ := range []string{"daily_sleep", "daily_readiness", "daily_spo2"} {
-			_, err := emu.CreateRecord(ctx, vendoremu.RecordSpec{User: "rex", Vendor: vendoremu.Oura, Type: typ, Day: day})
+			_, err := emu.CreateRecord(ctx, emulator.RecordSpec{User: "rex", Vendor: emulator.Oura, Type: typ, Day: day})
 			require.NoError(t, err)
 		}
 	}
@@ -158,7 +159,7 @@ func TestReconciliationRecoversDroppedWebhooks(t *testing.T) {
 	c := emu.Counters()
 	dropped := c.Whoop.WebhooksDropped + c.Oura.WebhooksDropped
 	require.Positive(t, dropped, "the vendor dropped webhooks")
-	want := expected(emu, "rex")
+	want := vendorrecords.Expected(emu, "rex")
 	require.Len(t, want, 8*2+3*3)
 
 	require.Eventually(t, func() bool {
@@ -183,7 +184,7 @@ func TestOuraSubscriptionsAreKept(t *testing.T) {
 	w := startWorld(t, map[string]string{
 		"INGEST_OURA_SUBSCRIPTION_INTERVAL":     "300ms",
 		"INGEST_OURA_SUBSCRIPTION_RENEW_BEFORE": "4s",
-	}, vendoremu.Config{OuraSubscriptionTTL: 6 * time.Second})
+	}, emulator.Config{OuraSubscriptionTTL: 6 * time.Second})
 	callback := w.s.Env("PUBLIC_BASE_URL") + "/v1/webhooks/oura"
 	const pairs = 5 * 3
 	var first []ouraSubscription
@@ -242,7 +243,7 @@ func TestStaleAndFreshConnectionEvents(t *testing.T) {
 		"INGEST_BACKFILL_DAYS":            "1",
 		"INGEST_CONNECTION_SYNC_INTERVAL": "200ms",
 		"TOKENBROKER_RELAY_INTERVAL":      "200ms",
-	}, vendoremu.Config{})
+	}, emulator.Config{})
 	events := w.consumeConnectionEvents()
 	w.connect("sam", "whoop", "sam")
 	const (
@@ -258,7 +259,7 @@ func TestStaleAndFreshConnectionEvents(t *testing.T) {
 	assert.Empty(t, c.LastDataAt, "no data ever arrived")
 
 	end := time.Now().UTC().Add(-time.Hour)
-	_, err := w.s.Emulator.CreateRecord(context.Background(), vendoremu.RecordSpec{User: "sam", Vendor: vendoremu.Whoop, Type: "sleep",
+	_, err := w.s.Emulator.CreateRecord(context.Background(), emulator.RecordSpec{User: "sam", Vendor: emulator.Whoop, Type: "sleep",
 		Start: end.Add(-8 * time.Hour), End: end})
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return count(events.types("sam", "whoop"), fresh) == 1 }, 20*time.Second, 50*time.Millisecond,

@@ -10,8 +10,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/biobridge/bridge/emulator"
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
-	"github.com/biobridge/bridge/pkg/vendoremu"
 )
 
 // userEvents returns user's connection events in Kafka order.
@@ -71,13 +71,13 @@ func TestEraseUserReachesKafka(t *testing.T) {
 		"INGEST_BACKFILL_DAYS":            "2",
 		"INGEST_CONNECTION_SYNC_INTERVAL": "200ms",
 		"INGEST_RECONCILE_INTERVAL":       "0",
-	}, vendoremu.Config{Seed: 11})
+	}, emulator.Config{Seed: 11})
 	events := w.consumeConnectionEvents()
 	ctx := context.Background()
 	emu := w.s.Emulator
-	_, err := emu.AddUser(vendoremu.UserSpec{Name: "eve"})
+	_, err := emu.AddUser(emulator.UserSpec{Name: "eve"})
 	require.NoError(t, err)
-	_, err = emu.GenerateHistory(ctx, vendoremu.HistorySpec{User: "eve", Days: 2})
+	_, err = emu.GenerateHistory(ctx, emulator.HistorySpec{User: "eve", Days: 2})
 	require.NoError(t, err)
 	const user = "user-kafka-erase"
 	w.connect(user, "whoop", "eve")

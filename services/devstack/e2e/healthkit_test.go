@@ -10,6 +10,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/biobridge/bridge/pkg/topics"
 )
 
 type hkSample struct {
@@ -136,9 +138,9 @@ func TestHealthKitPushEndToEnd(t *testing.T) {
 
 	// The same push again: all duplicates, and nothing new reaches Kafka.
 	brokers := s.Env("KAFKA_BROKERS")
-	require.Eventually(t, func() bool { return topicEndOffsets(t, brokers, "biometrics.events.v1") >= 5000 },
+	require.Eventually(t, func() bool { return topicEndOffsets(t, brokers, topics.Events) >= 5000 },
 		60*time.Second, 200*time.Millisecond, "the first push is published")
-	before := topicEndOffsets(t, brokers, "biometrics.events.v1")
+	before := topicEndOffsets(t, brokers, topics.Events)
 	for i := 0; i < len(samples); i += 1000 {
 		out := push(samples[i : i+1000])
 		require.Equal(t, 1000, out.Duplicates, "a redelivered push is all duplicates")
@@ -149,9 +151,9 @@ func TestHealthKitPushEndToEnd(t *testing.T) {
 	marker := push([]hkSample{{UUID: "marker", Type: kinds[0].typ, Value: 60, Unit: "count/min",
 		StartDate: base.Format(time.RFC3339), EndDate: base.Format(time.RFC3339), Source: watch}})
 	require.Equal(t, 1, marker.Accepted)
-	require.Eventually(t, func() bool { return topicEndOffsets(t, brokers, "biometrics.events.v1") >= before+1 },
+	require.Eventually(t, func() bool { return topicEndOffsets(t, brokers, topics.Events) >= before+1 },
 		30*time.Second, 100*time.Millisecond)
-	assert.Equal(t, before+1, topicEndOffsets(t, brokers, "biometrics.events.v1"), "duplicates publish nothing")
+	assert.Equal(t, before+1, topicEndOffsets(t, brokers, topics.Events), "duplicates publish nothing")
 
 	// One out-of-range sample: rejected with its reason, the rest stored.
 	late := base.Add(48 * time.Hour)

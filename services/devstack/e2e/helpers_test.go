@@ -16,8 +16,8 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/stretchr/testify/require"
 
+	"github.com/biobridge/bridge/emulator"
 	"github.com/biobridge/bridge/pkg/testpg"
-	"github.com/biobridge/bridge/pkg/vendoremu"
 	"github.com/biobridge/bridge/services/devstack/stack"
 )
 
@@ -25,14 +25,14 @@ import (
 // embedded Kafka) for one test.
 func startStack(t *testing.T) *stack.Stack {
 	t.Helper()
-	return startStackWith(t, nil, vendoremu.Config{})
+	return startStackWith(t, nil, emulator.Config{})
 }
 
 // startStackWith is startStack with extra environment and emulator settings.
 // The stack's ports are picked free before it starts (services need each
 // other's addresses up front), so another test process can take one in
 // between: such a start is retried with new ports.
-func startStackWith(t *testing.T, extra map[string]string, emu vendoremu.Config) *stack.Stack {
+func startStackWith(t *testing.T, extra map[string]string, emu emulator.Config) *stack.Stack {
 	t.Helper()
 	return startStackOptions(t, extra, stack.Options{EmulatorConfig: emu})
 }

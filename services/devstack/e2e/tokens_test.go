@@ -11,9 +11,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/biobridge/bridge/emulator"
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
 	ingestv1 "github.com/biobridge/bridge/gen/go/biobridge/ingest/v1"
-	"github.com/biobridge/bridge/pkg/vendoremu"
+	"github.com/biobridge/bridge/services/devstack/internal/vendorrecords"
 )
 
 // tokenEdgeEnv keeps everything but live webhooks out of the way (no
@@ -27,7 +28,7 @@ var tokenEdgeEnv = map[string]string{
 	"WHOOP_RATE_LIMIT":                "100000",
 }
 
-var unlimitedEmulator = vendoremu.Config{WhoopRateLimit: -1, WhoopDailyLimit: -1, OuraRateLimit: -1}
+var unlimitedEmulator = emulator.Config{WhoopRateLimit: -1, WhoopDailyLimit: -1, OuraRateLimit: -1}
 
 // jobStates counts the webhook jobs by state, and the most attempts any
 // of them took.
@@ -55,7 +56,7 @@ func (w *world) workouts(emuUser string, n int) {
 	end := time.Now().UTC().Add(-time.Hour).Truncate(time.Second)
 	for i := range n {
 		at := end.Add(-time.Duration(i) * 2 * time.Hour)
-		_, err := w.s.Emulator.CreateRecord(context.Background(), vendoremu.RecordSpec{User: emuUser, Vendor: vendoremu.Whoop,
+		_, err := w.s.Emulator.CreateRecord(context.Background(), emulator.RecordSpec{User: emuUser, Vendor: emulator.Whoop,
 			Type: "workout", Start: at.Add(-45 * time.Minute), End: at, SportName: "running"})
 		require.NoError(w.t, err)
 	}
@@ -69,11 +70,11 @@ func (w *world) workouts(emuUser string, n int) {
 func TestRejectedAccessTokensRefreshOnce(t *testing.T) {
 	w := startWorld(t, tokenEdgeEnv, unlimitedEmulator)
 	w.connect("rita", "whoop", "rita")
-	require.Equal(t, 1, w.s.Emulator.ExpireAccessTokens(vendoremu.Whoop, "rita"))
+	require.Equal(t, 1, w.s.Emulator.ExpireAccessTokens(emulator.Whoop, "rita"))
 	before := w.s.Emulator.Counters().Whoop
 
 	w.workouts("rita", 50)
-	want := expected(w.s.Emulator, "rita")
+	want := vendorrecords.Expected(w.s.Emulator, "rita")
 	require.Len(t, want, 50)
 	require.Eventually(t, func() bool {
 		got, _ := w.stored("rita")
@@ -108,10 +109,10 @@ func TestRevokedGrantParksJobsUntilReconnect(t *testing.T) {
 
 	w.workouts("pat", 4)
 	end := time.Now().UTC().Add(-3 * time.Hour)
-	_, err = w.s.Emulator.CreateRecord(context.Background(), vendoremu.RecordSpec{User: "pat", Vendor: vendoremu.Whoop, Type: "sleep",
+	_, err = w.s.Emulator.CreateRecord(context.Background(), emulator.RecordSpec{User: "pat", Vendor: emulator.Whoop, Type: "sleep",
 		Start: end.Add(-8 * time.Hour), End: end})
 	require.NoError(t, err)
-	want := expected(w.s.Emulator, "pat")
+	want := vendorrecords.Expected(w.s.Emulator, "pat")
 	require.GreaterOrEqual(t, len(want), 5)
 
 	var parked *ingestv1.ListJobsResponse

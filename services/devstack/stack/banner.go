@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/biobridge/bridge/pkg/topics"
 )
 
 // DemoUser is the user the banner's example commands act as.
@@ -25,7 +27,7 @@ func (s *Stack) Banner(w io.Writer) error {
 		up := strings.ToUpper(svc)
 		p("  %-22s %-29s admin http://%s", svc+" (gRPC)", e.get(up+"_GRPC_ADDR"), e.get(up+"_ADMIN_ADDR"))
 	}
-	p("  %-22s http://%-22s admin API under /_admin/ (see pkg/vendoremu/README.md)", "vendor emulator", s.Emulator.Addr())
+	p("  %-22s http://%-22s admin API under /_admin/ (see emulator/README.md)", "vendor emulator", s.Emulator.Addr())
 	if s.kafka != nil {
 		p("  %-22s %-29s embedded broker, data in %s", "kafka", s.kafka.Addr(), "the devstack data dir")
 	} else {
@@ -56,7 +58,7 @@ func (s *Stack) Banner(w io.Writer) error {
 	p("  curl -s -H 'Authorization: Bearer %s' %s/v1/users/%s/biometrics/latest", agent, gw, DemoUser)
 	p(`  grpcurl -plaintext -H 'authorization: Bearer %s' -d '{"user_id":"%s"}' %s biobridge.biometrics.v1.BiometricsService/GetLatest`, agent, DemoUser, e.get("PERSISTENCE_GRPC_ADDR"))
 	p(`  grpcurl -plaintext -H 'authorization: Bearer %s' -d '{}' %s biobridge.publisher.v1.PublisherService/GetStatus`, s.OperatorToken(), e.get("PUBLISHER_GRPC_ADDR"))
-	p("  kcat -b %s -t biometrics.events.v1 -C -o beginning -e -f '%%k %%h\\n'", e.get("KAFKA_BROKERS"))
+	p("  kcat -b %s -t %s -C -o beginning -e -f '%%k %%h\\n'", e.get("KAFKA_BROKERS"), topics.Events)
 	p("  curl -s http://%s/_admin/counters", s.Emulator.Addr())
 	p("  curl -s %s/openapi.json | head", gw)
 	p("")

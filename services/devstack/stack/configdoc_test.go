@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/biobridge/bridge/pkg/vendoremu"
+	"github.com/biobridge/bridge/emulator"
 	gateway "github.com/biobridge/bridge/services/gateway/server"
 	ingest "github.com/biobridge/bridge/services/ingest/server"
 	persistence "github.com/biobridge/bridge/services/persistence/server"
@@ -30,12 +30,12 @@ func readVariables() map[string][]string {
 		return names
 	}
 	return map[string][]string{
-		"gateway":     record(func(g func(string) string) { _, _, _ = gateway.LoadConfig(g) }),
-		"ingest":      record(func(g func(string) string) { _, _, _ = ingest.LoadConfig(g) }),
+		"gateway":     record(func(g func(string) string) { _, _ = gateway.LoadConfig(g) }),
+		"ingest":      record(func(g func(string) string) { _, _ = ingest.LoadConfig(g) }),
 		"persistence": record(func(g func(string) string) { _, _ = persistence.LoadConfig(g) }),
 		"publisher":   record(func(g func(string) string) { _, _ = publisher.LoadConfig(g) }),
 		"tokenbroker": record(func(g func(string) string) { _, _ = tokenbroker.LoadConfig(g) }),
-		"vendoremu":   record(func(g func(string) string) { _, _ = vendoremu.ConfigFromEnv(g) }),
+		"vendoremu":   record(func(g func(string) string) { _, _ = emulator.ConfigFromEnv(g) }),
 	}
 }
 

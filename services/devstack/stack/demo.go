@@ -59,12 +59,17 @@ func (s *Stack) Connect(ctx context.Context, user, vendor string) error {
 // the emulated vendor as emuUser's browser would, returning the query the
 // app receives at its return URL (vendor, code, state).
 func (s *Stack) AuthorizeInBrowser(ctx context.Context, starter, emuUser, vendor string) (url.Values, error) {
-	user := starter
-	token, err := s.UserToken(user, time.Hour)
+	token, err := s.UserToken(starter, time.Hour)
 	if err != nil {
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.GatewayURL()+"/v1/connections/"+vendor+"/authorize", bytes.NewReader([]byte(`{}`)))
+	return AuthorizeInBrowser(ctx, s.GatewayURL(), token, emuUser, vendor)
+}
+
+// AuthorizeInBrowser is Stack.AuthorizeInBrowser against the gateway at gw,
+// started by the holder of the user token token.
+func AuthorizeInBrowser(ctx context.Context, gw, token, emuUser, vendor string) (url.Values, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, gw+"/v1/connections/"+vendor+"/authorize", bytes.NewReader([]byte(`{}`)))
 	if err != nil {
 		return nil, err
 	}
@@ -119,6 +124,12 @@ func (s *Stack) CompleteInApp(ctx context.Context, completer, vendor string, app
 	if err != nil {
 		return err
 	}
+	return CompleteInApp(ctx, s.GatewayURL(), token, vendor, app)
+}
+
+// CompleteInApp is Stack.CompleteInApp against the gateway at gw, as the
+// app holding the user token token.
+func CompleteInApp(ctx context.Context, gw, token, vendor string, app url.Values) error {
 	if e := app.Get("error"); e != "" {
 		return fmt.Errorf("the vendor did not authorize: %s", e)
 	}
@@ -126,7 +137,7 @@ func (s *Stack) CompleteInApp(ctx context.Context, completer, vendor string, app
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.GatewayURL()+"/v1/connections/"+vendor+"/complete", bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, gw+"/v1/connections/"+vendor+"/complete", bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
@@ -188,7 +199,7 @@ func (s *Stack) pushHealthKit(ctx context.Context, interval time.Duration) error
 		req.Header.Set("Authorization", "Bearer "+token)
 		req.Header.Set("Content-Type", "application/json")
 		if err := doJSON(req, nil); err != nil && ctx.Err() == nil {
-			s.logger.Warn("demo healthkit push", "err", err)
+			s.opts.Logger.Warn("demo healthkit push", "err", err)
 		}
 	}
 }

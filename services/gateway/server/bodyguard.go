@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -165,7 +164,7 @@ func (g *bodyGuard) wrap(next http.Handler) http.Handler {
 			g.inflight.Release(reserve)
 			g.inflightBytes.Sub(float64(reserve))
 		}()
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max))
+		body, err := readBody(http.MaxBytesReader(w, r.Body, max), r.ContentLength)
 		if err != nil {
 			var tooLarge *http.MaxBytesError
 			if errors.As(err, &tooLarge) {
@@ -175,7 +174,7 @@ func (g *bodyGuard) wrap(next http.Handler) http.Handler {
 			writeError(w, http.StatusBadRequest, "unreadable_body", "request body could not be read")
 			return
 		}
-		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.Body = &bufferedBody{b: body}
 		r.ContentLength = int64(len(body))
 		next.ServeHTTP(w, r)
 	})
@@ -188,4 +187,31 @@ func publicMessage(err error) string {
 		return ae.Message
 	}
 	return "unauthenticated"
+}
+
+// presizeMax bounds the buffer readBody allocates before any byte arrives
+// (a HealthKit push of 10000 samples is about 2.5 MB); larger bodies grow it.
+const presizeMax = 4 << 20
+
+// readBody reads a whole body into one buffer of its announced length (plus
+// the byte that finds EOF), up to presizeMax; past that, or when the length
+// is unknown, the buffer grows as the bytes arrive.
+func readBody(r io.Reader, contentLength int64) ([]byte, error) {
+	if contentLength < 0 {
+		return io.ReadAll(r)
+	}
+	b := make([]byte, 0, min(contentLength, presizeMax)+1)
+	for {
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return b, nil
+			}
+			return b, err
+		}
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+	}
 }

@@ -1,12 +1,14 @@
 package server
 
 import (
+	"bytes"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -115,4 +117,23 @@ func TestBodyBudgetSheds(t *testing.T) {
 	close(release)
 	assert.Equal(t, http.StatusOK, (<-held).Code)
 	assert.Equal(t, http.StatusOK, post("", 100, true).Code, "the budget is free again")
+}
+
+// TestReadBodyReadsWholeBodies: the presized read returns every byte
+// whatever the announced length (exact, larger, smaller, past presizeMax,
+// unknown) and however the reader splits them.
+func TestReadBodyReadsWholeBodies(t *testing.T) {
+	t.Parallel()
+	for _, size := range []int{0, 1, 4095, 4096, presizeMax - 1, presizeMax, presizeMax + 1, presizeMax + 70000} {
+		data := bytes.Repeat([]byte("0123456789abcdef"), size/16+1)[:size]
+		for _, announced := range []int64{int64(size), int64(size) + 100, int64(size / 2), -1} {
+			got, err := readBody(iotest.HalfReader(bytes.NewReader(data)), announced)
+			if err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("size %d, announced %d: %d bytes, %v", size, announced, len(got), err)
+			}
+		}
+	}
+	if _, err := readBody(iotest.TimeoutReader(strings.NewReader("abc")), 3); err == nil {
+		t.Fatal("a read error was not returned")
+	}
 }

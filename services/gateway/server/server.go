@@ -27,7 +27,6 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
@@ -51,8 +50,13 @@ type Server struct {
 	conns  []*grpc.ClientConn
 }
 
-// New builds the gateway and binds its ports (":0" works), ready to Serve.
+// New checks cfg with Validate (the check LoadConfig runs, so a Config
+// built by hand gets it too), then builds the gateway and binds its ports
+// (":0" works), ready to Serve.
 func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration:\n%w", err)
+	}
 	s := &Server{cfg: cfg, logger: logger}
 	reg := telemetry.NewRegistry()
 	dial := func(target string) (*grpc.ClientConn, error) {
@@ -78,10 +82,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Server, error) 
 	}
 
 	mux := runtime.NewServeMux(
-		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
-			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
-			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true},
-		}),
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, newGatewayJSON()),
 		runtime.WithIncomingHeaderMatcher(headerMatcher),
 		runtime.WithErrorHandler(errorHandler),
 		runtime.WithForwardResponseOption(setStatusFromMetadata),

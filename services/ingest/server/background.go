@@ -9,14 +9,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
-	"github.com/biobridge/bridge/services/ingest/internal/oura"
+	"github.com/biobridge/bridge/services/ingest/oura"
 )
 
 // measureBudgets refreshes the rate budget utilization gauges.
 func (s *Server) measureBudgets(ctx context.Context) {
 	for _, v := range s.vendors {
 		if err := v.MeasureBudget(ctx); err != nil && ctx.Err() == nil {
-			s.logger.DebugContext(ctx, "cannot measure the rate budget", slog.String("vendor", v.Vendor()), slog.Any("error", err))
+			s.logger.DebugContext(ctx, "cannot measure the rate budget", slog.String("vendor", v.Vendor()), slog.Any("err", err))
 		}
 	}
 }
@@ -117,6 +117,6 @@ func (s *Server) ensureSubscriptions(ctx context.Context) bool {
 
 func (s *Server) subscriptionFailed(ctx context.Context, err error) {
 	if ctx.Err() == nil {
-		s.logger.WarnContext(ctx, "oura subscription check failed", slog.Any("error", err))
+		s.logger.WarnContext(ctx, "oura subscription check failed", slog.Any("err", err))
 	}
 }

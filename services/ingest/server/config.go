@@ -1,34 +1,42 @@
 package server
 
 import (
+	"errors"
 	"net/url"
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/config"
 	"github.com/biobridge/bridge/pkg/service"
+	"github.com/biobridge/bridge/services/ingest/internal/completeness"
+	"github.com/biobridge/bridge/services/ingest/internal/webhook"
+	"github.com/biobridge/bridge/services/ingest/internal/worker"
 )
 
 // Config is the ingest service's configuration. Each field names its
-// environment variable and default. New applies the defaults to zero
-// fields too, so a Config built by hand (devstack, tests) needs only the
-// addresses, URLs, secrets and tokens.
+// environment variable and what its values mean; each default is written
+// once, where LoadConfig reads the variable or as the constant it reads it
+// over (worker.Default* for the job pool; docs/configuration.md lists
+// them all), and New gives a hand-built Config's zero fields the same
+// defaults (setDefaults), so a Config built by hand (devstack, tests)
+// needs only the addresses, URLs, secrets and tokens.
 type Config struct {
 	// TracerProvider makes the service's spans; nil is the global one,
 	// which the binary sets up from the OTEL_* variables. Not read from the
 	// environment: devstack gives each service its own, so each keeps its
 	// service.name in one process.
 	TracerProvider trace.TracerProvider
-	// GRPCAddr is INGEST_GRPC_ADDR (default ":9101").
+	// GRPCAddr is INGEST_GRPC_ADDR.
 	GRPCAddr string
-	// AdminAddr is INGEST_ADMIN_ADDR (default ":9201"): /metrics, /healthz, /readyz.
+	// AdminAddr is INGEST_ADMIN_ADDR: /metrics, /healthz, /readyz.
 	AdminAddr string
-	// PersistenceTarget is PERSISTENCE_TARGET (default "127.0.0.1:9103").
+	// PersistenceTarget is PERSISTENCE_TARGET.
 	PersistenceTarget string
-	// TokenBrokerTarget is TOKENBROKER_TARGET (default "127.0.0.1:9102").
+	// TokenBrokerTarget is TOKENBROKER_TARGET.
 	TokenBrokerTarget string
 	// PostgresURL is POSTGRES_URL (required): the database in which ingest
 	// owns schema "ingest" (its job queue), migrated at start.
@@ -36,7 +44,7 @@ type Config struct {
 	// RedisURL is REDIS_URL (required): the vendors' app-wide rate budgets
 	// shared by every replica.
 	RedisURL string
-	// RedisKeyPrefix is REDIS_KEY_PREFIX (default ""): put in front of every key.
+	// RedisKeyPrefix is REDIS_KEY_PREFIX: put in front of every key.
 	RedisKeyPrefix string
 	// ServiceToken is SERVICE_TOKEN (required): the bearer token ingest
 	// presents to internal services.
@@ -68,13 +76,13 @@ type Config struct {
 	// OuraVerificationToken is OURA_VERIFICATION_TOKEN: the token Oura echoes
 	// in its subscription handshake (empty: the handshake is refused).
 	OuraVerificationToken string
-	// HealthKitMaxSamples is HEALTHKIT_MAX_SAMPLES (default 10000, 1..100000):
+	// HealthKitMaxSamples is HEALTHKIT_MAX_SAMPLES (1..100000):
 	// samples plus deletions accepted in one push.
 	HealthKitMaxSamples int
-	// MaxConcurrentPushes is MAX_CONCURRENT_PUSHES (default 50, 1..1000):
+	// MaxConcurrentPushes is MAX_CONCURRENT_PUSHES (1..1000):
 	// HealthKit pushes and IngestEvents calls in flight before callers wait.
 	MaxConcurrentPushes int
-	// WaitBudget is INGEST_WAIT_BUDGET (default 2s): how long a push may wait
+	// WaitBudget is INGEST_WAIT_BUDGET: how long a push may wait
 	// for a slot before it is shed with RESOURCE_EXHAUSTED (HTTP 429).
 	WaitBudget time.Duration
 	// TLS is TLS_CERT_FILE, TLS_KEY_FILE, TLS_CA_FILE.
@@ -88,76 +96,76 @@ type Config struct {
 	// OuraClientSecret is OURA_CLIENT_SECRET (required): the key of Oura's
 	// webhook signatures.
 	OuraClientSecret []byte
-	// WebhookTolerance is WEBHOOK_TIMESTAMP_TOLERANCE (default 5m, 1s..1h):
+	// WebhookTolerance is WEBHOOK_TIMESTAMP_TOLERANCE (1s..1h):
 	// how far a signed timestamp may be from now.
 	WebhookTolerance time.Duration
-	// MaxConcurrentWebhooks is MAX_CONCURRENT_WEBHOOKS (default 50, 1..1000):
+	// MaxConcurrentWebhooks is MAX_CONCURRENT_WEBHOOKS (1..1000):
 	// webhooks being committed at once.
 	MaxConcurrentWebhooks int
-	// WebhookWaitBudget is WEBHOOK_WAIT_BUDGET (default 500ms): how long a
+	// WebhookWaitBudget is WEBHOOK_WAIT_BUDGET: how long a
 	// webhook may wait for a slot before it is shed with 503 and
 	// Retry-After (vendors retry; they want an answer within about a second).
 	WebhookWaitBudget time.Duration
 
 	// Fetch jobs.
 
-	// Workers is INGEST_WORKERS (default 8, 1..256): jobs run at once.
+	// Workers is INGEST_WORKERS (1..256): jobs run at once.
 	Workers int
-	// JobLease is INGEST_JOB_LEASE (default 60s, at least 1s): how long a
+	// JobLease is INGEST_JOB_LEASE (at least 1s): how long a
 	// job stays with a worker that stopped renewing it (a crashed one).
 	JobLease time.Duration
-	// JobMaxAttempts is INGEST_JOB_MAX_ATTEMPTS (default 8, 1..100): failed
+	// JobMaxAttempts is INGEST_JOB_MAX_ATTEMPTS (1..100): failed
 	// attempts before a job is dead.
 	JobMaxAttempts int
-	// RetryBase is INGEST_RETRY_BASE (default 2s) and RetryMax is
-	// INGEST_RETRY_MAX (default 10m): the backoff between failed attempts
+	// RetryBase is INGEST_RETRY_BASE and RetryMax is
+	// INGEST_RETRY_MAX: the backoff between failed attempts
 	// (exponential, full jitter).
 	RetryBase time.Duration
 	RetryMax  time.Duration
-	// PollInterval is INGEST_POLL_INTERVAL (default 1s): how often idle
+	// PollInterval is INGEST_POLL_INTERVAL: how often idle
 	// workers look for jobs enqueued by other replicas or come due.
 	PollInterval time.Duration
-	// PendingScoreDelay is INGEST_PENDING_SCORE_DELAY (default 5m): the wait
+	// PendingScoreDelay is INGEST_PENDING_SCORE_DELAY: the wait
 	// before a PENDING_SCORE WHOOP record is fetched again.
 	PendingScoreDelay time.Duration
-	// PendingScoreMaxAge is INGEST_PENDING_SCORE_MAX_AGE (default 24h).
+	// PendingScoreMaxAge is INGEST_PENDING_SCORE_MAX_AGE.
 	PendingScoreMaxAge time.Duration
-	// JobRetention is INGEST_JOB_RETENTION (default 168h, at least 2h): how
+	// JobRetention is INGEST_JOB_RETENTION (at least 2h): how
 	// long done jobs, and so their dedupe keys, are kept.
 	JobRetention time.Duration
-	// ShutdownGrace is SHUTDOWN_GRACE_PERIOD (default 10s): how long running
+	// ShutdownGrace is SHUTDOWN_GRACE_PERIOD: how long running
 	// jobs and RPCs may finish at shutdown.
 	ShutdownGrace time.Duration
 
 	// Vendor APIs.
 
-	// WhoopAPIURL is WHOOP_API_URL (default https://api.prod.whoop.com): the
+	// WhoopAPIURL is WHOOP_API_URL: the
 	// host root; /developer/v2/... is appended.
 	WhoopAPIURL string
-	// OuraAPIURL is OURA_API_URL (default https://api.ouraring.com): the host
+	// OuraAPIURL is OURA_API_URL: the host
 	// root; /v2/... is appended.
 	OuraAPIURL string
-	// WhoopRateLimit is WHOOP_RATE_LIMIT (default 100) requests per
-	// WhoopRateWindow, WHOOP_RATE_WINDOW (default 1m), for the whole app
-	// across replicas; WhoopDailyLimit is WHOOP_DAILY_LIMIT (default 10000
-	// from the environment; 0 disables it, also in a hand-built Config).
+	// WhoopRateLimit is WHOOP_RATE_LIMIT requests per
+	// WhoopRateWindow, WHOOP_RATE_WINDOW, for the whole app
+	// across replicas; WhoopDailyLimit is WHOOP_DAILY_LIMIT (0 disables it,
+	// also in a hand-built Config).
 	WhoopRateLimit  int
 	WhoopRateWindow time.Duration
 	WhoopDailyLimit int
-	// OuraRateLimit is OURA_RATE_LIMIT (default 5000) requests per
-	// OuraRateWindow, OURA_RATE_WINDOW (default 5m).
+	// OuraRateLimit is OURA_RATE_LIMIT requests per
+	// OuraRateWindow, OURA_RATE_WINDOW.
 	OuraRateLimit  int
 	OuraRateWindow time.Duration
-	// RateBudgetSlack is RATE_BUDGET_SLACK (default 0: window/50 + 500ms):
+	// RateBudgetSlack is RATE_BUDGET_SLACK (0: window/50 + 500ms):
 	// padding of each budget window against requests delayed in transit.
 	RateBudgetSlack time.Duration
-	// VendorConnectTimeout is VENDOR_CONNECT_TIMEOUT (default 5s), the
+	// VendorConnectTimeout is VENDOR_CONNECT_TIMEOUT, the
 	// dial and TLS handshake bound of vendor calls.
 	VendorConnectTimeout time.Duration
-	// VendorRequestTimeout is VENDOR_REQUEST_TIMEOUT (default 15s): one
+	// VendorRequestTimeout is VENDOR_REQUEST_TIMEOUT: one
 	// vendor call, start to last byte.
 	VendorRequestTimeout time.Duration
-	// VendorMaxConns is VENDOR_MAX_CONNS (default 16, 1..1024): connections
+	// VendorMaxConns is VENDOR_MAX_CONNS (1..1024): connections
 	// per vendor.
 	VendorMaxConns int
 
@@ -165,30 +173,30 @@ type Config struct {
 	// in a hand-built Config a zero BackfillDays, ReconcileInterval or
 	// StaleAfter leaves that part off (as WhoopDailyLimit does).
 
-	// BackfillDays is INGEST_BACKFILL_DAYS (default 30, 0..400; 0 turns
-	// backfill off): the history a new connection gets.
+	// BackfillDays is INGEST_BACKFILL_DAYS (0..400; 0 turns backfill off): the
+	// history a new connection gets.
 	BackfillDays int
-	// ConnectionSyncInterval is INGEST_CONNECTION_SYNC_INTERVAL (default
-	// 10s): how often the token broker is asked for new connections, so a
-	// backfill starts within about this long of a connect.
+	// ConnectionSyncInterval is INGEST_CONNECTION_SYNC_INTERVAL: how often the
+	// token broker is asked for new connections, so a backfill starts within
+	// about this long of a connect.
 	ConnectionSyncInterval time.Duration
-	// ReconcileInterval is INGEST_RECONCILE_INTERVAL (default 6h; 0 turns
-	// reconciliation off): every active connection's recent window is read
-	// again once per interval, each at its own offset within it.
+	// ReconcileInterval is INGEST_RECONCILE_INTERVAL (0 turns reconciliation
+	// off): every active connection's recent window is read again once per
+	// interval, each at its own offset within it.
 	ReconcileInterval time.Duration
-	// ReconcileWindow is INGEST_RECONCILE_WINDOW (default 72h): how far back
+	// ReconcileWindow is INGEST_RECONCILE_WINDOW: how far back
 	// a reconciliation reads.
 	ReconcileWindow time.Duration
-	// StaleAfter is INGEST_STALE_AFTER (default 48h; 0 turns staleness
-	// off): a connection without new data for this long is stale.
+	// StaleAfter is INGEST_STALE_AFTER (0 turns staleness off): a connection
+	// without new data for this long is stale.
 	StaleAfter time.Duration
-	// StaleCheckInterval is INGEST_STALE_CHECK_INTERVAL (default 1m).
+	// StaleCheckInterval is INGEST_STALE_CHECK_INTERVAL.
 	StaleCheckInterval time.Duration
-	// BackgroundRatePercent is INGEST_BACKGROUND_RATE_PERCENT (default 50,
-	// 1..100): the part of each vendor rate window backfill and
-	// reconciliation may use; the rest is kept for live webhooks.
+	// BackgroundRatePercent is INGEST_BACKGROUND_RATE_PERCENT (1..100): the
+	// part of each vendor rate window backfill and reconciliation may use; the
+	// rest is kept for live webhooks.
 	BackgroundRatePercent int
-	// BackgroundWorkers is INGEST_BACKGROUND_WORKERS (default
+	// BackgroundWorkers is INGEST_BACKGROUND_WORKERS (0:
 	// INGEST_WORKERS minus a quarter of them, at least one kept for live
 	// work): background jobs running at once per replica.
 	BackgroundWorkers int
@@ -202,81 +210,51 @@ type Config struct {
 	// PublicBaseURL is PUBLIC_BASE_URL: Oura delivers to PublicBaseURL +
 	// /v1/webhooks/oura.
 	PublicBaseURL string
-	// OuraSubscriptionInterval is INGEST_OURA_SUBSCRIPTION_INTERVAL
-	// (default 1h): how often the subscriptions are checked.
+	// OuraSubscriptionInterval is INGEST_OURA_SUBSCRIPTION_INTERVAL: how
+	// often the subscriptions are checked.
 	OuraSubscriptionInterval time.Duration
-	// OuraSubscriptionRenewBefore is INGEST_OURA_SUBSCRIPTION_RENEW_BEFORE
-	// (default 168h): a subscription expiring within this is renewed.
+	// OuraSubscriptionRenewBefore is INGEST_OURA_SUBSCRIPTION_RENEW_BEFORE:
+	// a subscription expiring within this is renewed.
 	OuraSubscriptionRenewBefore time.Duration
+
+	// Common is LOG_FORMAT, LOG_LEVEL and LOG_PSEUDONYM_KEY (the binary
+	// builds the logger from it; New reads PseudonymKey above instead).
+	service.Common
 }
 
-// setDefaults fills zero fields with the documented defaults.
+// setDefaults fills a hand-built Config's zero fields with LoadConfig's
+// defaults, so each default is written once, where LoadConfig reads its
+// variable, and trims the URLs as LoadConfig does.
 func (c *Config) setDefaults() {
-	str := func(p *string, v string) {
-		if *p == "" {
-			*p = v
-		}
-	}
-	num := func(p *int, v int) {
-		if *p <= 0 {
-			*p = v
-		}
-	}
-	dur := func(p *time.Duration, v time.Duration) {
-		if *p <= 0 {
-			*p = v
-		}
-	}
-	str(&c.GRPCAddr, ":9101")
-	str(&c.AdminAddr, ":9201")
-	str(&c.PersistenceTarget, "127.0.0.1:9103")
-	str(&c.TokenBrokerTarget, "127.0.0.1:9102")
-	str(&c.WhoopAPIURL, "https://api.prod.whoop.com")
-	str(&c.OuraAPIURL, "https://api.ouraring.com")
+	config.FillZero(c, defaults())
 	c.WhoopAPIURL, c.OuraAPIURL = strings.TrimRight(c.WhoopAPIURL, "/"), strings.TrimRight(c.OuraAPIURL, "/")
-	num(&c.HealthKitMaxSamples, 10000)
-	num(&c.MaxConcurrentPushes, 50)
-	num(&c.MaxConcurrentWebhooks, 50)
-	num(&c.Workers, 8)
-	num(&c.JobMaxAttempts, 8)
-	num(&c.WhoopRateLimit, 100)
-	num(&c.OuraRateLimit, 5000)
-	num(&c.VendorMaxConns, 16)
-	dur(&c.WaitBudget, 2*time.Second)
-	dur(&c.WebhookTolerance, 5*time.Minute)
-	dur(&c.WebhookWaitBudget, 500*time.Millisecond)
-	dur(&c.JobLease, time.Minute)
-	dur(&c.RetryBase, 2*time.Second)
-	dur(&c.RetryMax, 10*time.Minute)
-	dur(&c.PollInterval, time.Second)
-	dur(&c.PendingScoreDelay, 5*time.Minute)
-	dur(&c.PendingScoreMaxAge, 24*time.Hour)
-	dur(&c.JobRetention, 7*24*time.Hour)
-	dur(&c.ShutdownGrace, 10*time.Second)
-	dur(&c.WhoopRateWindow, time.Minute)
-	dur(&c.OuraRateWindow, 5*time.Minute)
-	dur(&c.VendorConnectTimeout, 5*time.Second)
-	dur(&c.VendorRequestTimeout, 15*time.Second)
-	dur(&c.ConnectionSyncInterval, 10*time.Second)
-	dur(&c.ReconcileWindow, 72*time.Hour)
-	dur(&c.StaleCheckInterval, time.Minute)
-	dur(&c.OuraSubscriptionInterval, time.Hour)
-	dur(&c.OuraSubscriptionRenewBefore, 7*24*time.Hour)
-	num(&c.BackgroundRatePercent, 50)
 	c.PublicBaseURL = strings.TrimRight(c.PublicBaseURL, "/")
+}
+
+// defaults is the Config LoadConfig reads from an empty environment (the
+// errors about required variables are expected), less what a hand-built
+// Config leaves off when zero (WhoopDailyLimit, BackfillDays,
+// ReconcileInterval, StaleAfter), the user-token settings (pkg/auth's own
+// defaults) and the shared logging settings, which New does not read.
+func defaults() Config {
+	d, _ := LoadConfig(func(string) string { return "" })
+	d.WhoopDailyLimit, d.BackfillDays, d.ReconcileInterval, d.StaleAfter = 0, 0, 0, 0
+	d.UserTokens = auth.UserTokenConfig{}
+	d.Common = service.Common{}
+	return d
 }
 
 // LoadConfig reads and validates the whole configuration, reporting every
 // problem at once.
-func LoadConfig(getenv func(string) string) (Config, service.Common, error) {
+func LoadConfig(getenv func(string) string) (Config, error) {
 	l := config.New(getenv)
 	c := Config{
 		GRPCAddr:              l.String("INGEST_GRPC_ADDR", ":9101"),
 		AdminAddr:             l.String("INGEST_ADMIN_ADDR", ":9201"),
 		PersistenceTarget:     l.String("PERSISTENCE_TARGET", "127.0.0.1:9103"),
 		TokenBrokerTarget:     l.String("TOKENBROKER_TARGET", "127.0.0.1:9102"),
-		PostgresURL:           l.Required("POSTGRES_URL"),
-		RedisURL:              l.Required("REDIS_URL"),
+		PostgresURL:           l.String("POSTGRES_URL", ""),
+		RedisURL:              l.String("REDIS_URL", ""),
 		RedisKeyPrefix:        l.String("REDIS_KEY_PREFIX", ""),
 		ServiceToken:          l.Required("SERVICE_TOKEN"),
 		ServiceTokens:         l.Required("SERVICE_TOKENS"),
@@ -288,22 +266,22 @@ func LoadConfig(getenv func(string) string) (Config, service.Common, error) {
 		WaitBudget:            l.Duration("INGEST_WAIT_BUDGET", 2*time.Second),
 		TLS:                   l.TLS(),
 
-		WhoopClientSecret:     []byte(l.Required("WHOOP_CLIENT_SECRET")),
-		OuraClientSecret:      []byte(l.Required("OURA_CLIENT_SECRET")),
-		WebhookTolerance:      l.Duration("WEBHOOK_TIMESTAMP_TOLERANCE", 5*time.Minute),
+		WhoopClientSecret:     []byte(l.String("WHOOP_CLIENT_SECRET", "")),
+		OuraClientSecret:      []byte(l.String("OURA_CLIENT_SECRET", "")),
+		WebhookTolerance:      l.Duration("WEBHOOK_TIMESTAMP_TOLERANCE", webhook.DefaultTolerance),
 		MaxConcurrentWebhooks: l.Int("MAX_CONCURRENT_WEBHOOKS", 50, 1, 1000),
 		WebhookWaitBudget:     l.Duration("WEBHOOK_WAIT_BUDGET", 500*time.Millisecond),
 
-		Workers:            l.Int("INGEST_WORKERS", 8, 1, 256),
-		JobLease:           l.Duration("INGEST_JOB_LEASE", time.Minute),
-		JobMaxAttempts:     l.Int("INGEST_JOB_MAX_ATTEMPTS", 8, 1, 100),
-		RetryBase:          l.Duration("INGEST_RETRY_BASE", 2*time.Second),
-		RetryMax:           l.Duration("INGEST_RETRY_MAX", 10*time.Minute),
-		PollInterval:       l.Duration("INGEST_POLL_INTERVAL", time.Second),
-		PendingScoreDelay:  l.Duration("INGEST_PENDING_SCORE_DELAY", 5*time.Minute),
-		PendingScoreMaxAge: l.Duration("INGEST_PENDING_SCORE_MAX_AGE", 24*time.Hour),
-		JobRetention:       l.Duration("INGEST_JOB_RETENTION", 7*24*time.Hour),
-		ShutdownGrace:      l.Duration("SHUTDOWN_GRACE_PERIOD", 10*time.Second),
+		Workers:            l.Int("INGEST_WORKERS", worker.DefaultWorkers, 1, 256),
+		JobLease:           l.Duration("INGEST_JOB_LEASE", worker.DefaultLease),
+		JobMaxAttempts:     l.Int("INGEST_JOB_MAX_ATTEMPTS", worker.DefaultMaxAttempts, 1, 100),
+		RetryBase:          l.Duration("INGEST_RETRY_BASE", worker.DefaultRetryBase),
+		RetryMax:           l.Duration("INGEST_RETRY_MAX", worker.DefaultRetryMax),
+		PollInterval:       l.Duration("INGEST_POLL_INTERVAL", worker.DefaultPollInterval),
+		PendingScoreDelay:  l.Duration("INGEST_PENDING_SCORE_DELAY", worker.DefaultPendingDelay),
+		PendingScoreMaxAge: l.Duration("INGEST_PENDING_SCORE_MAX_AGE", worker.DefaultPendingMaxAge),
+		JobRetention:       l.Duration("INGEST_JOB_RETENTION", worker.DefaultRetention),
+		ShutdownGrace:      l.Duration("SHUTDOWN_GRACE_PERIOD", worker.DefaultShutdownGrace),
 
 		WhoopAPIURL:          strings.TrimRight(l.String("WHOOP_API_URL", "https://api.prod.whoop.com"), "/"),
 		OuraAPIURL:           strings.TrimRight(l.String("OURA_API_URL", "https://api.ouraring.com"), "/"),
@@ -318,11 +296,11 @@ func LoadConfig(getenv func(string) string) (Config, service.Common, error) {
 		VendorMaxConns:       l.Int("VENDOR_MAX_CONNS", 16, 1, 1024),
 
 		BackfillDays:           l.Int("INGEST_BACKFILL_DAYS", 30, 0, 400),
-		ConnectionSyncInterval: l.Duration("INGEST_CONNECTION_SYNC_INTERVAL", 10*time.Second),
+		ConnectionSyncInterval: l.Duration("INGEST_CONNECTION_SYNC_INTERVAL", completeness.DefaultSyncInterval),
 		ReconcileInterval:      l.Duration("INGEST_RECONCILE_INTERVAL", 6*time.Hour),
-		ReconcileWindow:        l.Duration("INGEST_RECONCILE_WINDOW", 72*time.Hour),
+		ReconcileWindow:        l.Duration("INGEST_RECONCILE_WINDOW", completeness.DefaultReconcileWindow),
 		StaleAfter:             l.Duration("INGEST_STALE_AFTER", 48*time.Hour),
-		StaleCheckInterval:     l.Duration("INGEST_STALE_CHECK_INTERVAL", time.Minute),
+		StaleCheckInterval:     l.Duration("INGEST_STALE_CHECK_INTERVAL", completeness.DefaultStaleCheckInterval),
 		BackgroundRatePercent:  l.Int("INGEST_BACKGROUND_RATE_PERCENT", 50, 1, 100),
 		BackgroundWorkers:      l.Int("INGEST_BACKGROUND_WORKERS", 0, 0, 256),
 
@@ -332,6 +310,25 @@ func LoadConfig(getenv func(string) string) (Config, service.Common, error) {
 		OuraSubscriptionRenewBefore: l.Duration("INGEST_OURA_SUBSCRIPTION_RENEW_BEFORE", 7*24*time.Hour),
 	}
 	c.UserTokenSecret = c.UserTokens.Secret
+	c.Common = service.LoadCommon(l)
+	c.PseudonymKey = c.Common.PseudonymKey
+	return c, errors.Join(l.Err(), c.Validate())
+}
+
+// Validate checks what is required, the relations between settings and
+// their formats beyond their types: the one check of a Config, whether
+// LoadConfig read it (and reports its problems with the variables' own) or
+// it was built by hand (New checks it).
+func (c Config) Validate() error {
+	l := config.New(nil)
+	l.Check("POSTGRES_URL", c.PostgresURL != "", "is required")
+	l.Check("REDIS_URL", c.RedisURL != "", "is required")
+	if c.RedisURL != "" {
+		_, err := redis.ParseURL(c.RedisURL)
+		l.Check("REDIS_URL", err == nil, "must be a redis:// or rediss:// URL")
+	}
+	l.Check("WHOOP_CLIENT_SECRET", len(c.WhoopClientSecret) > 0, "is required (the key of WHOOP's webhook signatures)")
+	l.Check("OURA_CLIENT_SECRET", len(c.OuraClientSecret) > 0, "is required (the key of Oura's webhook signatures)")
 	l.Check("WEBHOOK_TIMESTAMP_TOLERANCE", c.WebhookTolerance >= time.Second && c.WebhookTolerance <= time.Hour, "must be between 1s and 1h")
 	l.Check("WEBHOOK_WAIT_BUDGET", c.WebhookWaitBudget > 0 && c.WebhookWaitBudget <= 10*time.Second, "must be between 1ns and 10s (vendors want an answer within about a second)")
 	l.Check("INGEST_JOB_LEASE", c.JobLease >= time.Second, "must be at least 1s")
@@ -360,7 +357,5 @@ func LoadConfig(getenv func(string) string) (Config, service.Common, error) {
 		p, err := url.Parse(u.v)
 		l.Check(u.name, err == nil && (p.Scheme == "http" || p.Scheme == "https") && p.Host != "", "must be an absolute http(s) URL")
 	}
-	common := service.LoadCommon(l)
-	c.PseudonymKey = common.PseudonymKey
-	return c, common, l.Err()
+	return l.Err()
 }

@@ -23,7 +23,7 @@ func minimalEnv() map[string]string {
 
 func TestLoadConfigDefaults(t *testing.T) {
 	t.Parallel()
-	c, _, err := server.LoadConfig(envOf(minimalEnv()))
+	c, err := server.LoadConfig(envOf(minimalEnv()))
 	require.NoError(t, err)
 	assert.Equal(t, ":9101", c.GRPCAddr)
 	assert.Equal(t, "127.0.0.1:9102", c.TokenBrokerTarget)
@@ -48,7 +48,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 	// 0 turns each part of data completeness off.
 	env := minimalEnv()
 	env["INGEST_BACKFILL_DAYS"], env["INGEST_RECONCILE_INTERVAL"], env["INGEST_STALE_AFTER"] = "0", "0", "0"
-	c, _, err = server.LoadConfig(envOf(env))
+	c, err = server.LoadConfig(envOf(env))
 	require.NoError(t, err)
 	assert.Zero(t, c.BackfillDays)
 	assert.Zero(t, c.ReconcileInterval)
@@ -58,7 +58,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 // Every problem is reported at once, each with its variable's name.
 func TestLoadConfigReportsEverything(t *testing.T) {
 	t.Parallel()
-	_, _, err := server.LoadConfig(envOf(map[string]string{
+	_, err := server.LoadConfig(envOf(map[string]string{
 		"MAX_CONCURRENT_WEBHOOKS":     "0",
 		"WEBHOOK_TIMESTAMP_TOLERANCE": "2h",
 		"INGEST_WORKERS":              "many",

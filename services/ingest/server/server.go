@@ -38,20 +38,20 @@ import (
 	"github.com/biobridge/bridge/services/ingest/internal/api"
 	"github.com/biobridge/bridge/services/ingest/internal/completeness"
 	"github.com/biobridge/bridge/services/ingest/internal/erasure"
-	"github.com/biobridge/bridge/services/ingest/internal/jobs"
-	"github.com/biobridge/bridge/services/ingest/internal/oura"
-	"github.com/biobridge/bridge/services/ingest/internal/vendorhttp"
+	"github.com/biobridge/bridge/services/ingest/internal/store"
 	"github.com/biobridge/bridge/services/ingest/internal/webhook"
-	"github.com/biobridge/bridge/services/ingest/internal/whoop"
 	"github.com/biobridge/bridge/services/ingest/internal/worker"
+	"github.com/biobridge/bridge/services/ingest/oura"
+	"github.com/biobridge/bridge/services/ingest/vendorhttp"
+	"github.com/biobridge/bridge/services/ingest/whoop"
 )
 
 // Migrate applies ingest's migrations (schema "ingest") to the database at
 // url. New does it too; tests use it to build template databases.
-func Migrate(ctx context.Context, url string) error { return jobs.Migrations.Migrate(ctx, url) }
+func Migrate(ctx context.Context, url string) error { return store.Migrations.Migrate(ctx, url) }
 
 // MigrationsVersion changes whenever a migration does (for test template names).
-func MigrationsVersion() string { return jobs.Migrations.Version() }
+func MigrationsVersion() string { return store.Migrations.Version() }
 
 // Server is a running ingest service.
 type Server struct {
@@ -66,7 +66,7 @@ type Server struct {
 	rdb     *redis.Client
 	pool    *worker.Pool
 	// enqueuer group-commits webhook jobs; closed after the gRPC server.
-	enqueuer *jobs.GroupEnqueuer
+	enqueuer *store.GroupEnqueuer
 	vendors  []*vendorhttp.Client
 	loops    *completeness.Loops
 	subs     *oura.Subscriptions
@@ -112,18 +112,16 @@ func authenticate(tokens *auth.ServiceTokens, acl *auth.ACL, users *auth.UserVer
 // vendors are the vendors ingest fetches from.
 var vendors = []string{worker.VendorWhoop, worker.VendorOura}
 
-// New connects to PostgreSQL (migrating schema "ingest"), builds the
-// clients and binds its ports (":0" works), ready to Serve.
+// New checks cfg with Validate (its zero fields given LoadConfig's
+// defaults first), connects to PostgreSQL (migrating schema "ingest"),
+// builds the clients and binds its ports (":0" works), ready to Serve.
 func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	cfg.setDefaults()
-	if cfg.PostgresURL == "" || cfg.RedisURL == "" {
-		return nil, errors.New("ingest: POSTGRES_URL and REDIS_URL are required")
-	}
-	if len(cfg.WhoopClientSecret) == 0 || len(cfg.OuraClientSecret) == 0 {
-		return nil, errors.New("ingest: WHOOP_CLIENT_SECRET and OURA_CLIENT_SECRET are required to verify webhooks")
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	tokens, err := auth.ParseServiceTokens(cfg.ServiceTokens)
 	if err != nil {
@@ -152,7 +150,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	}
 	ropts, err := redis.ParseURL(cfg.RedisURL)
 	if err != nil {
-		return nil, errors.New("REDIS_URL: invalid redis url")
+		return nil, fmt.Errorf("REDIS_URL: %w", err)
 	}
 	s.rdb = redis.NewClient(ropts)
 	if s.persist, err = grpcclient.Dial(cfg.PersistenceTarget, grpcclient.Config{TLS: cfg.TLS, ServiceToken: cfg.ServiceToken, TracerProvider: cfg.TracerProvider}); err != nil {
@@ -196,7 +194,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	}
 	s.vendors = append(s.vendors, ouraClient)
 
-	store := jobs.New(s.db)
+	jobStore := store.New(s.db)
 	fetcher := worker.NewFetcher(worker.FetchConfig{
 		PendingDelay: cfg.PendingScoreDelay, PendingMaxAge: cfg.PendingScoreMaxAge,
 	}, tokensv1.NewTokenBrokerServiceClient(s.broker), persistencev1.NewPersistenceServiceClient(s.persist),
@@ -207,8 +205,8 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	// The pool and the collector wake each other; the closure breaks the
 	// construction cycle.
 	var wake func()
-	collector := worker.NewCollector(fetcher, store, func() { wake() }, logger)
-	s.pool = worker.NewPool(store, map[string]worker.Handler{
+	collector := worker.NewCollector(fetcher, jobStore, func() { wake() }, logger)
+	s.pool = worker.NewPool(jobStore, map[string]worker.Handler{
 		worker.KindWebhook:         fetcher,
 		worker.KindBackfill:        collector,
 		worker.KindReconcile:       collector,
@@ -226,7 +224,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		BackfillDays: cfg.BackfillDays, SyncInterval: cfg.ConnectionSyncInterval,
 		ReconcileInterval: cfg.ReconcileInterval, ReconcileWindow: cfg.ReconcileWindow,
 		StaleAfter: cfg.StaleAfter, StaleCheckInterval: cfg.StaleCheckInterval,
-	}, store, brokerClient, s.pool.Wake, s.reg, logger)
+	}, jobStore, brokerClient, s.pool.Wake, s.reg, logger)
 	fetcher.SetArrivals(s.loops)
 	s.subsM = newSubscriptionMetrics(s.reg)
 	switch {
@@ -257,14 +255,14 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	}
 	eraser := erasure.New(eraserCfg, s.db, brokerClient, persistencev1.NewPersistenceServiceClient(s.persist), s.reg, logger)
 	tolerance := webhook.Options{Tolerance: cfg.WebhookTolerance}
-	s.enqueuer = jobs.NewGroupEnqueuer(store, webhookGroupCommit, webhookGroupMetrics(s.reg))
+	s.enqueuer = store.NewGroupEnqueuer(jobStore, webhookGroupCommit, webhookGroupMetrics(s.reg))
 	handler := api.New(api.Deps{
 		Persistence: persistencev1.NewPersistenceServiceClient(s.persist),
 		Limiter:     limiter.New("ingest_pushes", cfg.MaxConcurrentPushes, cfg.WaitBudget, s.reg),
 		Webhooks: api.Webhooks{
 			Whoop:   webhook.NewWhoopVerifier(cfg.WhoopClientSecret, tolerance),
 			Oura:    webhook.NewOuraVerifier(cfg.OuraClientSecret, tolerance),
-			Jobs:    store,
+			Jobs:    jobStore,
 			Enqueue: s.enqueuer.Enqueue,
 			Limiter: limiter.New("ingest_webhooks", cfg.MaxConcurrentWebhooks, cfg.WebhookWaitBudget, s.reg),
 			Wake:    s.pool.Wake,

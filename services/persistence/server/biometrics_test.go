@@ -262,7 +262,8 @@ func TestListMetrics(t *testing.T) {
 // are written before Serve returns.
 func TestShutdownFlushesAudit(t *testing.T) {
 	t.Parallel()
-	e := start(t, func(c *server.Config) { c.AuditFlushInterval = time.Hour })
+	// The longest interval Validate accepts: no timed flush in the test.
+	e := start(t, func(c *server.Config) { c.AuditFlushInterval = time.Minute })
 	user := newUser()
 	for range 5 {
 		_, err := e.biometrics.GetLatest(e.agentCtx(), &biometricsv1.GetLatestRequest{UserId: user})

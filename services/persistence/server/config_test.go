@@ -30,6 +30,10 @@ func TestLoadConfig(t *testing.T) {
 	require.Zero(t, cfg.RetentionReadings, "readings are kept until a policy is set")
 	require.Zero(t, cfg.RetentionEvents)
 	require.Equal(t, 52596*time.Hour, cfg.RetentionAudit, "the audit log is kept six years")
+	require.False(t, cfg.LatestNearCache, "the near-cache is off unless enabled")
+	require.Equal(t, 32, cfg.LatestNearCacheMiB)
+	require.Equal(t, time.Minute, cfg.LatestNearCacheTTL)
+	require.Equal(t, 100*time.Millisecond, cfg.LatestNearCacheMaxStaleness)
 
 	withRetention := map[string]string{"RETENTION_READINGS": "4380h", "RETENTION_EVENTS": "0", "RETENTION_AUDIT": "70000h"}
 	for k, v := range valid {
@@ -51,9 +55,12 @@ func TestLoadConfig(t *testing.T) {
 			"LOG_PSEUDONYM_KEY": "short", "GROUP_COMMIT_MAX_EVENTS": "0", "GROUP_COMMIT_WINDOW": "5s",
 			"AUDIT_FLUSH_INTERVAL": "banana", "PARTITION_MONTHS_AHEAD": "99", "SERVICE_ACL": "agents=GetLatest",
 			"RETENTION_READINGS": "24h", "RETENTION_EVENTS": "6 months", "RETENTION_AUDIT": "100h",
+			"LATEST_NEAR_CACHE_MIB": "0", "LATEST_NEAR_CACHE_TTL": "10ms", "LATEST_NEAR_CACHE_MAX_STALENESS": "1ms",
+			"LATEST_NEAR_CACHE_ENABLED": "maybe",
 		}, []string{"POSTGRES_URL", "REDIS_URL", "SERVICE_TOKENS", "LOG_PSEUDONYM_KEY", "GROUP_COMMIT_MAX_EVENTS",
 			"GROUP_COMMIT_WINDOW", "AUDIT_FLUSH_INTERVAL", "PARTITION_MONTHS_AHEAD", "SERVICE_ACL",
-			"RETENTION_READINGS", "RETENTION_EVENTS", "RETENTION_AUDIT"}},
+			"RETENTION_READINGS", "RETENTION_EVENTS", "RETENTION_AUDIT",
+			"LATEST_NEAR_CACHE_MIB", "LATEST_NEAR_CACHE_TTL", "LATEST_NEAR_CACHE_MAX_STALENESS", "LATEST_NEAR_CACHE_ENABLED"}},
 	} {
 		_, err := server.LoadConfig(getenv(tc.env))
 		require.Error(t, err, tc.name)

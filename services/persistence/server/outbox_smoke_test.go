@@ -9,6 +9,7 @@ import (
 
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
+	"github.com/biobridge/bridge/pkg/topics"
 )
 
 func TestOutboxLeaseAckNack(t *testing.T) {
@@ -29,14 +30,14 @@ func TestOutboxLeaseAckNack(t *testing.T) {
 	again, err := e.persistence.AppendConnectionEvents(e.ingestCtx(), conn)
 	require.NoError(t, err)
 	require.Equal(t, appended.GetEventIds(), again.GetEventIds())
-	require.Equal(t, 1, e.count(`SELECT count(*) FROM outbox WHERE topic = 'biometrics.connections.v1'`))
+	require.Equal(t, 1, e.count(`SELECT count(*) FROM outbox WHERE topic = $1`, topics.Connections))
 
 	resp, err := e.persistence.LeaseOutbox(e.ingestCtx(), &persistencev1.LeaseOutboxRequest{Holder: "p1"})
 	require.NoError(t, err)
 	require.Len(t, resp.GetEntries(), 3)
 	require.Equal(t, "a", resp.GetEntries()[0].GetEvent().GetVendorRecordId())
 	require.Equal(t, "b", resp.GetEntries()[1].GetEvent().GetVendorRecordId())
-	require.Equal(t, "biometrics.connections.v1", resp.GetEntries()[2].GetTopic())
+	require.Equal(t, topics.Connections, resp.GetEntries()[2].GetTopic())
 	require.Equal(t, appended.GetEventIds()[0], resp.GetEntries()[2].GetConnectionEvent().GetEventId())
 	require.Equal(t, user, resp.GetEntries()[2].GetKey())
 

@@ -248,12 +248,12 @@ func TestNackedHeadBlocksItsKeyOnly(t *testing.T) {
 	require.NotNil(t, stats.GetOldestPendingAt())
 }
 
-// TestLongPollIsWokenByCommit: with a poll interval far longer than the
-// wait, a waiting LeaseOutbox can only return entries if the commit's
-// NOTIFY woke it.
+// TestLongPollIsWokenByCommit: with a poll interval longer than the time
+// the test waits (the longest Validate accepts, 1m, against 40s), a waiting
+// LeaseOutbox can only return entries if the commit's NOTIFY woke it.
 func TestLongPollIsWokenByCommit(t *testing.T) {
 	t.Parallel()
-	e := start(t, func(c *server.Config) { c.OutboxPollInterval = time.Hour })
+	e := start(t, func(c *server.Config) { c.OutboxPollInterval = time.Minute })
 	user := newUser()
 	got := make(chan *persistencev1.LeaseOutboxResponse, 1)
 	go func() {

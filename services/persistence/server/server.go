@@ -65,7 +65,8 @@ type Server struct {
 	m         *metrics.Metrics
 	store     *store.Store
 	rdb       redis.UniversalClient
-	latest    *api.Latest
+	latest    *latestcache.Latest
+	near      *latestcache.Near // nil: near-cache off
 	audit     *audit.Writer
 	committer *groupcommit.Committer[store.Op, store.OpResult]
 	notifier  *store.Notifier
@@ -77,8 +78,9 @@ type Server struct {
 	closeStorage sync.Once
 }
 
-// New connects to PostgreSQL (migrating the schema) and Redis, and binds
-// both ports. Redis being down does not stop the service from starting:
+// New checks cfg with Validate (its zero fields given LoadConfig's
+// defaults first), connects to PostgreSQL (migrating the schema) and
+// Redis, and binds both ports. Redis being down does not stop the service from starting:
 // reads and writes then run on PostgreSQL alone and the cache is rebuilt
 // once Redis is back.
 func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err error) {
@@ -86,8 +88,8 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.PostgresURL == "" {
-		return nil, errors.New("persistence: POSTGRES_URL is required")
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("persistence: invalid configuration:\n%w", err)
 	}
 	tokens, err := auth.ParseServiceTokens(cfg.ServiceTokens)
 	if err != nil {
@@ -125,7 +127,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	if cfg.RedisURL != "" {
 		opts, err := redis.ParseURL(cfg.RedisURL)
 		if err != nil {
-			return nil, errors.New("persistence: REDIS_URL: invalid redis url")
+			return nil, fmt.Errorf("persistence: REDIS_URL: %w", err)
 		}
 		// Short timeouts: a stalled Redis must cost a write milliseconds,
 		// not seconds, before the write goes on without the cache.
@@ -139,11 +141,22 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		opts.Protocol = 2
 		s.rdb = redis.NewClient(opts)
 		cache = latestcache.New(s.rdb, cfg.RedisKeyPrefix, cfg.LatestCacheTTL)
+		if cfg.LatestNearCache {
+			s.near, err = latestcache.NewNear(latestcache.NearConfig{
+				RedisURL: cfg.RedisURL, MaxBytes: cfg.LatestNearCacheMiB << 20,
+				TTL: cfg.LatestNearCacheTTL, MaxStale: cfg.LatestNearCacheMaxStaleness,
+				OnFlush: s.m.NearFlushes.Inc,
+			})
+			if err != nil {
+				return nil, errors.New("persistence: REDIS_URL: invalid for the near-cache (unset LATEST_NEAR_CACHE_ENABLED to turn it off)")
+			}
+			cache.WithNear(s.near, func(result string) { s.m.NearReads.WithLabelValues(result).Inc() })
+		}
 		if err := cache.Load(ctx); err != nil {
 			logger.WarnContext(ctx, "redis unavailable at start, serving from postgres until it returns", "err", err)
 		}
 	}
-	s.latest = api.NewLatest(s.store, cache, s.m, logger.With("component", "latest"))
+	s.latest = latestcache.NewLatest(s.store, cache, s.m, logger.With("component", "latest"))
 	s.audit = audit.New(s.store, audit.Config{Buffer: cfg.AuditBuffer, FlushInterval: cfg.AuditFlushInterval}, s.m, logger.With("component", "audit"))
 	s.committer = groupcommit.New(groupcommit.Config{
 		Window:      cfg.GroupCommitWindow,
@@ -214,6 +227,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	wg.Go(func() { s.notifier.Run(bg, s.store) })
 	wg.Go(func() { s.maintain(bg) })
 	wg.Go(func() { s.latest.RunRepairs(bg, 500*time.Millisecond) })
+	if s.near != nil {
+		wg.Go(func() { s.near.Run(bg) })
+	}
 	stop := context.AfterFunc(ctx, s.stop)
 	defer stop()
 
@@ -308,3 +324,14 @@ func (s *Server) retention() store.Retention {
 // FlushAudit writes the buffered audit entries now and waits for them
 // (tests; shutdown flushes by itself).
 func (s *Server) FlushAudit(ctx context.Context) { s.audit.Flush(ctx) }
+
+// NearCacheBarrier waits until every invalidation Redis sent this
+// replica's near-cache before the call has been applied (tests: it makes a
+// write acknowledged by another replica visible here at once). It returns
+// nil when the near-cache is off.
+func (s *Server) NearCacheBarrier(ctx context.Context) error {
+	if s.near == nil {
+		return nil
+	}
+	return s.near.Barrier(ctx)
+}

@@ -11,7 +11,7 @@ import (
 
 	publisherv1 "github.com/biobridge/bridge/gen/go/biobridge/publisher/v1"
 	"github.com/biobridge/bridge/pkg/auth"
-	"github.com/biobridge/bridge/services/publisher/internal/testenv"
+	"github.com/biobridge/bridge/services/publisher/testenv"
 )
 
 // TestServiceACL checks that with SERVICE_ACL set a valid token reaches only

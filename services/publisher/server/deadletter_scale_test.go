@@ -18,8 +18,8 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	publisherv1 "github.com/biobridge/bridge/gen/go/biobridge/publisher/v1"
-	"github.com/biobridge/bridge/services/publisher/internal/kafka"
-	"github.com/biobridge/bridge/services/publisher/internal/testenv"
+	"github.com/biobridge/bridge/services/publisher/kafka"
+	"github.com/biobridge/bridge/services/publisher/testenv"
 )
 
 // Heap bounds of TestDeadLettersAtScale (the publisher process's

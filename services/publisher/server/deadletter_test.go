@@ -9,8 +9,8 @@ import (
 
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
 	publisherv1 "github.com/biobridge/bridge/gen/go/biobridge/publisher/v1"
-	"github.com/biobridge/bridge/services/publisher/internal/kafka"
-	"github.com/biobridge/bridge/services/publisher/internal/testenv"
+	"github.com/biobridge/bridge/services/publisher/kafka"
+	"github.com/biobridge/bridge/services/publisher/testenv"
 )
 
 // TestPoisonMessageIsDeadLetteredAndReplayed writes an event too large for

@@ -9,8 +9,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
-	"github.com/biobridge/bridge/services/publisher/internal/kafka"
-	"github.com/biobridge/bridge/services/publisher/internal/testenv"
+	"github.com/biobridge/bridge/services/publisher/kafka"
+	"github.com/biobridge/bridge/services/publisher/testenv"
 	"github.com/biobridge/bridge/services/publisher/topiccheck"
 )
 

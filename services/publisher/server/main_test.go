@@ -4,12 +4,12 @@ import (
 	"os"
 	"testing"
 
-	"github.com/biobridge/bridge/services/publisher/internal/testenv"
+	"github.com/biobridge/bridge/services/publisher/testenv"
 )
 
-// TestMain removes the publisher binary the process tests build.
+// TestMain removes the binaries the tests build (the publisher, persistence).
 func TestMain(m *testing.M) {
 	code := m.Run()
-	testenv.RemovePublisherBinary()
+	testenv.RemoveBinaries()
 	os.Exit(code)
 }

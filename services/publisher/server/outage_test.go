@@ -11,27 +11,34 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	publisherv1 "github.com/biobridge/bridge/gen/go/biobridge/publisher/v1"
-	"github.com/biobridge/bridge/services/publisher/internal/kafka"
-	"github.com/biobridge/bridge/services/publisher/internal/testenv"
+	"github.com/biobridge/bridge/services/publisher/kafka"
+	"github.com/biobridge/bridge/services/publisher/testenv"
 )
 
 // steadyWriter writes one event per user every interval until stopped.
 type steadyWriter struct {
 	rounds atomic.Int64
 	errs   atomic.Int64
-	stop   context.CancelFunc
+	done   chan struct{}
+	once   sync.Once
 	wg     sync.WaitGroup
 }
 
+// startSteadyWriter starts the writer. Stop ends it between rounds: a round
+// is never abandoned halfway, because the writer numbers each user's events
+// before it sends them (Writer.Written counts them), so a round cancelled in
+// flight would be counted as written and never arrive.
 func startSteadyWriter(t *testing.T, env *testenv.Env, users []string, interval time.Duration) *steadyWriter {
 	t.Helper()
-	ctx, cancel := context.WithCancel(t.Context())
-	w := &steadyWriter{stop: cancel}
+	w := &steadyWriter{done: make(chan struct{})}
+	ctx := t.Context()
 	w.wg.Go(func() {
 		tick := time.NewTicker(interval)
 		defer tick.Stop()
 		for {
 			select {
+			case <-w.done:
+				return
 			case <-ctx.Done():
 				return
 			case <-tick.C:
@@ -51,8 +58,9 @@ func startSteadyWriter(t *testing.T, env *testenv.Env, users []string, interval 
 	return w
 }
 
+// Stop waits for the round in flight, if any, and ends the writer.
 func (w *steadyWriter) Stop() {
-	w.stop()
+	w.once.Do(func() { close(w.done) })
 	w.wg.Wait()
 }
 
@@ -112,7 +120,11 @@ func TestBrokerOutage(t *testing.T) {
 	require.Eventually(t, func() bool { return status().GetOutboxPending() == 0 }, 60*time.Second, 100*time.Millisecond)
 
 	c := collect(t, env, kafka.TopicEvents)
-	require.Eventually(t, func() bool { return c.Distinct() == total }, 30*time.Second, 50*time.Millisecond, "no event lost")
+	wait, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if err := c.WaitDistinct(wait, total); err != nil {
+		t.Fatalf("events lost: %v; order check: %v; %s", err, testenv.CheckOrder(c.Messages(), env.Writer.Written()), c.Progress(kafka.TopicEvents))
+	}
 	msgs := c.Messages()
 	require.NoError(t, testenv.CheckOrder(msgs, env.Writer.Written()))
 	dups := c.Total() - total

@@ -26,9 +26,9 @@ import (
 	"github.com/biobridge/bridge/pkg/telemetry"
 	"github.com/biobridge/bridge/services/publisher/internal/api"
 	"github.com/biobridge/bridge/services/publisher/internal/deadletter"
-	"github.com/biobridge/bridge/services/publisher/internal/kafka"
-	"github.com/biobridge/bridge/services/publisher/internal/outbox"
 	"github.com/biobridge/bridge/services/publisher/internal/relay"
+	"github.com/biobridge/bridge/services/publisher/kafka"
+	"github.com/biobridge/bridge/services/publisher/outbox"
 )
 
 // Server is a running publisher.
@@ -43,8 +43,8 @@ type Server struct {
 	admin  *admin.Server
 }
 
-// New connects to Kafka (creating missing topics), prepares the
-// persistence client and binds the gRPC and admin listeners. It fails when
+// New checks cfg with Validate, connects to Kafka (creating missing
+// topics), prepares the persistence client and binds the gRPC and admin listeners. It fails when
 // no Kafka broker answers: an orchestrator restarts it.
 func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err error) {
 	if logger == nil {
@@ -54,8 +54,8 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		host, _ := os.Hostname()
 		cfg.Holder = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
-	if cfg.ServiceTokens == nil {
-		return nil, errors.New("publisher: no service tokens configured")
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("publisher: invalid configuration:\n%w", err)
 	}
 	s := &Server{cfg: cfg, logger: logger}
 	defer func() {
@@ -158,6 +158,10 @@ func SendTimeout(d time.Duration) time.Duration {
 
 // GRPCAddr is the bound PublisherService address.
 func (s *Server) GRPCAddr() string { return s.grpc.Addr() }
+
+// Counters returns the relay's totals since start (what GetStatus reports,
+// without asking the outbox for its backlog).
+func (s *Server) Counters() relay.Counters { return s.relay.Counters() }
 
 // AdminAddr is the bound admin HTTP address.
 func (s *Server) AdminAddr() string { return s.admin.Addr() }

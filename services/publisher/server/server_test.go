@@ -15,8 +15,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	publisherv1 "github.com/biobridge/bridge/gen/go/biobridge/publisher/v1"
-	"github.com/biobridge/bridge/services/publisher/internal/kafka"
-	"github.com/biobridge/bridge/services/publisher/internal/testenv"
+	"github.com/biobridge/bridge/services/publisher/kafka"
+	"github.com/biobridge/bridge/services/publisher/testenv"
 )
 
 // publisherClient returns a PublisherService client and a context carrying

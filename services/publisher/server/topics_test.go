@@ -9,8 +9,8 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/stretchr/testify/require"
 
-	"github.com/biobridge/bridge/services/publisher/internal/kafka"
-	"github.com/biobridge/bridge/services/publisher/internal/testenv"
+	"github.com/biobridge/bridge/services/publisher/kafka"
+	"github.com/biobridge/bridge/services/publisher/testenv"
 )
 
 func readyz(t *testing.T, adminAddr string) (int, string) {

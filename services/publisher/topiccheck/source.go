@@ -11,7 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
-	"github.com/biobridge/bridge/services/publisher/internal/kafka"
+	"github.com/biobridge/bridge/services/publisher/kafka"
 )
 
 // Decode turns one consumed record into a Message. A value that is not a

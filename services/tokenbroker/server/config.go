@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"net/url"
 	"strings"
 	"time"
@@ -11,6 +12,8 @@ import (
 	"github.com/biobridge/bridge/pkg/config"
 	"github.com/biobridge/bridge/pkg/ratebudget"
 	"github.com/biobridge/bridge/pkg/service"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/broker"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/relay"
 	"github.com/biobridge/bridge/services/tokenbroker/internal/tokencrypt"
 	"github.com/biobridge/bridge/services/tokenbroker/internal/vendors"
 )
@@ -24,12 +27,11 @@ type VendorConfig struct {
 	// ClientSecret is WHOOP_CLIENT_SECRET / OURA_CLIENT_SECRET (required
 	// with the client id).
 	ClientSecret string
-	// APIURL is WHOOP_API_URL (default https://api.prod.whoop.com) /
-	// OURA_API_URL (default https://api.ouraring.com): the vendor's host
+	// APIURL is WHOOP_API_URL /
+	// OURA_API_URL: the vendor's host
 	// root, to which the OAuth and API paths are appended.
 	APIURL string
-	// AuthorizeURL is OURA_AUTHORIZE_URL (default
-	// https://cloud.ouraring.com/oauth/authorize); WHOOP derives it from
+	// AuthorizeURL is OURA_AUTHORIZE_URL; WHOOP derives it from
 	// APIURL (+ /oauth/oauth2/auth).
 	AuthorizeURL string
 }
@@ -38,23 +40,27 @@ type VendorConfig struct {
 func (v VendorConfig) Configured() bool { return v.ClientID != "" }
 
 // Config is the token broker's configuration. Each field names its
-// environment variable and default.
+// environment variable and what its values mean; each default is written
+// once, where LoadConfig reads the variable or as the constant it reads it
+// over (broker.Default*, relay.DefaultInterval; docs/configuration.md lists
+// them), and New gives a hand-built Config's zero
+// tunables the same defaults (setDefaults).
 type Config struct {
 	// TracerProvider makes the service's spans; nil is the global one,
 	// which the binary sets up from the OTEL_* variables. Not read from the
 	// environment: devstack gives each service its own, so each keeps its
 	// service.name in one process.
 	TracerProvider trace.TracerProvider
-	// GRPCAddr is TOKENBROKER_GRPC_ADDR (default ":9102").
+	// GRPCAddr is TOKENBROKER_GRPC_ADDR.
 	GRPCAddr string
-	// AdminAddr is TOKENBROKER_ADMIN_ADDR (default ":9202"): /metrics,
+	// AdminAddr is TOKENBROKER_ADMIN_ADDR: /metrics,
 	// /healthz, /readyz.
 	AdminAddr string
 	// PostgresURL is POSTGRES_URL (required). The broker owns schema "tokens".
 	PostgresURL string
 	// RedisURL is REDIS_URL (required): refresh locks and the token cache.
 	RedisURL string
-	// RedisKeyPrefix is REDIS_KEY_PREFIX (default ""): prepended to every key.
+	// RedisKeyPrefix is REDIS_KEY_PREFIX: prepended to every key.
 	RedisKeyPrefix string
 	// TokenEncryptionKeys is TOKEN_ENCRYPTION_KEYS (required):
 	// "keyid:base64(32 bytes),..."; the first key encrypts, every key decrypts.
@@ -91,8 +97,8 @@ type Config struct {
 	// service-token methods each caller may call. User-JWT and state
 	// methods are not affected.
 	ServiceACL string
-	// PersistenceTarget is PERSISTENCE_TARGET (default "": connection events
-	// stay queued in the broker's outbox, see the pending gauge).
+	// PersistenceTarget is PERSISTENCE_TARGET (empty: connection events stay
+	// queued in the broker's outbox, see the pending gauge).
 	PersistenceTarget string
 	// ServiceToken is SERVICE_TOKEN (required with PERSISTENCE_TARGET): the
 	// bearer token presented to persistence.
@@ -101,32 +107,32 @@ type Config struct {
 	TLS config.TLSFiles
 	// Common is LOG_FORMAT, LOG_LEVEL and LOG_PSEUDONYM_KEY (required): what
 	// cmd/tokenbroker needs to build the logger. New does not read it.
-	Common service.Common
+	service.Common
 
-	// SafetyMargin is TOKENBROKER_TOKEN_SAFETY_MARGIN (default 2m): tokens
+	// SafetyMargin is TOKENBROKER_TOKEN_SAFETY_MARGIN: tokens
 	// with less life left are refreshed rather than handed out.
 	SafetyMargin time.Duration
-	// RefreshTimeout is TOKENBROKER_REFRESH_TIMEOUT (default 10s): deadline
+	// RefreshTimeout is TOKENBROKER_REFRESH_TIMEOUT: deadline
 	// of one vendor token call.
 	RefreshTimeout time.Duration
-	// LockLease is TOKENBROKER_LOCK_LEASE (default 30s, at least
-	// RefreshTimeout + 2s): the refresh lock's lease.
+	// LockLease is TOKENBROKER_LOCK_LEASE (at least RefreshTimeout + 2s): the
+	// refresh lock's lease.
 	LockLease time.Duration
-	// StateTTL is TOKENBROKER_STATE_TTL (default 10m): lifetime of an
+	// StateTTL is TOKENBROKER_STATE_TTL: lifetime of an
 	// authorization state.
 	StateTTL time.Duration
-	// ProactiveWindow is TOKENBROKER_PROACTIVE_REFRESH_WINDOW (default 5m):
+	// ProactiveWindow is TOKENBROKER_PROACTIVE_REFRESH_WINDOW:
 	// active connections expiring within it are refreshed in the background.
 	ProactiveWindow time.Duration
-	// ProactiveInterval is TOKENBROKER_PROACTIVE_REFRESH_INTERVAL (default 30s).
+	// ProactiveInterval is TOKENBROKER_PROACTIVE_REFRESH_INTERVAL.
 	ProactiveInterval time.Duration
-	// ActiveWindow is TOKENBROKER_ACTIVE_WINDOW (default 72h): a connection
+	// ActiveWindow is TOKENBROKER_ACTIVE_WINDOW: a connection
 	// whose token was handed out within it counts as active.
 	ActiveWindow time.Duration
-	// RelayInterval is TOKENBROKER_RELAY_INTERVAL (default 2s): how often
+	// RelayInterval is TOKENBROKER_RELAY_INTERVAL: how often
 	// pending connection events are forwarded when nothing new was written.
 	RelayInterval time.Duration
-	// StorePatience is TOKENBROKER_REFRESH_STORE_PATIENCE (default 2m): how
+	// StorePatience is TOKENBROKER_REFRESH_STORE_PATIENCE: how
 	// long a refresh the vendor answered keeps retrying to store its
 	// result (renewing its lock and claim) before it leaves the sealed
 	// result parked in Redis for the next holder.
@@ -135,32 +141,25 @@ type Config struct {
 	// The shared vendor rate budget, the same variables and Redis keys as
 	// ingest's, so the broker's own API calls (the user-id lookup on
 	// connect, revocation) and ingest's fetches add up to one limit.
-	// WhoopRateLimit is WHOOP_RATE_LIMIT (default 100) per WhoopRateWindow,
-	// WHOOP_RATE_WINDOW (default 1m); WhoopDailyLimit is WHOOP_DAILY_LIMIT
-	// (default 10000, 0 turns the daily window off).
+	// WhoopRateLimit is WHOOP_RATE_LIMIT per WhoopRateWindow,
+	// WHOOP_RATE_WINDOW; WhoopDailyLimit is WHOOP_DAILY_LIMIT
+	// (0 turns the daily window off).
 	WhoopRateLimit  int
 	WhoopRateWindow time.Duration
 	WhoopDailyLimit int
-	// OuraRateLimit is OURA_RATE_LIMIT (default 5000) per OuraRateWindow,
-	// OURA_RATE_WINDOW (default 5m).
+	// OuraRateLimit is OURA_RATE_LIMIT per OuraRateWindow,
+	// OURA_RATE_WINDOW.
 	OuraRateLimit  int
 	OuraRateWindow time.Duration
-	// RateBudgetSlack is RATE_BUDGET_SLACK (default 0: window/50 + 500ms).
+	// RateBudgetSlack is RATE_BUDGET_SLACK (0: window/50 + 500ms).
 	RateBudgetSlack time.Duration
 }
 
-// Defaults of the tunables (New applies them to zero fields as well).
-const (
-	DefaultSafetyMargin      = 2 * time.Minute
-	DefaultRefreshTimeout    = 10 * time.Second
-	DefaultLockLease         = 30 * time.Second
-	DefaultStateTTL          = 10 * time.Minute
-	DefaultProactiveWindow   = 5 * time.Minute
-	DefaultProactiveInterval = 30 * time.Second
-	DefaultActiveWindow      = 72 * time.Hour
-	DefaultRelayInterval     = 2 * time.Second
-	DefaultStorePatience     = 2 * time.Minute
-)
+// DefaultProactiveInterval is the default of
+// TOKENBROKER_PROACTIVE_REFRESH_INTERVAL. The other tunables' defaults are the
+// broker's (broker.Default*) and the relay's (relay.DefaultInterval), which
+// LoadConfig reads over.
+const DefaultProactiveInterval = 30 * time.Second
 
 // LoadConfig reads and validates the whole configuration, reporting every
 // problem at once.
@@ -192,15 +191,15 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		PersistenceTarget: l.String("PERSISTENCE_TARGET", ""),
 		ServiceToken:      l.String("SERVICE_TOKEN", ""),
 		TLS:               l.TLS(),
-		SafetyMargin:      l.Duration("TOKENBROKER_TOKEN_SAFETY_MARGIN", DefaultSafetyMargin),
-		RefreshTimeout:    l.Duration("TOKENBROKER_REFRESH_TIMEOUT", DefaultRefreshTimeout),
-		LockLease:         l.Duration("TOKENBROKER_LOCK_LEASE", DefaultLockLease),
-		StateTTL:          l.Duration("TOKENBROKER_STATE_TTL", DefaultStateTTL),
-		ProactiveWindow:   l.Duration("TOKENBROKER_PROACTIVE_REFRESH_WINDOW", DefaultProactiveWindow),
+		SafetyMargin:      l.Duration("TOKENBROKER_TOKEN_SAFETY_MARGIN", broker.DefaultSafetyMargin),
+		RefreshTimeout:    l.Duration("TOKENBROKER_REFRESH_TIMEOUT", broker.DefaultRefreshTimeout),
+		LockLease:         l.Duration("TOKENBROKER_LOCK_LEASE", broker.DefaultLockLease),
+		StateTTL:          l.Duration("TOKENBROKER_STATE_TTL", broker.DefaultStateTTL),
+		ProactiveWindow:   l.Duration("TOKENBROKER_PROACTIVE_REFRESH_WINDOW", broker.DefaultProactiveWindow),
 		ProactiveInterval: l.Duration("TOKENBROKER_PROACTIVE_REFRESH_INTERVAL", DefaultProactiveInterval),
-		ActiveWindow:      l.Duration("TOKENBROKER_ACTIVE_WINDOW", DefaultActiveWindow),
-		RelayInterval:     l.Duration("TOKENBROKER_RELAY_INTERVAL", DefaultRelayInterval),
-		StorePatience:     l.Duration("TOKENBROKER_REFRESH_STORE_PATIENCE", DefaultStorePatience),
+		ActiveWindow:      l.Duration("TOKENBROKER_ACTIVE_WINDOW", broker.DefaultActiveWindow),
+		RelayInterval:     l.Duration("TOKENBROKER_RELAY_INTERVAL", relay.DefaultInterval),
+		StorePatience:     l.Duration("TOKENBROKER_REFRESH_STORE_PATIENCE", broker.DefaultStorePatience),
 		WhoopRateLimit:    l.Int("WHOOP_RATE_LIMIT", ratebudget.DefaultWhoopLimit, 1, 1_000_000),
 		WhoopRateWindow:   l.Duration("WHOOP_RATE_WINDOW", ratebudget.DefaultWhoopWindow),
 		WhoopDailyLimit:   l.Int("WHOOP_DAILY_LIMIT", ratebudget.DefaultWhoopDailyLimit, 0, 100_000_000),
@@ -208,6 +207,16 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		OuraRateWindow:    l.Duration("OURA_RATE_WINDOW", ratebudget.DefaultOuraWindow),
 		RateBudgetSlack:   l.Duration("RATE_BUDGET_SLACK", 0),
 	}
+	c.UserTokenSecret = c.UserTokens.Secret
+	c.Common = service.LoadCommon(l)
+	return c, errors.Join(l.Err(), c.Validate())
+}
+
+// Validate checks the relations between settings and their formats
+// beyond their types; LoadConfig reports its problems with the variables'
+// own.
+func (c Config) Validate() error {
+	l := config.New(nil)
 	l.Check("WHOOP_RATE_WINDOW", c.WhoopRateWindow >= time.Second, "must be at least 1s")
 	l.Check("OURA_RATE_WINDOW", c.OuraRateWindow >= time.Second, "must be at least 1s")
 	if c.TokenEncryptionKeys != "" {
@@ -220,7 +229,6 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 			l.Check("SERVICE_TOKENS", false, indentJoined(err))
 		}
 	}
-	c.UserTokenSecret = c.UserTokens.Secret
 	for _, v := range []struct {
 		prefix string
 		cfg    VendorConfig
@@ -243,7 +251,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		l.Check("PUBLIC_BASE_URL", httpURL(c.PublicBaseURL), "must be an absolute http(s) URL")
 	}
 	l.Check("SERVICE_TOKEN", c.PersistenceTarget == "" || c.ServiceToken != "", "is required when PERSISTENCE_TARGET is set")
-	l.Check("TOKENBROKER_LOCK_LEASE", c.LockLease >= c.RefreshTimeout+2*time.Second,
+	l.Check("TOKENBROKER_LOCK_LEASE", c.LockLease >= c.RefreshTimeout+broker.MinStoreBudget,
 		"must be at least TOKENBROKER_REFRESH_TIMEOUT + 2s (the lease must outlast the vendor call and the write)")
 	for _, d := range []struct {
 		name string
@@ -256,8 +264,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	} {
 		l.Check(d.name, d.v > 0, "must be positive")
 	}
-	c.Common = service.LoadCommon(l)
-	return c, l.Err()
+	return l.Err()
 }
 
 func httpURL(s string) bool {
@@ -270,36 +277,24 @@ func indentJoined(err error) string {
 	return strings.ReplaceAll(err.Error(), "\n", "; ")
 }
 
+// setDefaults fills a hand-built Config's zero fields with LoadConfig's
+// defaults, so each default is written once, where LoadConfig reads its
+// variable.
 func (c *Config) setDefaults() {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d <= 0 {
-			*d = v
-		}
-	}
-	def(&c.SafetyMargin, DefaultSafetyMargin)
-	def(&c.RefreshTimeout, DefaultRefreshTimeout)
-	def(&c.LockLease, DefaultLockLease)
-	def(&c.StateTTL, DefaultStateTTL)
-	def(&c.ProactiveWindow, DefaultProactiveWindow)
-	def(&c.ProactiveInterval, DefaultProactiveInterval)
-	def(&c.ActiveWindow, DefaultActiveWindow)
-	def(&c.RelayInterval, DefaultRelayInterval)
-	def(&c.StorePatience, DefaultStorePatience)
-	def(&c.WhoopRateWindow, ratebudget.DefaultWhoopWindow)
-	def(&c.OuraRateWindow, ratebudget.DefaultOuraWindow)
-	if c.WhoopRateLimit <= 0 {
-		c.WhoopRateLimit = ratebudget.DefaultWhoopLimit
-	}
-	if c.OuraRateLimit <= 0 {
-		c.OuraRateLimit = ratebudget.DefaultOuraLimit
-	}
-	if c.Whoop.APIURL == "" {
-		c.Whoop.APIURL = vendors.DefaultWhoopAPIURL
-	}
-	if c.Oura.APIURL == "" {
-		c.Oura.APIURL = vendors.DefaultOuraAPIURL
-	}
-	if c.Oura.AuthorizeURL == "" {
-		c.Oura.AuthorizeURL = vendors.DefaultOuraAuthorizeURL
-	}
+	config.FillZero(c, defaults())
+}
+
+// defaults is the Config LoadConfig reads from an empty environment (the
+// errors about required variables are expected), less what a hand-built
+// Config leaves empty on purpose: its listen addresses (the caller's
+// choice), WhoopDailyLimit (0: no daily budget), the user-token settings
+// (pkg/auth's own defaults) and the shared logging settings, which New
+// does not read.
+func defaults() Config {
+	d, _ := LoadConfig(func(string) string { return "" })
+	d.GRPCAddr, d.AdminAddr = "", ""
+	d.WhoopDailyLimit = 0
+	d.UserTokens = auth.UserTokenConfig{}
+	d.Common = service.Common{}
+	return d
 }

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -31,26 +32,26 @@ import (
 	"github.com/biobridge/bridge/pkg/pgstore"
 	"github.com/biobridge/bridge/pkg/ratebudget"
 	"github.com/biobridge/bridge/pkg/telemetry"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/api"
 	"github.com/biobridge/bridge/services/tokenbroker/internal/broker"
-	"github.com/biobridge/bridge/services/tokenbroker/internal/grpcapi"
-	"github.com/biobridge/bridge/services/tokenbroker/internal/postgres"
 	"github.com/biobridge/bridge/services/tokenbroker/internal/relay"
-	"github.com/biobridge/bridge/services/tokenbroker/internal/tokencache"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/store"
 	"github.com/biobridge/bridge/services/tokenbroker/internal/tokencrypt"
 	"github.com/biobridge/bridge/services/tokenbroker/internal/tokenlock"
 	"github.com/biobridge/bridge/services/tokenbroker/internal/vendors"
+	"github.com/biobridge/bridge/services/tokenbroker/tokencache"
 )
 
 // Schema is the PostgreSQL schema the broker owns.
-const Schema = postgres.Schema
+const Schema = store.Schema
 
 // Migrate applies the broker's embedded migrations to the database at url
 // (pkg/testpg templates, devstack).
-func Migrate(ctx context.Context, url string) error { return postgres.Migrations.Migrate(ctx, url) }
+func Migrate(ctx context.Context, url string) error { return store.Migrations.Migrate(ctx, url) }
 
 // MigrationsVersion changes whenever a migration does (a hash of the
 // migration files), for naming test template databases.
-func MigrationsVersion() string { return postgres.Migrations.Version() }
+func MigrationsVersion() string { return store.Migrations.Version() }
 
 // Server is a running token broker.
 type Server struct {
@@ -65,13 +66,20 @@ type Server struct {
 	admin       *admin.Server
 	broker      *broker.Broker
 	relay       *relay.Relay
+	// firstPasses is closed once Serve's maintenance loops (proactive
+	// refresh, expired-state cleanup) have each run once.
+	firstPasses chan struct{}
 }
 
-// New connects to PostgreSQL (migrating the schema) and Redis, builds the
-// broker and binds both listeners, so GRPCAddr and AdminAddr are known
+// New checks cfg (its zero tunables given LoadConfig's defaults) with
+// Validate, connects to PostgreSQL (migrating the schema) and Redis, builds
+// the broker and binds both listeners, so GRPCAddr and AdminAddr are known
 // before Serve.
 func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err error) {
 	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration:\n%w", err)
+	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -95,7 +103,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: logger, reg: telemetry.NewRegistry()}
+	s := &Server{cfg: cfg, log: logger, reg: telemetry.NewRegistry(), firstPasses: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			s.close()
@@ -133,9 +141,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		vendorMap[name] = v
 	}
 
-	store := postgres.New(s.pool)
+	st := store.New(s.pool)
 	if len(cfg.Common.PseudonymKey) > 0 {
-		store.SetSubjects(logging.NewPseudonymizer(cfg.Common.PseudonymKey).Pseudonym)
+		st.SetSubjects(logging.NewPseudonymizer(cfg.Common.PseudonymKey).Pseudonym)
 	}
 	var persist persistencev1.PersistenceServiceClient
 	if cfg.PersistenceTarget != "" {
@@ -150,21 +158,18 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		}
 		persist = persistencev1.NewPersistenceServiceClient(s.persistConn)
 	}
-	s.relay = relay.New(relay.Config{Interval: cfg.RelayInterval}, store, persist, s.reg, logger)
+	s.relay = relay.New(relay.Config{Interval: cfg.RelayInterval}, st, persist, s.reg, logger)
 	cache := tokencache.New(s.redis, cfg.RedisKeyPrefix)
-	s.broker, err = broker.New(broker.Config{
+	s.broker = broker.New(broker.Config{
 		SafetyMargin: cfg.SafetyMargin, RefreshTimeout: cfg.RefreshTimeout, LockLease: cfg.LockLease,
 		StateTTL: cfg.StateTTL, ProactiveWindow: cfg.ProactiveWindow, ActiveWindow: cfg.ActiveWindow,
 		PublicBaseURL: cfg.PublicBaseURL, StorePatience: cfg.StorePatience, ReturnURLs: cfg.ReturnURLs,
 	}, broker.Deps{
-		Store: store, Cache: cache, Locker: tokenlock.New(s.redis), Keys: keys, Vendors: vendorMap,
+		Store: st, Cache: cache, Locker: tokenlock.New(s.redis), Keys: keys, Vendors: vendorMap,
 		Metrics: broker.NewMetrics(s.reg), Logger: logger.With("component", "broker"), EventsWritten: s.relay.Kick,
 	})
-	if err != nil {
-		return nil, fmt.Errorf("TOKENBROKER_LOCK_LEASE: %w", err)
-	}
 
-	authn := &grpcapi.Authenticator{Services: services, ACL: acl, Users: users}
+	authn := &api.Authenticator{Services: services, ACL: acl, Users: users}
 	s.grpc, err = grpcserver.New(grpcserver.Config{Addr: cfg.GRPCAddr, TLS: cfg.TLS}, grpcserver.Options{
 		TracerProvider: cfg.TracerProvider,
 		Service:        "tokenbroker", Logger: logger, Registry: s.reg, Auth: authn.Auth, ACL: acl,
@@ -172,12 +177,12 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	if err != nil {
 		return nil, err
 	}
-	tokensv1.RegisterTokenBrokerServiceServer(s.grpc.Registrar(), grpcapi.New(s.broker))
+	tokensv1.RegisterTokenBrokerServiceServer(s.grpc.Registrar(), api.New(s.broker))
 	if err := s.grpc.Listen(); err != nil {
 		return nil, err
 	}
 	s.admin = admin.New(cfg.AdminAddr, s.reg, logger,
-		admin.Check{Name: "postgres", Fn: store.Ping},
+		admin.Check{Name: "postgres", Fn: st.Ping},
 		admin.Check{Name: "redis", Fn: func(ctx context.Context) error { return s.redis.Ping(ctx).Err() }},
 	)
 	if err := s.admin.Listen(); err != nil {
@@ -229,6 +234,13 @@ func (c Config) budgetWindows(vendor string) []ratebudget.Window {
 	}
 }
 
+// FirstPassesDone is closed once Serve's maintenance loops have each run
+// their first pass, which they do at once: the proactive refresh of
+// connections about to expire and the cleanup of expired authorization
+// states. A test that expires tokens or states by hand waits for it, or a
+// late first pass (a busy machine) would refresh or delete them under it.
+func (s *Server) FirstPassesDone() <-chan struct{} { return s.firstPasses }
+
 // Registry is the server's metrics registry (tests, benchmarks).
 func (s *Server) Registry() *prometheus.Registry { return s.reg }
 
@@ -240,8 +252,16 @@ func (s *Server) Serve(ctx context.Context) error {
 	g.Go(func() error { return s.grpc.Serve(gctx) })
 	g.Go(func() error { return s.admin.Serve(gctx) })
 	g.Go(func() error { s.relay.Run(gctx); return nil })
-	g.Go(func() error { periodic.Every(gctx, s.cfg.ProactiveInterval, s.proactive); return nil })
-	g.Go(func() error { periodic.Every(gctx, time.Minute, s.cleanStates); return nil })
+	var first sync.WaitGroup
+	once := func(fn func(context.Context)) func(context.Context) {
+		first.Add(1)
+		var done sync.Once
+		return func(ctx context.Context) { fn(ctx); done.Do(first.Done) }
+	}
+	proactive, cleanStates := once(s.proactive), once(s.cleanStates)
+	go func() { first.Wait(); close(s.firstPasses) }()
+	g.Go(func() error { periodic.Every(gctx, s.cfg.ProactiveInterval, proactive); return nil })
+	g.Go(func() error { periodic.Every(gctx, time.Minute, cleanStates); return nil })
 	g.Go(func() error { s.reencrypt(gctx); return nil })
 	err := g.Wait()
 	// A refresh the vendor already answered must reach the store.

@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -18,6 +19,10 @@ import (
 
 	"github.com/biobridge/bridge/pkg/benchreport"
 )
+
+// KeepMarker starts the hand-written part of BENCHMARKS.md: everything from
+// this line to the end of the file survives regeneration.
+const KeepMarker = "<!-- benchmerge keeps everything below this line: written by hand, not generated -->"
 
 func main() {
 	if err := run(context.Background(), os.Args, os.Stdout); err != nil {
@@ -68,6 +73,15 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		if g.Method != "" {
 			fmt.Fprintf(&sb, "\n## %s\n\n%s\n", g.Group, g.Method)
 		}
+	}
+	// The part of the report written by hand (profiles, plots, notes)
+	// follows KeepMarker and is carried over from the file being replaced.
+	old, err := os.ReadFile(*md)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("read %s: %w", *md, err)
+	}
+	if _, kept, ok := strings.Cut(string(old), KeepMarker); ok {
+		sb.WriteString("\n" + KeepMarker + kept)
 	}
 	if err := os.WriteFile(*md, []byte(sb.String()), 0o644); err != nil {
 		return fmt.Errorf("write %s: %w", *md, err)

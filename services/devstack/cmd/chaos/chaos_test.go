@@ -3,6 +3,9 @@ package main
 import (
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,4 +97,58 @@ func TestProxySpreadsConnectionsSkipsADeadUpstreamAndCuts(t *testing.T) {
 	assert.Empty(t, read(t, p.Addr()), "a cut proxy closes connections without reaching upstream")
 	p.SetCut(false)
 	assert.NotEmpty(t, read(t, p.Addr()))
+}
+
+func TestProxyLatencyDelaysEveryChunk(t *testing.T) {
+	p, err := newProxy("127.0.0.1:0", echo(t, "slow"))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = p.Close() })
+	p.SetLatency(100 * time.Millisecond)
+	t0 := time.Now()
+	assert.Equal(t, "slow", read(t, p.Addr()))
+	assert.GreaterOrEqual(t, time.Since(t0), 100*time.Millisecond, "the answer waited at least the latency")
+	p.SetLatency(0)
+	assert.Equal(t, "slow", read(t, p.Addr()))
+}
+
+func TestRecorderNotesWebhooksAndTheirAnswers(t *testing.T) {
+	gw := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		switch {
+		case r.URL.Path == "/v1/webhooks/whoop" && strings.Contains(string(body), `"id":"w1"`):
+			_, _ = w.Write([]byte(`{"status":"WEBHOOK_STATUS_ACCEPTED","delivery_id":"trace-1"}`))
+		case r.URL.Path == "/v1/webhooks/oura":
+			w.WriteHeader(http.StatusUnauthorized)
+		default:
+			_, _ = w.Write([]byte("passed through"))
+		}
+	}))
+	t.Cleanup(gw.Close)
+	rec, err := newRecorder("127.0.0.1:0", gw.URL)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = rec.Close() })
+
+	post := func(path, body string) int {
+		resp, err := http.Post(rec.URL()+path, "application/json", strings.NewReader(body))
+		require.NoError(t, err)
+		_ = resp.Body.Close()
+		return resp.StatusCode
+	}
+	assert.Equal(t, 200, post("/v1/webhooks/whoop", `{"user_id":1,"id":"w1","type":"workout.updated","trace_id":"trace-1"}`))
+	assert.Equal(t, 401, post("/v1/webhooks/oura", `{"object_id":"o1"}`))
+	resp, err := http.Get(rec.URL() + "/v1/oauth/whoop/callback")
+	require.NoError(t, err)
+	b, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	assert.Equal(t, "passed through", string(b), "other routes are proxied, not recorded")
+
+	got, next := rec.since(0)
+	require.Len(t, got, 2)
+	assert.Equal(t, 2, next)
+	assert.Equal(t, delivery{vendor: "whoop", status: 200, objectID: "w1", deliveryID: "trace-1"},
+		delivery{vendor: got[0].vendor, status: got[0].status, objectID: got[0].objectID, deliveryID: got[0].deliveryID})
+	assert.Equal(t, delivery{vendor: "oura", status: 401, objectID: "o1"},
+		delivery{vendor: got[1].vendor, status: got[1].status, objectID: got[1].objectID, deliveryID: got[1].deliveryID})
+	more, _ := rec.since(next)
+	assert.Empty(t, more)
 }

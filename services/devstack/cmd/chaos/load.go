@@ -43,7 +43,7 @@ type pushResponse struct {
 
 // sample is one request as the client saw it.
 type sample struct {
-	kind    string // "push" or "latest"
+	kind    string // "push", "latest" or "webhook"
 	start   time.Time
 	latency time.Duration
 	status  int // 0: no answer (connection refused, timeout)
@@ -66,6 +66,8 @@ type loadConfig struct {
 	// user's pushes run concurrently (off: each user belongs to one
 	// client, pushing in sequence as one device does).
 	sharedUsers bool
+	// readAlso are more users the latest readers read (the vendor users).
+	readAlso []string
 }
 
 // acked is a sample a 2xx push answered accepted (or duplicate).
@@ -208,8 +210,9 @@ func runLoad(ctx context.Context, gw string, cfg loadConfig) (*loadResult, error
 	for r := range cfg.readers {
 		wg.Go(func() {
 			rng := rand.New(rand.NewPCG(cfg.seed, 1000+uint64(r)))
+			readable := append(append([]string(nil), res.users...), cfg.readAlso...)
 			for ctx.Err() == nil {
-				u := res.users[rng.IntN(cfg.users)]
+				u := readable[rng.IntN(len(readable))]
 				t0 := time.Now()
 				code, _ := do(http.MethodGet, gw+"/v1/users/"+u+"/biometrics/latest", agentToken(), nil)
 				record(sample{kind: "latest", start: t0, latency: time.Since(t0), status: code})

@@ -91,7 +91,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	logf := func(format string, a ...any) {
 		fmt.Fprintf(stdout, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, a...)...)
 	}
-	s := &suite{dir: dir, ports: ports{*base}, pgBin: *pgBin}
+	s := &suite{dir: dir, ports: ports{*base}, pgBin: *pgBin, seed: *seed}
 	defer func() {
 		err = errors.Join(err, s.close())
 		if *keep || err != nil {

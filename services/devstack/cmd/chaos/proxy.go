@@ -1,9 +1,9 @@
 package main
 
 import (
-	"io"
 	"net"
 	"sync"
+	"time"
 )
 
 // proxy is a TCP proxy in front of a store, the broker, the emulator or the
@@ -11,13 +11,15 @@ import (
 // upstreams, skipping one that refuses, as a Kubernetes Service does).
 // Cutting it closes every open connection and refuses new ones, which is
 // what the services see when that dependency goes away; restoring it lets
-// them reconnect.
+// them reconnect. A latency delays every chunk forwarded in either
+// direction (a slow network or a slow server as the client sees it).
 type proxy struct {
 	ln        net.Listener
 	upstreams []string
 	next      int
 	mu        sync.Mutex
 	cut       bool
+	latency   time.Duration
 	conns     map[net.Conn]struct{}
 }
 
@@ -80,7 +82,24 @@ func (p *proxy) handle(c net.Conn) {
 }
 
 func (p *proxy) pipe(dst, src net.Conn) {
-	_, _ = io.Copy(dst, src)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			d := p.latency
+			p.mu.Unlock()
+			if d > 0 {
+				time.Sleep(d)
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
 	_ = dst.Close()
 	_ = src.Close()
 	p.mu.Lock()
@@ -100,6 +119,13 @@ func (p *proxy) SetCut(cut bool) {
 		}
 		p.conns = map[net.Conn]struct{}{}
 	}
+}
+
+// SetLatency delays every chunk forwarded from now on by d (0: none).
+func (p *proxy) SetLatency(d time.Duration) {
+	p.mu.Lock()
+	p.latency = d
+	p.mu.Unlock()
 }
 
 func (p *proxy) Close() error {

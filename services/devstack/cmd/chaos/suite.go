@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -31,6 +33,12 @@ const (
 	offEmulator, offEmulatorProxy = 90, 91
 	offGatewayHTTP, offGatewayAdm = 80, 200
 	offPersistence                = 103 // grpc; admin +100
+	// offPublic is the bridge's public URL as vendors and browsers see
+	// it: the webhook recorder in front of the gateway.
+	offPublic = 81
+	// offIngestToBroker is ingest's own way to the token broker replicas,
+	// so a partition cuts ingest off the broker and nothing else.
+	offIngestToBroker = 312
 )
 
 // replicaOffsets are the gRPC port offsets of each replicated service's
@@ -50,6 +58,7 @@ type suite struct {
 	dir    string
 	ports  ports
 	pgBin  string
+	seed   uint64
 	pgCred *syscall.Credential
 
 	postgres, redis, kafka, emulator *proc
@@ -59,9 +68,15 @@ type suite struct {
 	pgProxy, redisProxy, kafkaProxy, emuProxy *proxy
 	// lbs spread connections over each replicated service's replicas.
 	lbs map[string]*proxy
+	// ingestToBroker is the path from ingest to the token broker replicas.
+	ingestToBroker *proxy
+	// public records the webhooks the vendors deliver.
+	public *recorder
 
 	mu    sync.Mutex
 	procs []*proc
+	// crashes counts processes that exited while being restarted.
+	crashes atomic.Int64
 }
 
 // userSecret is the HS256 secret user tokens are signed with.
@@ -92,7 +107,7 @@ func build(ctx context.Context, root, binDir string) error {
 		"tokenbroker": "./services/tokenbroker/cmd/tokenbroker",
 		"persistence": "./services/persistence/cmd/persistence",
 		"publisher":   "./services/publisher/cmd/publisher",
-		"vendoremu":   "./pkg/vendoremu/cmd/vendoremu",
+		"vendoremu":   "./emulator/cmd/vendoremu",
 	}
 	names := make([]string, 0, len(targets))
 	for n := range targets {
@@ -124,10 +139,13 @@ func (s *suite) commonEnv() map[string]string {
 	targets := func(svc string) string { return s.lbs[svc].Addr() }
 	emu := "http://" + s.emuProxy.Addr()
 	for k, v := range map[string]string{
-		"POSTGRES_URL":              "postgres://postgres@" + s.pgProxy.Addr() + "/biobridge?sslmode=disable",
-		"REDIS_URL":                 "redis://" + s.redisProxy.Addr() + "/0",
-		"KAFKA_BROKERS":             s.kafkaProxy.Addr(),
-		"KAFKA_TOPIC_PARTITIONS":    "3",
+		"POSTGRES_URL":           "postgres://postgres@" + s.pgProxy.Addr() + "/biobridge?sslmode=disable",
+		"REDIS_URL":              "redis://" + s.redisProxy.Addr() + "/0",
+		"KAFKA_BROKERS":          s.kafkaProxy.Addr(),
+		"KAFKA_TOPIC_PARTITIONS": "3",
+		// The bridge's own WHOOP budget (ingest and the token broker share
+		// it), matching the emulator's raised limit.
+		"WHOOP_RATE_LIMIT":          "3000",
 		"KAFKA_REPLICATION_FACTOR":  "1",
 		"KAFKA_MIN_INSYNC_REPLICAS": "1",
 		"INGEST_TARGET":             targets("ingest"),
@@ -138,7 +156,7 @@ func (s *suite) commonEnv() map[string]string {
 		"OURA_API_URL":              emu + "/oura",
 		"OURA_AUTHORIZE_URL":        emu + "/oura/oauth/authorize",
 		"OAUTH_RETURN_URLS":         stack.DevAppReturnURL,
-		"PUBLIC_BASE_URL":           s.gatewayURL(),
+		"PUBLIC_BASE_URL":           s.public.URL(),
 		"LOG_FORMAT":                "text",
 		"PATH":                      os.Getenv("PATH"),
 		"HOME":                      os.Getenv("HOME"),
@@ -209,6 +227,12 @@ func (s *suite) start(ctx context.Context, self, binDir string) error {
 			return fmt.Errorf("proxy: %w", err)
 		}
 	}
+	if s.ingestToBroker, err = newProxy(s.ports.addr(offIngestToBroker), s.ports.addr(replicaOffsets["tokenbroker"][0]), s.ports.addr(replicaOffsets["tokenbroker"][1])); err != nil {
+		return fmt.Errorf("balancer: %w", err)
+	}
+	if s.public, err = newRecorder(s.ports.addr(offPublic), s.gatewayURL()); err != nil {
+		return fmt.Errorf("recorder: %w", err)
+	}
 	s.lbs = map[string]*proxy{}
 	for svc, offs := range replicaOffsets {
 		var ups []string
@@ -223,7 +247,12 @@ func (s *suite) start(ctx context.Context, self, binDir string) error {
 		args: []string{"kafka", "-addr", s.ports.addr(offKafka), "-advertise", s.kafkaProxy.Addr(), "-data", filepath.Join(s.dir, "kafka")},
 		env:  []string{"PATH=" + os.Getenv("PATH")}, log: filepath.Join(s.dir, "logs", "kafka.log"), addr: s.ports.addr(offKafka)})
 	emuEnv := stack.DevSecrets()
-	emuEnv["PUBLIC_BASE_URL"] = s.gatewayURL()
+	emuEnv["PUBLIC_BASE_URL"] = s.public.URL()
+	emuEnv["VENDOREMU_SEED"] = strconv.FormatUint(s.seed, 10)
+	// WHOOP's default budget (100 requests a minute for the whole app) is
+	// below what the webhook load and its token storms fetch; a production
+	// app has a raised limit too.
+	emuEnv["VENDOREMU_WHOOP_RATE_LIMIT"] = "3000"
 	emuEnv["PATH"] = os.Getenv("PATH")
 	s.emulator = s.add(&proc{name: "vendoremu", path: filepath.Join(binDir, "vendoremu"),
 		args: []string{"-addr", s.ports.addr(offEmulator)}, env: envList(emuEnv),
@@ -239,13 +268,26 @@ func (s *suite) start(ctx context.Context, self, binDir string) error {
 	if err := pgstore.EnsureDatabase(ctx, s.directPostgresURL()); err != nil {
 		return fmt.Errorf("create database: %w", err)
 	}
+	if err := s.setVendorFaults(ctx, baseVendorFaults); err != nil {
+		return err
+	}
 
 	s.persistence = s.serviceProc(binDir, "persistence", "PERSISTENCE", s.ports.addr(offPersistence), s.ports.addr(offPersistence+100))
 	s.replicas = map[string][]*proc{}
 	for _, svc := range []string{"tokenbroker", "ingest", "publisher"} {
 		for i, off := range replicaOffsets[svc] {
 			name := fmt.Sprintf("%s-%c", svc, 'a'+i)
-			s.replicas[svc] = append(s.replicas[svc], s.serviceProc(binDir, name, strings.ToUpper(svc), s.ports.addr(off), s.ports.addr(off+100)))
+			p := s.serviceProc(binDir, name, strings.ToUpper(svc), s.ports.addr(off), s.ports.addr(off+100))
+			switch svc {
+			case "ingest":
+				p.env = append(p.env, ingestEnv(s.ingestToBroker.Addr())...)
+			case "publisher":
+				// A killed replica's leased entries wait for its lease to
+				// run out: 10 s instead of 30 s keeps that within a scenario
+				// (and has leases expire under a slow Kafka more often).
+				p.env = append(p.env, "PUBLISH_LEASE_DURATION=10s")
+			}
+			s.replicas[svc] = append(s.replicas[svc], p)
 		}
 	}
 	genv := s.commonEnv()
@@ -270,12 +312,23 @@ func (s *suite) start(ctx context.Context, self, binDir string) error {
 	return nil
 }
 
-// restart starts p again and waits until it is ready.
+// restart starts p again and waits until it is ready. A process that
+// exits while starting (a dependency still slow or away) is started again
+// a second later, as a supervisor does, for up to 90 s; each such exit is
+// counted in crashes.
 func (s *suite) restart(ctx context.Context, p *proc) error {
-	if err := p.start(); err != nil {
-		return err
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		if err := p.start(); err != nil {
+			return err
+		}
+		err := p.waitReady(ctx, time.Until(deadline))
+		if err == nil || p.running() || ctx.Err() != nil || time.Now().After(deadline) {
+			return err
+		}
+		s.crashes.Add(1)
+		sleep(ctx, time.Second)
 	}
-	return p.waitReady(ctx, 90*time.Second)
 }
 
 // close stops every process (services first, stores last) and the proxies.
@@ -287,7 +340,7 @@ func (s *suite) close() error {
 	for i := len(procs) - 1; i >= 0; i-- {
 		procs[i].stop()
 	}
-	ps := []*proxy{s.pgProxy, s.redisProxy, s.kafkaProxy, s.emuProxy}
+	ps := []*proxy{s.pgProxy, s.redisProxy, s.kafkaProxy, s.emuProxy, s.ingestToBroker}
 	for _, p := range s.lbs {
 		ps = append(ps, p)
 	}
@@ -298,5 +351,34 @@ func (s *suite) close() error {
 			}
 		}
 	}
+	if s.public != nil {
+		errs = append(errs, s.public.Close())
+	}
 	return errors.Join(errs...)
+}
+
+// ingestEnv is what ingest gets on top of the common environment: its own
+// path to the token broker, and job retries and leases compressed so a
+// scenario's failed fetches are retried (and a killed replica's jobs taken
+// over) within the scenario rather than over minutes. Compressing the
+// backoff shortens the retry horizon too, so the attempts are raised to
+// keep it longer than the longest fault, as production's is (8 attempts
+// from 2s up to 10m: about 4 minutes; here 20 attempts from 500ms up to
+// 5s: about 90 s, against faults of at most 21 s). With 8 attempts a job
+// whose vendor answered 500 through a whole 21 s burst went dead, which
+// the checker reported as an acknowledged webhook never stored. The
+// environment list's later entries win (exec uses the last of a
+// duplicated name).
+func ingestEnv(broker string) []string {
+	return []string{"TOKENBROKER_TARGET=" + broker, "INGEST_RETRY_BASE=500ms", "INGEST_RETRY_MAX=5s",
+		"INGEST_JOB_MAX_ATTEMPTS=20", "INGEST_JOB_LEASE=10s"}
+}
+
+// baseVendorFaults are the emulator's faults under every scenario's load:
+// webhooks duplicated, reordered and dropped as vendors do.
+var baseVendorFaults = map[string]any{"webhook_duplicate_rate": 0.1, "webhook_drop_rate": 0.05, "webhook_reorder": true}
+
+// setVendorFaults replaces the emulator's faults.
+func (s *suite) setVendorFaults(ctx context.Context, f map[string]any) error {
+	return emuAdmin(ctx, s.emulatorURL(), http.MethodPut, "/_admin/faults", f, nil)
 }

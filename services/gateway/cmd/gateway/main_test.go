@@ -5,6 +5,8 @@ import (
 	"context"
 	"strings"
 	"testing"
+
+	"github.com/biobridge/bridge/pkg/service"
 )
 
 // TestInvalidConfigurationIsReportedAtOnce: the binary refuses to start with
@@ -17,7 +19,7 @@ func TestInvalidConfigurationIsReportedAtOnce(t *testing.T) {
 		"LOG_LEVEL":               "loud",
 	}
 	var out bytes.Buffer
-	err := run(context.Background(), []string{"gateway"}, func(k string) string { return env[k] }, &out)
+	err := service.Main(context.Background(), []string{"gateway"}, func(k string) string { return env[k] }, &out, spec)
 	if err == nil {
 		t.Fatal("gateway started with an invalid configuration")
 	}

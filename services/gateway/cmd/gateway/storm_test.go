@@ -2,20 +2,20 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/biobridge/bridge/pkg/service"
 )
 
 // Unauthenticated storm: the numbers of the acceptance test.
@@ -35,13 +35,7 @@ const gatewayProcessEnv = "BIOBRIDGE_TEST_RUN_GATEWAY"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(gatewayProcessEnv) == "1" {
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		err := run(ctx, []string{"gateway"}, os.Getenv, os.Stdout)
-		stop()
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
+		service.Exec(spec)
 		os.Exit(0)
 	}
 	os.Exit(m.Run())

@@ -8,7 +8,7 @@ import (
 
 	ingestv1 "github.com/biobridge/bridge/gen/go/biobridge/ingest/v1"
 	"github.com/biobridge/bridge/pkg/apperr"
-	"github.com/biobridge/bridge/services/ingest/internal/jobs"
+	"github.com/biobridge/bridge/services/ingest/internal/store"
 	"github.com/biobridge/bridge/services/ingest/internal/worker"
 )
 
@@ -33,9 +33,9 @@ func (h *Handler) GetBackfillProgress(ctx context.Context, req *ingestv1.GetBack
 			State:       ingestv1.BackfillState_BACKFILL_STATE_RUNNING,
 			WindowStart: timestamppb.New(b.WindowStart), WindowEnd: timestamppb.New(b.WindowEnd),
 			CreatedAt: timestamppb.New(b.CreatedAt), CompletedAt: ts(b.CompletedAt),
-			PagesDone:    int32(b.Pages[jobs.Done]),
-			PagesPending: int32(b.Pages[jobs.Queued] + b.Pages[jobs.Running]),
-			PagesDead:    int32(b.Pages[jobs.Dead]),
+			PagesDone:    int32(b.Pages[store.Done]),
+			PagesPending: int32(b.Pages[store.Queued] + b.Pages[store.Running]),
+			PagesDead:    int32(b.Pages[store.Dead]),
 			Records:      b.Records,
 		}
 		out.PagesTotal = out.PagesDone + out.PagesPending + out.PagesDead

@@ -14,10 +14,10 @@ import (
 	ingestv1 "github.com/biobridge/bridge/gen/go/biobridge/ingest/v1"
 	"github.com/biobridge/bridge/pkg/apperr"
 	"github.com/biobridge/bridge/pkg/limiter"
-	"github.com/biobridge/bridge/services/ingest/internal/jobs"
-	"github.com/biobridge/bridge/services/ingest/internal/oura"
+	"github.com/biobridge/bridge/services/ingest/internal/store"
 	"github.com/biobridge/bridge/services/ingest/internal/webhook"
 	"github.com/biobridge/bridge/services/ingest/internal/worker"
+	"github.com/biobridge/bridge/services/ingest/oura"
 )
 
 // Webhooks are the collaborators of the webhook RPCs. The request path
@@ -29,11 +29,11 @@ import (
 type Webhooks struct {
 	Whoop webhook.Verifier
 	Oura  webhook.Verifier
-	Jobs  *jobs.Store
+	Jobs  *store.Store
 	// Enqueue commits one webhook's job (deduplicated) and returns once it
 	// is committed; the server passes a group committer's, so concurrent
 	// webhooks share transactions.
-	Enqueue func(ctx context.Context, j jobs.NewJob) (id int64, inserted bool, err error)
+	Enqueue func(ctx context.Context, j store.NewJob) (id int64, inserted bool, err error)
 	Limiter *limiter.Limiter
 	// Wake tells the local workers a job is waiting (optional).
 	Wake func()
@@ -183,14 +183,14 @@ func (h *Handler) webhook(ctx context.Context, vendor string, v webhook.Verifier
 	if err != nil {
 		return reject(apperr.Wrap(err, apperr.Internal, "internal", "cannot encode the job"))
 	}
-	_, inserted, err := h.deps.Webhooks.Enqueue(ctx, jobs.NewJob{
-		Vendor: vendor, Kind: worker.KindWebhook, DedupeKey: a.deliveryID, Payload: payload, Priority: jobs.PriorityLive,
+	_, inserted, err := h.deps.Webhooks.Enqueue(ctx, store.NewJob{
+		Vendor: vendor, Kind: worker.KindWebhook, DedupeKey: a.deliveryID, Payload: payload, Priority: store.PriorityLive,
 	})
 	if err != nil {
 		if ctx.Err() != nil {
 			return reject(ctx.Err())
 		}
-		h.deps.Logger.WarnContext(ctx, "cannot commit webhook job", slog.String("vendor", vendor), slog.Any("error", err))
+		h.deps.Logger.WarnContext(ctx, "cannot commit webhook job", slog.String("vendor", vendor), slog.Any("err", err))
 		return reject(apperr.Wrap(err, apperr.Unavailable, "storage_unavailable", "the notification could not be stored; retry later").
 			WithRetryAfter(5 * time.Second))
 	}
@@ -208,12 +208,12 @@ func (h *Handler) webhook(ctx context.Context, vendor string, v webhook.Verifier
 
 // ListJobs lists jobs in a state (dead by default), newest first.
 func (h *Handler) ListJobs(ctx context.Context, req *ingestv1.ListJobsRequest) (*ingestv1.ListJobsResponse, error) {
-	state := jobs.Dead
+	state := store.Dead
 	if s := req.GetState(); s != ingestv1.JobState_JOB_STATE_UNSPECIFIED {
 		if s < ingestv1.JobState_JOB_STATE_QUEUED || s > ingestv1.JobState_JOB_STATE_PARKED {
 			return nil, apperr.E(apperr.Invalid, "invalid_state", "unknown job state")
 		}
-		state = jobs.State(s)
+		state = store.State(s)
 	}
 	size := int(req.GetPageSize())
 	switch {

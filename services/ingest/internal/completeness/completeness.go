@@ -39,12 +39,22 @@ import (
 	tokensv1 "github.com/biobridge/bridge/gen/go/biobridge/tokens/v1"
 	"github.com/biobridge/bridge/pkg/logging"
 	"github.com/biobridge/bridge/pkg/periodic"
-	"github.com/biobridge/bridge/services/ingest/internal/jobs"
+	"github.com/biobridge/bridge/services/ingest/internal/store"
 	"github.com/biobridge/bridge/services/ingest/internal/worker"
 )
 
+// The loops' defaults, for the zero fields of a Config (the service's
+// configuration reads its own variables' defaults from here).
+const (
+	DefaultSyncInterval       = 10 * time.Second
+	DefaultReconcileWindow    = 72 * time.Hour
+	DefaultStaleCheckInterval = time.Minute
+	DefaultReportInterval     = time.Second
+)
+
 // Config tunes the loops. A zero BackfillDays, ReconcileInterval or
-// StaleAfter turns that part off.
+// StaleAfter turns that part off; a zero SyncInterval, ReconcileWindow,
+// StaleCheckInterval or ReportInterval takes its Default.
 type Config struct {
 	// Owner names this process in reconciliation claims.
 	Owner string
@@ -52,34 +62,33 @@ type Config struct {
 	Vendors []string
 	// BackfillDays is how much history a new connection gets.
 	BackfillDays int
-	// SyncInterval is how often new connections are looked for (default
-	// 10s); it also paces the completion of backfills.
+	// SyncInterval is how often new connections are looked for; it also
+	// paces the completion of backfills.
 	SyncInterval time.Duration
 	// ReconcileInterval is the reconciliation period; ReconcileWindow how
 	// far back each reconciliation reads.
 	ReconcileInterval time.Duration
 	ReconcileWindow   time.Duration
 	// StaleAfter is the staleness threshold; StaleCheckInterval how often
-	// it is applied (default 1m).
+	// it is applied.
 	StaleAfter         time.Duration
 	StaleCheckInterval time.Duration
-	// ReportInterval is how often data arrivals are sent to the broker
-	// (default 1s).
+	// ReportInterval is how often data arrivals are sent to the broker.
 	ReportInterval time.Duration
 }
 
 func (c *Config) setDefaults() {
 	if c.SyncInterval <= 0 {
-		c.SyncInterval = 10 * time.Second
+		c.SyncInterval = DefaultSyncInterval
 	}
 	if c.StaleCheckInterval <= 0 {
-		c.StaleCheckInterval = time.Minute
+		c.StaleCheckInterval = DefaultStaleCheckInterval
 	}
 	if c.ReportInterval <= 0 {
-		c.ReportInterval = time.Second
+		c.ReportInterval = DefaultReportInterval
 	}
 	if c.ReconcileWindow <= 0 {
-		c.ReconcileWindow = 72 * time.Hour
+		c.ReconcileWindow = DefaultReconcileWindow
 	}
 }
 
@@ -95,7 +104,7 @@ const pageSize = 500
 // Loops runs the completeness work.
 type Loops struct {
 	cfg    Config
-	store  *jobs.Store
+	store  *store.Store
 	broker tokensv1.TokenBrokerServiceClient
 	logger *slog.Logger
 	wake   func()
@@ -129,7 +138,7 @@ type metrics struct {
 
 // New builds the loops. wake (optional) tells the local workers that jobs
 // were enqueued.
-func New(cfg Config, store *jobs.Store, broker tokensv1.TokenBrokerServiceClient, wake func(), reg prometheus.Registerer, logger *slog.Logger) *Loops {
+func New(cfg Config, store *store.Store, broker tokensv1.TokenBrokerServiceClient, wake func(), reg prometheus.Registerer, logger *slog.Logger) *Loops {
 	cfg.setDefaults()
 	if wake == nil {
 		wake = func() {}
@@ -232,7 +241,7 @@ func (l *Loops) failed(ctx context.Context, loop string, err error) {
 		return
 	}
 	l.m.loopFailures.WithLabelValues(loop).Inc()
-	l.logger.WarnContext(ctx, "completeness loop failed", slog.String("loop", loop), slog.Any("error", err))
+	l.logger.WarnContext(ctx, "completeness loop failed", slog.String("loop", loop), slog.Any("err", err))
 }
 
 // --- parked jobs ---
@@ -258,12 +267,12 @@ func (l *Loops) resumeOnce(ctx context.Context) {
 	}
 	total := 0
 	_, err = l.eachActive(ctx, since, func(ctx context.Context, conns []*tokensv1.Connection) error {
-		keys := make([]jobs.GenerationKey, 0, len(conns))
+		keys := make([]store.GenerationKey, 0, len(conns))
 		for _, c := range conns {
 			if c.GetConnectedAt() == nil {
 				continue
 			}
-			keys = append(keys, jobs.GenerationKey{UserID: c.GetUserId(), Vendor: c.GetVendor(), ConnectedAt: c.GetConnectedAt().AsTime()})
+			keys = append(keys, store.GenerationKey{UserID: c.GetUserId(), Vendor: c.GetVendor(), ConnectedAt: c.GetConnectedAt().AsTime()})
 		}
 		moved, err := l.store.Resume(ctx, keys)
 		for vendor, n := range moved {
@@ -331,12 +340,12 @@ func (l *Loops) ensureBackfills(ctx context.Context, conns []*tokensv1.Connectio
 	if l.cfg.BackfillDays <= 0 {
 		return nil
 	}
-	keys := make([]jobs.GenerationKey, 0, len(conns))
+	keys := make([]store.GenerationKey, 0, len(conns))
 	for _, c := range conns {
 		if len(worker.Streams(c.GetVendor())) == 0 || c.GetConnectedAt() == nil {
 			continue
 		}
-		keys = append(keys, jobs.GenerationKey{UserID: c.GetUserId(), Vendor: c.GetVendor(), ConnectedAt: c.GetConnectedAt().AsTime()})
+		keys = append(keys, store.GenerationKey{UserID: c.GetUserId(), Vendor: c.GetVendor(), ConnectedAt: c.GetConnectedAt().AsTime()})
 	}
 	missing, err := l.store.MissingBackfills(ctx, keys)
 	if err != nil {
@@ -355,11 +364,11 @@ func BackfillGroup(vendor, user string, connectedAt time.Time) string {
 	return "backfill:" + vendor + ":" + user + ":" + strconv.FormatInt(connectedAt.UnixMicro(), 10)
 }
 
-func (l *Loops) scheduleBackfill(ctx context.Context, k jobs.GenerationKey) error {
+func (l *Loops) scheduleBackfill(ctx context.Context, k store.GenerationKey) error {
 	end := time.Now().UTC()
 	start := end.Add(-time.Duration(l.cfg.BackfillDays) * 24 * time.Hour)
 	group := BackfillGroup(k.Vendor, k.UserID, k.ConnectedAt)
-	var first []jobs.NewJob
+	var first []store.NewJob
 	for _, s := range worker.Streams(k.Vendor) {
 		j, err := worker.PageJob(worker.KindBackfill, k.Vendor, group,
 			worker.Page{UserID: k.UserID, Stream: s, Key: group + ":" + s, Start: start, End: end}, 0)
@@ -368,7 +377,7 @@ func (l *Loops) scheduleBackfill(ctx context.Context, k jobs.GenerationKey) erro
 		}
 		first = append(first, j)
 	}
-	created, err := l.store.CreateBackfill(ctx, jobs.Backfill{
+	created, err := l.store.CreateBackfill(ctx, store.Backfill{
 		UserID: k.UserID, Vendor: k.Vendor, ConnectedAt: k.ConnectedAt, GroupKey: group, WindowStart: start, WindowEnd: end,
 	}, first)
 	if err != nil {
@@ -385,10 +394,10 @@ func (l *Loops) scheduleBackfill(ctx context.Context, k jobs.GenerationKey) erro
 // finishOnce completes the backfills with nothing left to fetch and
 // refreshes the backfill gauges.
 func (l *Loops) finishOnce(ctx context.Context) {
-	done, err := l.store.FinishBackfills(ctx, 100, worker.OutcomeInactive, func(b jobs.Backfill) (jobs.NewJob, error) {
+	done, err := l.store.FinishBackfills(ctx, 100, worker.OutcomeInactive, func(b store.Backfill) (store.NewJob, error) {
 		id, err := newUUID()
 		if err != nil {
-			return jobs.NewJob{}, err
+			return store.NewJob{}, err
 		}
 		reason := ""
 		if b.Cut {
@@ -424,7 +433,7 @@ func (l *Loops) finishOnce(ctx context.Context) {
 	l.m.backfillPages.Reset()
 	for _, v := range l.cfg.Vendors {
 		if counts[v] == nil {
-			counts[v] = &jobs.BackfillCounts{}
+			counts[v] = &store.BackfillCounts{}
 		}
 	}
 	for v, c := range counts {
@@ -603,7 +612,7 @@ func (l *Loops) reportOnce(ctx context.Context) {
 		if _, err := l.broker.ReportDataArrival(ctx, &tokensv1.ReportDataArrivalRequest{Arrivals: batch}); err != nil {
 			l.m.reportFailures.Inc()
 			if ctx.Err() == nil {
-				l.logger.WarnContext(ctx, "cannot report data arrival", slog.Any("error", err))
+				l.logger.WarnContext(ctx, "cannot report data arrival", slog.Any("err", err))
 			}
 			failed = append(failed, batch...)
 		}

@@ -10,11 +10,11 @@ import (
 	"time"
 
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
-	"github.com/biobridge/bridge/services/ingest/internal/jobs"
-	"github.com/biobridge/bridge/services/ingest/internal/oura"
 	"github.com/biobridge/bridge/services/ingest/internal/readings"
-	"github.com/biobridge/bridge/services/ingest/internal/vendorhttp"
-	"github.com/biobridge/bridge/services/ingest/internal/whoop"
+	"github.com/biobridge/bridge/services/ingest/internal/store"
+	"github.com/biobridge/bridge/services/ingest/oura"
+	"github.com/biobridge/bridge/services/ingest/vendorhttp"
+	"github.com/biobridge/bridge/services/ingest/whoop"
 )
 
 // Kinds of collection jobs: one page of a vendor collection each, read in
@@ -77,16 +77,16 @@ type Page struct {
 }
 
 // PageJob returns the job reading page p of kind for vendor.
-func PageJob(kind, vendor, group string, p Page, delay time.Duration) (jobs.NewJob, error) {
+func PageJob(kind, vendor, group string, p Page, delay time.Duration) (store.NewJob, error) {
 	payload, err := json.Marshal(p)
 	if err != nil {
-		return jobs.NewJob{}, fmt.Errorf("encode page job: %w", err)
+		return store.NewJob{}, fmt.Errorf("encode page job: %w", err)
 	}
-	prio := jobs.PriorityBackground
+	prio := store.PriorityBackground
 	if kind == KindReconcile {
-		prio = jobs.PriorityReconcile
+		prio = store.PriorityReconcile
 	}
-	return jobs.NewJob{
+	return store.NewJob{
 		Vendor: vendor, Kind: kind, DedupeKey: p.Key + ":" + strconv.Itoa(p.Number), Payload: payload,
 		Priority: prio, Delay: delay, GroupKey: group,
 	}, nil
@@ -106,14 +106,14 @@ const (
 // job is marked done, so an unfinished stream always has an unfinished job.
 type Collector struct {
 	f      *Fetcher
-	store  *jobs.Store
+	store  *store.Store
 	logger *slog.Logger
 	wake   func()
 }
 
 // NewCollector builds the collection handler on the webhook fetcher's
 // clients. wake (optional) tells the local workers a job was enqueued.
-func NewCollector(f *Fetcher, store *jobs.Store, wake func(), logger *slog.Logger) *Collector {
+func NewCollector(f *Fetcher, store *store.Store, wake func(), logger *slog.Logger) *Collector {
 	if wake == nil {
 		wake = func() {}
 	}
@@ -121,7 +121,7 @@ func NewCollector(f *Fetcher, store *jobs.Store, wake func(), logger *slog.Logge
 }
 
 // Handle implements Handler for KindBackfill and KindReconcile.
-func (c *Collector) Handle(ctx context.Context, j jobs.Job) (string, error) {
+func (c *Collector) Handle(ctx context.Context, j store.Job) (string, error) {
 	var p Page
 	if err := json.Unmarshal(j.Payload, &p); err != nil {
 		return "", &Permanent{Reason: "unreadable payload", Err: err}
@@ -177,7 +177,7 @@ func (c *Collector) Handle(ctx context.Context, j jobs.Job) (string, error) {
 	}
 	if j.Kind == KindBackfill && stored > 0 {
 		if err := c.store.AddBackfillRecords(ctx, j.GroupKey, stored); err != nil {
-			c.logger.WarnContext(ctx, "cannot count backfill records", slog.Any("error", err))
+			c.logger.WarnContext(ctx, "cannot count backfill records", slog.Any("err", err))
 		}
 	}
 	// What follows is enqueued before this job is done (see Collector).

@@ -17,18 +17,18 @@ import (
 	tokensv1 "github.com/biobridge/bridge/gen/go/biobridge/tokens/v1"
 	"github.com/biobridge/bridge/pkg/apperr"
 	"github.com/biobridge/bridge/pkg/logging"
-	"github.com/biobridge/bridge/services/ingest/internal/jobs"
-	"github.com/biobridge/bridge/services/ingest/internal/oura"
 	"github.com/biobridge/bridge/services/ingest/internal/readings"
-	"github.com/biobridge/bridge/services/ingest/internal/vendorhttp"
+	"github.com/biobridge/bridge/services/ingest/internal/store"
 	"github.com/biobridge/bridge/services/ingest/internal/webhook"
-	"github.com/biobridge/bridge/services/ingest/internal/whoop"
+	"github.com/biobridge/bridge/services/ingest/oura"
+	"github.com/biobridge/bridge/services/ingest/vendorhttp"
+	"github.com/biobridge/bridge/services/ingest/whoop"
 )
 
 // KindWebhook is the job kind of a vendor notification.
 const KindWebhook = "webhook"
 
-// Vendors, as stored in jobs.vendor and sent to the token broker.
+// Vendors, as stored in store.vendor and sent to the token broker.
 const (
 	VendorWhoop = "whoop"
 	VendorOura  = "oura"
@@ -51,14 +51,20 @@ const (
 	OutcomeIncompleteEntry = "incomplete_record"
 )
 
-// FetchConfig tunes the webhook handler.
+// The webhook handler's defaults, for the zero fields of a FetchConfig.
+const (
+	DefaultPendingDelay  = 5 * time.Minute
+	DefaultPendingMaxAge = 24 * time.Hour
+)
+
+// FetchConfig tunes the webhook handler; a zero field takes its Default.
 type FetchConfig struct {
 	// PendingDelay is how long to wait before looking at a PENDING_SCORE
-	// record again (default 5m).
+	// record again.
 	PendingDelay time.Duration
 	// PendingMaxAge is how long after the webhook a pending record is
-	// still waited for (default 24h); WHOOP sends another *.updated when
-	// it scores the record, so giving up later loses nothing.
+	// still waited for; WHOOP sends another *.updated when it scores the
+	// record, so giving up later loses nothing.
 	PendingMaxAge time.Duration
 }
 
@@ -89,10 +95,10 @@ type Fetcher struct {
 func NewFetcher(cfg FetchConfig, tokens tokensv1.TokenBrokerServiceClient, persistence persistencev1.PersistenceServiceClient,
 	whoopAPI *whoop.API, ouraAPI *oura.API, reg prometheus.Registerer, logger *slog.Logger) *Fetcher {
 	if cfg.PendingDelay <= 0 {
-		cfg.PendingDelay = 5 * time.Minute
+		cfg.PendingDelay = DefaultPendingDelay
 	}
 	if cfg.PendingMaxAge <= 0 {
-		cfg.PendingMaxAge = 24 * time.Hour
+		cfg.PendingMaxAge = DefaultPendingMaxAge
 	}
 	f := &Fetcher{
 		cfg: cfg, tokens: tokens, persistence: persistence, whoop: whoopAPI, oura: ouraAPI, logger: logger,
@@ -130,7 +136,7 @@ func (f *Fetcher) noteArrival(user, vendor string) {
 }
 
 // Handle implements Handler for KindWebhook.
-func (f *Fetcher) Handle(ctx context.Context, j jobs.Job) (string, error) {
+func (f *Fetcher) Handle(ctx context.Context, j store.Job) (string, error) {
 	switch j.Vendor {
 	case VendorWhoop:
 		var ev webhook.WhoopEvent
@@ -148,7 +154,7 @@ func (f *Fetcher) Handle(ctx context.Context, j jobs.Job) (string, error) {
 	return "", &Permanent{Reason: "unknown vendor " + j.Vendor}
 }
 
-func (f *Fetcher) whoopEvent(ctx context.Context, j jobs.Job, ev webhook.WhoopEvent) (string, error) {
+func (f *Fetcher) whoopEvent(ctx context.Context, j store.Job, ev webhook.WhoopEvent) (string, error) {
 	if !ev.Supported() {
 		return OutcomeUnsupported, nil
 	}
@@ -176,7 +182,7 @@ func (f *Fetcher) whoopEvent(ctx context.Context, j jobs.Job, ev webhook.WhoopEv
 
 // whoopFetch fetches, normalizes and writes the record ev names. Vendor
 // errors are returned as they are (withToken looks for a rejected token).
-func (f *Fetcher) whoopFetch(ctx context.Context, j jobs.Job, ev webhook.WhoopEvent, user, token string) (string, error) {
+func (f *Fetcher) whoopFetch(ctx context.Context, j store.Job, ev webhook.WhoopEvent, user, token string) (string, error) {
 	switch ev.Resource() {
 	case webhook.WhoopSleep:
 		s, err := f.whoop.Sleep(ctx, token, ev.ID)
@@ -233,7 +239,7 @@ func (f *Fetcher) whoopFetch(ctx context.Context, j jobs.Job, ev webhook.WhoopEv
 // scoreState decides what a WHOOP score state means for the job: a
 // pending score is waited for (not counted as a failed attempt) until
 // PendingMaxAge, an unscorable record has nothing to store.
-func (f *Fetcher) scoreState(j jobs.Job, state string) (done bool, outcome string, err error) {
+func (f *Fetcher) scoreState(j store.Job, state string) (done bool, outcome string, err error) {
 	switch state {
 	case whoop.PendingScore:
 		if time.Since(j.CreatedAt) > f.cfg.PendingMaxAge {
@@ -246,7 +252,7 @@ func (f *Fetcher) scoreState(j jobs.Job, state string) (done bool, outcome strin
 	return false, "", nil
 }
 
-func (f *Fetcher) ouraEvent(ctx context.Context, _ jobs.Job, ev webhook.OuraEvent) (string, error) {
+func (f *Fetcher) ouraEvent(ctx context.Context, _ store.Job, ev webhook.OuraEvent) (string, error) {
 	if !oura.Supported(ev.DataType) {
 		return OutcomeUnsupported, nil
 	}

@@ -12,7 +12,7 @@ import (
 
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
 	tokensv1 "github.com/biobridge/bridge/gen/go/biobridge/tokens/v1"
-	"github.com/biobridge/bridge/services/ingest/internal/jobs"
+	"github.com/biobridge/bridge/services/ingest/internal/store"
 )
 
 // KindConnectionEvent is the job kind that hands a connection lifecycle
@@ -45,16 +45,16 @@ var eventTypes = map[string]biometricsv1.ConnectionEventType{
 }
 
 // ConnectionEventJob is the job carrying e (deduplicated by its event id).
-func ConnectionEventJob(e ConnectionEvent) (jobs.NewJob, error) {
+func ConnectionEventJob(e ConnectionEvent) (store.NewJob, error) {
 	if e.EventID == "" {
-		return jobs.NewJob{}, fmt.Errorf("connection event without an id")
+		return store.NewJob{}, fmt.Errorf("connection event without an id")
 	}
 	payload, err := json.Marshal(e)
 	if err != nil {
-		return jobs.NewJob{}, fmt.Errorf("encode connection event: %w", err)
+		return store.NewJob{}, fmt.Errorf("encode connection event: %w", err)
 	}
-	return jobs.NewJob{Vendor: e.Vendor, Kind: KindConnectionEvent, DedupeKey: "event:" + e.EventID, Payload: payload,
-		Priority: jobs.PriorityLive}, nil
+	return store.NewJob{Vendor: e.Vendor, Kind: KindConnectionEvent, DedupeKey: "event:" + e.EventID, Payload: payload,
+		Priority: store.PriorityLive}, nil
 }
 
 // Notifier handles KindConnectionEvent jobs.
@@ -66,7 +66,7 @@ type Notifier struct {
 func NewNotifier(f *Fetcher) *Notifier { return &Notifier{f: f} }
 
 // Handle implements Handler.
-func (n *Notifier) Handle(ctx context.Context, j jobs.Job) (string, error) {
+func (n *Notifier) Handle(ctx context.Context, j store.Job) (string, error) {
 	var e ConnectionEvent
 	if err := json.Unmarshal(j.Payload, &e); err != nil {
 		return "", &Permanent{Reason: "unreadable payload", Err: err}

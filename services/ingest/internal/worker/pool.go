@@ -29,7 +29,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/biobridge/bridge/pkg/telemetry"
-	"github.com/biobridge/bridge/services/ingest/internal/jobs"
+	"github.com/biobridge/bridge/services/ingest/internal/store"
 )
 
 // Handler runs one kind of job.
@@ -39,7 +39,7 @@ type Handler interface {
 	// A *Retry error reschedules the job, a *Permanent error buries it, and
 	// any other error is transient: retried with backoff until the last
 	// attempt, then dead.
-	Handle(ctx context.Context, j jobs.Job) (outcome string, err error)
+	Handle(ctx context.Context, j store.Job) (outcome string, err error)
 }
 
 // Retry asks for the job to run again after After. Count false means the
@@ -83,7 +83,7 @@ func (p *Permanent) Unwrap() error { return p.Err }
 // it needs is broken, and running it again before then would only spend its
 // attempts. UserID's connection at the job's vendor, generation Generation
 // (its connected_at), is the one it waits on; a newer generation resumes
-// it (jobs.Store.Resume). Reason is a short stable word, shown in ListJobs.
+// it (store.Store.Resume). Reason is a short stable word, shown in ListJobs.
 type Park struct {
 	UserID     string
 	Generation time.Time
@@ -94,71 +94,86 @@ func (p *Park) Error() string { return p.Reason }
 
 // Config tunes the pool.
 type Config struct {
-	// TracerProvider makes the spans (default: the global one).
+	// TracerProvider makes the spans (nil: the global one).
 	TracerProvider trace.TracerProvider
 	// Owner identifies this process in lease_owner (host and pid).
 	Owner string
-	// Workers is how many jobs run at once (default 8).
+	// Workers is how many jobs run at once.
 	Workers int
-	// Lease is how long a job is held without renewal (default 60s); the
-	// holder renews it every Lease/3 while the job runs.
+	// Lease is how long a job is held without renewal; the holder renews
+	// it every Lease/3 while the job runs.
 	Lease time.Duration
-	// PollInterval is how often idle workers look for due jobs (default
-	// 1s); enqueues in this process wake them at once.
+	// PollInterval is how often idle workers look for due jobs; enqueues
+	// in this process wake them at once.
 	PollInterval time.Duration
-	// MaxAttempts is the attempts a job gets before it is dead (default 8).
+	// MaxAttempts is the attempts a job gets before it is dead.
 	MaxAttempts int
 	// RetryBase and RetryMax bound the exponential backoff between failed
-	// attempts (defaults 2s and 10m); the actual wait is drawn with full
+	// attempts; the actual wait is drawn with full
 	// jitter so a vendor outage does not end in a synchronized stampede.
 	RetryBase time.Duration
 	RetryMax  time.Duration
 	// ShutdownGrace is how long running jobs may finish at shutdown before
-	// they are cancelled and released (default 10s).
+	// they are cancelled and released.
 	ShutdownGrace time.Duration
 	// Retention is how long done jobs (and so their dedupe keys) are kept
-	// (default 7 days, more than any vendor's retry window).
+	// (longer than any vendor's retry window).
 	Retention time.Duration
 	// MaintenanceInterval is how often queue depth is measured and old
-	// jobs purged (default 15s).
+	// jobs purged.
 	MaintenanceInterval time.Duration
 	// MaxBackground is how many background jobs (priority below
-	// jobs.PriorityLive: backfill, reconciliation) run at once in this
-	// process (default Workers minus a quarter of them, at least one kept
-	// for live work when Workers > 1): a backfill never occupies every
-	// worker while webhooks wait.
+	// store.PriorityLive: backfill, reconciliation) run at once in this
+	// process (0: Workers minus a quarter of them, at least one kept for
+	// live work when Workers > 1): a backfill never occupies every worker
+	// while webhooks wait.
 	MaxBackground int
 	// Vendors are the vendors whose queue-depth series start at zero.
 	Vendors []string
 }
 
+// Defaults of the pool's settings, written once: ingest's configuration
+// (INGEST_WORKERS, INGEST_JOB_LEASE, ...) reads its variables over them,
+// and NewPool gives a zero field the same.
+const (
+	DefaultWorkers             = 8
+	DefaultLease               = time.Minute
+	DefaultPollInterval        = time.Second
+	DefaultMaxAttempts         = 8
+	DefaultRetryBase           = 2 * time.Second
+	DefaultRetryMax            = 10 * time.Minute
+	DefaultShutdownGrace       = 10 * time.Second
+	DefaultRetention           = 7 * 24 * time.Hour
+	DefaultMaintenanceInterval = 15 * time.Second
+)
+
 func (c *Config) setDefaults() {
 	if c.Workers <= 0 {
-		c.Workers = 8
+		c.Workers = DefaultWorkers
 	}
 	if c.Lease <= 0 {
-		c.Lease = time.Minute
+		c.Lease = DefaultLease
 	}
 	if c.PollInterval <= 0 {
-		c.PollInterval = time.Second
+		c.PollInterval = DefaultPollInterval
 	}
 	if c.MaxAttempts <= 0 {
-		c.MaxAttempts = 8
+		c.MaxAttempts = DefaultMaxAttempts
 	}
 	if c.RetryBase <= 0 {
-		c.RetryBase = 2 * time.Second
+		c.RetryBase = DefaultRetryBase
 	}
 	if c.RetryMax <= 0 {
-		c.RetryMax = 10 * time.Minute
+		c.RetryMax = DefaultRetryMax
 	}
 	if c.ShutdownGrace <= 0 {
-		c.ShutdownGrace = 10 * time.Second
+		c.ShutdownGrace = DefaultShutdownGrace
 	}
 	if c.Retention <= 0 {
-		c.Retention = 7 * 24 * time.Hour
+		c.Retention = DefaultRetention
 	}
 	if c.MaintenanceInterval <= 0 {
-		c.MaintenanceInterval = 15 * time.Second
+		c.MaintenanceInterval = DefaultMaintenanceInterval
 	}
 	if c.MaxBackground <= 0 || c.MaxBackground > c.Workers {
 		c.MaxBackground = c.Workers
@@ -171,7 +186,7 @@ func (c *Config) setDefaults() {
 // Pool runs jobs.
 type Pool struct {
 	cfg      Config
-	store    *jobs.Store
+	store    *store.Store
 	handlers map[string]Handler
 	logger   *slog.Logger
 	m        *poolMetrics
@@ -183,7 +198,7 @@ type Pool struct {
 }
 
 // NewPool returns a pool running handlers[kind] for each job kind.
-func NewPool(store *jobs.Store, handlers map[string]Handler, cfg Config, reg prometheus.Registerer, logger *slog.Logger) *Pool {
+func NewPool(store *store.Store, handlers map[string]Handler, cfg Config, reg prometheus.Registerer, logger *slog.Logger) *Pool {
 	cfg.setDefaults()
 	p := &Pool{cfg: cfg, store: store, handlers: handlers, logger: logger, m: newPoolMetrics(reg), wake: make(chan struct{}, 1),
 		tracer: telemetry.TracerProviderOr(cfg.TracerProvider).Tracer("github.com/biobridge/bridge/services/ingest/internal/worker")}
@@ -258,7 +273,7 @@ func (p *Pool) work(ctx, jobCtx context.Context) {
 			// More may be due: let another idle worker look too.
 			p.Wake()
 			p.run(jobCtx, j)
-			if j.Priority < jobs.PriorityLive {
+			if j.Priority < store.PriorityLive {
 				p.background.Add(-1)
 			}
 		}
@@ -269,12 +284,12 @@ func (p *Pool) work(ctx, jobCtx context.Context) {
 // lease takes the next due job. A background slot is reserved before
 // leasing; without one only live jobs are taken. A background job keeps
 // its slot until it has run (the caller gives it back).
-func (p *Pool) lease(ctx context.Context) (jobs.Job, bool) {
+func (p *Pool) lease(ctx context.Context) (store.Job, bool) {
 	minPriority := math.MinInt16
 	reserved := p.background.Add(1) <= int64(p.cfg.MaxBackground)
 	if !reserved {
 		p.background.Add(-1)
-		minPriority = jobs.PriorityLive
+		minPriority = store.PriorityLive
 	}
 	leased, err := p.store.LeaseAtLeast(ctx, p.cfg.Owner, 1, p.cfg.Lease, minPriority)
 	if err != nil || len(leased) == 0 {
@@ -282,11 +297,11 @@ func (p *Pool) lease(ctx context.Context) (jobs.Job, bool) {
 			p.background.Add(-1)
 		}
 		if err != nil && ctx.Err() == nil {
-			p.logger.Warn("cannot lease jobs", slog.Any("error", err))
+			p.logger.Warn("cannot lease jobs", slog.Any("err", err))
 		}
-		return jobs.Job{}, false
+		return store.Job{}, false
 	}
-	if reserved && leased[0].Priority >= jobs.PriorityLive {
+	if reserved && leased[0].Priority >= store.PriorityLive {
 		p.background.Add(-1)
 	}
 	return leased[0], true
@@ -294,7 +309,7 @@ func (p *Pool) lease(ctx context.Context) (jobs.Job, bool) {
 
 // run handles one leased job, renewing its lease meanwhile, and records
 // the result (fenced by the lease token).
-func (p *Pool) run(ctx context.Context, j jobs.Job) {
+func (p *Pool) run(ctx context.Context, j store.Job) {
 	labels := []string{j.Vendor, j.Kind}
 	// One span per attempt: the token broker, vendor and persistence calls
 	// nest under it.
@@ -381,22 +396,22 @@ func (p *Pool) run(ctx context.Context, j jobs.Job) {
 		rerr = p.store.Retry(rctx, j, delay, err.Error(), true)
 		if rerr == nil {
 			p.m.retries.WithLabelValues(j.Vendor, j.Kind, "error").Inc()
-			log.Info("job failed, retrying", slog.Duration("after", delay), slog.Any("error", err))
+			log.Info("job failed, retrying", slog.Duration("after", delay), slog.Any("err", err))
 		}
 	}
-	if errors.Is(rerr, jobs.ErrLeaseLost) {
+	if errors.Is(rerr, store.ErrLeaseLost) {
 		p.m.leaseLost.WithLabelValues(j.Vendor, j.Kind).Inc()
 		log.Warn("job lease was lost before its result was recorded; another worker runs it")
 		return
 	}
 	if rerr != nil {
 		// The lease will expire and the job runs again.
-		log.Error("cannot record job result", slog.Any("error", rerr))
+		log.Error("cannot record job result", slog.Any("err", rerr))
 	}
 }
 
 // bury marks a job dead.
-func (p *Pool) bury(ctx context.Context, j jobs.Job, reason string, log *slog.Logger) error {
+func (p *Pool) bury(ctx context.Context, j store.Job, reason string, log *slog.Logger) error {
 	err := p.store.Bury(ctx, j, reason)
 	if err == nil {
 		p.m.dead.WithLabelValues(j.Vendor, j.Kind).Inc()
@@ -407,7 +422,7 @@ func (p *Pool) bury(ctx context.Context, j jobs.Job, reason string, log *slog.Lo
 
 // handle runs the handler with the lease kept alive; if the lease is lost
 // the handler's context is cancelled.
-func (p *Pool) handle(ctx context.Context, h Handler, j jobs.Job) (string, error) {
+func (p *Pool) handle(ctx context.Context, h Handler, j store.Job) (string, error) {
 	hctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	lost := make(chan struct{})
@@ -421,7 +436,7 @@ func (p *Pool) handle(ctx context.Context, h Handler, j jobs.Job) (string, error
 				return
 			case <-t.C:
 				err := p.store.Extend(context.WithoutCancel(hctx), j, p.cfg.Lease)
-				if errors.Is(err, jobs.ErrLeaseLost) {
+				if errors.Is(err, store.ErrLeaseLost) {
 					close(lost)
 					cancel()
 					return
@@ -433,7 +448,7 @@ func (p *Pool) handle(ctx context.Context, h Handler, j jobs.Job) (string, error
 	close(stop)
 	select {
 	case <-lost:
-		return "", fmt.Errorf("job %d: %w", j.ID, jobs.ErrLeaseLost)
+		return "", fmt.Errorf("job %d: %w", j.ID, store.ErrLeaseLost)
 	default:
 	}
 	return outcome, err
@@ -458,7 +473,7 @@ func (p *Pool) backoff(attempt int) time.Duration {
 // queue must be exported as zero, not as nothing.
 func (p *Pool) initDepth() {
 	for _, v := range p.cfg.Vendors {
-		for _, st := range []jobs.State{jobs.Queued, jobs.Running, jobs.Dead, jobs.Parked} {
+		for _, st := range []store.State{store.Queued, store.Running, store.Dead, store.Parked} {
 			p.m.depth.WithLabelValues(v, st.String())
 		}
 	}

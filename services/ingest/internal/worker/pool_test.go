@@ -17,26 +17,26 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/biobridge/bridge/pkg/testpg"
-	"github.com/biobridge/bridge/services/ingest/internal/jobs"
+	"github.com/biobridge/bridge/services/ingest/internal/store"
 )
 
-func newStore(t *testing.T) *jobs.Store {
+func newStore(t *testing.T) *store.Store {
 	t.Helper()
-	url := testpg.New(t, "ingest_jobs_"+jobs.Migrations.Version(), jobs.Migrations.Migrate)
+	url := testpg.New(t, "ingest_jobs_"+store.Migrations.Version(), store.Migrations.Migrate)
 	pool, err := pgxpool.New(context.Background(), url)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
-	return jobs.New(pool)
+	return store.New(pool)
 }
 
 // handlerFunc adapts a function to Handler.
-type handlerFunc func(ctx context.Context, j jobs.Job) (string, error)
+type handlerFunc func(ctx context.Context, j store.Job) (string, error)
 
-func (f handlerFunc) Handle(ctx context.Context, j jobs.Job) (string, error) { return f(ctx, j) }
+func (f handlerFunc) Handle(ctx context.Context, j store.Job) (string, error) { return f(ctx, j) }
 
-func enqueue(t *testing.T, s *jobs.Store, key string) int64 {
+func enqueue(t *testing.T, s *store.Store, key string) int64 {
 	t.Helper()
-	id, _, err := s.Enqueue(context.Background(), jobs.NewJob{Vendor: "whoop", Kind: "test", DedupeKey: key, Payload: []byte(`{}`), Priority: jobs.PriorityLive})
+	id, _, err := s.Enqueue(context.Background(), store.NewJob{Vendor: "whoop", Kind: "test", DedupeKey: key, Payload: []byte(`{}`), Priority: store.PriorityLive})
 	require.NoError(t, err)
 	return id
 }
@@ -58,9 +58,9 @@ func run(t *testing.T, p *Pool) func() {
 	return stop
 }
 
-func waitState(t *testing.T, s *jobs.Store, id int64, want jobs.State) jobs.Job {
+func waitState(t *testing.T, s *store.Store, id int64, want store.State) store.Job {
 	t.Helper()
-	var j jobs.Job
+	var j store.Job
 	require.Eventually(t, func() bool {
 		var err error
 		j, err = s.Get(context.Background(), id)
@@ -77,30 +77,30 @@ func TestOutcomes(t *testing.T) {
 	tests := []struct {
 		name     string
 		handler  func(calls int) (string, error)
-		state    jobs.State
+		state    store.State
 		attempts int
 		outcome  string
 		lastErr  string
 		calls    int
 	}{
-		{"done at once", func(int) (string, error) { return "stored", nil }, jobs.Done, 1, "stored", "", 1},
+		{"done at once", func(int) (string, error) { return "stored", nil }, store.Done, 1, "stored", "", 1},
 		{"transient errors until success", func(calls int) (string, error) {
 			if calls < 3 {
 				return "", errors.New("vendor down")
 			}
 			return "stored", nil
-		}, jobs.Done, 3, "stored", "vendor down", 3},
-		{"dead after the last attempt", func(int) (string, error) { return "", errors.New("vendor down") }, jobs.Dead, 3, "", "vendor down", 3},
+		}, store.Done, 3, "stored", "vendor down", 3},
+		{"dead after the last attempt", func(int) (string, error) { return "", errors.New("vendor down") }, store.Dead, 3, "", "vendor down", 3},
 		{"counted retries die too", func(int) (string, error) {
 			return "", &Retry{Count: true, Reason: "vendor_unavailable", Detail: "whoop sleep: unavailable (HTTP 500)"}
-		}, jobs.Dead, 3, "", "whoop sleep: unavailable (HTTP 500)", 3},
+		}, store.Dead, 3, "", "whoop sleep: unavailable (HTTP 500)", 3},
 		{"uncounted waits never kill", func(calls int) (string, error) {
 			if calls < 6 {
 				return "", &Retry{After: time.Millisecond, Reason: "rate_limited"}
 			}
 			return "stored", nil
-		}, jobs.Done, 1, "stored", "rate_limited", 6},
-		{"permanent is dead at once", func(int) (string, error) { return "", &Permanent{Reason: "unreadable payload"} }, jobs.Dead, 1, "", "unreadable payload", 1},
+		}, store.Done, 1, "stored", "rate_limited", 6},
+		{"permanent is dead at once", func(int) (string, error) { return "", &Permanent{Reason: "unreadable payload"} }, store.Dead, 1, "", "unreadable payload", 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -108,7 +108,7 @@ func TestOutcomes(t *testing.T) {
 			s := newStore(t)
 			var calls atomic.Int32
 			reg := prometheus.NewRegistry()
-			p := NewPool(s, map[string]Handler{"test": handlerFunc(func(context.Context, jobs.Job) (string, error) {
+			p := NewPool(s, map[string]Handler{"test": handlerFunc(func(context.Context, store.Job) (string, error) {
 				return tt.handler(int(calls.Add(1)))
 			})}, fast, reg, slog.New(slog.DiscardHandler))
 			id := enqueue(t, s, "k")
@@ -119,7 +119,7 @@ func TestOutcomes(t *testing.T) {
 			assert.Equal(t, tt.outcome, j.Outcome)
 			assert.Equal(t, tt.lastErr, j.LastError)
 			assert.Equal(t, tt.calls, int(calls.Load()))
-			if tt.state == jobs.Dead {
+			if tt.state == store.Dead {
 				assert.Equal(t, 1.0, testutil.ToFloat64(p.m.dead.WithLabelValues("whoop", "test")))
 			} else {
 				assert.Equal(t, 1.0, testutil.ToFloat64(p.m.done.WithLabelValues("whoop", "test", tt.outcome)))
@@ -134,7 +134,7 @@ func TestLeaseIsRenewedWhileRunning(t *testing.T) {
 	s := newStore(t)
 	var running atomic.Int32
 	var runs atomic.Int32
-	h := handlerFunc(func(ctx context.Context, j jobs.Job) (string, error) {
+	h := handlerFunc(func(ctx context.Context, j store.Job) (string, error) {
 		runs.Add(1)
 		if running.Add(1) > 1 {
 			t.Error("two workers run the job at once")
@@ -155,7 +155,7 @@ func TestLeaseIsRenewedWhileRunning(t *testing.T) {
 	id := enqueue(t, s, "long")
 	run(t, a)
 	run(t, b)
-	j := waitState(t, s, id, jobs.Done)
+	j := waitState(t, s, id, store.Done)
 	assert.Equal(t, 1, j.Attempts)
 	assert.Equal(t, int32(1), runs.Load())
 }
@@ -166,7 +166,7 @@ func TestShutdownReleasesUnfinishedJobs(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
 	started := make(chan struct{})
-	h := handlerFunc(func(ctx context.Context, j jobs.Job) (string, error) {
+	h := handlerFunc(func(ctx context.Context, j store.Job) (string, error) {
 		close(started)
 		<-ctx.Done()
 		return "", ctx.Err()
@@ -180,17 +180,17 @@ func TestShutdownReleasesUnfinishedJobs(t *testing.T) {
 	stop()
 	j, err := s.Get(context.Background(), id)
 	require.NoError(t, err)
-	assert.Equal(t, jobs.Queued, j.State, "released, due at once for the next process")
+	assert.Equal(t, store.Queued, j.State, "released, due at once for the next process")
 	assert.Equal(t, 0, j.Attempts, "the cut attempt does not count")
 
 	finished := make(chan struct{})
-	p2 := NewPool(s, map[string]Handler{"test": handlerFunc(func(context.Context, jobs.Job) (string, error) {
+	p2 := NewPool(s, map[string]Handler{"test": handlerFunc(func(context.Context, store.Job) (string, error) {
 		close(finished)
 		return "stored", nil
 	})}, fast, nil, slog.New(slog.DiscardHandler))
 	run(t, p2)
 	<-finished
-	waitState(t, s, id, jobs.Done)
+	waitState(t, s, id, store.Done)
 }
 
 // A job that its workers keep abandoning (it crashes them, or outlives
@@ -206,12 +206,12 @@ func TestAbandonedJobIsBuried(t *testing.T) {
 		time.Sleep(5 * time.Millisecond) // let the lease expire
 	}
 	var calls atomic.Int32
-	p := NewPool(s, map[string]Handler{"test": handlerFunc(func(context.Context, jobs.Job) (string, error) {
+	p := NewPool(s, map[string]Handler{"test": handlerFunc(func(context.Context, store.Job) (string, error) {
 		calls.Add(1)
 		return "stored", nil
 	})}, fast, nil, slog.New(slog.DiscardHandler))
 	run(t, p)
-	j := waitState(t, s, id, jobs.Dead)
+	j := waitState(t, s, id, store.Dead)
 	assert.Contains(t, j.LastError, "abandoned")
 	assert.Zero(t, calls.Load(), "the handler is not run again")
 }
@@ -219,11 +219,11 @@ func TestAbandonedJobIsBuried(t *testing.T) {
 func TestUnknownKindIsDead(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
-	id, _, err := s.Enqueue(context.Background(), jobs.NewJob{Vendor: "oura", Kind: "mystery", DedupeKey: "m", Payload: []byte(`{}`)})
+	id, _, err := s.Enqueue(context.Background(), store.NewJob{Vendor: "oura", Kind: "mystery", DedupeKey: "m", Payload: []byte(`{}`)})
 	require.NoError(t, err)
 	p := NewPool(s, map[string]Handler{}, fast, nil, slog.New(slog.DiscardHandler))
 	run(t, p)
-	j := waitState(t, s, id, jobs.Dead)
+	j := waitState(t, s, id, store.Dead)
 	assert.Contains(t, j.LastError, "no handler")
 }
 
@@ -274,7 +274,7 @@ func TestLiveWorkKeepsItsWorkers(t *testing.T) {
 	ctx := context.Background()
 	release := make(chan struct{})
 	var running, peak atomic.Int32
-	bg := handlerFunc(func(ctx context.Context, j jobs.Job) (string, error) {
+	bg := handlerFunc(func(ctx context.Context, j store.Job) (string, error) {
 		n := running.Add(1)
 		defer running.Add(-1)
 		for {
@@ -290,25 +290,25 @@ func TestLiveWorkKeepsItsWorkers(t *testing.T) {
 		return "done", nil
 	})
 	for i := range 5 {
-		_, _, err := s.Enqueue(ctx, jobs.NewJob{Vendor: "whoop", Kind: "bg", DedupeKey: fmt.Sprint("bg-", i), Payload: []byte(`{}`),
-			Priority: jobs.PriorityBackground})
+		_, _, err := s.Enqueue(ctx, store.NewJob{Vendor: "whoop", Kind: "bg", DedupeKey: fmt.Sprint("bg-", i), Payload: []byte(`{}`),
+			Priority: store.PriorityBackground})
 		require.NoError(t, err)
 	}
 	cfg := fast
 	cfg.Workers, cfg.MaxBackground = 3, 1
 	p := NewPool(s, map[string]Handler{
 		"bg":   bg,
-		"test": handlerFunc(func(context.Context, jobs.Job) (string, error) { return "stored", nil }),
+		"test": handlerFunc(func(context.Context, store.Job) (string, error) { return "stored", nil }),
 	}, cfg, nil, slog.New(slog.DiscardHandler))
 	stop := run(t, p)
 	require.Eventually(t, func() bool { return running.Load() == 1 }, 5*time.Second, 10*time.Millisecond)
 	live := enqueue(t, s, "live")
 	p.Wake()
-	waitState(t, s, live, jobs.Done)
+	waitState(t, s, live, store.Done)
 	assert.EqualValues(t, 1, peak.Load(), "one background slot")
 	close(release)
 	require.Eventually(t, func() bool {
-		list, err := s.List(ctx, jobs.Done, 10)
+		list, err := s.List(ctx, store.Done, 10)
 		return err == nil && len(list) == 6
 	}, 10*time.Second, 10*time.Millisecond)
 	assert.EqualValues(t, 1, peak.Load(), "never more than one background job at a time")

@@ -387,16 +387,48 @@ func (b *bench) getLatest(ctx context.Context) ([]benchreport.Result, error) {
 		}
 		return err
 	})
+	nearBefore := nearReads(b.main.srv)
 	rGRPC, rRedis, err := interleave(b.opts.duration, grpcLoad, redisLoad)
 	if err != nil {
 		return nil, fmt.Errorf("GetLatest load: %w", err)
 	}
+	nearAfter := nearReads(b.main.srv)
 	rps, p99, baseRPS, baseP99 := rGRPC.perSecond(), rGRPC.p99(), rRedis.perSecond(), rRedis.p99()
+	read := "Redis HGETALL (near-cache off, the default)"
+	if b.opts.near {
+		read = "the per-replica near-cache in front of Redis (-near-cache; hits skip the HGETALL; invalidated by Redis CLIENT TRACKING)"
+		hit, miss, bypass := nearAfter["hit"]-nearBefore["hit"], nearAfter["miss"]-nearBefore["miss"], nearAfter["bypass"]-nearBefore["bypass"]
+		if total := hit + miss + bypass; total > 0 {
+			read += fmt.Sprintf(": %.1f%% of the measured reads were near-cache hits, %.1f%% bypassed it", 100*hit/total, 100*bypass/total)
+		}
+	}
 	notes := fmt.Sprintf("%d concurrent callers, random user of %d, %d metrics each, cache warm; GetLatest over gRPC "+
-		"(service-token auth, audit record, Redis HGETALL, decoding) vs raw Redis HGETALL of the same hashes from go-redis",
-		latestConcurrency, latestUsers, latestMetricsPerUsr)
+		"(service-token auth, audit record, %s, decoding) vs raw Redis HGETALL of the same hashes from go-redis",
+		latestConcurrency, latestUsers, latestMetricsPerUsr, read)
 	return []benchreport.Result{
 		benchreport.Higher("biometrics.get_latest_rps", "requests/s", rps, baseRPS, notes),
 		benchreport.Lower("biometrics.get_latest_p99_ms", "ms", p99, baseP99, notes),
 	}, nil
+}
+
+// nearReads returns persistence's near-cache reads so far, by result.
+func nearReads(srv *server.Server) map[string]float64 {
+	out := map[string]float64{}
+	mfs, err := srv.Registry().Gather()
+	if err != nil {
+		return out
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "biobridge_persistence_near_cache_reads_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" {
+					out[l.GetValue()] += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return out
 }

@@ -25,28 +25,19 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"runtime"
 	"runtime/pprof"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/biobridge/bridge/pkg/benchreport"
 	"github.com/biobridge/bridge/pkg/pgstore"
+	"github.com/biobridge/bridge/pkg/service"
 	"github.com/biobridge/bridge/services/persistence/server"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args, os.Getenv, os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		stop()
-		os.Exit(1)
-	}
-}
+func main() { service.ExecFunc(run) }
 
 const benchToken = "bench-token"
 
@@ -55,6 +46,8 @@ type options struct {
 	duration time.Duration
 	pgURL    string
 	redisURL string
+	// near runs persistence with its near-cache on.
+	near bool
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) (err error) {
@@ -65,6 +58,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	fs.DurationVar(&opts.duration, "duration", 4*time.Second, "how long each measurement (and each baseline) runs")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	only := fs.String("only", "", "run only this measurement (bulk, group, latest)")
+	fs.BoolVar(&opts.near, "near-cache", false, "run persistence with LATEST_NEAR_CACHE_ENABLED=true (GetLatest served from the per-replica near-cache), to compare")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -96,7 +90,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	base := server.Config{
 		GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
 		PostgresURL: dbURL, RedisURL: opts.redisURL, RedisKeyPrefix: "bench:" + suffix + ":",
-		ServiceTokens: "bench:" + benchToken,
+		ServiceTokens:   "bench:" + benchToken,
+		LatestNearCache: opts.near,
 	}
 	b, err := newBench(ctx, base, logger, opts)
 	if err != nil {

@@ -47,7 +47,7 @@ type Biometrics struct {
 	biometricsv1.UnimplementedBiometricsServiceServer
 
 	store    *store.Store
-	latest   *Latest
+	latest   *latestcache.Latest
 	audit    Auditor
 	m        *metrics.Metrics
 	logger   *slog.Logger
@@ -61,7 +61,7 @@ type Biometrics struct {
 }
 
 // NewBiometrics returns the BiometricsService implementation.
-func NewBiometrics(st *store.Store, latest *Latest, audit Auditor, m *metrics.Metrics, logger *slog.Logger,
+func NewBiometrics(st *store.Store, latest *latestcache.Latest, audit Auditor, m *metrics.Metrics, logger *slog.Logger,
 	stopping <-chan struct{}, resync time.Duration, maxWatches int) *Biometrics {
 	if resync <= 0 {
 		resync = 30 * time.Second

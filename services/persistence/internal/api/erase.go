@@ -8,11 +8,12 @@ import (
 	"github.com/biobridge/bridge/pkg/auth"
 	"github.com/biobridge/bridge/pkg/logging"
 	"github.com/biobridge/bridge/pkg/truncate"
+	"github.com/biobridge/bridge/services/persistence/internal/latestcache"
 	"github.com/biobridge/bridge/services/persistence/internal/record"
 )
 
 // WithLatest gives DeleteUserData the latest-value cache to clear.
-func (p *Persistence) WithLatest(l *Latest) *Persistence {
+func (p *Persistence) WithLatest(l *latestcache.Latest) *Persistence {
 	p.latest = l
 	return p
 }

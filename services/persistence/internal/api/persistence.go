@@ -21,6 +21,7 @@ import (
 	"github.com/biobridge/bridge/pkg/groupcommit"
 	"github.com/biobridge/bridge/pkg/telemetry"
 	"github.com/biobridge/bridge/pkg/truncate"
+	"github.com/biobridge/bridge/services/persistence/internal/latestcache"
 	"github.com/biobridge/bridge/services/persistence/internal/metrics"
 	"github.com/biobridge/bridge/services/persistence/internal/record"
 	"github.com/biobridge/bridge/services/persistence/internal/store"
@@ -48,7 +49,7 @@ type Persistence struct {
 	store     *store.Store
 	committer *groupcommit.Committer[store.Op, store.OpResult]
 	notifier  *store.Notifier
-	latest    *Latest
+	latest    *latestcache.Latest
 	m         *metrics.Metrics
 	logger    *slog.Logger
 	// stopping ends long polls when the server shuts down.
@@ -263,7 +264,11 @@ func (p *Persistence) LeaseOutbox(ctx context.Context, req *persistencev1.LeaseO
 		// Take the wake-up channel before looking, so a commit that lands
 		// between the look and the wait still wakes us.
 		wake := p.notifier.Wait()
-		l, err := p.store.Lease(ctx, holder, limit, d)
+		lease := p.store.Lease
+		if req.GetRawPayload() {
+			lease = p.store.LeaseRaw
+		}
+		l, err := lease(ctx, holder, limit, d)
 		if err != nil {
 			return nil, apperr.Wrap(err, apperr.Unavailable, "storage_unavailable", "could not lease outbox entries, retry")
 		}

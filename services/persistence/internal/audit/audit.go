@@ -21,18 +21,27 @@ type Sink interface {
 	InsertAudit(ctx context.Context, entries []store.AuditEntry) error
 }
 
-// Config tunes the writer.
+// The writer's defaults, for the zero fields of a Config (the service's
+// configuration reads its own variables' defaults from here).
+const (
+	DefaultBuffer        = 10_000
+	DefaultBatch         = 500
+	DefaultFlushInterval = 200 * time.Millisecond
+	DefaultRetries       = 5
+)
+
+// Config tunes the writer; a zero field takes its Default.
 type Config struct {
-	// Buffer is how many entries may wait (default 10000).
+	// Buffer is how many entries may wait.
 	Buffer int
-	// Batch is the most entries per insert (default 500).
+	// Batch is the most entries per insert.
 	Batch int
 	// FlushInterval is the longest an entry waits before its batch is
-	// written (default 200ms).
+	// written.
 	FlushInterval time.Duration
 	// Retries is how often a failed batch is retried at shutdown before it
-	// is dropped (default 5, with growing pauses); while the service runs a
-	// batch is retried until it is written.
+	// is dropped (with growing pauses); while the service runs a batch is
+	// retried until it is written.
 	Retries int
 }
 
@@ -43,7 +52,12 @@ type Writer struct {
 	m      *metrics.Metrics
 	logger *slog.Logger
 
-	ch       chan store.AuditEntry
+	ch chan store.AuditEntry
+	// full wakes the writer when a batch's worth of entries is queued;
+	// otherwise it drains the buffer at its interval. (Receiving each entry
+	// as it comes woke the writer's goroutine on every read.)
+	full     chan struct{}
+	stop     chan struct{}
 	mu       sync.RWMutex
 	closed   bool
 	done     chan struct{}
@@ -53,20 +67,22 @@ type Writer struct {
 // New returns a writer; Run must be running.
 func New(sink Sink, cfg Config, m *metrics.Metrics, logger *slog.Logger) *Writer {
 	if cfg.Buffer <= 0 {
-		cfg.Buffer = 10000
+		cfg.Buffer = DefaultBuffer
 	}
 	if cfg.Batch <= 0 {
-		cfg.Batch = 500
+		cfg.Batch = DefaultBatch
 	}
 	if cfg.FlushInterval <= 0 {
-		cfg.FlushInterval = 200 * time.Millisecond
+		cfg.FlushInterval = DefaultFlushInterval
 	}
 	if cfg.Retries <= 0 {
-		cfg.Retries = 5
+		cfg.Retries = DefaultRetries
 	}
 	return &Writer{
 		cfg: cfg, sink: sink, m: m, logger: logger,
 		ch:       make(chan store.AuditEntry, cfg.Buffer),
+		full:     make(chan struct{}, 1),
+		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 		flushReq: make(chan chan struct{}),
 	}
@@ -94,6 +110,12 @@ func (w *Writer) Record(e store.AuditEntry) error {
 	}
 	select {
 	case w.ch <- e:
+		if len(w.ch) >= w.cfg.Batch {
+			select {
+			case w.full <- struct{}{}:
+			default:
+			}
+		}
 		return nil
 	default:
 		w.m.AuditDropped.Inc()
@@ -126,36 +148,49 @@ func (w *Writer) Run() {
 	batch := make([]store.AuditEntry, 0, w.cfg.Batch)
 	timer := time.NewTimer(w.cfg.FlushInterval)
 	defer timer.Stop()
-	flush := func() {
-		if len(batch) > 0 {
-			w.write(batch)
-			batch = batch[:0]
+	for {
+		select {
+		case <-w.full:
+			w.drain(batch)
+		case <-timer.C:
+			w.drain(batch)
+			timer.Reset(w.cfg.FlushInterval)
+		case ack := <-w.flushReq:
+			// Everything recorded before the request is in the channel.
+			w.drain(batch)
+			close(ack)
+		case <-w.stop:
+			for open := true; open; {
+				open = w.drain(batch)
+			}
+			return
 		}
 	}
+}
+
+// drain writes the queued entries, in batches of at most Batch, until the
+// buffer is empty; it returns false once the buffer is closed and empty.
+func (w *Writer) drain(batch []store.AuditEntry) (open bool) {
+	batch = batch[:0]
 	for {
 		select {
 		case e, ok := <-w.ch:
 			if !ok {
-				flush()
-				return
+				if len(batch) > 0 {
+					w.write(batch)
+				}
+				return false
 			}
 			batch = append(batch, e)
 			if len(batch) >= w.cfg.Batch {
-				flush()
+				w.write(batch)
+				batch = batch[:0]
 			}
-		case <-timer.C:
-			flush()
-			timer.Reset(w.cfg.FlushInterval)
-		case ack := <-w.flushReq:
-			// Everything recorded before the request is in the channel.
-			for n := len(w.ch); n > 0; n-- {
-				batch = append(batch, <-w.ch)
-				if len(batch) >= w.cfg.Batch {
-					flush()
-				}
+		default:
+			if len(batch) > 0 {
+				w.write(batch)
 			}
-			flush()
-			close(ack)
+			return true
 		}
 	}
 }
@@ -167,6 +202,7 @@ func (w *Writer) Close(ctx context.Context) {
 	if !w.closed {
 		w.closed = true
 		close(w.ch)
+		close(w.stop)
 	}
 	w.mu.Unlock()
 	select {

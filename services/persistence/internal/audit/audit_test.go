@@ -53,3 +53,36 @@ func TestReadsFailClosedAndNothingRecordedIsLost(t *testing.T) {
 	require.Eventually(t, func() bool { return sink.written.Load() == int64(accepted) }, 10*time.Second, 10*time.Millisecond,
 		"every accepted entry is written once the store is back")
 }
+
+// countingSink counts the entries and batches written.
+type countingSink struct{ entries, batches atomic.Int64 }
+
+func (s *countingSink) InsertAudit(_ context.Context, entries []store.AuditEntry) error {
+	s.entries.Add(int64(len(entries)))
+	s.batches.Add(1)
+	return nil
+}
+
+// TestFullBatchIsWrittenBeforeTheInterval: a batch's worth of queued
+// entries is written at once, not at the next interval (an hour here);
+// Flush and Close write what is queued.
+func TestFullBatchIsWrittenBeforeTheInterval(t *testing.T) {
+	t.Parallel()
+	sink := &countingSink{}
+	w := New(sink, Config{Buffer: 100, Batch: 3, FlushInterval: time.Hour}, metrics.Nop(), slog.New(slog.DiscardHandler))
+	go w.Run()
+
+	for range 3 {
+		require.NoError(t, w.Record(store.AuditEntry{Method: "GetLatest", UserID: "u"}))
+	}
+	require.Eventually(t, func() bool { return sink.entries.Load() == 3 }, 10*time.Second, time.Millisecond)
+	require.NoError(t, w.Record(store.AuditEntry{Method: "GetLatest", UserID: "u"}))
+	w.Flush(context.Background())
+	require.Equal(t, int64(4), sink.entries.Load(), "Flush writes the partial batch")
+	for range 7 {
+		require.NoError(t, w.Record(store.AuditEntry{Method: "GetLatest", UserID: "u"}))
+	}
+	w.Close(context.Background())
+	require.Equal(t, int64(11), sink.entries.Load(), "Close writes everything queued")
+	require.ErrorIs(t, w.Record(store.AuditEntry{Method: "GetLatest", UserID: "u"}), ErrClosed)
+}

@@ -89,6 +89,11 @@ type Cache struct {
 	rdb    redis.UniversalClient
 	prefix string
 	ttl    time.Duration
+	reads  *reads
+	// near is the per-replica near-cache of the hashes (nil: off).
+	near *Near
+	// nearRead observes each near-cache read's result (hit, miss, bypass).
+	nearRead func(result string)
 }
 
 // New returns a cache on rdb with keys under prefix. Snapshots expire after
@@ -98,7 +103,49 @@ func New(rdb redis.UniversalClient, prefix string, ttl time.Duration) *Cache {
 	if ttl <= 0 {
 		ttl = 24 * time.Hour
 	}
-	return &Cache{rdb: rdb, prefix: prefix, ttl: ttl}
+	return &Cache{rdb: rdb, prefix: prefix, ttl: ttl, reads: &reads{rdb: rdb}}
+}
+
+// WithNear reads the hashes through the near-cache n; observe (may be nil)
+// is called with each read's result: hit, miss or bypass.
+func (c *Cache) WithNear(n *Near, observe func(result string)) *Cache {
+	c.near = n
+	c.nearRead = observe
+	return c
+}
+
+// Near returns the near-cache (nil when off).
+func (c *Cache) Near() *Near { return c.near }
+
+// hgetall reads the user's hash: from the near-cache when it may serve it,
+// else from Redis through the shared pipelines.
+func (c *Cache) hgetall(ctx context.Context, key string) (map[string]string, error) {
+	if c.near == nil {
+		return c.reads.hgetall(ctx, key)
+	}
+	h, hit, err := c.near.hgetall(ctx, key)
+	switch {
+	case err == nil:
+		if c.nearRead != nil {
+			if hit {
+				c.nearRead("hit")
+			} else {
+				c.nearRead("miss")
+			}
+		}
+		return h, nil
+	case !errors.Is(err, errNearUnusable) && ctx.Err() != nil:
+		return nil, err
+	}
+	// Not usable now, or its connection failed: Redis without it.
+	if c.nearRead != nil {
+		c.nearRead("bypass")
+	}
+	h, err = c.reads.hgetall(ctx, key)
+	if err == nil {
+		c.near.mark(key)
+	}
+	return h, err
 }
 
 // HashKey is the user's hash.
@@ -272,10 +319,10 @@ func (c *Cache) apply(ctx context.Context, changes []record.UserChange) (ApplyRe
 }
 
 // Get returns the user's cached values (by metric) and the commit counter
-// they reflect. ok is false when the hash is not a complete snapshot: then
+// they reflect. Concurrent Gets share pipelined round trips to Redis. ok is false when the hash is not a complete snapshot: then
 // the caller reads PostgreSQL.
 func (c *Cache) Get(ctx context.Context, user string) (values map[string]record.Latest, seq int64, ok bool, err error) {
-	h, err := c.rdb.HGetAll(ctx, c.HashKey(user)).Result()
+	h, err := c.hgetall(ctx, c.HashKey(user))
 	if err != nil {
 		return nil, 0, false, err
 	}
@@ -291,8 +338,8 @@ func (c *Cache) Get(ctx context.Context, user string) (values map[string]record.
 		if strings.HasPrefix(k, "_") {
 			continue
 		}
-		var e entry
-		if err := json.Unmarshal([]byte(v), &e); err != nil {
+		e, err := decodeEntry(v)
+		if err != nil {
 			// A corrupt field: treat the whole hash as a miss, the fill
 			// replaces it.
 			return nil, 0, false, nil

@@ -2,6 +2,8 @@ package latestcache_test
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -149,4 +151,42 @@ func TestChangesArePublished(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no message")
 	}
+}
+
+// TestConcurrentGetsEachGetTheirOwnUser: concurrent reads share pipelines;
+// each caller still gets its own user's hash, and a caller that gives up
+// does not fail the others.
+func TestConcurrentGetsEachGetTheirOwnUser(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c := newCache(t)
+	at := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	const users = 50
+	for u := range users {
+		_, err := c.Fill(ctx, fmt.Sprintf("user-%d", u), int64(u+1), []record.Latest{val("heart_rate", float64(u), at)})
+		require.NoError(t, err)
+	}
+	var wg sync.WaitGroup
+	for g := range 32 {
+		wg.Go(func() {
+			for i := range 200 {
+				u := (g*7 + i) % users
+				if i%10 == 0 {
+					cctx, cancel := context.WithCancel(ctx)
+					cancel()
+					_, _, _, err := c.Get(cctx, fmt.Sprintf("user-%d", u))
+					if err == nil {
+						t.Errorf("a cancelled read returned no error")
+					}
+					continue
+				}
+				vals, seq, ok, err := c.Get(ctx, fmt.Sprintf("user-%d", u))
+				if err != nil || !ok || seq != int64(u+1) || vals["heart_rate"].Value != float64(u) {
+					t.Errorf("user-%d: got %v seq %d ok %v err %v", u, vals, seq, ok, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
 }

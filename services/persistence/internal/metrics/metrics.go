@@ -40,6 +40,8 @@ type Metrics struct {
 	CacheRepairs     *prometheus.CounterVec // result
 	CacheReads       *prometheus.CounterVec // result: hit, miss, error
 	CacheInvalidated prometheus.Counter
+	NearReads        *prometheus.CounterVec // result: hit, miss, bypass
+	NearFlushes      prometheus.Counter
 
 	// Outbox.
 	OutboxLeased  prometheus.Counter
@@ -132,6 +134,14 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Namespace: ns, Name: "cache_invalidations_total",
 			Help: "Cache entries dropped because an update arrived out of commit order or after a lost update.",
 		}),
+		NearReads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "near_cache_reads_total",
+			Help: "Latest-cache hash reads through the per-replica near-cache, by result: hit (served from this process), miss (read from Redis and kept) or bypass (read from Redis without the near-cache: it is off, not connected, its invalidations are not confirmed recent enough, or the user was just written here).",
+		}, []string{"result"}),
+		NearFlushes: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "near_cache_flushes_total",
+			Help: "Near-cache flushes: its Redis connection closed (the entries it tracked are dropped) or Redis flushed its databases.",
+		}),
 		OutboxLeased: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Name: "outbox_leased_total", Help: "Outbox entries leased.",
 		}),
@@ -178,7 +188,7 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 	cs := []prometheus.Collector{
 		m.RowsWritten, m.EventsWritten, m.Rejections, m.TxSeconds, m.TxEvents, m.TxRetries,
 		m.GroupRequests, m.GroupWait, m.GroupIsolations,
-		m.CacheErrors, m.CacheRepairs, m.CacheReads, m.CacheInvalidated,
+		m.CacheErrors, m.CacheRepairs, m.CacheReads, m.CacheInvalidated, m.NearReads, m.NearFlushes,
 		m.OutboxLeased, m.OutboxAcked, m.OutboxNacked, m.OutboxWritten,
 		m.AuditWritten, m.AuditDropped, m.AuditErrors,
 		m.PartitionsCreated, m.PartitionsDropped, m.MaintenanceErrors, m.WatchStreams,

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
+	"github.com/biobridge/bridge/pkg/topics"
 )
 
 // ReasonUserErased rejects an upsert for a user whose data was erased.
@@ -120,7 +121,7 @@ func (s *Store) EraseUser(ctx context.Context, userID, requestedBy string) (_ Er
 		return Erasure{}, fmt.Errorf("erase user: encode event: %w", err)
 	}
 	var ob outboxRows
-	ob.add(TopicConnections, userID, payloadConnection, payload, "")
+	ob.add(topics.Connections, userID, payloadConnection, payload, "")
 	b := &pgx.Batch{}
 	b.Queue(insertOutboxSQL, ob.topics, ob.keys, ob.types, ob.payloads, ob.traceparents)
 	b.Queue(notifySQL)
@@ -131,7 +132,7 @@ func (s *Store) EraseUser(ctx context.Context, userID, requestedBy string) (_ Er
 		return Erasure{}, fmt.Errorf("erase user: commit: %w", err)
 	}
 	s.m.UsersErased.Inc()
-	s.m.OutboxWritten.WithLabelValues(TopicConnections).Inc()
+	s.m.OutboxWritten.WithLabelValues(topics.Connections).Inc()
 	return out, nil
 }
 

@@ -81,8 +81,9 @@ func TestEraseUser(t *testing.T) {
 	require.EqualValues(t, 4, out.Deleted["records"])
 
 	// The only row left that names the user is the user_erased outbox
-	// entry itself (the Kafka key), until the publisher sends it.
-	require.Equal(t, map[string]int{"outbox.key": 1}, userRows(t, st, user))
+	// entry itself (the Kafka key) and the key's head pointing at it,
+	// until the publisher sends it.
+	require.Equal(t, map[string]int{"outbox.key": 1, "outbox_heads.key": 1}, userRows(t, st, user))
 	var payload []byte
 	require.NoError(t, st.Pool().QueryRow(ctx, `SELECT payload FROM outbox WHERE key = $1`, user).Scan(&payload))
 	var ev biometricsv1.ConnectionEvent
@@ -113,7 +114,7 @@ func TestEraseUser(t *testing.T) {
 	})
 	require.NoError(t, err)
 	require.NoError(t, st.InsertAudit(ctx, []store.AuditEntry{{At: now, Caller: "agents", UserID: user, Method: "GetLatest"}}))
-	require.Equal(t, map[string]int{"outbox.key": 1}, userRows(t, st, user))
+	require.Equal(t, map[string]int{"outbox.key": 1, "outbox_heads.key": 1}, userRows(t, st, user))
 
 	// Again: a no-op.
 	again, err := st.EraseUser(ctx, user, "operator")

@@ -17,6 +17,7 @@ import (
 
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
+	"github.com/biobridge/bridge/pkg/topics"
 )
 
 // leasable is true for an entry nobody holds and that is not waiting out
@@ -24,35 +25,25 @@ import (
 // to the pool.
 const leasable = `(lease_expires_at IS NULL OR lease_expires_at <= now()) AND (retry_after IS NULL OR retry_after <= now())`
 
-// leaseHeadsSQL finds, for every key, its first pending entry (a loose
-// index scan over outbox_key_id: one probe per key, however deep a key's
-// backlog is) and keeps the leasable ones, oldest first. Only a head may
-// start a lease: an entry whose predecessor of the same key is still
-// pending, leased elsewhere or waiting for its retry is never handed out,
-// so a key's entries are published in commit order.
+// leaseHeadsSQL takes and locks the leasable heads, oldest first, from
+// outbox_heads (every key's first pending entry, kept by triggers on
+// outbox: see migration 0005). It walks heads in id order and stops after
+// $1 leasable ones, passing over only the heads that are leased, waiting
+// for a retry or locked by another leaser (or an ack) right now, so its
+// cost does not grow with the number of pending keys and concurrent
+// leasers take different heads instead of colliding. Only a head may start
+// a lease: an entry whose predecessor of the same key is still pending,
+// leased elsewhere or waiting for its retry is never handed out, so a
+// key's entries are published in commit order.
 const leaseHeadsSQL = `
-WITH RECURSIVE keys(key) AS (
-    (SELECT key FROM outbox ORDER BY key LIMIT 1)
-  UNION ALL
-    SELECT (SELECT o.key FROM outbox o WHERE o.key > k.key ORDER BY o.key LIMIT 1)
-    FROM keys k WHERE k.key IS NOT NULL
-)
-SELECT h.id
-FROM keys k
-CROSS JOIN LATERAL (
-  SELECT id, lease_expires_at, retry_after FROM outbox o WHERE o.key = k.key ORDER BY id LIMIT 1
-) h
-WHERE k.key IS NOT NULL
-  AND (h.lease_expires_at IS NULL OR h.lease_expires_at <= now())
-  AND (h.retry_after IS NULL OR h.retry_after <= now())
-ORDER BY h.id
-LIMIT $1`
-
-// lockHeadsSQL locks the heads; another leaser holding one (or an ack in
-// flight) makes us skip it rather than wait.
-const lockHeadsSQL = `
-SELECT id, key FROM outbox WHERE id = ANY($1) AND ` + leasable + `
-ORDER BY id FOR UPDATE SKIP LOCKED`
+SELECT o.id, o.key
+FROM outbox_heads h
+JOIN outbox o ON o.id = h.head_id
+WHERE (o.lease_expires_at IS NULL OR o.lease_expires_at <= now())
+  AND (o.retry_after IS NULL OR o.retry_after <= now())
+ORDER BY h.head_id
+LIMIT $1
+FOR UPDATE OF o SKIP LOCKED`
 
 // runsSQL lists the entries following each locked head, so one lease can
 // carry a run of a key's entries (still in order, still to one holder).
@@ -86,10 +77,21 @@ type OutboxLease struct {
 // Lease leases up to max entries for d to holder: the heads of the keys
 // with pending entries, extended by each key's following entries while
 // room remains. It returns the entries in id order (per key, commit order)
-// and the lease token, or no entries when nothing is available.
+// and the lease token, or no entries when nothing is available. Payloads
+// are decoded (OutboxEntry event or connection_event).
 func (s *Store) Lease(ctx context.Context, holder string, max int, d time.Duration) (OutboxLease, error) {
+	return s.leaseRetrying(ctx, holder, max, d, false)
+}
+
+// LeaseRaw is Lease with every payload as its stored encoding, untouched
+// and not decoded (OutboxEntry event_bytes or connection_event_bytes).
+func (s *Store) LeaseRaw(ctx context.Context, holder string, max int, d time.Duration) (OutboxLease, error) {
+	return s.leaseRetrying(ctx, holder, max, d, true)
+}
+
+func (s *Store) leaseRetrying(ctx context.Context, holder string, max int, d time.Duration, raw bool) (OutboxLease, error) {
 	for attempt := 0; ; attempt++ {
-		l, err := s.lease(ctx, holder, max, d, attempt >= 3)
+		l, err := s.lease(ctx, holder, max, d, attempt >= 3, raw)
 		if errors.Is(err, errRunChanged) || (err != nil && retryable(err)) {
 			if attempt < 5 {
 				continue
@@ -107,7 +109,7 @@ func (s *Store) Lease(ctx context.Context, holder string, max int, d time.Durati
 // between planning and leasing (its old holder nacked it); retry.
 var errRunChanged = errors.New("outbox run changed during lease")
 
-func (s *Store) lease(ctx context.Context, holder string, max int, d time.Duration, headsOnly bool) (_ OutboxLease, err error) {
+func (s *Store) lease(ctx context.Context, holder string, max int, d time.Duration, headsOnly, raw bool) (_ OutboxLease, err error) {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return OutboxLease{}, fmt.Errorf("lease outbox: %w", err)
@@ -121,17 +123,6 @@ func (s *Store) lease(ctx context.Context, holder string, max int, d time.Durati
 	if err != nil {
 		return OutboxLease{}, fmt.Errorf("lease outbox: find heads: %w", err)
 	}
-	candidates, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		return OutboxLease{}, fmt.Errorf("lease outbox: find heads: %w", err)
-	}
-	if len(candidates) == 0 {
-		return OutboxLease{}, tx.Commit(ctx)
-	}
-	rows, err = tx.Query(ctx, lockHeadsSQL, candidates)
-	if err != nil {
-		return OutboxLease{}, fmt.Errorf("lease outbox: lock heads: %w", err)
-	}
 	type head struct {
 		id  int64
 		key string
@@ -142,7 +133,7 @@ func (s *Store) lease(ctx context.Context, holder string, max int, d time.Durati
 		return h, err
 	})
 	if err != nil {
-		return OutboxLease{}, fmt.Errorf("lease outbox: lock heads: %w", err)
+		return OutboxLease{}, fmt.Errorf("lease outbox: find heads: %w", err)
 	}
 	if len(heads) == 0 {
 		return OutboxLease{}, tx.Commit(ctx)
@@ -208,7 +199,7 @@ func (s *Store) lease(ctx context.Context, holder string, max int, d time.Durati
 	remaining := math.Inf(1)
 	entries, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (*persistencev1.OutboxEntry, error) {
 		var left float64
-		e, err := scanOutboxEntry(r, &left)
+		e, err := scanOutboxEntry(r, raw, &left)
 		remaining = min(remaining, left)
 		return e, err
 	})
@@ -228,8 +219,9 @@ func (s *Store) lease(ctx context.Context, holder string, max int, d time.Durati
 }
 
 // scanOutboxEntry reads a row of leaseSQL's RETURNING list; extra receives
-// its columns after the entry's.
-func scanOutboxEntry(r pgx.CollectableRow, extra ...any) (*persistencev1.OutboxEntry, error) {
+// its columns after the entry's. raw keeps the payload as stored instead of
+// decoding it.
+func scanOutboxEntry(r pgx.CollectableRow, raw bool, extra ...any) (*persistencev1.OutboxEntry, error) {
 	var (
 		e       persistencev1.OutboxEntry
 		typ     int16
@@ -240,6 +232,14 @@ func scanOutboxEntry(r pgx.CollectableRow, extra ...any) (*persistencev1.OutboxE
 		return nil, err
 	}
 	e.CreatedAt = timestamppb.New(created)
+	switch {
+	case raw && typ == payloadEvent:
+		e.Payload = &persistencev1.OutboxEntry_EventBytes{EventBytes: payload}
+		return &e, nil
+	case raw && typ == payloadConnection:
+		e.Payload = &persistencev1.OutboxEntry_ConnectionEventBytes{ConnectionEventBytes: payload}
+		return &e, nil
+	}
 	switch typ {
 	case payloadEvent:
 		var ev biometricsv1.BiometricEvent
@@ -406,7 +406,7 @@ func (s *Store) AppendConnectionEvents(ctx context.Context, events []ConnectionE
 		if err != nil {
 			return nil, fmt.Errorf("encode connection event: %w", err)
 		}
-		outbox.add(TopicConnections, ev.GetUserId(), payloadConnection, payload, ce.TraceParent)
+		outbox.add(topics.Connections, ev.GetUserId(), payloadConnection, payload, ce.TraceParent)
 	}
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
@@ -486,6 +486,6 @@ func (s *Store) AppendConnectionEvents(ctx context.Context, events []ConnectionE
 	if err := tx.Commit(ctx); err != nil {
 		return nil, fmt.Errorf("append connection events: commit: %w", err)
 	}
-	s.m.OutboxWritten.WithLabelValues(TopicConnections).Add(float64(len(out.keys)))
+	s.m.OutboxWritten.WithLabelValues(topics.Connections).Add(float64(len(out.keys)))
 	return ids, nil
 }

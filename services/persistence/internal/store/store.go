@@ -73,8 +73,8 @@ type Store struct {
 	pool   *pgxpool.Pool
 	logger *slog.Logger
 	m      *metrics.Metrics
-	// copyThreshold is the number of readings from which a write uses
-	// COPY instead of an unnest INSERT.
+	// copyThreshold is the number of readings or events from which a
+	// write COPYs its new rows instead of unnest INSERTs (bulk.go).
 	copyThreshold int
 	// subject turns a user id into its erasure pseudonym (SetSubjects).
 	subject func(userID string) string
@@ -86,7 +86,7 @@ func Open(ctx context.Context, url string, logger *slog.Logger, m *metrics.Metri
 	if err != nil {
 		return nil, err
 	}
-	return &Store{pool: pool, logger: logger, m: m, copyThreshold: 2000,
+	return &Store{pool: pool, logger: logger, m: m, copyThreshold: 256,
 		subject: logging.NewPseudonymizer(nil).Pseudonym}, nil
 }
 

@@ -109,6 +109,29 @@ func TestReplacingReadingsUsesThePrimaryKey(t *testing.T) {
 	require.Contains(t, plan, fmt.Sprintf("Index Scan using readings_p%04d_%02d_pkey", now.Year(), int(now.Month())), plan)
 }
 
+// TestLoadingRecordsProbesThePrimaryKey guards the plan of the statement
+// every write starts with, reading the stored state of its records: with
+// 20000 records stored and no statistics yet (a new table, as in a fresh
+// deployment before autovacuum's first analyze), a write of 1000 records
+// must probe the primary key for each, not read the whole table (the
+// plain join's hash of every user's records, which a push paid per write
+// until the table grew past about 150,000 rows).
+func TestLoadingRecordsProbesThePrimaryKey(t *testing.T) {
+	t.Parallel()
+	st := open(t)
+	ctx := context.Background()
+	_, err := st.Pool().Exec(ctx, `INSERT INTO records (user_id, source, vendor_record_id, kind, version, content_hash, event_id)
+		SELECT 'u' || (g % 20), 1, 'r' || g, 'sample', 1, '\x00', gen_random_uuid() FROM generate_series(1, 20000) g`)
+	require.NoError(t, err)
+	users, sources, ids := make([]string, 1000), make([]int16, 1000), make([]string, 1000)
+	for i := range ids {
+		users[i], sources[i], ids[i] = "u1", 1, fmt.Sprintf("new-%d", i)
+	}
+	plan := explain(t, st, store.SelectRecordsSQL, users, sources, ids)
+	require.Contains(t, plan, "Index Scan using records_pkey", plan)
+	require.NotContains(t, plan, "Seq Scan on records", plan)
+}
+
 func explain(t *testing.T, st *store.Store, q string, args ...any) string {
 	t.Helper()
 	rows, err := st.Pool().Query(context.Background(), "EXPLAIN "+q, args...)

@@ -17,13 +17,8 @@ import (
 
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
+	"github.com/biobridge/bridge/pkg/topics"
 	"github.com/biobridge/bridge/services/persistence/internal/record"
-)
-
-// Kafka topics of outbox entries.
-const (
-	TopicEvents      = "biometrics.events.v1"
-	TopicConnections = "biometrics.connections.v1"
 )
 
 // Outbox payload types.
@@ -101,6 +96,7 @@ type recState struct {
 	occBumped bool
 
 	// What the database holds before the transaction.
+	inDB          bool
 	storedLive    bool
 	storedMetrics []string
 	storedMin     time.Time
@@ -134,12 +130,22 @@ func (s *Store) Apply(ctx context.Context, ops []Op) ([]OpResult, []record.UserC
 	}
 }
 
+// selectRecordsSQL reads the stored state of the written records: one
+// primary-key probe per key, whatever the table's size or statistics. (As
+// a plain join, a table of up to about 150,000 rows, or one not yet
+// analyzed, was hashed whole for every write: a push of 1000 samples read
+// every user's records. The LIMIT keeps the planner from flattening the
+// subquery back into that join; the key is the primary key, so it drops
+// nothing.)
 const selectRecordsSQL = `
 SELECT r.user_id, r.source, r.vendor_record_id, r.version, r.content_hash, r.event_id, r.deleted, r.kind,
        r.metrics, r.observed_min, r.observed_max, r.occurred_at, r.deleted_at
-FROM records r
-JOIN unnest($1::text[], $2::int2[], $3::text[]) AS k(u, s, v)
-  ON r.user_id = k.u AND r.source = k.s AND r.vendor_record_id = k.v`
+FROM unnest($1::text[], $2::int2[], $3::text[]) AS k(u, s, v)
+CROSS JOIN LATERAL (
+  SELECT * FROM records r
+  WHERE r.user_id = k.u AND r.source = k.s AND r.vendor_record_id = k.v
+  LIMIT 1
+) r`
 
 // deleteReadingsSQL removes the stored readings of replaced or deleted
 // records through the primary key: the record's metrics and observation
@@ -335,14 +341,14 @@ func (r *readingRows) readingArgs() []any {
 	return append(r.args(), r.events)
 }
 
-// row is one COPY row of readingColumns.
-func (r *readingRows) row(i int) []any {
+// fillRow fills row with the COPY row i of readingColumns.
+func (r *readingRows) fillRow(i int, row []any) {
 	var start any
 	if r.starts[i].Valid {
 		start = r.starts[i].Time
 	}
-	return []any{r.users[i], r.metrics[i], r.observed[i], r.sources[i], r.recordIDs[i], r.seqs[i], r.values[i],
-		start, r.devNames[i], r.devModels[i], r.devBundles[i], r.events[i]}
+	row[0], row[1], row[2], row[3], row[4], row[5] = r.users[i], r.metrics[i], r.observed[i], r.sources[i], r.recordIDs[i], r.seqs[i]
+	row[6], row[7], row[8], row[9], row[10], row[11] = r.values[i], start, r.devNames[i], r.devModels[i], r.devBundles[i], r.events[i]
 }
 
 func tsOrNull(t time.Time) pgtype.Timestamptz {
@@ -388,30 +394,13 @@ func (st *recState) rejectUpsert(ev *record.Event) string {
 	return ""
 }
 
-// apply is one attempt of Apply.
+// apply is one attempt of Apply: it reads the records the ops touch under
+// their users' locks (round trip 1), decides every op in memory, and
+// writes the outcome in one batch (round trip 2) before committing.
 func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.UserChange, err error) {
-	states := map[record.Key]*recState{}
-	var keys []record.Key
-	var users []string
-	seenUser := map[string]bool{}
-	for _, op := range ops {
-		var k record.Key
-		switch {
-		case op.Upsert != nil:
-			k = op.Upsert.Key()
-		case op.Delete != nil:
-			k = op.Delete.Key
-		default:
-			return nil, nil, errors.New("apply: empty op")
-		}
-		if _, ok := states[k]; !ok {
-			states[k] = &recState{key: k}
-			keys = append(keys, k)
-		}
-		if !seenUser[k.UserID] {
-			seenUser[k.UserID] = true
-			users = append(users, k.UserID)
-		}
+	states, keys, users, err := opKeys(ops)
+	if err != nil {
+		return nil, nil, err
 	}
 
 	tx, err := s.pool.Begin(ctx)
@@ -436,181 +425,16 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 	now := record.Micros(time.Now())
 
 	// Decide every op in order, in memory.
-	results := make([]OpResult, len(ops))
-	var evRows eventRows
-	var outbox outboxRows
-	changedUsers := map[string]bool{}
-	var changedUserList []string
-	markChanged := func(u string) {
-		if !changedUsers[u] {
-			changedUsers[u] = true
-			changedUserList = append(changedUserList, u)
-		}
-	}
-	for i, op := range ops {
-		switch {
-		case op.Upsert != nil && erased[op.Upsert.UserID]:
-			// The user's data was erased: nothing of theirs is stored again.
-			results[i] = OpResult{Status: persistencev1.WriteStatus_WRITE_STATUS_REJECTED, Reason: ReasonUserErased}
-			s.m.WritesRefused.Inc()
-			continue
-		case op.Delete != nil && erased[op.Delete.Key.UserID]:
-			results[i] = OpResult{DeleteStatus: persistencev1.DeleteStatus_DELETE_STATUS_NOT_FOUND}
-			s.m.WritesRefused.Inc()
-			continue
-		case op.Upsert != nil:
-			ev := op.Upsert
-			st := states[ev.Key()]
-			if st.exists && !st.deleted && bytes.Equal(st.hash, ev.Hash[:]) {
-				// The content is already stored, whatever its time: a
-				// duplicate, never a rejection. A newer time is kept.
-				if ev.OccurredAt.After(st.occurredAt) {
-					st.occurredAt, st.occBumped = ev.OccurredAt, true
-				}
-				results[i] = OpResult{Status: persistencev1.WriteStatus_WRITE_STATUS_DUPLICATE, EventID: uuidString(st.eventID), Version: st.version}
-				continue
-			}
-			if reason := st.rejectUpsert(ev); reason != "" {
-				results[i] = OpResult{Status: persistencev1.WriteStatus_WRITE_STATUS_REJECTED, Reason: reason, Version: st.version}
-				continue
-			}
-			status := persistencev1.WriteStatus_WRITE_STATUS_INSERTED
-			if st.exists {
-				status = persistencev1.WriteStatus_WRITE_STATUS_UPDATED
-			}
-			id, idStr, err := newEventID()
-			if err != nil {
-				return nil, nil, err
-			}
-			if st.storedLive {
-				st.replaceStored = true
-			}
-			st.exists, st.deleted, st.touched = true, false, true
-			st.version++
-			if ev.OccurredAt.After(st.occurredAt) {
-				st.occurredAt = ev.OccurredAt
-			}
-			st.deletedAt = time.Time{}
-			st.hash = append([]byte(nil), ev.Hash[:]...)
-			st.eventID = id
-			st.kind = ev.Kind
-			st.final = ev
-			results[i] = OpResult{Status: status, EventID: idStr, Version: st.version}
-			markChanged(ev.UserID)
-
-			evRows.ids = append(evRows.ids, id)
-			evRows.received = append(evRows.received, now)
-			evRows.users = append(evRows.users, ev.UserID)
-			evRows.sources = append(evRows.sources, int16(ev.Source))
-			evRows.recordIDs = append(evRows.recordIDs, ev.VendorRecordID)
-			evRows.kinds = append(evRows.kinds, ev.Kind)
-			evRows.versions = append(evRows.versions, st.version)
-			evRows.operations = append(evRows.operations, opUpsert)
-			evRows.occurred = append(evRows.occurred, tsOrNull(ev.OccurredAt))
-			evRows.hashes = append(evRows.hashes, st.hash)
-			evRows.readingsCnt = append(evRows.readingsCnt, int32(len(ev.Readings)))
-
-			payload, err := proto.Marshal(upsertEvent(ev, idStr, st.version, now))
-			if err != nil {
-				return nil, nil, fmt.Errorf("encode event %s: %w", idStr, err)
-			}
-			outbox.add(TopicEvents, ev.UserID, payloadEvent, payload, op.TraceParent)
-
-		case op.Delete != nil:
-			st := states[op.Delete.Key]
-			switch {
-			case !st.exists && st.key.Source == biometricsv1.Source_SOURCE_HEALTHKIT:
-				// A HealthKit deletion of a sample never stored (the
-				// delete overtook the push, or the push failed): the
-				// tombstone is written all the same, so the sample's
-				// late or retried push is refused (record_deleted) rather
-				// than stored as new. The result still says not found.
-				results[i] = OpResult{DeleteStatus: persistencev1.DeleteStatus_DELETE_STATUS_NOT_FOUND}
-				st.kind, st.hash = healthKitTombstoneKind, []byte{}
-			case !st.exists:
-				results[i] = OpResult{DeleteStatus: persistencev1.DeleteStatus_DELETE_STATUS_NOT_FOUND}
-				continue
-			case st.deleted:
-				results[i] = OpResult{DeleteStatus: persistencev1.DeleteStatus_DELETE_STATUS_ALREADY_DELETED, EventID: uuidString(st.eventID), Version: st.version}
-				continue
-			}
-			id, idStr, err := newEventID()
-			if err != nil {
-				return nil, nil, err
-			}
-			if st.storedLive {
-				st.replaceStored = true
-			}
-			// A deletion always tombstones, even one dated before the
-			// record's occurred_at: the source says it is gone now.
-			deletedAt := now
-			if !op.Delete.DeletedAt.IsZero() {
-				deletedAt = record.Micros(op.Delete.DeletedAt)
-			}
-			st.exists, st.deleted, st.touched = true, true, true
-			st.deletedAt = deletedAt
-			st.version++
-			st.eventID = id
-			st.final = nil
-			status := persistencev1.DeleteStatus_DELETE_STATUS_DELETED
-			if results[i].DeleteStatus == persistencev1.DeleteStatus_DELETE_STATUS_NOT_FOUND {
-				status = persistencev1.DeleteStatus_DELETE_STATUS_NOT_FOUND
-			}
-			results[i] = OpResult{DeleteStatus: status, EventID: idStr, Version: st.version}
-			markChanged(st.key.UserID)
-
-			evRows.ids = append(evRows.ids, id)
-			evRows.received = append(evRows.received, now)
-			evRows.users = append(evRows.users, st.key.UserID)
-			evRows.sources = append(evRows.sources, int16(st.key.Source))
-			evRows.recordIDs = append(evRows.recordIDs, st.key.VendorRecordID)
-			evRows.kinds = append(evRows.kinds, st.kind)
-			evRows.versions = append(evRows.versions, st.version)
-			evRows.operations = append(evRows.operations, opDelete)
-			evRows.occurred = append(evRows.occurred, tsOrNull(deletedAt))
-			evRows.hashes = append(evRows.hashes, nil)
-			evRows.readingsCnt = append(evRows.readingsCnt, 0)
-
-			payload, err := proto.Marshal(&biometricsv1.BiometricEvent{
-				EventId:        idStr,
-				UserId:         st.key.UserID,
-				Source:         st.key.Source,
-				Kind:           st.kind,
-				VendorRecordId: st.key.VendorRecordID,
-				Operation:      biometricsv1.Operation_OPERATION_DELETE,
-				Version:        st.version,
-				OccurredAt:     timestamppb.New(deletedAt),
-				ReceivedAt:     timestamppb.New(now),
-			})
-			if err != nil {
-				return nil, nil, fmt.Errorf("encode event %s: %w", idStr, err)
-			}
-			if status == persistencev1.DeleteStatus_DELETE_STATUS_NOT_FOUND {
-				// A tombstone for a sample never stored: nobody
-				// downstream ever saw it, so nothing is published.
-				continue
-			}
-			outbox.add(TopicEvents, st.key.UserID, payloadEvent, payload, op.TraceParent)
-		}
+	d, err := s.decide(ops, states, erased, now)
+	if err != nil {
+		return nil, nil, err
 	}
 
 	// Newer times that came with duplicates of records this transaction
 	// does not otherwise write.
-	var bump struct {
-		users, recordIDs []string
-		sources          []int16
-		occurred         []time.Time
-	}
-	for _, k := range keys {
-		if st := states[k]; st.occBumped && !st.touched {
-			bump.users = append(bump.users, k.UserID)
-			bump.sources = append(bump.sources, int16(k.Source))
-			bump.recordIDs = append(bump.recordIDs, k.VendorRecordID)
-			bump.occurred = append(bump.occurred, st.occurredAt)
-		}
-	}
+	bump := occurredBumps(keys, states)
 
-	if len(changedUserList) == 0 {
+	if len(d.changedUserList) == 0 {
 		// Only duplicates, rejections and no-op deletions: no version,
 		// no outbox entry; at most newer times to keep.
 		if len(bump.users) > 0 {
@@ -621,28 +445,291 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 		if err := tx.Commit(ctx); err != nil {
 			return nil, nil, fmt.Errorf("commit: %w", err)
 		}
-		return results, nil, nil
+		return d.results, nil, nil
 	}
 
 	// Collect the row sets.
-	var del struct {
+	rows := collectRows(keys, states)
+
+	// Round trip 2: every write of the transaction in one batch.
+	latest, seqs, err := s.writeRows(ctx, tx, d, rows, bump, now)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, nil, fmt.Errorf("commit: %w", err)
+	}
+	s.observeWrite(keys, states, d)
+	return d.results, userChanges(d.changedUserList, seqs, latest), nil
+}
+
+// opKeys indexes ops by record, in first-seen order, and lists their users
+// in first-seen order.
+func opKeys(ops []Op) (map[record.Key]*recState, []record.Key, []string, error) {
+	states := map[record.Key]*recState{}
+	var keys []record.Key
+	var users []string
+	seenUser := map[string]bool{}
+	for _, op := range ops {
+		var k record.Key
+		switch {
+		case op.Upsert != nil:
+			k = op.Upsert.Key()
+		case op.Delete != nil:
+			k = op.Delete.Key
+		default:
+			return nil, nil, nil, errors.New("apply: empty op")
+		}
+		if _, ok := states[k]; !ok {
+			states[k] = &recState{key: k}
+			keys = append(keys, k)
+		}
+		if !seenUser[k.UserID] {
+			seenUser[k.UserID] = true
+			users = append(users, k.UserID)
+		}
+	}
+	return states, keys, users, nil
+}
+
+// decisions is the in-memory outcome of a transaction's ops: a result per
+// op, the events and outbox rows to insert, and the users whose data
+// changed.
+type decisions struct {
+	results         []OpResult
+	evRows          eventRows
+	outbox          outboxRows
+	changedUsers    map[string]bool
+	changedUserList []string
+	events          eventEncoder
+}
+
+func (d *decisions) markChanged(u string) {
+	if !d.changedUsers[u] {
+		d.changedUsers[u] = true
+		d.changedUserList = append(d.changedUserList, u)
+	}
+}
+
+// decide decides every op in order against the records' states, updating
+// the states as it goes.
+func (s *Store) decide(ops []Op, states map[record.Key]*recState, erased map[string]bool, now time.Time) (*decisions, error) {
+	d := &decisions{results: make([]OpResult, len(ops)), changedUsers: map[string]bool{}}
+	for i, op := range ops {
+		switch {
+		case op.Upsert != nil && erased[op.Upsert.UserID]:
+			// The user's data was erased: nothing of theirs is stored again.
+			d.results[i] = OpResult{Status: persistencev1.WriteStatus_WRITE_STATUS_REJECTED, Reason: ReasonUserErased}
+			s.m.WritesRefused.Inc()
+			continue
+		case op.Delete != nil && erased[op.Delete.Key.UserID]:
+			d.results[i] = OpResult{DeleteStatus: persistencev1.DeleteStatus_DELETE_STATUS_NOT_FOUND}
+			s.m.WritesRefused.Inc()
+			continue
+		case op.Upsert != nil:
+			if err := d.upsert(i, op, states[op.Upsert.Key()], now); err != nil {
+				return nil, err
+			}
+		case op.Delete != nil:
+			if err := d.delete(i, op, states[op.Delete.Key], now); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return d, nil
+}
+
+// upsert decides ops[i], an upsert of the record whose state is st.
+func (d *decisions) upsert(i int, op Op, st *recState, now time.Time) error {
+	ev := op.Upsert
+	if st.exists && !st.deleted && bytes.Equal(st.hash, ev.Hash[:]) {
+		// The content is already stored, whatever its time: a
+		// duplicate, never a rejection. A newer time is kept.
+		if ev.OccurredAt.After(st.occurredAt) {
+			st.occurredAt, st.occBumped = ev.OccurredAt, true
+		}
+		d.results[i] = OpResult{Status: persistencev1.WriteStatus_WRITE_STATUS_DUPLICATE, EventID: uuidString(st.eventID), Version: st.version}
+		return nil
+	}
+	if reason := st.rejectUpsert(ev); reason != "" {
+		d.results[i] = OpResult{Status: persistencev1.WriteStatus_WRITE_STATUS_REJECTED, Reason: reason, Version: st.version}
+		return nil
+	}
+	status := persistencev1.WriteStatus_WRITE_STATUS_INSERTED
+	if st.exists {
+		status = persistencev1.WriteStatus_WRITE_STATUS_UPDATED
+	}
+	id, idStr, err := newEventID()
+	if err != nil {
+		return err
+	}
+	if st.storedLive {
+		st.replaceStored = true
+	}
+	st.exists, st.deleted, st.touched = true, false, true
+	st.version++
+	if ev.OccurredAt.After(st.occurredAt) {
+		st.occurredAt = ev.OccurredAt
+	}
+	st.deletedAt = time.Time{}
+	st.hash = append([]byte(nil), ev.Hash[:]...)
+	st.eventID = id
+	st.kind = ev.Kind
+	st.final = ev
+	d.results[i] = OpResult{Status: status, EventID: idStr, Version: st.version}
+	d.markChanged(ev.UserID)
+
+	evRows := &d.evRows
+	evRows.ids = append(evRows.ids, id)
+	evRows.received = append(evRows.received, now)
+	evRows.users = append(evRows.users, ev.UserID)
+	evRows.sources = append(evRows.sources, int16(ev.Source))
+	evRows.recordIDs = append(evRows.recordIDs, ev.VendorRecordID)
+	evRows.kinds = append(evRows.kinds, ev.Kind)
+	evRows.versions = append(evRows.versions, st.version)
+	evRows.operations = append(evRows.operations, opUpsert)
+	evRows.occurred = append(evRows.occurred, tsOrNull(ev.OccurredAt))
+	evRows.hashes = append(evRows.hashes, st.hash)
+	evRows.readingsCnt = append(evRows.readingsCnt, int32(len(ev.Readings)))
+
+	payload, err := d.events.encode(ev, idStr, st.version, now)
+	if err != nil {
+		return fmt.Errorf("encode event %s: %w", idStr, err)
+	}
+	d.outbox.add(topics.Events, ev.UserID, payloadEvent, payload, op.TraceParent)
+	return nil
+}
+
+// delete decides ops[i], a deletion of the record whose state is st.
+func (d *decisions) delete(i int, op Op, st *recState, now time.Time) error {
+	switch {
+	case !st.exists && st.key.Source == biometricsv1.Source_SOURCE_HEALTHKIT:
+		// A HealthKit deletion of a sample never stored (the
+		// delete overtook the push, or the push failed): the
+		// tombstone is written all the same, so the sample's
+		// late or retried push is refused (record_deleted) rather
+		// than stored as new. The result still says not found.
+		d.results[i] = OpResult{DeleteStatus: persistencev1.DeleteStatus_DELETE_STATUS_NOT_FOUND}
+		st.kind, st.hash = healthKitTombstoneKind, []byte{}
+	case !st.exists:
+		d.results[i] = OpResult{DeleteStatus: persistencev1.DeleteStatus_DELETE_STATUS_NOT_FOUND}
+		return nil
+	case st.deleted:
+		d.results[i] = OpResult{DeleteStatus: persistencev1.DeleteStatus_DELETE_STATUS_ALREADY_DELETED, EventID: uuidString(st.eventID), Version: st.version}
+		return nil
+	}
+	id, idStr, err := newEventID()
+	if err != nil {
+		return err
+	}
+	if st.storedLive {
+		st.replaceStored = true
+	}
+	// A deletion always tombstones, even one dated before the
+	// record's occurred_at: the source says it is gone now.
+	deletedAt := now
+	if !op.Delete.DeletedAt.IsZero() {
+		deletedAt = record.Micros(op.Delete.DeletedAt)
+	}
+	st.exists, st.deleted, st.touched = true, true, true
+	st.deletedAt = deletedAt
+	st.version++
+	st.eventID = id
+	st.final = nil
+	status := persistencev1.DeleteStatus_DELETE_STATUS_DELETED
+	if d.results[i].DeleteStatus == persistencev1.DeleteStatus_DELETE_STATUS_NOT_FOUND {
+		status = persistencev1.DeleteStatus_DELETE_STATUS_NOT_FOUND
+	}
+	d.results[i] = OpResult{DeleteStatus: status, EventID: idStr, Version: st.version}
+	d.markChanged(st.key.UserID)
+
+	evRows := &d.evRows
+	evRows.ids = append(evRows.ids, id)
+	evRows.received = append(evRows.received, now)
+	evRows.users = append(evRows.users, st.key.UserID)
+	evRows.sources = append(evRows.sources, int16(st.key.Source))
+	evRows.recordIDs = append(evRows.recordIDs, st.key.VendorRecordID)
+	evRows.kinds = append(evRows.kinds, st.kind)
+	evRows.versions = append(evRows.versions, st.version)
+	evRows.operations = append(evRows.operations, opDelete)
+	evRows.occurred = append(evRows.occurred, tsOrNull(deletedAt))
+	evRows.hashes = append(evRows.hashes, nil)
+	evRows.readingsCnt = append(evRows.readingsCnt, 0)
+
+	payload, err := proto.Marshal(&biometricsv1.BiometricEvent{
+		EventId:        idStr,
+		UserId:         st.key.UserID,
+		Source:         st.key.Source,
+		Kind:           st.kind,
+		VendorRecordId: st.key.VendorRecordID,
+		Operation:      biometricsv1.Operation_OPERATION_DELETE,
+		Version:        st.version,
+		OccurredAt:     timestamppb.New(deletedAt),
+		ReceivedAt:     timestamppb.New(now),
+	})
+	if err != nil {
+		return fmt.Errorf("encode event %s: %w", idStr, err)
+	}
+	if status == persistencev1.DeleteStatus_DELETE_STATUS_NOT_FOUND {
+		// A tombstone for a sample never stored: nobody
+		// downstream ever saw it, so nothing is published.
+		return nil
+	}
+	d.outbox.add(topics.Events, st.key.UserID, payloadEvent, payload, op.TraceParent)
+	return nil
+}
+
+// bumpRows are the newer occurred_at times to store (bumpOccurredSQL).
+type bumpRows struct {
+	users, recordIDs []string
+	sources          []int16
+	occurred         []time.Time
+}
+
+// occurredBumps collects the newer times that came with duplicates of
+// records the transaction does not otherwise write.
+func occurredBumps(keys []record.Key, states map[record.Key]*recState) bumpRows {
+	var bump bumpRows
+	for _, k := range keys {
+		if st := states[k]; st.occBumped && !st.touched {
+			bump.users = append(bump.users, k.UserID)
+			bump.sources = append(bump.sources, int16(k.Source))
+			bump.recordIDs = append(bump.recordIDs, k.VendorRecordID)
+			bump.occurred = append(bump.occurred, st.occurredAt)
+		}
+	}
+	return bump
+}
+
+// rowSets are the rows a transaction that changed data writes, besides its
+// events and outbox entries.
+type rowSets struct {
+	// del are the stored readings of replaced or deleted records
+	// (deleteReadingsSQL).
+	del struct {
 		users, recordIDs, metrics []string
 		sources                   []int16
 		lo, hi                    []time.Time
 	}
-	var replaced struct {
+	// replaced are the records whose latest rows are recomputed
+	// (recomputeLatestSQL).
+	replaced struct {
 		users, recordIDs []string
 		sources          []int16
 	}
-	var recs struct {
-		users, recordIDs, kinds, metrics []string
-		sources                          []int16
-		versions                         []int64
-		hashes                           [][]byte
-		ids                              []pgtype.UUID
-		deleted                          []bool
-		lo, hi, occurred, deletedAt      []pgtype.Timestamptz
-	}
+	// recs are the records' new states (upsertRecordsSQL).
+	recs recordRows
+	// readings are the new versions' readings.
+	readings *readingRows
+	// latestRows are the newest reading per user and metric among them.
+	latestRows readingRows
+}
+
+// collectRows collects the row sets of the records the transaction
+// touched.
+func collectRows(keys []record.Key, states map[record.Key]*recState) *rowSets {
+	rs := &rowSets{}
+	del, replaced, recs := &rs.del, &rs.replaced, &rs.recs
 	total := 0
 	for _, k := range keys {
 		if st := states[k]; st.touched && st.final != nil {
@@ -699,53 +786,55 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 				}
 			}
 		}
-		recs.users = append(recs.users, k.UserID)
-		recs.sources = append(recs.sources, int16(k.Source))
-		recs.recordIDs = append(recs.recordIDs, k.VendorRecordID)
-		recs.kinds = append(recs.kinds, st.kind)
-		recs.versions = append(recs.versions, st.version)
-		recs.hashes = append(recs.hashes, st.hash)
-		recs.ids = append(recs.ids, st.eventID)
-		recs.deleted = append(recs.deleted, st.deleted)
-		recs.metrics = append(recs.metrics, strings.Join(metrics, ","))
-		recs.lo = append(recs.lo, lo)
-		recs.hi = append(recs.hi, hi)
-		recs.occurred = append(recs.occurred, tsOrNull(st.occurredAt))
-		recs.deletedAt = append(recs.deletedAt, tsOrNull(st.deletedAt))
+		recs.add(st, metrics, lo, hi)
 	}
-	var latestRows readingRows
+	rs.readings = readings
 	for _, bk := range bestOrder {
-		latestRows.add(bk[0], best[bk])
+		rs.latestRows.add(bk[0], best[bk])
 	}
+	return rs
+}
+
+// writeRows writes the transaction's rows, events and outbox entries in
+// one batch (a large write COPYs its new rows first: bulk.go) and returns
+// the latest-value changes per user and metric (nil: removed) and the
+// users' new commit sequence numbers.
+func (s *Store) writeRows(ctx context.Context, tx pgx.Tx, d *decisions, rows *rowSets, bump bumpRows, now time.Time) (map[string]map[string]*record.Latest, map[string]int64, error) {
+	del, replaced, recs, readings, latestRows := &rows.del, &rows.replaced, &rows.recs, rows.readings, &rows.latestRows
+	evRows, outbox := &d.evRows, &d.outbox
 
 	// Readings of replaced versions go first: the new version may reuse
 	// their primary keys.
-	useCopy := len(readings.users) >= s.copyThreshold
+	bulk := s.useBulk(len(readings.users), len(evRows.ids))
 	b := &pgx.Batch{}
 	if len(del.users) > 0 {
 		b.Queue(deleteReadingsSQL, del.users, del.sources, del.recordIDs, del.metrics, del.lo, del.hi)
 	}
-	if useCopy {
-		if err := tx.SendBatch(ctx, b).Close(); err != nil {
-			return nil, nil, fmt.Errorf("delete replaced readings: %w", err)
+	if bulk {
+		if len(b.QueuedQueries) > 0 {
+			if err := tx.SendBatch(ctx, b).Close(); err != nil {
+				return nil, nil, fmt.Errorf("delete replaced readings: %w", err)
+			}
+			b = &pgx.Batch{}
 		}
-		b = &pgx.Batch{}
-		n, err := tx.CopyFrom(ctx, pgx.Identifier{"readings"}, readingColumns,
-			pgx.CopyFromSlice(len(readings.users), func(i int) ([]any, error) { return readings.row(i), nil }))
+		stored, err := s.copyBulk(ctx, tx, readings, evRows, recs, outbox, now)
 		if err != nil {
-			return nil, nil, fmt.Errorf("copy readings: %w", err)
+			return nil, nil, err
 		}
-		s.m.RowsWritten.WithLabelValues("readings").Add(float64(n))
-	} else if len(readings.users) > 0 {
-		b.Queue(insertReadingsSQL, readings.readingArgs()...).Exec(func(ct pgconn.CommandTag) error {
-			s.m.RowsWritten.WithLabelValues("readings").Add(float64(ct.RowsAffected()))
-			return nil
-		})
+		if stored != nil {
+			b.Queue(upsertRecordsSQL, stored...)
+		}
+	} else {
+		if len(readings.users) > 0 {
+			b.Queue(insertReadingsSQL, readings.readingArgs()...).Exec(func(ct pgconn.CommandTag) error {
+				s.m.RowsWritten.WithLabelValues("readings").Add(float64(ct.RowsAffected()))
+				return nil
+			})
+		}
+		b.Queue(insertEventsSQL, evRows.ids, evRows.received, evRows.users, evRows.sources, evRows.recordIDs,
+			evRows.kinds, evRows.versions, evRows.operations, evRows.occurred, evRows.hashes, evRows.readingsCnt)
+		b.Queue(upsertRecordsSQL, recs.upsertArgs(now, nil)...)
 	}
-	b.Queue(insertEventsSQL, evRows.ids, evRows.received, evRows.users, evRows.sources, evRows.recordIDs,
-		evRows.kinds, evRows.versions, evRows.operations, evRows.occurred, evRows.hashes, evRows.readingsCnt)
-	b.Queue(upsertRecordsSQL, recs.users, recs.sources, recs.recordIDs, recs.kinds, recs.versions, recs.hashes,
-		recs.ids, recs.deleted, recs.metrics, recs.lo, recs.hi, recs.occurred, recs.deletedAt, now)
 	if len(bump.users) > 0 {
 		b.Queue(bumpOccurredSQL, bump.users, bump.sources, bump.recordIDs, bump.occurred)
 	}
@@ -775,7 +864,7 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 		b.Queue(upsertLatestSQL, latestRows.args()...).Query(scanLatest)
 	}
 	seqs := map[string]int64{}
-	b.Queue(bumpCommitsSQL, changedUserList).Query(func(rows pgx.Rows) error {
+	b.Queue(bumpCommitsSQL, d.changedUserList).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var u string
 			var seq int64
@@ -786,14 +875,18 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 		}
 		return rows.Err()
 	})
-	b.Queue(insertOutboxSQL, outbox.topics, outbox.keys, outbox.types, outbox.payloads, outbox.traceparents)
+	if !bulk {
+		b.Queue(insertOutboxSQL, outbox.topics, outbox.keys, outbox.types, outbox.payloads, outbox.traceparents)
+	}
 	b.Queue(notifySQL)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, nil, fmt.Errorf("write events: %w", err)
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return nil, nil, fmt.Errorf("commit: %w", err)
-	}
+	return latest, seqs, nil
+}
+
+// observeWrite counts a committed transaction's values and rows.
+func (s *Store) observeWrite(keys []record.Key, states map[record.Key]*recState, d *decisions) {
 	for _, k := range keys {
 		if st := states[k]; st.touched && st.final != nil {
 			for _, r := range st.final.Readings {
@@ -801,10 +894,14 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 			}
 		}
 	}
-	s.m.RowsWritten.WithLabelValues("events").Add(float64(len(evRows.ids)))
-	s.m.RowsWritten.WithLabelValues("outbox").Add(float64(len(outbox.keys)))
-	s.m.OutboxWritten.WithLabelValues(TopicEvents).Add(float64(len(outbox.keys)))
+	s.m.RowsWritten.WithLabelValues("events").Add(float64(len(d.evRows.ids)))
+	s.m.RowsWritten.WithLabelValues("outbox").Add(float64(len(d.outbox.keys)))
+	s.m.OutboxWritten.WithLabelValues(topics.Events).Add(float64(len(d.outbox.keys)))
+}
 
+// userChanges are the latest-value changes of the changed users, for the
+// cache, in the order the users changed.
+func userChanges(changedUserList []string, seqs map[string]int64, latest map[string]map[string]*record.Latest) []record.UserChange {
 	changes := make([]record.UserChange, 0, len(changedUserList))
 	for _, u := range changedUserList {
 		c := record.UserChange{UserID: u, Seq: seqs[u], Prev: seqs[u] - 1}
@@ -817,7 +914,7 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 		}
 		changes = append(changes, c)
 	}
-	return results, changes, nil
+	return changes
 }
 
 // healthKitTombstoneKind is the kind of a tombstone for a HealthKit sample
@@ -858,6 +955,7 @@ func (s *Store) loadRecords(ctx context.Context, tx pgx.Tx, users []string, keys
 				continue
 			}
 			st.exists, st.version, st.hash, st.eventID, st.deleted, st.kind = true, version, hash, id, deleted, kind
+			st.inDB = true
 			st.storedLive = !deleted
 			st.storedMetrics = metrics
 			st.storedMin, st.storedMax = lo.Time, hi.Time
@@ -918,9 +1016,46 @@ func scanLatestRow(rows pgx.Rows) (l record.Latest, removed bool, user string, e
 	return l, removed, user, nil
 }
 
-// upsertEvent builds the published form of a record version.
-func upsertEvent(ev *record.Event, id string, version int64, received time.Time) *biometricsv1.BiometricEvent {
-	out := &biometricsv1.BiometricEvent{
+// eventEncoder writes the outbox payloads of one batch, the published form
+// of each record version. proto.Marshal keeps none of the messages it is
+// given, so one set of messages is refilled for every event, and the
+// payloads are cut from shared chunks: an upsert allocates neither messages
+// nor a payload of its own.
+type eventEncoder struct {
+	ev                 biometricsv1.BiometricEvent
+	received, occurred timestamppb.Timestamp
+	readings           []biometricsv1.Reading
+	ptrs               []*biometricsv1.Reading
+	times              []timestamppb.Timestamp // per reading: observed, start
+	devices            []biometricsv1.Device
+	buf                []byte
+}
+
+// payloadChunk is the size of the chunks payloads are cut from; a new one
+// starts when less than payloadRoom is left.
+const (
+	payloadChunk = 64 << 10
+	payloadRoom  = 4 << 10
+)
+
+func timestamp(t time.Time) timestamppb.Timestamp {
+	return timestamppb.Timestamp{Seconds: t.Unix(), Nanos: int32(t.Nanosecond())}
+}
+
+// encode returns the BiometricEvent of an upsert, marshaled: the event id,
+// version and receipt time given, the readings' device only when set and
+// their start and the event's time only when not zero. The bytes stay valid
+// (and unchanged) after later calls.
+func (e *eventEncoder) encode(ev *record.Event, id string, version int64, received time.Time) ([]byte, error) {
+	n := len(ev.Readings)
+	if len(e.readings) < n {
+		e.readings = make([]biometricsv1.Reading, n)
+		e.ptrs = make([]*biometricsv1.Reading, n)
+		e.times = make([]timestamppb.Timestamp, 2*n)
+		e.devices = make([]biometricsv1.Device, n)
+	}
+	e.received = timestamp(received)
+	e.ev = biometricsv1.BiometricEvent{
 		EventId:        id,
 		UserId:         ev.UserID,
 		Source:         ev.Source,
@@ -928,26 +1063,35 @@ func upsertEvent(ev *record.Event, id string, version int64, received time.Time)
 		VendorRecordId: ev.VendorRecordID,
 		Operation:      biometricsv1.Operation_OPERATION_UPSERT,
 		Version:        version,
-		ReceivedAt:     timestamppb.New(received),
-		Readings:       make([]*biometricsv1.Reading, len(ev.Readings)),
+		ReceivedAt:     &e.received,
+		Readings:       e.ptrs[:n],
 	}
 	if !ev.OccurredAt.IsZero() {
-		out.OccurredAt = timestamppb.New(ev.OccurredAt)
+		e.occurred = timestamp(ev.OccurredAt)
+		e.ev.OccurredAt = &e.occurred
 	}
 	for i, r := range ev.Readings {
-		pr := &biometricsv1.Reading{
-			Metric:     r.Metric,
-			Value:      r.Value,
-			Unit:       r.Unit,
-			ObservedAt: timestamppb.New(r.ObservedAt),
-		}
+		observed, start := &e.times[2*i], &e.times[2*i+1]
+		*observed = timestamp(r.ObservedAt)
+		e.readings[i] = biometricsv1.Reading{Metric: r.Metric, Value: r.Value, Unit: r.Unit, ObservedAt: observed}
 		if !r.StartTime.IsZero() {
-			pr.StartTime = timestamppb.New(r.StartTime)
+			*start = timestamp(r.StartTime)
+			e.readings[i].StartTime = start
 		}
 		if r.Device != (record.Device{}) {
-			pr.Device = &biometricsv1.Device{Name: r.Device.Name, Model: r.Device.Model, BundleId: r.Device.BundleID}
+			e.devices[i] = biometricsv1.Device{Name: r.Device.Name, Model: r.Device.Model, BundleId: r.Device.BundleID}
+			e.readings[i].Device = &e.devices[i]
 		}
-		out.Readings[i] = pr
+		e.ptrs[i] = &e.readings[i]
 	}
-	return out
+	if cap(e.buf)-len(e.buf) < payloadRoom {
+		e.buf = make([]byte, 0, payloadChunk)
+	}
+	from := len(e.buf)
+	b, err := proto.MarshalOptions{}.MarshalAppend(e.buf, &e.ev)
+	if err != nil {
+		return nil, err
+	}
+	e.buf = b
+	return b[from:len(b):len(b)], nil
 }

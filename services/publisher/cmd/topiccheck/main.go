@@ -25,7 +25,7 @@ import (
 
 	"github.com/IBM/sarama"
 
-	"github.com/biobridge/bridge/services/publisher/internal/kafka"
+	"github.com/biobridge/bridge/services/publisher/kafka"
 	"github.com/biobridge/bridge/services/publisher/topiccheck"
 )
 

@@ -14,8 +14,8 @@ import (
 	publisherv1 "github.com/biobridge/bridge/gen/go/biobridge/publisher/v1"
 	"github.com/biobridge/bridge/pkg/apperr"
 	"github.com/biobridge/bridge/services/publisher/internal/deadletter"
-	"github.com/biobridge/bridge/services/publisher/internal/outbox"
 	"github.com/biobridge/bridge/services/publisher/internal/relay"
+	"github.com/biobridge/bridge/services/publisher/outbox"
 )
 
 // Page sizes of ListDeadLetters, and the most selectors of one

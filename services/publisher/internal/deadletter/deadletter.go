@@ -45,7 +45,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"golang.org/x/sync/singleflight"
 
-	"github.com/biobridge/bridge/services/publisher/internal/kafka"
+	"github.com/biobridge/bridge/services/publisher/kafka"
 )
 
 // Letter is one dead letter (its metadata: the key, value and headers stay

@@ -14,7 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/biobridge/bridge/services/publisher/internal/deadletter"
-	"github.com/biobridge/bridge/services/publisher/internal/kafka"
+	"github.com/biobridge/bridge/services/publisher/kafka"
 	"github.com/biobridge/bridge/services/publisher/kafkadev"
 )
 

@@ -6,6 +6,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/biobridge/bridge/pkg/topics"
 )
 
 // Metrics are the relay's Prometheus metrics. Labels carry topics, classes
@@ -87,7 +89,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	// The label values dashboards and alerts look at exist from the start,
 	// at zero, so that rate() and increase() also see the first failure.
-	for _, topic := range []string{"biometrics.events.v1", "biometrics.connections.v1"} {
+	for _, topic := range []string{topics.Events, topics.Connections} {
 		m.published.WithLabelValues(topic)
 	}
 	for _, cr := range [][2]string{{"transient", "broker_unavailable"}, {"permanent", "message_too_large"}, {"unknown", "unknown"}} {

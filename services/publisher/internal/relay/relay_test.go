@@ -20,10 +20,10 @@ import (
 
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
 	"github.com/biobridge/bridge/pkg/grpcclient"
-	"github.com/biobridge/bridge/services/publisher/internal/kafka"
-	"github.com/biobridge/bridge/services/publisher/internal/outbox"
 	"github.com/biobridge/bridge/services/publisher/internal/relay"
-	"github.com/biobridge/bridge/services/publisher/internal/testenv"
+	"github.com/biobridge/bridge/services/publisher/kafka"
+	"github.com/biobridge/bridge/services/publisher/outbox"
+	"github.com/biobridge/bridge/services/publisher/testenv"
 )
 
 // connectKafka connects the way the publisher does, with Kafka calls

@@ -11,7 +11,7 @@ import (
 
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
-	"github.com/biobridge/bridge/services/publisher/internal/kafka"
+	"github.com/biobridge/bridge/services/publisher/kafka"
 )
 
 // TestProducerSpanContinuesTheWritersTrace checks that the message's

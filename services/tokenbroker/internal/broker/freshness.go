@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/biobridge/bridge/pkg/apperr"
-	"github.com/biobridge/bridge/services/tokenbroker/internal/postgres"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/store"
 	"github.com/biobridge/bridge/services/tokenbroker/internal/vendors"
 )
 
@@ -54,16 +54,16 @@ func (b *Broker) ListActiveConnections(ctx context.Context, since time.Time, pag
 // decodePageToken reads a ListActiveConnections page token. The token is
 // the last key of the previous page: opaque to callers, and it needs no
 // server-side state.
-func decodePageToken(tok string) (postgres.Key, error) {
+func decodePageToken(tok string) (store.Key, error) {
 	if tok == "" {
-		return postgres.Key{}, nil
+		return store.Key{}, nil
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(tok)
 	user, vendor, ok := strings.Cut(string(raw), "\x00")
 	if err != nil || !ok || user == "" || vendor == "" {
-		return postgres.Key{}, apperr.E(apperr.Invalid, "invalid_page_token", "page_token is not one this server issued")
+		return store.Key{}, apperr.E(apperr.Invalid, "invalid_page_token", "page_token is not one this server issued")
 	}
-	return postgres.Key{UserID: user, Vendor: vendor}, nil
+	return store.Key{UserID: user, Vendor: vendor}, nil
 }
 
 // Arrival is new data of a connection, stored at At.
@@ -73,13 +73,13 @@ type Arrival struct {
 	At     time.Time
 }
 
-// ReportDataArrival records arrivals (see postgres.RecordDataArrival) and
+// ReportDataArrival records arrivals (see store.RecordDataArrival) and
 // returns how many stale connections became fresh.
 func (b *Broker) ReportDataArrival(ctx context.Context, arrivals []Arrival) (int, error) {
 	if len(arrivals) > MaxArrivals {
 		return 0, apperr.E(apperr.Invalid, "too_many_arrivals", fmt.Sprintf("at most %d arrivals per call", MaxArrivals))
 	}
-	rows := make([]postgres.Arrival, 0, len(arrivals))
+	rows := make([]store.Arrival, 0, len(arrivals))
 	for i, a := range arrivals {
 		if a.UserID == "" || (a.Vendor != vendors.Whoop && a.Vendor != vendors.Oura) || a.At.IsZero() {
 			return 0, apperr.E(apperr.Invalid, "invalid_arrival", fmt.Sprintf("arrivals[%d] needs user_id, a known vendor and arrived_at", i))
@@ -90,7 +90,7 @@ func (b *Broker) ReportDataArrival(ctx context.Context, arrivals []Arrival) (int
 		if now := time.Now(); at.After(now) {
 			at = now
 		}
-		rows = append(rows, postgres.Arrival{UserID: a.UserID, Vendor: a.Vendor, At: at})
+		rows = append(rows, store.Arrival{UserID: a.UserID, Vendor: a.Vendor, At: at})
 	}
 	fresh, err := b.store.RecordDataArrival(ctx, rows, time.Now())
 	if err != nil {

@@ -10,7 +10,7 @@ import (
 
 	"github.com/biobridge/bridge/pkg/apperr"
 	"github.com/biobridge/bridge/pkg/logging"
-	"github.com/biobridge/bridge/services/tokenbroker/internal/postgres"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/store"
 	"github.com/biobridge/bridge/services/tokenbroker/internal/vendors"
 )
 
@@ -39,7 +39,7 @@ func (b *Broker) DeleteUserData(ctx context.Context, userID string) ([]Revocatio
 	}
 	atVendor := map[string]bool{}
 	for _, c := range conns {
-		if c.Status == postgres.StatusRevoked {
+		if c.Status == store.StatusRevoked {
 			continue
 		}
 		ok, err := b.RevokeConnection(ctx, userID, c.Vendor)
@@ -76,11 +76,11 @@ func (b *Broker) DeleteUserData(ctx context.Context, userID string) ([]Revocatio
 // decided outside the broker) to the connection-event outbox and returns
 // its per-user sequence. A repeat of the same event id returns the first
 // sequence; an event for a connection that no longer exists is NotFound.
-func (b *Broker) RecordConnectionEvent(ctx context.Context, e postgres.Event) (int64, error) {
+func (b *Broker) RecordConnectionEvent(ctx context.Context, e store.Event) (int64, error) {
 	switch {
 	case e.UserID == "":
 		return 0, apperr.E(apperr.Invalid, "missing_user_id", "user_id is required")
-	case e.Type != postgres.EventBackfillCompleted:
+	case e.Type != store.EventBackfillCompleted:
 		return 0, apperr.E(apperr.Invalid, "unsupported_event_type", "only backfill_completed events can be recorded")
 	}
 	if _, err := uuid.Parse(e.EventID); err != nil {
@@ -93,7 +93,7 @@ func (b *Broker) RecordConnectionEvent(ctx context.Context, e postgres.Event) (i
 		e.OccurredAt = time.Now()
 	}
 	seq, err := b.store.RecordEvent(ctx, e)
-	if errors.Is(err, postgres.ErrNotFound) {
+	if errors.Is(err, store.ErrNotFound) {
 		return 0, apperr.E(apperr.NotFound, ReasonConnectionNotFound, "no such connection")
 	}
 	if err != nil {

@@ -19,23 +19,32 @@ import (
 
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
-	"github.com/biobridge/bridge/services/tokenbroker/internal/postgres"
+	"github.com/biobridge/bridge/services/tokenbroker/internal/store"
 )
 
-// Config tunes the relay.
+// Defaults of the relay's settings, written once: the token broker's
+// configuration reads TOKENBROKER_RELAY_INTERVAL over DefaultInterval, and
+// New gives a zero field the same.
+const (
+	DefaultInterval    = 2 * time.Second
+	DefaultBatchSize   = 100
+	DefaultCallTimeout = 10 * time.Second
+)
+
+// Config tunes the relay. A zero field gets its Default* value.
 type Config struct {
-	// Interval is the poll period when nothing kicks the relay (default 2s).
+	// Interval is the poll period when nothing kicks the relay.
 	Interval time.Duration
-	// BatchSize bounds one forward (default 100).
+	// BatchSize bounds one forward.
 	BatchSize int
-	// CallTimeout bounds one AppendConnectionEvents call (default 10s).
+	// CallTimeout bounds one AppendConnectionEvents call.
 	CallTimeout time.Duration
 }
 
 // Relay forwards events. A nil client only measures the backlog.
 type Relay struct {
 	cfg    Config
-	store  *postgres.Store
+	store  *store.Store
 	client persistencev1.PersistenceServiceClient
 	log    *slog.Logger
 	kick   chan struct{}
@@ -47,15 +56,15 @@ type Relay struct {
 }
 
 // New returns a relay; client may be nil (no persistence target).
-func New(cfg Config, store *postgres.Store, client persistencev1.PersistenceServiceClient, reg prometheus.Registerer, logger *slog.Logger) *Relay {
+func New(cfg Config, store *store.Store, client persistencev1.PersistenceServiceClient, reg prometheus.Registerer, logger *slog.Logger) *Relay {
 	if cfg.Interval <= 0 {
-		cfg.Interval = 2 * time.Second
+		cfg.Interval = DefaultInterval
 	}
 	if cfg.BatchSize <= 0 {
-		cfg.BatchSize = 100
+		cfg.BatchSize = DefaultBatchSize
 	}
 	if cfg.CallTimeout <= 0 {
-		cfg.CallTimeout = 10 * time.Second
+		cfg.CallTimeout = DefaultCallTimeout
 	}
 	f := promauto.With(reg)
 	return &Relay{
@@ -130,15 +139,15 @@ func (r *Relay) Once(ctx context.Context) int {
 }
 
 var eventTypes = map[string]biometricsv1.ConnectionEventType{
-	postgres.EventConnected:         biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_CONNECTED,
-	postgres.EventRefreshFailed:     biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_REFRESH_FAILED,
-	postgres.EventRevoked:           biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_REVOKED,
-	postgres.EventStale:             biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_STALE,
-	postgres.EventFresh:             biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_FRESH,
-	postgres.EventBackfillCompleted: biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_BACKFILL_COMPLETED,
+	store.EventConnected:         biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_CONNECTED,
+	store.EventRefreshFailed:     biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_REFRESH_FAILED,
+	store.EventRevoked:           biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_REVOKED,
+	store.EventStale:             biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_STALE,
+	store.EventFresh:             biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_FRESH,
+	store.EventBackfillCompleted: biometricsv1.ConnectionEventType_CONNECTION_EVENT_TYPE_BACKFILL_COMPLETED,
 }
 
-func (r *Relay) forward(ctx context.Context, events []postgres.Event) error {
+func (r *Relay) forward(ctx context.Context, events []store.Event) error {
 	req := &persistencev1.AppendConnectionEventsRequest{}
 	for _, e := range events {
 		req.Events = append(req.Events, &biometricsv1.ConnectionEvent{

@@ -826,6 +826,8 @@ type OutboxEntry struct {
 	//
 	//	*OutboxEntry_Event
 	//	*OutboxEntry_ConnectionEvent
+	//	*OutboxEntry_EventBytes
+	//	*OutboxEntry_ConnectionEventBytes
 	Payload isOutboxEntry_Payload `protobuf_oneof:"payload"`
 	// W3C traceparent of the transaction that wrote the entry.
 	Traceparent string `protobuf:"bytes,6,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
@@ -917,6 +919,24 @@ func (x *OutboxEntry) GetConnectionEvent() *v1.ConnectionEvent {
 	return nil
 }
 
+func (x *OutboxEntry) GetEventBytes() []byte {
+	if x != nil {
+		if x, ok := x.Payload.(*OutboxEntry_EventBytes); ok {
+			return x.EventBytes
+		}
+	}
+	return nil
+}
+
+func (x *OutboxEntry) GetConnectionEventBytes() []byte {
+	if x != nil {
+		if x, ok := x.Payload.(*OutboxEntry_ConnectionEventBytes); ok {
+			return x.ConnectionEventBytes
+		}
+	}
+	return nil
+}
+
 func (x *OutboxEntry) GetTraceparent() string {
 	if x != nil {
 		return x.Traceparent
@@ -959,9 +979,26 @@ type OutboxEntry_ConnectionEvent struct {
 	ConnectionEvent *v1.ConnectionEvent `protobuf:"bytes,5,opt,name=connection_event,json=connectionEvent,proto3,oneof"`
 }
 
+type OutboxEntry_EventBytes struct {
+	// For biometrics.events.v1, when the lease asked for raw_payload: the
+	// stored encoding of the BiometricEvent, untouched (a valid encoding of
+	// it that a publisher forwards as the Kafka value without decoding).
+	EventBytes []byte `protobuf:"bytes,10,opt,name=event_bytes,json=eventBytes,proto3,oneof"`
+}
+
+type OutboxEntry_ConnectionEventBytes struct {
+	// For biometrics.connections.v1, when the lease asked for raw_payload:
+	// the stored encoding of the ConnectionEvent, untouched.
+	ConnectionEventBytes []byte `protobuf:"bytes,11,opt,name=connection_event_bytes,json=connectionEventBytes,proto3,oneof"`
+}
+
 func (*OutboxEntry_Event) isOutboxEntry_Payload() {}
 
 func (*OutboxEntry_ConnectionEvent) isOutboxEntry_Payload() {}
+
+func (*OutboxEntry_EventBytes) isOutboxEntry_Payload() {}
+
+func (*OutboxEntry_ConnectionEventBytes) isOutboxEntry_Payload() {}
 
 // LeaseOutboxRequest asks for a batch of entries.
 type LeaseOutboxRequest struct {
@@ -973,7 +1010,13 @@ type LeaseOutboxRequest struct {
 	// How long the lease lasts before the entries return to the pool (default 30s).
 	LeaseDuration *durationpb.Duration `protobuf:"bytes,3,opt,name=lease_duration,json=leaseDuration,proto3" json:"lease_duration,omitempty"`
 	// How long to wait for entries when none are available (default 0: answer at once).
-	WaitTimeout   *durationpb.Duration `protobuf:"bytes,4,opt,name=wait_timeout,json=waitTimeout,proto3" json:"wait_timeout,omitempty"`
+	WaitTimeout *durationpb.Duration `protobuf:"bytes,4,opt,name=wait_timeout,json=waitTimeout,proto3" json:"wait_timeout,omitempty"`
+	// Return each payload as its stored encoding (OutboxEntry event_bytes or
+	// connection_event_bytes) instead of decoded (event or connection_event),
+	// so the publisher forwards the bytes without decoding and re-encoding
+	// them. A persistence service from before this field ignores it and sends
+	// the decoded payload, which a publisher must still accept.
+	RawPayload    bool `protobuf:"varint,5,opt,name=raw_payload,json=rawPayload,proto3" json:"raw_payload,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1034,6 +1077,13 @@ func (x *LeaseOutboxRequest) GetWaitTimeout() *durationpb.Duration {
 		return x.WaitTimeout
 	}
 	return nil
+}
+
+func (x *LeaseOutboxRequest) GetRawPayload() bool {
+	if x != nil {
+		return x.RawPayload
+	}
+	return false
 }
 
 // LeaseOutboxResponse is the leased batch, in per-user commit order.
@@ -1712,26 +1762,32 @@ const file_biobridge_persistence_v1_persistence_service_proto_rawDesc = "" +
 	"\x1dAppendConnectionEventsRequest\x12@\n" +
 	"\x06events\x18\x01 \x03(\v2(.biobridge.biometrics.v1.ConnectionEventR\x06events\"=\n" +
 	"\x1eAppendConnectionEventsResponse\x12\x1b\n" +
-	"\tevent_ids\x18\x01 \x03(\tR\beventIds\"\x80\x03\n" +
+	"\tevent_ids\x18\x01 \x03(\tR\beventIds\"\xdb\x03\n" +
 	"\vOutboxEntry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x14\n" +
 	"\x05topic\x18\x02 \x01(\tR\x05topic\x12\x10\n" +
 	"\x03key\x18\x03 \x01(\tR\x03key\x12?\n" +
 	"\x05event\x18\x04 \x01(\v2'.biobridge.biometrics.v1.BiometricEventH\x00R\x05event\x12U\n" +
-	"\x10connection_event\x18\x05 \x01(\v2(.biobridge.biometrics.v1.ConnectionEventH\x00R\x0fconnectionEvent\x12 \n" +
+	"\x10connection_event\x18\x05 \x01(\v2(.biobridge.biometrics.v1.ConnectionEventH\x00R\x0fconnectionEvent\x12!\n" +
+	"\vevent_bytes\x18\n" +
+	" \x01(\fH\x00R\n" +
+	"eventBytes\x126\n" +
+	"\x16connection_event_bytes\x18\v \x01(\fH\x00R\x14connectionEventBytes\x12 \n" +
 	"\vtraceparent\x18\x06 \x01(\tR\vtraceparent\x129\n" +
 	"\n" +
 	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1a\n" +
 	"\battempts\x18\b \x01(\x05R\battempts\x12\x1d\n" +
 	"\n" +
 	"last_error\x18\t \x01(\tR\tlastErrorB\t\n" +
-	"\apayload\"\xcd\x01\n" +
+	"\apayload\"\xee\x01\n" +
 	"\x12LeaseOutboxRequest\x12\x16\n" +
 	"\x06holder\x18\x01 \x01(\tR\x06holder\x12\x1f\n" +
 	"\vmax_entries\x18\x02 \x01(\x05R\n" +
 	"maxEntries\x12@\n" +
 	"\x0elease_duration\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\x12<\n" +
-	"\fwait_timeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\vwaitTimeout\"\xbb\x01\n" +
+	"\fwait_timeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\vwaitTimeout\x12\x1f\n" +
+	"\vraw_payload\x18\x05 \x01(\bR\n" +
+	"rawPayload\"\xbb\x01\n" +
 	"\x13LeaseOutboxResponse\x12?\n" +
 	"\aentries\x18\x01 \x03(\v2%.biobridge.persistence.v1.OutboxEntryR\aentries\x12\x1f\n" +
 	"\vlease_token\x18\x02 \x01(\tR\n" +
@@ -1907,6 +1963,8 @@ func file_biobridge_persistence_v1_persistence_service_proto_init() {
 	file_biobridge_persistence_v1_persistence_service_proto_msgTypes[11].OneofWrappers = []any{
 		(*OutboxEntry_Event)(nil),
 		(*OutboxEntry_ConnectionEvent)(nil),
+		(*OutboxEntry_EventBytes)(nil),
+		(*OutboxEntry_ConnectionEventBytes)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -16,39 +16,40 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0biobridge/biometrics/v1/biometrics_service.proto\x12\x17\x62iobridge.biometrics.v1\x1a#biobridge/biometrics/v1/event.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x02\n\x0bLatestValue\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12/\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06source\x18\x05 \x01(\x0e\x32\x1f.biobridge.biometrics.v1.Source\x12/\n\x06\x64\x65vice\x18\x06 \x01(\x0b\x32\x1f.biobridge.biometrics.v1.Device\x12&\n\x03\x61ge\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10vendor_record_id\x18\x08 \x01(\t\"4\n\x10GetLatestRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07metrics\x18\x02 \x03(\t\"I\n\x11GetLatestResponse\x12\x34\n\x06values\x18\x01 \x03(\x0b\x32$.biobridge.biometrics.v1.LatestValue\"\x99\x02\n\rStoredReading\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12/\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06source\x18\x05 \x01(\x0e\x32\x1f.biobridge.biometrics.v1.Source\x12/\n\x06\x64\x65vice\x18\x06 \x01(\x0b\x32\x1f.biobridge.biometrics.v1.Device\x12\x18\n\x10vendor_record_id\x18\x07 \x01(\t\x12.\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb2\x01\n\x14QueryReadingsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"j\n\x15QueryReadingsResponse\x12\x38\n\x08readings\x18\x01 \x03(\x0b\x32&.biobridge.biometrics.v1.StoredReading\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x12WatchLatestRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07metrics\x18\x02 \x03(\t\"\x7f\n\x13WatchLatestResponse\x12\x33\n\x06\x63hange\x18\x01 \x01(\x0e\x32#.biobridge.biometrics.v1.ChangeType\x12\x33\n\x05value\x18\x02 \x01(\x0b\x32$.biobridge.biometrics.v1.LatestValue\"\x14\n\x12ListMetricsRequest\"\x86\x01\n\x06Metric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04unit\x18\x02 \x01(\t\x12\x0b\n\x03min\x18\x03 \x01(\x01\x12\x0b\n\x03max\x18\x04 \x01(\x01\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x31\n\x04kind\x18\x06 \x01(\x0e\x32#.biobridge.biometrics.v1.MetricKind\"G\n\x13ListMetricsResponse\x12\x30\n\x07metrics\x18\x01 \x03(\x0b\x32\x1f.biobridge.biometrics.v1.Metric*u\n\nChangeType\x12\x1b\n\x17\x43HANGE_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43HANGE_TYPE_SNAPSHOT\x10\x01\x12\x17\n\x13\x43HANGE_TYPE_UPDATED\x10\x02\x12\x17\n\x13\x43HANGE_TYPE_REMOVED\x10\x03*]\n\nMetricKind\x12\x1b\n\x17METRIC_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14METRIC_KIND_QUANTITY\x10\x01\x12\x18\n\x14METRIC_KIND_CATEGORY\x10\x02\x32\xbd\x03\n\x11\x42iometricsService\x12\x62\n\tGetLatest\x12).biobridge.biometrics.v1.GetLatestRequest\x1a*.biobridge.biometrics.v1.GetLatestResponse\x12n\n\rQueryReadings\x12-.biobridge.biometrics.v1.QueryReadingsRequest\x1a..biobridge.biometrics.v1.QueryReadingsResponse\x12j\n\x0bWatchLatest\x12+.biobridge.biometrics.v1.WatchLatestRequest\x1a,.biobridge.biometrics.v1.WatchLatestResponse0\x01\x12h\n\x0bListMetrics\x12+.biobridge.biometrics.v1.ListMetricsRequest\x1a,.biobridge.biometrics.v1.ListMetricsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0biobridge/biometrics/v1/biometrics_service.proto\x12\x17\x62iobridge.biometrics.v1\x1a#biobridge/biometrics/v1/event.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd5\x02\n\x0bLatestValue\x12\x16\n\x06metric\x18\x01 \x01(\tR\x06metric\x12\x14\n\x05value\x18\x02 \x01(\x01R\x05value\x12\x12\n\x04unit\x18\x03 \x01(\tR\x04unit\x12;\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nobservedAt\x12\x37\n\x06source\x18\x05 \x01(\x0e\x32\x1f.biobridge.biometrics.v1.SourceR\x06source\x12\x37\n\x06\x64\x65vice\x18\x06 \x01(\x0b\x32\x1f.biobridge.biometrics.v1.DeviceR\x06\x64\x65vice\x12+\n\x03\x61ge\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationR\x03\x61ge\x12(\n\x10vendor_record_id\x18\x08 \x01(\tR\x0evendorRecordId\"E\n\x10GetLatestRequest\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12\x18\n\x07metrics\x18\x02 \x03(\tR\x07metrics\"Q\n\x11GetLatestResponse\x12<\n\x06values\x18\x01 \x03(\x0b\x32$.biobridge.biometrics.v1.LatestValueR\x06values\"\xe5\x02\n\rStoredReading\x12\x16\n\x06metric\x18\x01 \x01(\tR\x06metric\x12\x14\n\x05value\x18\x02 \x01(\x01R\x05value\x12\x12\n\x04unit\x18\x03 \x01(\tR\x04unit\x12;\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nobservedAt\x12\x37\n\x06source\x18\x05 \x01(\x0e\x32\x1f.biobridge.biometrics.v1.SourceR\x06source\x12\x37\n\x06\x64\x65vice\x18\x06 \x01(\x0b\x32\x1f.biobridge.biometrics.v1.DeviceR\x06\x64\x65vice\x12(\n\x10vendor_record_id\x18\x07 \x01(\tR\x0evendorRecordId\x12\x39\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\"\xe3\x01\n\x14QueryReadingsRequest\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12\x16\n\x06metric\x18\x02 \x01(\tR\x06metric\x12\x30\n\x05start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x05start\x12,\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x03\x65nd\x12\x1b\n\tpage_size\x18\x05 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x06 \x01(\tR\tpageToken\"\x83\x01\n\x15QueryReadingsResponse\x12\x42\n\x08readings\x18\x01 \x03(\x0b\x32&.biobridge.biometrics.v1.StoredReadingR\x08readings\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"G\n\x12WatchLatestRequest\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12\x18\n\x07metrics\x18\x02 \x03(\tR\x07metrics\"\x8e\x01\n\x13WatchLatestResponse\x12;\n\x06\x63hange\x18\x01 \x01(\x0e\x32#.biobridge.biometrics.v1.ChangeTypeR\x06\x63hange\x12:\n\x05value\x18\x02 \x01(\x0b\x32$.biobridge.biometrics.v1.LatestValueR\x05value\"\x14\n\x12ListMetricsRequest\"\xaf\x01\n\x06Metric\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n\x04unit\x18\x02 \x01(\tR\x04unit\x12\x10\n\x03min\x18\x03 \x01(\x01R\x03min\x12\x10\n\x03max\x18\x04 \x01(\x01R\x03max\x12 \n\x0b\x64\x65scription\x18\x05 \x01(\tR\x0b\x64\x65scription\x12\x37\n\x04kind\x18\x06 \x01(\x0e\x32#.biobridge.biometrics.v1.MetricKindR\x04kind\"P\n\x13ListMetricsResponse\x12\x39\n\x07metrics\x18\x01 \x03(\x0b\x32\x1f.biobridge.biometrics.v1.MetricR\x07metrics*u\n\nChangeType\x12\x1b\n\x17\x43HANGE_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43HANGE_TYPE_SNAPSHOT\x10\x01\x12\x17\n\x13\x43HANGE_TYPE_UPDATED\x10\x02\x12\x17\n\x13\x43HANGE_TYPE_REMOVED\x10\x03*]\n\nMetricKind\x12\x1b\n\x17METRIC_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14METRIC_KIND_QUANTITY\x10\x01\x12\x18\n\x14METRIC_KIND_CATEGORY\x10\x02\x32\xbd\x03\n\x11\x42iometricsService\x12\x62\n\tGetLatest\x12).biobridge.biometrics.v1.GetLatestRequest\x1a*.biobridge.biometrics.v1.GetLatestResponse\x12n\n\rQueryReadings\x12-.biobridge.biometrics.v1.QueryReadingsRequest\x1a..biobridge.biometrics.v1.QueryReadingsResponse\x12j\n\x0bWatchLatest\x12+.biobridge.biometrics.v1.WatchLatestRequest\x1a,.biobridge.biometrics.v1.WatchLatestResponse0\x01\x12h\n\x0bListMetrics\x12+.biobridge.biometrics.v1.ListMetricsRequest\x1a,.biobridge.biometrics.v1.ListMetricsResponseB\xfc\x01\n\x1b\x63om.biobridge.biometrics.v1B\x16\x42iometricsServiceProtoP\x01ZGgithub.com/biobridge/bridge/gen/go/biobridge/biometrics/v1;biometricsv1\xa2\x02\x03\x42\x42X\xaa\x02\x17\x42iobridge.Biometrics.V1\xca\x02\x17\x42iobridge\\Biometrics\\V1\xe2\x02#Biobridge\\Biometrics\\V1\\GPBMetadata\xea\x02\x19\x42iobridge::Biometrics::V1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'biobridge.biometrics.v1.biometrics_service_pb2', globals())
 if _descriptor._USE_C_DESCRIPTORS == False:
 
   DESCRIPTOR._options = None
-  _CHANGETYPE._serialized_start=1572
-  _CHANGETYPE._serialized_end=1689
-  _METRICKIND._serialized_start=1691
-  _METRICKIND._serialized_end=1784
+  DESCRIPTOR._serialized_options = b'\n\033com.biobridge.biometrics.v1B\026BiometricsServiceProtoP\001ZGgithub.com/biobridge/bridge/gen/go/biobridge/biometrics/v1;biometricsv1\242\002\003BBX\252\002\027Biobridge.Biometrics.V1\312\002\027Biobridge\\Biometrics\\V1\342\002#Biobridge\\Biometrics\\V1\\GPBMetadata\352\002\031Biobridge::Biometrics::V1'
+  _CHANGETYPE._serialized_start=1901
+  _CHANGETYPE._serialized_end=2018
+  _METRICKIND._serialized_start=2020
+  _METRICKIND._serialized_end=2113
   _LATESTVALUE._serialized_start=180
-  _LATESTVALUE._serialized_end=451
-  _GETLATESTREQUEST._serialized_start=453
-  _GETLATESTREQUEST._serialized_end=505
-  _GETLATESTRESPONSE._serialized_start=507
-  _GETLATESTRESPONSE._serialized_end=580
-  _STOREDREADING._serialized_start=583
-  _STOREDREADING._serialized_end=864
-  _QUERYREADINGSREQUEST._serialized_start=867
-  _QUERYREADINGSREQUEST._serialized_end=1045
-  _QUERYREADINGSRESPONSE._serialized_start=1047
-  _QUERYREADINGSRESPONSE._serialized_end=1153
-  _WATCHLATESTREQUEST._serialized_start=1155
-  _WATCHLATESTREQUEST._serialized_end=1209
-  _WATCHLATESTRESPONSE._serialized_start=1211
-  _WATCHLATESTRESPONSE._serialized_end=1338
-  _LISTMETRICSREQUEST._serialized_start=1340
-  _LISTMETRICSREQUEST._serialized_end=1360
-  _METRIC._serialized_start=1363
-  _METRIC._serialized_end=1497
-  _LISTMETRICSRESPONSE._serialized_start=1499
-  _LISTMETRICSRESPONSE._serialized_end=1570
-  _BIOMETRICSSERVICE._serialized_start=1787
-  _BIOMETRICSSERVICE._serialized_end=2232
+  _LATESTVALUE._serialized_end=521
+  _GETLATESTREQUEST._serialized_start=523
+  _GETLATESTREQUEST._serialized_end=592
+  _GETLATESTRESPONSE._serialized_start=594
+  _GETLATESTRESPONSE._serialized_end=675
+  _STOREDREADING._serialized_start=678
+  _STOREDREADING._serialized_end=1035
+  _QUERYREADINGSREQUEST._serialized_start=1038
+  _QUERYREADINGSREQUEST._serialized_end=1265
+  _QUERYREADINGSRESPONSE._serialized_start=1268
+  _QUERYREADINGSRESPONSE._serialized_end=1399
+  _WATCHLATESTREQUEST._serialized_start=1401
+  _WATCHLATESTREQUEST._serialized_end=1472
+  _WATCHLATESTRESPONSE._serialized_start=1475
+  _WATCHLATESTRESPONSE._serialized_end=1617
+  _LISTMETRICSREQUEST._serialized_start=1619
+  _LISTMETRICSREQUEST._serialized_end=1639
+  _METRIC._serialized_start=1642
+  _METRIC._serialized_end=1817
+  _LISTMETRICSRESPONSE._serialized_start=1819
+  _LISTMETRICSRESPONSE._serialized_end=1899
+  _BIOMETRICSSERVICE._serialized_start=2116
+  _BIOMETRICSSERVICE._serialized_end=2561
 # @@protoc_insertion_point(module_scope)

@@ -14,25 +14,26 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#biobridge/biometrics/v1/event.proto\x12\x17\x62iobridge.biometrics.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"8\n\x06\x44\x65vice\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\tbundle_id\x18\x03 \x01(\t\"\xc8\x01\n\x07Reading\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12/\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06\x64\x65vice\x18\x06 \x01(\x0b\x32\x1f.biobridge.biometrics.v1.Device\"\xea\x02\n\x0e\x42iometricEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12/\n\x06source\x18\x03 \x01(\x0e\x32\x1f.biobridge.biometrics.v1.Source\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x18\n\x10vendor_record_id\x18\x05 \x01(\t\x12\x35\n\toperation\x18\x06 \x01(\x0e\x32\".biobridge.biometrics.v1.Operation\x12\x0f\n\x07version\x18\x07 \x01(\x03\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0breceived_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x08readings\x18\n \x03(\x0b\x32 .biobridge.biometrics.v1.Reading\"\xd3\x01\n\x0f\x43onnectionEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06vendor\x18\x03 \x01(\t\x12:\n\x04type\x18\x04 \x01(\x0e\x32,.biobridge.biometrics.v1.ConnectionEventType\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x10\n\x08sequence\x18\x07 \x01(\x03*n\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSOURCE_WHOOP\x10\x01\x12\x0f\n\x0bSOURCE_OURA\x10\x02\x12\x14\n\x10SOURCE_HEALTHKIT\x10\x03\x12\x13\n\x0fSOURCE_INTERNAL\x10\x04*R\n\tOperation\x12\x19\n\x15OPERATION_UNSPECIFIED\x10\x00\x12\x14\n\x10OPERATION_UPSERT\x10\x01\x12\x14\n\x10OPERATION_DELETE\x10\x02*\xc5\x02\n\x13\x43onnectionEventType\x12%\n!CONNECTION_EVENT_TYPE_UNSPECIFIED\x10\x00\x12#\n\x1f\x43ONNECTION_EVENT_TYPE_CONNECTED\x10\x01\x12(\n$CONNECTION_EVENT_TYPE_REFRESH_FAILED\x10\x02\x12!\n\x1d\x43ONNECTION_EVENT_TYPE_REVOKED\x10\x03\x12,\n(CONNECTION_EVENT_TYPE_BACKFILL_COMPLETED\x10\x04\x12\x1f\n\x1b\x43ONNECTION_EVENT_TYPE_STALE\x10\x05\x12\x1f\n\x1b\x43ONNECTION_EVENT_TYPE_FRESH\x10\x06\x12%\n!CONNECTION_EVENT_TYPE_USER_ERASED\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#biobridge/biometrics/v1/event.proto\x12\x17\x62iobridge.biometrics.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"O\n\x06\x44\x65vice\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12\x1b\n\tbundle_id\x18\x03 \x01(\tR\x08\x62undleId\"\xfc\x01\n\x07Reading\x12\x16\n\x06metric\x18\x01 \x01(\tR\x06metric\x12\x14\n\x05value\x18\x02 \x01(\x01R\x05value\x12\x12\n\x04unit\x18\x03 \x01(\tR\x04unit\x12;\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nobservedAt\x12\x39\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x37\n\x06\x64\x65vice\x18\x06 \x01(\x0b\x32\x1f.biobridge.biometrics.v1.DeviceR\x06\x64\x65vice\"\xcf\x03\n\x0e\x42iometricEvent\x12\x19\n\x08\x65vent_id\x18\x01 \x01(\tR\x07\x65ventId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x37\n\x06source\x18\x03 \x01(\x0e\x32\x1f.biobridge.biometrics.v1.SourceR\x06source\x12\x12\n\x04kind\x18\x04 \x01(\tR\x04kind\x12(\n\x10vendor_record_id\x18\x05 \x01(\tR\x0evendorRecordId\x12@\n\toperation\x18\x06 \x01(\x0e\x32\".biobridge.biometrics.v1.OperationR\toperation\x12\x18\n\x07version\x18\x07 \x01(\x03R\x07version\x12;\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\noccurredAt\x12;\n\x0breceived_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nreceivedAt\x12<\n\x08readings\x18\n \x03(\x0b\x32 .biobridge.biometrics.v1.ReadingR\x08readings\"\x90\x02\n\x0f\x43onnectionEvent\x12\x19\n\x08\x65vent_id\x18\x01 \x01(\tR\x07\x65ventId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x16\n\x06vendor\x18\x03 \x01(\tR\x06vendor\x12@\n\x04type\x18\x04 \x01(\x0e\x32,.biobridge.biometrics.v1.ConnectionEventTypeR\x04type\x12;\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\noccurredAt\x12\x16\n\x06reason\x18\x06 \x01(\tR\x06reason\x12\x1a\n\x08sequence\x18\x07 \x01(\x03R\x08sequence*n\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSOURCE_WHOOP\x10\x01\x12\x0f\n\x0bSOURCE_OURA\x10\x02\x12\x14\n\x10SOURCE_HEALTHKIT\x10\x03\x12\x13\n\x0fSOURCE_INTERNAL\x10\x04*R\n\tOperation\x12\x19\n\x15OPERATION_UNSPECIFIED\x10\x00\x12\x14\n\x10OPERATION_UPSERT\x10\x01\x12\x14\n\x10OPERATION_DELETE\x10\x02*\xc5\x02\n\x13\x43onnectionEventType\x12%\n!CONNECTION_EVENT_TYPE_UNSPECIFIED\x10\x00\x12#\n\x1f\x43ONNECTION_EVENT_TYPE_CONNECTED\x10\x01\x12(\n$CONNECTION_EVENT_TYPE_REFRESH_FAILED\x10\x02\x12!\n\x1d\x43ONNECTION_EVENT_TYPE_REVOKED\x10\x03\x12,\n(CONNECTION_EVENT_TYPE_BACKFILL_COMPLETED\x10\x04\x12\x1f\n\x1b\x43ONNECTION_EVENT_TYPE_STALE\x10\x05\x12\x1f\n\x1b\x43ONNECTION_EVENT_TYPE_FRESH\x10\x06\x12%\n!CONNECTION_EVENT_TYPE_USER_ERASED\x10\x07\x42\xf0\x01\n\x1b\x63om.biobridge.biometrics.v1B\nEventProtoP\x01ZGgithub.com/biobridge/bridge/gen/go/biobridge/biometrics/v1;biometricsv1\xa2\x02\x03\x42\x42X\xaa\x02\x17\x42iobridge.Biometrics.V1\xca\x02\x17\x42iobridge\\Biometrics\\V1\xe2\x02#Biobridge\\Biometrics\\V1\\GPBMetadata\xea\x02\x19\x42iobridge::Biometrics::V1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'biobridge.biometrics.v1.event_pb2', globals())
 if _descriptor._USE_C_DESCRIPTORS == False:
 
   DESCRIPTOR._options = None
-  _SOURCE._serialized_start=937
-  _SOURCE._serialized_end=1047
-  _OPERATION._serialized_start=1049
-  _OPERATION._serialized_end=1131
-  _CONNECTIONEVENTTYPE._serialized_start=1134
-  _CONNECTIONEVENTTYPE._serialized_end=1459
+  DESCRIPTOR._serialized_options = b'\n\033com.biobridge.biometrics.v1B\nEventProtoP\001ZGgithub.com/biobridge/bridge/gen/go/biobridge/biometrics/v1;biometricsv1\242\002\003BBX\252\002\027Biobridge.Biometrics.V1\312\002\027Biobridge\\Biometrics\\V1\342\002#Biobridge\\Biometrics\\V1\\GPBMetadata\352\002\031Biobridge::Biometrics::V1'
+  _SOURCE._serialized_start=1174
+  _SOURCE._serialized_end=1284
+  _OPERATION._serialized_start=1286
+  _OPERATION._serialized_end=1368
+  _CONNECTIONEVENTTYPE._serialized_start=1371
+  _CONNECTIONEVENTTYPE._serialized_end=1696
   _DEVICE._serialized_start=97
-  _DEVICE._serialized_end=153
-  _READING._serialized_start=156
-  _READING._serialized_end=356
-  _BIOMETRICEVENT._serialized_start=359
-  _BIOMETRICEVENT._serialized_end=721
-  _CONNECTIONEVENT._serialized_start=724
-  _CONNECTIONEVENT._serialized_end=935
+  _DEVICE._serialized_end=176
+  _READING._serialized_start=179
+  _READING._serialized_end=431
+  _BIOMETRICEVENT._serialized_start=434
+  _BIOMETRICEVENT._serialized_end=897
+  _CONNECTIONEVENT._serialized_start=900
+  _CONNECTIONEVENT._serialized_end=1172
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,179 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+)
+
+// A large write (a HealthKit push of a thousand samples is a thousand
+// records, each with a version, a reading and an outbox entry) spends its
+// time in PostgreSQL decoding the unnest arrays and running one INSERT per
+// table. From copyThreshold rows on, apply COPYs instead every row that
+// cannot conflict with a stored one:
+//
+//   - readings: the replaced versions' readings are deleted first, and a
+//     record's readings are unique within a transaction;
+//   - events and outbox entries: always new rows (fresh event ids, an
+//     identity column);
+//   - records that did not exist when loadRecords read them under the
+//     users' locks, which every writer of those users' records takes for
+//     the whole transaction, so nobody can have inserted them since.
+//
+// Records that did exist still go through upsertRecordsSQL, and latest,
+// user_commits and the notification through the same batch as the small
+// path, in the same transaction: the rows stored are the same either way
+// (TestBulkAndSmallWritesStoreTheSameRows).
+
+var eventColumns = []string{"event_id", "received_at", "user_id", "source", "vendor_record_id", "kind", "version",
+	"operation", "occurred_at", "content_hash", "reading_count"}
+
+var recordColumns = []string{"user_id", "source", "vendor_record_id", "kind", "version", "content_hash", "event_id",
+	"deleted", "metrics", "observed_min", "observed_max", "occurred_at", "deleted_at", "created_at", "updated_at"}
+
+var outboxColumns = []string{"topic", "key", "payload_type", "payload", "traceparent"}
+
+// recordRows accumulates records upserts column by column.
+type recordRows struct {
+	users, recordIDs, kinds []string
+	metrics                 [][]string
+	sources                 []int16
+	versions                []int64
+	hashes                  [][]byte
+	ids                     []pgtype.UUID
+	deleted                 []bool
+	lo, hi, occurred, del   []pgtype.Timestamptz
+	// fresh: the record was not stored when the transaction read it.
+	fresh []bool
+}
+
+func (r *recordRows) add(k *recState, metrics []string, lo, hi pgtype.Timestamptz) {
+	r.users = append(r.users, k.key.UserID)
+	r.sources = append(r.sources, int16(k.key.Source))
+	r.recordIDs = append(r.recordIDs, k.key.VendorRecordID)
+	r.kinds = append(r.kinds, k.kind)
+	r.versions = append(r.versions, k.version)
+	r.hashes = append(r.hashes, k.hash)
+	r.ids = append(r.ids, k.eventID)
+	r.deleted = append(r.deleted, k.deleted)
+	r.metrics = append(r.metrics, metrics)
+	r.lo = append(r.lo, lo)
+	r.hi = append(r.hi, hi)
+	r.occurred = append(r.occurred, tsOrNull(k.occurredAt))
+	r.del = append(r.del, tsOrNull(k.deletedAt))
+	r.fresh = append(r.fresh, !k.inDB)
+}
+
+// upsertArgs are the upsertRecordsSQL arguments for the rows where keep
+// is nil or true.
+func (r *recordRows) upsertArgs(now time.Time, keep func(i int) bool) []any {
+	var sub recordRows
+	joined := make([]string, 0, len(r.users))
+	for i := range r.users {
+		if keep != nil && !keep(i) {
+			continue
+		}
+		sub.users = append(sub.users, r.users[i])
+		sub.sources = append(sub.sources, r.sources[i])
+		sub.recordIDs = append(sub.recordIDs, r.recordIDs[i])
+		sub.kinds = append(sub.kinds, r.kinds[i])
+		sub.versions = append(sub.versions, r.versions[i])
+		sub.hashes = append(sub.hashes, r.hashes[i])
+		sub.ids = append(sub.ids, r.ids[i])
+		sub.deleted = append(sub.deleted, r.deleted[i])
+		joined = append(joined, strings.Join(r.metrics[i], ","))
+		sub.lo = append(sub.lo, r.lo[i])
+		sub.hi = append(sub.hi, r.hi[i])
+		sub.occurred = append(sub.occurred, r.occurred[i])
+		sub.del = append(sub.del, r.del[i])
+	}
+	if len(sub.users) == 0 {
+		return nil
+	}
+	return []any{sub.users, sub.sources, sub.recordIDs, sub.kinds, sub.versions, sub.hashes, sub.ids, sub.deleted,
+		joined, sub.lo, sub.hi, sub.occurred, sub.del, now}
+}
+
+// fillCopyRow fills row with the COPY row i of recordColumns.
+func (r *recordRows) fillCopyRow(i int, now time.Time, row []any) {
+	metrics := r.metrics[i]
+	if metrics == nil {
+		metrics = []string{}
+	}
+	row[0], row[1], row[2], row[3], row[4], row[5], row[6] = r.users[i], r.sources[i], r.recordIDs[i], r.kinds[i], r.versions[i], r.hashes[i], r.ids[i]
+	row[7], row[8], row[9], row[10], row[11], row[12], row[13], row[14] = r.deleted[i], metrics, r.lo[i], r.hi[i], r.occurred[i], r.del[i], now, now
+}
+
+// copyRowSource is a pgx.CopyFromSource of n rows that fill one reused
+// slice: pgx encodes each row before it asks for the next, so a COPY of
+// thousands of rows needs no slice per row.
+type copyRowSource struct {
+	n, i int
+	row  []any
+	fill func(i int, row []any)
+}
+
+func (c *copyRowSource) Next() bool {
+	c.i++
+	return c.i < c.n
+}
+
+func (c *copyRowSource) Values() ([]any, error) {
+	c.fill(c.i, c.row)
+	return c.row, nil
+}
+
+func (c *copyRowSource) Err() error { return nil }
+
+// useBulk reports whether a write of these rows COPYs (see above).
+func (s *Store) useBulk(readings, events int) bool {
+	return readings >= s.copyThreshold || events >= s.copyThreshold
+}
+
+// copyBulk COPYs the rows that cannot conflict: readings, events, fresh
+// records and outbox entries; it returns the upsertRecordsSQL arguments of
+// the records that were stored before (nil: none). The replaced readings
+// must be deleted before.
+func (s *Store) copyBulk(ctx context.Context, tx pgx.Tx, readings *readingRows, ev *eventRows, recs *recordRows,
+	outbox *outboxRows, now time.Time) ([]any, error) {
+	copyRows := func(table string, cols []string, n int, fill func(i int, row []any)) (int64, error) {
+		if n == 0 {
+			return 0, nil
+		}
+		return tx.CopyFrom(ctx, pgx.Identifier{table}, cols, &copyRowSource{n: n, i: -1, row: make([]any, len(cols)), fill: fill})
+	}
+	n, err := copyRows("readings", readingColumns, len(readings.users), readings.fillRow)
+	if err != nil {
+		return nil, fmt.Errorf("copy readings: %w", err)
+	}
+	s.m.RowsWritten.WithLabelValues("readings").Add(float64(n))
+	if _, err := copyRows("events", eventColumns, len(ev.ids), func(i int, row []any) {
+		var hash any
+		if ev.hashes[i] != nil {
+			hash = ev.hashes[i]
+		}
+		row[0], row[1], row[2], row[3], row[4], row[5], row[6] = ev.ids[i], ev.received[i], ev.users[i], ev.sources[i], ev.recordIDs[i], ev.kinds[i], ev.versions[i]
+		row[7], row[8], row[9], row[10] = ev.operations[i], ev.occurred[i], hash, ev.readingsCnt[i]
+	}); err != nil {
+		return nil, fmt.Errorf("copy events: %w", err)
+	}
+	var fresh []int
+	for i, f := range recs.fresh {
+		if f {
+			fresh = append(fresh, i)
+		}
+	}
+	if _, err := copyRows("records", recordColumns, len(fresh), func(i int, row []any) { recs.fillCopyRow(fresh[i], now, row) }); err != nil {
+		return nil, fmt.Errorf("copy records: %w", err)
+	}
+	if _, err := copyRows("outbox", outboxColumns, len(outbox.keys), func(i int, row []any) {
+		row[0], row[1], row[2], row[3], row[4] = outbox.topics[i], outbox.keys[i], outbox.types[i], outbox.payloads[i], outbox.traceparents[i]
+	}); err != nil {
+		return nil, fmt.Errorf("copy outbox: %w", err)
+	}
+	return recs.upsertArgs(now, func(i int) bool { return !recs.fresh[i] }), nil
+}
