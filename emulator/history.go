@@ -74,6 +74,7 @@ func (e *Emulator) historyLocked(u *store.Person, vendors []Vendor, days int, en
 			break
 		}
 		n := genNight(e.st.RandLocked(), u.Base, time.Time{}, wake)
+		prevWake := lastWake
 		lastWake = n.end
 		if whoop {
 			_, ev, err := e.createWhoopSleepLocked(u, n, false, ScoreStateScored, nil)
@@ -107,13 +108,20 @@ func (e *Emulator) historyLocked(u *store.Person, vendors []Vendor, days int, en
 				evs = append(evs, ouraEv(u, "create", doc))
 				res.Records["oura/"+dt]++
 			}
-			added := e.addHeartRateLocked(u, n.end.Add(-24*time.Hour), n.end, n.start, n.end, noFixedBPM)
-			res.Records["oura/heartrate"] += len(added)
+			// The series runs around the clock: the first night's day
+			// starts 24 hours before its wake-up, every later one where
+			// the previous ended. (Starting each at its wake-up minus
+			// 24 hours overlapped the previous day whenever the user
+			// woke earlier, and counted those samples twice.)
+			from := n.end.Add(-24 * time.Hour)
+			if !prevWake.IsZero() {
+				from = prevWake
+			}
+			res.Records["oura/heartrate"] += len(e.addHeartRateLocked(u, from, n.end, n.start, n.end, noFixedBPM))
 		}
 	}
 	if oura && !lastWake.IsZero() {
-		added := e.addHeartRateLocked(u, lastWake, end, time.Time{}, time.Time{}, noFixedBPM)
-		res.Records["oura/heartrate"] += len(added)
+		res.Records["oura/heartrate"] += len(e.addHeartRateLocked(u, lastWake, end, time.Time{}, time.Time{}, noFixedBPM))
 	}
 	return res, evs, nil
 }

@@ -344,3 +344,41 @@ func TestOuraImplicitSubscriptionAndVerify(t *testing.T) {
 	require.EqualValues(t, 2, c.Handshakes)
 	require.EqualValues(t, 1, c.HandshakesPassed)
 }
+
+// The generated heart-rate series runs around the clock, every five
+// minutes with no gap and no sample twice, and the history's count is the
+// number of samples the collection serves. Each seed draws its own wake-up
+// times; days where the user woke earlier than the day before used to
+// overlap and be counted twice.
+func TestOuraHeartRateHistoryIsOneSeries(t *testing.T) {
+	t.Parallel()
+	for seed := uint64(1); seed <= 12; seed++ {
+		clock := newFakeClock()
+		clock.Advance(9 * time.Hour) // late in the day: today's night is in the history
+		emu, base := startEmu(t, emulator.Config{Now: clock.Now, Seed: seed})
+		tk := connect(t, base, emulator.Oura, "alice")
+		res, err := emu.GenerateHistory(context.Background(), emulator.HistorySpec{User: "alice", Days: 4, Vendors: []emulator.Vendor{emulator.Oura}})
+		require.NoError(t, err)
+
+		q := url.Values{"start_datetime": {clock.Now().Add(-10 * 24 * time.Hour).Format(time.RFC3339)}, "end_datetime": {clock.Now().Format(time.RFC3339)}}
+		var samples []ouraHR
+		for {
+			resp, b := apiGet(t, base+"/oura/v2/usercollection/heartrate?"+q.Encode(), tk.AccessToken)
+			require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
+			page := decode[ouraPage[ouraHR]](t, b)
+			samples = append(samples, page.Data...)
+			if page.NextToken == nil {
+				break
+			}
+			q.Set("next_token", *page.NextToken)
+		}
+		require.Equal(t, res.Records["oura/heartrate"], len(samples), "seed %d: the count is what the collection serves", seed)
+		for i := 1; i < len(samples); i++ {
+			prev, err := time.Parse(time.RFC3339, samples[i-1].Timestamp)
+			require.NoError(t, err)
+			cur, err := time.Parse(time.RFC3339, samples[i].Timestamp)
+			require.NoError(t, err)
+			require.Equal(t, 5*time.Minute, cur.Sub(prev), "seed %d: samples %d and %d", seed, i-1, i)
+		}
+	}
+}
