@@ -84,7 +84,12 @@ func (e *Emulator) api(v Vendor, scope string, h store.APIHandler) http.Handler 
 			}
 			limited = e.ouraRateLocked(w, key, now)
 		}
-		if !limited {
+		switch {
+		case limited:
+		case e.st.Faults.ErrorsNext > 0:
+			e.st.Faults.ErrorsNext--
+			injected500 = true
+		default:
 			injected429 = e.st.ChanceLocked(e.st.Faults.RateLimitRate)
 			injected500 = !injected429 && e.st.ChanceLocked(e.st.Faults.ErrorRate)
 		}

@@ -351,12 +351,22 @@ func TestInjectedFaults(t *testing.T) {
 	}
 	require.InDelta(t, 100, fails, 30)
 
+	// The next two fail whatever the rates say, then the rates apply
+	// again (none here).
+	require.NoError(t, emu.SetFaults(emulator.Faults{ErrorsNext: 2}))
+	for i, want := range []int{http.StatusInternalServerError, http.StatusInternalServerError, http.StatusOK, http.StatusOK} {
+		resp, _ := apiGet(t, whoopURL, tk.AccessToken)
+		require.Equal(t, want, resp.StatusCode, "request %d", i)
+	}
+	require.Zero(t, emu.Faults().ErrorsNext, "counted down")
+
 	require.NoError(t, emu.SetFaults(emulator.Faults{}))
 	c := emu.Counters()
 	require.EqualValues(t, 1, c.Whoop.InjectedRateLimited)
 	require.EqualValues(t, 1, c.Oura.InjectedRateLimited)
-	require.EqualValues(t, 1, c.Whoop.InjectedErrors)
+	require.EqualValues(t, 3, c.Whoop.InjectedErrors)
 	require.EqualValues(t, fails, c.Oura.InjectedErrors)
+	require.ErrorIs(t, emu.SetFaults(emulator.Faults{ErrorsNext: -1}), emulator.ErrInvalid)
 	require.ErrorIs(t, emu.SetFaults(emulator.Faults{ErrorRate: 2}), emulator.ErrInvalid)
 }
 

@@ -15,6 +15,11 @@ type Faults struct {
 	// ErrorRate is the fraction (0..1) of vendor data-API requests answered
 	// 500.
 	ErrorRate float64 `json:"error_rate"`
+	// ErrorsNext answers the next ErrorsNext data-API requests 500 (counted
+	// as injected errors) before the rates apply, and counts down: a test
+	// that must see a fault gets one regardless of how many requests its
+	// run happens to make.
+	ErrorsNext int `json:"errors_next"`
 	// RateLimitRate is the fraction answered 429 with the vendor's headers,
 	// on top of the real rate limits.
 	RateLimitRate float64 `json:"rate_limit_rate"`
@@ -59,6 +64,9 @@ func (f Faults) Validate() error {
 	}
 	if f.Latency < 0 || f.Latency > time.Minute {
 		errs = append(errs, errors.New("Latency must be between 0 and 1m"))
+	}
+	if f.ErrorsNext < 0 {
+		errs = append(errs, errors.New("ErrorsNext must not be negative"))
 	}
 	if f.WhoopRateLimit < 0 || f.OuraRateLimit < 0 {
 		errs = append(errs, errors.New("WhoopRateLimit and OuraRateLimit must not be negative"))
