@@ -98,36 +98,24 @@ func (r *recordRows) upsertArgs(now time.Time, keep func(i int) bool) []any {
 		joined, sub.lo, sub.hi, sub.occurred, sub.del, now}
 }
 
-// fillCopyRow fills row with the COPY row i of recordColumns.
-func (r *recordRows) fillCopyRow(i int, now time.Time, row []any) {
-	metrics := r.metrics[i]
-	if metrics == nil {
-		metrics = []string{}
-	}
-	row[0], row[1], row[2], row[3], row[4], row[5], row[6] = r.users[i], r.sources[i], r.recordIDs[i], r.kinds[i], r.versions[i], r.hashes[i], r.ids[i]
-	row[7], row[8], row[9], row[10], row[11], row[12], row[13], row[14] = r.deleted[i], metrics, r.lo[i], r.hi[i], r.occurred[i], r.del[i], now, now
+// copyRow writes the COPY row i of recordColumns.
+func (r *recordRows) copyRow(c *copyRows, i int, now time.Time) {
+	c.text(r.users[i])
+	c.int2(r.sources[i])
+	c.text(r.recordIDs[i])
+	c.text(r.kinds[i])
+	c.int8(r.versions[i])
+	c.bytea(r.hashes[i])
+	c.uuid(r.ids[i])
+	c.boolean(r.deleted[i])
+	c.textArray(r.metrics[i])
+	c.timestamptz(r.lo[i])
+	c.timestamptz(r.hi[i])
+	c.timestamptz(r.occurred[i])
+	c.timestamptz(r.del[i])
+	c.time(now)
+	c.time(now)
 }
-
-// copyRowSource is a pgx.CopyFromSource of n rows that fill one reused
-// slice: pgx encodes each row before it asks for the next, so a COPY of
-// thousands of rows needs no slice per row.
-type copyRowSource struct {
-	n, i int
-	row  []any
-	fill func(i int, row []any)
-}
-
-func (c *copyRowSource) Next() bool {
-	c.i++
-	return c.i < c.n
-}
-
-func (c *copyRowSource) Values() ([]any, error) {
-	c.fill(c.i, c.row)
-	return c.row, nil
-}
-
-func (c *copyRowSource) Err() error { return nil }
 
 // useBulk reports whether a write of these rows COPYs (see above).
 func (s *Store) useBulk(readings, events int) bool {
@@ -140,25 +128,14 @@ func (s *Store) useBulk(readings, events int) bool {
 // must be deleted before.
 func (s *Store) copyBulk(ctx context.Context, tx pgx.Tx, readings *readingRows, ev *eventRows, recs *recordRows,
 	outbox *outboxRows, now time.Time) ([]any, error) {
-	copyRows := func(table string, cols []string, n int, fill func(i int, row []any)) (int64, error) {
-		if n == 0 {
-			return 0, nil
-		}
-		return tx.CopyFrom(ctx, pgx.Identifier{table}, cols, &copyRowSource{n: n, i: -1, row: make([]any, len(cols)), fill: fill})
-	}
-	n, err := copyRows("readings", readingColumns, len(readings.users), readings.fillRow)
+	c := getCopyRows()
+	defer putCopyRows(c)
+	n, err := c.copyInto(ctx, tx, "readings", readingColumns, len(readings.users), readings.copyRow)
 	if err != nil {
 		return nil, fmt.Errorf("copy readings: %w", err)
 	}
 	s.m.RowsWritten.WithLabelValues("readings").Add(float64(n))
-	if _, err := copyRows("events", eventColumns, len(ev.ids), func(i int, row []any) {
-		var hash any
-		if ev.hashes[i] != nil {
-			hash = ev.hashes[i]
-		}
-		row[0], row[1], row[2], row[3], row[4], row[5], row[6] = ev.ids[i], ev.received[i], ev.users[i], ev.sources[i], ev.recordIDs[i], ev.kinds[i], ev.versions[i]
-		row[7], row[8], row[9], row[10] = ev.operations[i], ev.occurred[i], hash, ev.readingsCnt[i]
-	}); err != nil {
+	if _, err := c.copyInto(ctx, tx, "events", eventColumns, len(ev.ids), ev.copyRow); err != nil {
 		return nil, fmt.Errorf("copy events: %w", err)
 	}
 	var fresh []int
@@ -167,12 +144,10 @@ func (s *Store) copyBulk(ctx context.Context, tx pgx.Tx, readings *readingRows, 
 			fresh = append(fresh, i)
 		}
 	}
-	if _, err := copyRows("records", recordColumns, len(fresh), func(i int, row []any) { recs.fillCopyRow(fresh[i], now, row) }); err != nil {
+	if _, err := c.copyInto(ctx, tx, "records", recordColumns, len(fresh), func(c *copyRows, i int) { recs.copyRow(c, fresh[i], now) }); err != nil {
 		return nil, fmt.Errorf("copy records: %w", err)
 	}
-	if _, err := copyRows("outbox", outboxColumns, len(outbox.keys), func(i int, row []any) {
-		row[0], row[1], row[2], row[3], row[4] = outbox.topics[i], outbox.keys[i], outbox.types[i], outbox.payloads[i], outbox.traceparents[i]
-	}); err != nil {
+	if _, err := c.copyInto(ctx, tx, "outbox", outboxColumns, len(outbox.keys), outbox.copyRow); err != nil {
 		return nil, fmt.Errorf("copy outbox: %w", err)
 	}
 	return recs.upsertArgs(now, func(i int) bool { return !recs.fresh[i] }), nil

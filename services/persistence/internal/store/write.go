@@ -280,6 +280,15 @@ func (o *outboxRows) add(topic, key string, typ int16, payload []byte, tracepare
 	o.traceparents = append(o.traceparents, traceparent)
 }
 
+// copyRow writes the COPY row i of outboxColumns.
+func (o *outboxRows) copyRow(c *copyRows, i int) {
+	c.text(o.topics[i])
+	c.text(o.keys[i])
+	c.int2(o.types[i])
+	c.bytea(o.payloads[i])
+	c.text(o.traceparents[i])
+}
+
 // eventRows accumulates events inserts.
 type eventRows struct {
 	ids         []pgtype.UUID
@@ -293,6 +302,21 @@ type eventRows struct {
 	occurred    []pgtype.Timestamptz
 	hashes      [][]byte
 	readingsCnt []int32
+}
+
+// copyRow writes the COPY row i of eventColumns.
+func (e *eventRows) copyRow(c *copyRows, i int) {
+	c.uuid(e.ids[i])
+	c.time(e.received[i])
+	c.text(e.users[i])
+	c.int2(e.sources[i])
+	c.text(e.recordIDs[i])
+	c.text(e.kinds[i])
+	c.int8(e.versions[i])
+	c.int2(e.operations[i])
+	c.timestamptz(e.occurred[i])
+	c.bytea(e.hashes[i])
+	c.int4(e.readingsCnt[i])
 }
 
 // readingRows accumulates readings (and latest) rows column by column.
@@ -341,14 +365,20 @@ func (r *readingRows) readingArgs() []any {
 	return append(r.args(), r.events)
 }
 
-// fillRow fills row with the COPY row i of readingColumns.
-func (r *readingRows) fillRow(i int, row []any) {
-	var start any
-	if r.starts[i].Valid {
-		start = r.starts[i].Time
-	}
-	row[0], row[1], row[2], row[3], row[4], row[5] = r.users[i], r.metrics[i], r.observed[i], r.sources[i], r.recordIDs[i], r.seqs[i]
-	row[6], row[7], row[8], row[9], row[10], row[11] = r.values[i], start, r.devNames[i], r.devModels[i], r.devBundles[i], r.events[i]
+// copyRow writes the COPY row i of readingColumns.
+func (r *readingRows) copyRow(c *copyRows, i int) {
+	c.text(r.users[i])
+	c.text(r.metrics[i])
+	c.time(r.observed[i])
+	c.int2(r.sources[i])
+	c.text(r.recordIDs[i])
+	c.int4(r.seqs[i])
+	c.float8(r.values[i])
+	c.timestamptz(r.starts[i])
+	c.text(r.devNames[i])
+	c.text(r.devModels[i])
+	c.text(r.devBundles[i])
+	c.uuid(r.events[i])
 }
 
 func tsOrNull(t time.Time) pgtype.Timestamptz {
