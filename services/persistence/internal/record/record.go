@@ -7,7 +7,6 @@
 package record
 
 import (
-	"bytes"
 	"cmp"
 	"crypto/sha256"
 	"encoding/binary"
@@ -267,28 +266,31 @@ func compareReadings(a, b Reading) int {
 // source's occurred_at is left out on purpose: vendors bump their
 // updated_at without changing any value, and that must stay a duplicate.
 func hashContent(kind string, rs []Reading) [sha256.Size]byte {
-	var b bytes.Buffer
-	writeString := func(s string) {
-		_ = binary.Write(&b, binary.BigEndian, uint32(len(s)))
-		b.WriteString(s)
-	}
-	writeInt := func(v int64) { _ = binary.Write(&b, binary.BigEndian, v) }
-	writeString("biometrics.record.v1")
-	writeString(kind)
-	writeInt(int64(len(rs)))
+	// Appended to a buffer on the stack (a reading with its device takes
+	// about 100 bytes) rather than through binary.Write, which boxed every
+	// value; the bytes are the same (TestContentHashEncodingIsStable).
+	var stack [512]byte
+	b := appendHashString(stack[:0], "biometrics.record.v1")
+	b = appendHashString(b, kind)
+	b = binary.BigEndian.AppendUint64(b, uint64(len(rs)))
 	for _, r := range rs {
-		writeString(r.Metric)
-		writeInt(r.ObservedAt.UnixMicro())
+		b = appendHashString(b, r.Metric)
+		b = binary.BigEndian.AppendUint64(b, uint64(r.ObservedAt.UnixMicro()))
 		if r.StartTime.IsZero() {
-			b.WriteByte(0)
+			b = append(b, 0)
 		} else {
-			b.WriteByte(1)
-			writeInt(r.StartTime.UnixMicro())
+			b = append(b, 1)
+			b = binary.BigEndian.AppendUint64(b, uint64(r.StartTime.UnixMicro()))
 		}
-		writeInt(int64(math.Float64bits(r.Value)))
-		writeString(r.Device.Name)
-		writeString(r.Device.Model)
-		writeString(r.Device.BundleID)
+		b = binary.BigEndian.AppendUint64(b, math.Float64bits(r.Value))
+		b = appendHashString(b, r.Device.Name)
+		b = appendHashString(b, r.Device.Model)
+		b = appendHashString(b, r.Device.BundleID)
 	}
-	return sha256.Sum256(b.Bytes())
+	return sha256.Sum256(b)
+}
+
+func appendHashString(b []byte, s string) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
+	return append(b, s...)
 }
