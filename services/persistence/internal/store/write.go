@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -280,6 +281,15 @@ func (o *outboxRows) add(topic, key string, typ int16, payload []byte, tracepare
 	o.traceparents = append(o.traceparents, traceparent)
 }
 
+// grow makes room for n more entries.
+func (o *outboxRows) grow(n int) {
+	o.topics = slices.Grow(o.topics, n)
+	o.keys = slices.Grow(o.keys, n)
+	o.traceparents = slices.Grow(o.traceparents, n)
+	o.types = slices.Grow(o.types, n)
+	o.payloads = slices.Grow(o.payloads, n)
+}
+
 // copyRow writes the COPY row i of outboxColumns.
 func (o *outboxRows) copyRow(c *copyRows, i int) {
 	c.text(o.topics[i])
@@ -302,6 +312,21 @@ type eventRows struct {
 	occurred    []pgtype.Timestamptz
 	hashes      [][]byte
 	readingsCnt []int32
+}
+
+// grow makes room for n more events.
+func (e *eventRows) grow(n int) {
+	e.ids = slices.Grow(e.ids, n)
+	e.received = slices.Grow(e.received, n)
+	e.users = slices.Grow(e.users, n)
+	e.sources = slices.Grow(e.sources, n)
+	e.recordIDs = slices.Grow(e.recordIDs, n)
+	e.kinds = slices.Grow(e.kinds, n)
+	e.versions = slices.Grow(e.versions, n)
+	e.operations = slices.Grow(e.operations, n)
+	e.occurred = slices.Grow(e.occurred, n)
+	e.hashes = slices.Grow(e.hashes, n)
+	e.readingsCnt = slices.Grow(e.readingsCnt, n)
 }
 
 // copyRow writes the COPY row i of eventColumns.
@@ -545,6 +570,10 @@ func (d *decisions) markChanged(u string) {
 // the states as it goes.
 func (s *Store) decide(ops []Op, states map[record.Key]*recState, erased map[string]bool, now time.Time) (*decisions, error) {
 	d := &decisions{results: make([]OpResult, len(ops)), changedUsers: map[string]bool{}}
+	// Most ops of a write make an event and an outbox entry each: sized
+	// once instead of grown a dozen slices at a time.
+	d.evRows.grow(len(ops))
+	d.outbox.grow(len(ops))
 	for i, op := range ops {
 		switch {
 		case op.Upsert != nil && erased[op.Upsert.UserID]:
