@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -49,6 +50,24 @@ type recordRows struct {
 	lo, hi, occurred, del   []pgtype.Timestamptz
 	// fresh: the record was not stored when the transaction read it.
 	fresh []bool
+}
+
+// grow makes room for n more records.
+func (r *recordRows) grow(n int) {
+	r.users = slices.Grow(r.users, n)
+	r.recordIDs = slices.Grow(r.recordIDs, n)
+	r.kinds = slices.Grow(r.kinds, n)
+	r.metrics = slices.Grow(r.metrics, n)
+	r.sources = slices.Grow(r.sources, n)
+	r.versions = slices.Grow(r.versions, n)
+	r.hashes = slices.Grow(r.hashes, n)
+	r.ids = slices.Grow(r.ids, n)
+	r.deleted = slices.Grow(r.deleted, n)
+	r.lo = slices.Grow(r.lo, n)
+	r.hi = slices.Grow(r.hi, n)
+	r.occurred = slices.Grow(r.occurred, n)
+	r.del = slices.Grow(r.del, n)
+	r.fresh = slices.Grow(r.fresh, n)
 }
 
 func (r *recordRows) add(k *recState, metrics []string, lo, hi pgtype.Timestamptz) {

@@ -521,8 +521,8 @@ func (s *Store) apply(ctx context.Context, ops []Op) (_ []OpResult, _ []record.U
 // opKeys indexes ops by record, in first-seen order, and lists their users
 // in first-seen order.
 func opKeys(ops []Op) (map[record.Key]*recState, []record.Key, []string, error) {
-	states := map[record.Key]*recState{}
-	var keys []record.Key
+	states := make(map[record.Key]*recState, len(ops))
+	keys := make([]record.Key, 0, len(ops))
 	var users []string
 	seenUser := map[string]bool{}
 	for _, op := range ops {
@@ -796,6 +796,7 @@ func collectRows(keys []record.Key, states map[record.Key]*recState) *rowSets {
 		}
 	}
 	readings := newReadingRows(total)
+	recs.grow(len(keys))
 	best := map[[2]string]record.Latest{}
 	var bestOrder [][2]string
 	for _, k := range keys {
