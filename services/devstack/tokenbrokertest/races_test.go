@@ -49,18 +49,7 @@ func brokenReason(t *testing.T, e *env, user, vendor string) string {
 // eventReasons are the reasons of user's connection events, in order.
 func eventReasons(t *testing.T, e *env, user string) []string {
 	t.Helper()
-	rows, err := e.pg(t).Query(context.Background(),
-		`SELECT reason FROM tokens.connection_events WHERE user_id = $1 ORDER BY created_at, event_id`, user)
-	require.NoError(t, err)
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var s string
-		require.NoError(t, rows.Scan(&s))
-		out = append(out, s)
-	}
-	require.NoError(t, rows.Err())
-	return out
+	return eventColumn(t, e, user, "reason")
 }
 
 func connectionStatus(t *testing.T, in *instance, user string) tokensv1.ConnectionStatus {

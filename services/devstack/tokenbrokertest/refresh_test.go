@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 
@@ -224,18 +225,19 @@ func (e *env) expireCacheOnly(t *testing.T, user, vendor string) {
 	require.NoError(t, e.redis(t).Del(context.Background(), e.prefix+"bb:{u:"+user+"}:token:"+vendor).Err())
 }
 
+// eventTypes are the types of user's connection events, in order.
 func eventTypes(t *testing.T, e *env, user string) []string {
 	t.Helper()
+	return eventColumn(t, e, user, "type")
+}
+
+// eventColumn is one text column of user's connection events, in order.
+func eventColumn(t *testing.T, e *env, user, column string) []string {
+	t.Helper()
 	rows, err := e.pg(t).Query(context.Background(),
-		`SELECT type FROM tokens.connection_events WHERE user_id = $1 ORDER BY created_at, event_id`, user)
+		`SELECT `+column+` FROM tokens.connection_events WHERE user_id = $1 ORDER BY created_at, event_id`, user)
 	require.NoError(t, err)
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var s string
-		require.NoError(t, rows.Scan(&s))
-		out = append(out, s)
-	}
-	require.NoError(t, rows.Err())
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
 	return out
 }
