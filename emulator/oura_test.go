@@ -108,23 +108,7 @@ func TestOuraCollectionsAndDocuments(t *testing.T) {
 	})
 
 	t.Run("heartrate by datetime, paged", func(t *testing.T) {
-		start := clock.Now().Add(-24 * time.Hour)
-		q := url.Values{"start_datetime": {start.Format(time.RFC3339)}, "end_datetime": {clock.Now().Format(time.RFC3339)}}
-		var samples []ouraHR
-		token := ""
-		for {
-			if token != "" {
-				q.Set("next_token", token)
-			}
-			resp, b := apiGet(t, coll+"heartrate?"+q.Encode(), tk.AccessToken)
-			require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
-			page := decode[ouraPage[ouraHR]](t, b)
-			samples = append(samples, page.Data...)
-			if page.NextToken == nil {
-				break
-			}
-			token = *page.NextToken
-		}
+		samples := heartRateSamples(t, base, tk.AccessToken, clock.Now().Add(-24*time.Hour), clock.Now())
 		require.Len(t, samples, 288, "every 5 minutes for 24h")
 		var rest int
 		for _, s := range samples {
@@ -135,8 +119,7 @@ func TestOuraCollectionsAndDocuments(t *testing.T) {
 		}
 		require.Greater(t, rest, 40, "the night is in there")
 
-		q.Set("start_datetime", clock.Now().Add(-31*24*time.Hour).Format(time.RFC3339))
-		q.Del("next_token")
+		q := url.Values{"start_datetime": {clock.Now().Add(-31 * 24 * time.Hour).Format(time.RFC3339)}, "end_datetime": {clock.Now().Format(time.RFC3339)}}
 		resp, _ := apiGet(t, coll+"heartrate?"+q.Encode(), tk.AccessToken)
 		require.Equal(t, http.StatusBadRequest, resp.StatusCode)
 	})
@@ -360,18 +343,7 @@ func TestOuraHeartRateHistoryIsOneSeries(t *testing.T) {
 		res, err := emu.GenerateHistory(context.Background(), emulator.HistorySpec{User: "alice", Days: 4, Vendors: []emulator.Vendor{emulator.Oura}})
 		require.NoError(t, err)
 
-		q := url.Values{"start_datetime": {clock.Now().Add(-10 * 24 * time.Hour).Format(time.RFC3339)}, "end_datetime": {clock.Now().Format(time.RFC3339)}}
-		var samples []ouraHR
-		for {
-			resp, b := apiGet(t, base+"/oura/v2/usercollection/heartrate?"+q.Encode(), tk.AccessToken)
-			require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
-			page := decode[ouraPage[ouraHR]](t, b)
-			samples = append(samples, page.Data...)
-			if page.NextToken == nil {
-				break
-			}
-			q.Set("next_token", *page.NextToken)
-		}
+		samples := heartRateSamples(t, base, tk.AccessToken, clock.Now().Add(-10*24*time.Hour), clock.Now())
 		require.Equal(t, res.Records["oura/heartrate"], len(samples), "seed %d: the count is what the collection serves", seed)
 		for i := 1; i < len(samples); i++ {
 			prev, err := time.Parse(time.RFC3339, samples[i-1].Timestamp)
@@ -380,5 +352,23 @@ func TestOuraHeartRateHistoryIsOneSeries(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, 5*time.Minute, cur.Sub(prev), "seed %d: samples %d and %d", seed, i-1, i)
 		}
+	}
+}
+
+// heartRateSamples reads the heart-rate collection over [start, end),
+// following its pages.
+func heartRateSamples(t *testing.T, base, token string, start, end time.Time) []ouraHR {
+	t.Helper()
+	q := url.Values{"start_datetime": {start.Format(time.RFC3339)}, "end_datetime": {end.Format(time.RFC3339)}}
+	var samples []ouraHR
+	for {
+		resp, b := apiGet(t, base+"/oura/v2/usercollection/heartrate?"+q.Encode(), token)
+		require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
+		page := decode[ouraPage[ouraHR]](t, b)
+		samples = append(samples, page.Data...)
+		if page.NextToken == nil {
+			return samples
+		}
+		q.Set("next_token", *page.NextToken)
 	}
 }
