@@ -77,26 +77,29 @@ type Config struct {
 	// LatestCacheTTL is LATEST_CACHE_TTL: a cached snapshot
 	// is rebuilt from PostgreSQL at least this often.
 	LatestCacheTTL time.Duration
-	// LatestNearCache is LATEST_NEAR_CACHE_ENABLED: true turns on the
-	// per-replica near-cache, which keeps the latest hashes read in this
-	// process and drops them on Redis's invalidation pushes (CLIENT
-	// TRACKING); see latestcache.Near for its guarantees. It is off unless
-	// enabled because a replica other than the writer may serve the value
-	// before an acknowledged write for up to LatestNearCacheMaxStaleness, so
-	// a client whose calls go to different replicas could read a newer
-	// value and then an older one within that window.
-	LatestNearCache bool
+	// LatestNearCacheOff is LATEST_NEAR_CACHE_ENABLED=false (the
+	// near-cache is on by default): GetLatest then reads Redis on every
+	// call. With it on, each replica keeps the latest hashes it read and
+	// drops them on Redis's invalidation pushes (CLIENT TRACKING); see
+	// latestcache.Near for its guarantees. The zero value is on, as
+	// LoadConfig's default, so a hand-built Config runs what production
+	// runs.
+	LatestNearCacheOff bool
 	// LatestNearCacheMiB is LATEST_NEAR_CACHE_MIB (1..4096): the memory the
 	// near-cache's entries may take (least recently used entries go first).
 	LatestNearCacheMiB int
 	// LatestNearCacheTTL is LATEST_NEAR_CACHE_TTL (1s..24h): the longest a
 	// near-cache entry is kept.
 	LatestNearCacheTTL time.Duration
-	// LatestNearCacheMaxStaleness is LATEST_NEAR_CACHE_MAX_STALENESS
-	// (10ms..10s): a write acknowledged by another replica is seen by every
-	// GetLatest here that starts this long after the acknowledgment
-	// (usually at once: the invalidation takes a network hop). Writes and
-	// erasures through this replica are seen at once.
+	// LatestNearCacheMaxStaleness is LATEST_NEAR_CACHE_MAX_STALENESS (0,
+	// the default, or 10ms..10s). 0 is strict: every GetLatest waits for a
+	// barrier (a PING on the tracking connection, shared by the calls in
+	// flight) sent after it started, so it sees every write acknowledged by
+	// any replica before it started, as a read of Redis would. Above 0, a
+	// write acknowledged by another replica is seen by every GetLatest here
+	// that starts this long after the acknowledgment (usually at once: the
+	// invalidation takes a network hop), and reads skip the barrier; writes
+	// and erasures through this replica are still seen at once.
 	LatestNearCacheMaxStaleness time.Duration
 	// WatchResyncInterval is WATCH_RESYNC_INTERVAL: how often
 	// an open WatchLatest stream re-reads the values.
@@ -148,9 +151,9 @@ const (
 	DefaultLatestCacheTTL         = 24 * time.Hour
 	DefaultLatestNearCacheMiB     = 32
 	DefaultLatestNearCacheTTL     = time.Minute
-	// DefaultLatestNearCacheMaxStaleness is also four barriers (PINGs) a
-	// staleness period: 40 a second.
-	DefaultLatestNearCacheMaxStaleness = 100 * time.Millisecond
+	// DefaultLatestNearCacheMaxStaleness is strict (see
+	// Config.LatestNearCacheMaxStaleness).
+	DefaultLatestNearCacheMaxStaleness = 0
 	DefaultWatchResyncInterval         = 30 * time.Second
 	DefaultWatchMaxStreams             = 1000
 	DefaultOutboxPollInterval          = time.Second
@@ -186,7 +189,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		AuditBuffer:                 l.Int("AUDIT_BUFFER", DefaultAuditBuffer, 100, 10_000_000),
 		AuditFlushInterval:          l.Duration("AUDIT_FLUSH_INTERVAL", DefaultAuditFlushInterval),
 		LatestCacheTTL:              l.Duration("LATEST_CACHE_TTL", DefaultLatestCacheTTL),
-		LatestNearCache:             l.Bool("LATEST_NEAR_CACHE_ENABLED", false),
+		LatestNearCacheOff:          !l.Bool("LATEST_NEAR_CACHE_ENABLED", true),
 		LatestNearCacheMiB:          l.Int("LATEST_NEAR_CACHE_MIB", DefaultLatestNearCacheMiB, 1, 4096),
 		LatestNearCacheTTL:          l.Duration("LATEST_NEAR_CACHE_TTL", DefaultLatestNearCacheTTL),
 		LatestNearCacheMaxStaleness: l.Duration("LATEST_NEAR_CACHE_MAX_STALENESS", DefaultLatestNearCacheMaxStaleness),
@@ -224,16 +227,16 @@ func (c Config) Validate() error {
 	if c.RedisURL != "" {
 		_, err := redis.ParseURL(c.RedisURL)
 		l.Check("REDIS_URL", err == nil, "must be a redis:// or rediss:// URL")
-		if err == nil && c.LatestNearCache {
+		if err == nil && !c.LatestNearCacheOff {
 			_, err := rueidis.ParseURL(c.RedisURL)
-			l.Check("REDIS_URL", err == nil, "must be a URL the near-cache's client reads too (or leave LATEST_NEAR_CACHE_ENABLED unset)")
+			l.Check("REDIS_URL", err == nil, "must be a URL the near-cache's client reads too (or set LATEST_NEAR_CACHE_ENABLED=false)")
 		}
 	}
 	l.Check("GROUP_COMMIT_WINDOW", c.GroupCommitWindow <= time.Second, "must be at most 1s")
 	l.Check("AUDIT_FLUSH_INTERVAL", c.AuditFlushInterval >= time.Millisecond && c.AuditFlushInterval <= time.Minute, "must be between 1ms and 1m")
 	l.Check("LATEST_CACHE_TTL", c.LatestCacheTTL >= time.Minute, "must be at least 1m")
 	l.Check("LATEST_NEAR_CACHE_TTL", c.LatestNearCacheTTL >= time.Second && c.LatestNearCacheTTL <= 24*time.Hour, "must be between 1s and 24h")
-	l.Check("LATEST_NEAR_CACHE_MAX_STALENESS", c.LatestNearCacheMaxStaleness >= 10*time.Millisecond && c.LatestNearCacheMaxStaleness <= 10*time.Second, "must be between 10ms and 10s")
+	l.Check("LATEST_NEAR_CACHE_MAX_STALENESS", c.LatestNearCacheMaxStaleness == 0 || (c.LatestNearCacheMaxStaleness >= 10*time.Millisecond && c.LatestNearCacheMaxStaleness <= 10*time.Second), "must be 0 (strict) or between 10ms and 10s")
 	l.Check("WATCH_RESYNC_INTERVAL", c.WatchResyncInterval >= 100*time.Millisecond, "must be at least 100ms")
 	l.Check("OUTBOX_POLL_INTERVAL", c.OutboxPollInterval >= 10*time.Millisecond && c.OutboxPollInterval <= time.Minute, "must be between 10ms and 1m")
 	l.Check("PARTITION_MAINTENANCE_INTERVAL", c.MaintenanceInterval >= time.Minute, "must be at least 1m")

@@ -30,10 +30,10 @@ func TestLoadConfig(t *testing.T) {
 	require.Zero(t, cfg.RetentionReadings, "readings are kept until a policy is set")
 	require.Zero(t, cfg.RetentionEvents)
 	require.Equal(t, 52596*time.Hour, cfg.RetentionAudit, "the audit log is kept six years")
-	require.False(t, cfg.LatestNearCache, "the near-cache is off unless enabled")
+	require.False(t, cfg.LatestNearCacheOff, "the near-cache is on unless turned off")
 	require.Equal(t, 32, cfg.LatestNearCacheMiB)
 	require.Equal(t, time.Minute, cfg.LatestNearCacheTTL)
-	require.Equal(t, 100*time.Millisecond, cfg.LatestNearCacheMaxStaleness)
+	require.Zero(t, cfg.LatestNearCacheMaxStaleness, "strict")
 
 	withRetention := map[string]string{"RETENTION_READINGS": "4380h", "RETENTION_EVENTS": "0", "RETENTION_AUDIT": "70000h"}
 	for k, v := range valid {

@@ -15,16 +15,38 @@ import (
 )
 
 // replicas starts two persistence replicas on one database and one Redis
-// key prefix, each with its own near-cache.
-func replicas(t *testing.T) (a, b *env) {
+// key prefix, each with its own near-cache (configured by opts: strict
+// without any).
+func replicas(t *testing.T, opts ...option) (a, b *env) {
 	t.Helper()
-	a = start(t, nearOn)
+	a = start(t, opts...)
 	b = startWith(t, a.cfg)
 	return a, b
 }
 
-// nearOn turns the near-cache on (LATEST_NEAR_CACHE_ENABLED=true).
-func nearOn(c *server.Config) { c.LatestNearCache = true }
+// relaxedNear lets the near-cache serve without a barrier per read
+// (LATEST_NEAR_CACHE_MAX_STALENESS=100ms).
+func relaxedNear(c *server.Config) { c.LatestNearCacheMaxStaleness = 100 * time.Millisecond }
+
+// TestStrictNearCacheReadsEveryAcknowledgedWrite: with the defaults, a
+// GetLatest on one replica sees every write acknowledged by another before
+// it started, with no barrier of the test's own, and is served by the
+// near-cache when nothing changed.
+func TestStrictNearCacheReadsEveryAcknowledgedWrite(t *testing.T) {
+	t.Parallel()
+	a, b := replicas(t)
+	user := newUser()
+	base := time.Now().Add(-time.Hour).Truncate(time.Second)
+	for i := range 20 {
+		a.write(event(user, fmt.Sprintf("r%d", i), reading("heart_rate_bpm", float64(60+i), base.Add(time.Duration(i)*time.Second))))
+		for _, e := range []*env{b, b, a} {
+			v, ok := e.heartRate(user)
+			require.True(t, ok)
+			require.InDelta(t, float64(60+i), v, 0, "write %d acknowledged before the read", i)
+		}
+	}
+	require.Positive(t, counter(t, b.srv.Registry(), "biobridge_persistence_near_cache_reads_total", "result", "hit"), "repeated reads are served by the near-cache")
+}
 
 func (e *env) barrier() {
 	e.t.Helper()
@@ -41,7 +63,7 @@ func (e *env) heartRate(user string) (float64, bool) {
 
 func TestNearCacheWritesAndErasureAcrossReplicas(t *testing.T) {
 	t.Parallel()
-	a, b := replicas(t)
+	a, b := replicas(t, relaxedNear)
 	user := newUser()
 	now := time.Now().Truncate(time.Second)
 
@@ -93,7 +115,7 @@ func TestNearCacheWritesAndErasureAcrossReplicas(t *testing.T) {
 
 func TestNearCacheLatestNeverRegresses(t *testing.T) {
 	t.Parallel()
-	a, b := replicas(t)
+	a, b := replicas(t, relaxedNear)
 	user := newUser()
 	base := time.Now().Add(-time.Hour).Truncate(time.Second)
 	const writes = 40
@@ -147,7 +169,7 @@ func TestNearCacheLatestNeverRegresses(t *testing.T) {
 
 func TestNearCacheHitsAreAudited(t *testing.T) {
 	t.Parallel()
-	e := start(t, nearOn)
+	e := start(t)
 	user := newUser()
 	e.write(event(user, "a", reading("heart_rate_bpm", 60, time.Now().Add(-time.Minute))))
 	e.barrier()
@@ -161,9 +183,9 @@ func TestNearCacheHitsAreAudited(t *testing.T) {
 	require.Equal(t, n, e.count(`SELECT count(*) FROM audit_log WHERE user_id = $1 AND method = 'GetLatest'`, user), "every read is audited, near-cache hits too")
 }
 
-func TestNearCacheIsOffUnlessEnabled(t *testing.T) {
+func TestNearCacheCanBeTurnedOff(t *testing.T) {
 	t.Parallel()
-	e := start(t)
+	e := start(t, func(c *server.Config) { c.LatestNearCacheOff = true })
 	user := newUser()
 	e.write(event(user, "a", reading("heart_rate_bpm", 60, time.Now().Add(-time.Minute))))
 	for range 3 {

@@ -141,14 +141,14 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		opts.Protocol = 2
 		s.rdb = redis.NewClient(opts)
 		cache = latestcache.New(s.rdb, cfg.RedisKeyPrefix, cfg.LatestCacheTTL)
-		if cfg.LatestNearCache {
+		if !cfg.LatestNearCacheOff {
 			s.near, err = latestcache.NewNear(latestcache.NearConfig{
 				RedisURL: cfg.RedisURL, MaxBytes: cfg.LatestNearCacheMiB << 20,
 				TTL: cfg.LatestNearCacheTTL, MaxStale: cfg.LatestNearCacheMaxStaleness,
 				OnFlush: s.m.NearFlushes.Inc,
 			})
 			if err != nil {
-				return nil, errors.New("persistence: REDIS_URL: invalid for the near-cache (unset LATEST_NEAR_CACHE_ENABLED to turn it off)")
+				return nil, errors.New("persistence: REDIS_URL: invalid for the near-cache (set LATEST_NEAR_CACHE_ENABLED=false to turn it off)")
 			}
 			cache.WithNear(s.near, func(result string) { s.m.NearReads.WithLabelValues(result).Inc() })
 		}

@@ -394,9 +394,9 @@ func (b *bench) getLatest(ctx context.Context) ([]benchreport.Result, error) {
 	}
 	nearAfter := nearReads(b.main.srv)
 	rps, p99, baseRPS, baseP99 := rGRPC.perSecond(), rGRPC.p99(), rRedis.perSecond(), rRedis.p99()
-	read := "Redis HGETALL (near-cache off, the default)"
+	read := "Redis HGETALL on every call (-near-cache=false: LATEST_NEAR_CACHE_ENABLED=false)"
 	if b.opts.near {
-		read = "the per-replica near-cache in front of Redis (-near-cache; hits skip the HGETALL; invalidated by Redis CLIENT TRACKING)"
+		read = "the per-replica near-cache in front of Redis, the default (strict: each call waits for a PING on the tracking connection sent after it started, shared by the calls in flight; hits skip the HGETALL; invalidated by Redis CLIENT TRACKING)"
 		hit, miss, bypass := nearAfter["hit"]-nearBefore["hit"], nearAfter["miss"]-nearBefore["miss"], nearAfter["bypass"]-nearBefore["bypass"]
 		if total := hit + miss + bypass; total > 0 {
 			read += fmt.Sprintf(": %.1f%% of the measured reads were near-cache hits, %.1f%% bypassed it", 100*hit/total, 100*bypass/total)

@@ -46,7 +46,7 @@ type options struct {
 	duration time.Duration
 	pgURL    string
 	redisURL string
-	// near runs persistence with its near-cache on.
+	// near runs persistence with its near-cache on (the default).
 	near bool
 }
 
@@ -58,7 +58,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	fs.DurationVar(&opts.duration, "duration", 4*time.Second, "how long each measurement (and each baseline) runs")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	only := fs.String("only", "", "run only this measurement (bulk, group, latest)")
-	fs.BoolVar(&opts.near, "near-cache", false, "run persistence with LATEST_NEAR_CACHE_ENABLED=true (GetLatest served from the per-replica near-cache), to compare")
+	fs.BoolVar(&opts.near, "near-cache", true, "run persistence with its per-replica near-cache (the default); -near-cache=false sets LATEST_NEAR_CACHE_ENABLED=false, every GetLatest reading Redis, to compare")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -90,8 +90,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	base := server.Config{
 		GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
 		PostgresURL: dbURL, RedisURL: opts.redisURL, RedisKeyPrefix: "bench:" + suffix + ":",
-		ServiceTokens:   "bench:" + benchToken,
-		LatestNearCache: opts.near,
+		ServiceTokens:      "bench:" + benchToken,
+		LatestNearCacheOff: !opts.near,
 	}
 	b, err := newBench(ctx, base, logger, opts)
 	if err != nil {

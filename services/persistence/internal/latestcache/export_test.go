@@ -17,3 +17,6 @@ func (n *Near) ClientID(ctx context.Context) (int64, error) {
 
 // SetClock replaces the near-cache's clock (time since an origin).
 func (n *Near) SetClock(clock func() time.Duration) { n.clock = clock }
+
+// Barriers is the number of barriers (PINGs) the near-cache sent.
+func (n *Near) Barriers() int64 { return n.pings.Load() }

@@ -34,18 +34,35 @@ import (
 //     Redis update completed (or, if the barrier fails, the marks stay and
 //     those users are read from Redis until one succeeds), so a GetLatest
 //     that starts after the acknowledgment never sees the old values;
-//   - on every other replica: a background barrier runs every
-//     maxStale/4, and entries are served only while the last completed
-//     barrier started less than maxStale ago. A write acknowledged at time
-//     w is therefore seen by every GetLatest that starts after w+maxStale;
-//     in practice the push arrives within a network round trip;
+//   - on every other replica, with maxStale 0 (strict, the default): a
+//     read is served only after a barrier that started after the read
+//     did, so it sees every write acknowledged before it started, as a
+//     read of Redis itself would. Concurrent reads share barriers (one
+//     PING in flight; the reads that arrive meanwhile share the next), so
+//     a burst of reads costs Redis a PING or two instead of a HGETALL
+//     each;
+//   - on every other replica, with maxStale > 0: a background barrier runs
+//     every maxStale/4, and entries are served only while the last
+//     completed barrier started less than maxStale ago. A write
+//     acknowledged at time w is therefore seen by every GetLatest that
+//     starts after w+maxStale; in practice the push arrives within a
+//     network round trip;
 //   - values never go back on a replica: a read that bypassed the
 //     near-cache marks its key (see mark).
 type Near struct {
 	opt      rueidis.ClientOption
 	ttl      time.Duration
-	maxStale time.Duration
+	maxStale time.Duration // 0: strict
 	onFlush  func()
+
+	// fmu guards the shared barriers of strict reads: flying is the PING
+	// in flight, next the one the reads that arrived after it was sent
+	// wait for (sent when flying completes).
+	fmu    sync.Mutex
+	flying *flight
+	next   *flight
+	// pings counts the barriers sent (tests).
+	pings atomic.Int64
 
 	client atomic.Pointer[rueidis.Client]
 	// clock is the time since base (monotonic), replaceable by tests.
@@ -65,6 +82,22 @@ type Near struct {
 	closed bool
 }
 
+// flight is a barrier shared by strict reads.
+type flight struct {
+	// start is the clock before the PING is sent: every read that waits
+	// for this flight started at or before it.
+	start time.Duration
+	done  chan struct{}
+	err   error
+}
+
+// strictInterval is how often Run checks the connection in strict mode
+// (reads run their own barriers; this one only reconnects).
+const strictInterval = 250 * time.Millisecond
+
+// barrierTimeout bounds a shared barrier of strict reads.
+const barrierTimeout = time.Second
+
 // maxRetryWait is the longest wait between tries while Redis is down.
 const maxRetryWait = 2 * time.Second
 
@@ -82,7 +115,8 @@ type NearConfig struct {
 	// it too).
 	TTL time.Duration
 	// MaxStale bounds how old an entry's last confirmed invalidation may
-	// be; barriers run every MaxStale/4.
+	// be; barriers run every MaxStale/4. 0 is strict: every read waits for
+	// a barrier that started after it (shared with concurrent reads).
 	MaxStale time.Duration
 	// OnFlush is called when the connection closes or Redis flushes
 	// (metrics); it may be nil.
@@ -96,8 +130,8 @@ func NewNear(cfg NearConfig) (*Near, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cfg.MaxStale <= 0 || cfg.TTL <= 0 || cfg.MaxBytes <= 0 {
-		return nil, errors.New("latestcache: near-cache needs MaxStale, TTL and MaxBytes")
+	if cfg.MaxStale < 0 || cfg.TTL <= 0 || cfg.MaxBytes <= 0 {
+		return nil, errors.New("latestcache: near-cache needs TTL and MaxBytes, and MaxStale not negative")
 	}
 	n := &Near{ttl: cfg.TTL, maxStale: cfg.MaxStale, onFlush: cfg.OnFlush, marks: map[string]time.Duration{}}
 	base := time.Now()
@@ -129,7 +163,11 @@ func NewNear(cfg NearConfig) (*Near, error) {
 // Run connects (retrying while Redis is down) and runs the background
 // barriers until ctx ends, then closes the connection.
 func (n *Near) Run(ctx context.Context) {
-	t := time.NewTicker(max(n.maxStale/4, time.Millisecond))
+	interval := n.maxStale / 4
+	if n.maxStale == 0 {
+		interval = strictInterval
+	}
+	t := time.NewTicker(max(interval, time.Millisecond))
 	defer t.Stop()
 	defer n.Close()
 	// While Redis is unreachable, each try (a dial, when the connection
@@ -146,7 +184,7 @@ func (n *Near) Run(ctx context.Context) {
 				cancel()
 			}
 			if err != nil {
-				wait = min(max(2*wait, n.maxStale/4), maxRetryWait)
+				wait = min(max(2*wait, interval), maxRetryWait)
 				next = now.Add(wait)
 			} else {
 				wait = 0
@@ -194,11 +232,16 @@ func (n *Near) Close() {
 // afterwards every invalidation Redis queued before the PING ran has been
 // applied. Marks older than the barrier's start are cleared.
 func (n *Near) Barrier(ctx context.Context) error {
+	return n.barrierFrom(ctx, n.clock())
+}
+
+// barrierFrom runs a barrier whose start is start (taken before the call).
+func (n *Near) barrierFrom(ctx context.Context, start time.Duration) error {
 	c := n.client.Load()
 	if c == nil {
 		return errors.New("latestcache: near-cache not connected")
 	}
-	start := n.clock()
+	n.pings.Add(1)
 	if err := (*c).Do(ctx, (*c).B().Ping().Build()).Error(); err != nil {
 		return err
 	}
@@ -221,13 +264,66 @@ func (n *Near) Barrier(ctx context.Context) error {
 	return nil
 }
 
+// fresh waits for a barrier that starts after the call: every
+// invalidation Redis queued before the call is then applied. Concurrent
+// callers share barriers: one PING is in flight at a time, the callers
+// that arrive while it is share the next one, sent as soon as it is
+// answered.
+func (n *Near) fresh(ctx context.Context) error {
+	at := n.clock()
+	n.fmu.Lock()
+	var f *flight
+	switch {
+	case n.flying == nil:
+		f = &flight{start: n.clock(), done: make(chan struct{})}
+		n.flying = f
+		go n.fly(f)
+	case n.flying.start >= at:
+		f = n.flying
+	default:
+		if n.next == nil {
+			n.next = &flight{done: make(chan struct{})}
+		}
+		f = n.next
+	}
+	n.fmu.Unlock()
+	select {
+	case <-f.done:
+		return f.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// fly runs f's barrier, then the next flight's while callers wait for one.
+func (n *Near) fly(f *flight) {
+	for f != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), barrierTimeout)
+		f.err = n.barrierFrom(ctx, f.start)
+		cancel()
+		close(f.done)
+		n.fmu.Lock()
+		f = n.next
+		n.next = nil
+		if f != nil {
+			// Later than every waiting caller's call.
+			f.start = n.clock()
+		}
+		n.flying = f
+		n.fmu.Unlock()
+	}
+}
+
 // Sync makes this replica's later reads of keys see what Redis holds now:
 // it marks them (they are read from Redis, not from the near-cache) and
 // runs a barrier, which clears the marks once the invalidations of the
 // changes made so far are applied. A failed barrier leaves the marks until
 // a later one succeeds.
+//
+// In strict mode it does nothing: every read runs a barrier that starts
+// after it, which covers what the caller wrote before the read.
 func (n *Near) Sync(ctx context.Context, keys []string) error {
-	if n.client.Load() == nil {
+	if n.maxStale == 0 || n.client.Load() == nil {
 		// Not connected: nothing cached (entries die with their
 		// connection), and a new connection starts empty.
 		return nil
@@ -264,7 +360,7 @@ func (n *Near) mark(keys ...string) {
 // usable reports whether key may be served from the near-cache now.
 func (n *Near) usable(key string) bool {
 	b := n.barrier.Load()
-	if b < 0 || b <= n.required.Load() || int64(n.clock())-b > int64(n.maxStale) {
+	if b < 0 || b <= n.required.Load() || (n.maxStale > 0 && int64(n.clock())-b > int64(n.maxStale)) {
 		return false
 	}
 	if n.nmarks.Load() == 0 {
@@ -284,7 +380,18 @@ var errNearUnusable = errors.New("latestcache: near-cache not usable now")
 // be read from Redis without the near-cache.
 func (n *Near) hgetall(ctx context.Context, key string) (h map[string]string, hit bool, err error) {
 	c := n.client.Load()
-	if c == nil || !n.usable(key) {
+	if c == nil {
+		return nil, false, errNearUnusable
+	}
+	if n.maxStale == 0 {
+		if err := n.fresh(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil, false, ctx.Err()
+			}
+			return nil, false, errNearUnusable
+		}
+	}
+	if !n.usable(key) {
 		return nil, false, errNearUnusable
 	}
 	res := (*c).DoCache(ctx, (*c).B().Hgetall().Key(key).Cache(), n.ttl)

@@ -2,6 +2,8 @@ package latestcache_test
 
 import (
 	"context"
+	"io"
+	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -37,12 +39,19 @@ func (r *replica) count(result string) int {
 // background barriers off (the test drives them).
 func newReplica(t testing.TB, url, prefix string, run bool) *replica {
 	t.Helper()
+	return newReplicaWith(t, url, url, prefix, run, time.Hour)
+}
+
+// newReplicaWith is newReplica with the near-cache connecting to nearURL
+// and serving under maxStale (0: strict).
+func newReplicaWith(t testing.TB, url, nearURL, prefix string, run bool, maxStale time.Duration) *replica {
+	t.Helper()
 	opts, err := redis.ParseURL(url)
 	require.NoError(t, err)
 	r := &replica{rdb: redis.NewClient(opts), results: map[string]int{}}
 	t.Cleanup(func() { _ = r.rdb.Close() })
 	r.near, err = latestcache.NewNear(latestcache.NearConfig{
-		RedisURL: url, MaxBytes: 32 << 20, TTL: time.Hour, MaxStale: time.Hour,
+		RedisURL: nearURL, MaxBytes: 32 << 20, TTL: time.Hour, MaxStale: maxStale,
 		OnFlush: func() { r.flushes.Add(1) },
 	})
 	require.NoError(t, err)
@@ -122,6 +131,106 @@ func TestNearCacheSeesOtherReplicasWritesAfterABarrier(t *testing.T) {
 	v, seq = b.get(t, "u1")
 	require.EqualValues(t, 2, seq)
 	require.InDelta(t, 55, v["heart_rate_bpm"].Value, 0, "pre-erasure value served")
+}
+
+// TestStrictNearCacheSeesEveryAcknowledgedWrite: with MaxStale 0 a read on
+// one replica sees a write acknowledged through another before the read
+// started, even when the invalidations reach the reader late (its
+// connection delays every reply by 40ms here), and the reads still hit.
+func TestStrictNearCacheSeesEveryAcknowledgedWrite(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url, prefix := testpg.NewRedis(t)
+	a := newReplica(t, url, prefix, true)
+	b := newReplicaWith(t, url, slowRepliesURL(t, url, 40*time.Millisecond), prefix, true, 0)
+	at := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC)
+
+	fill(t, a.cache, "u1", 1, 60)
+	for i := int64(1); i <= 10; i++ {
+		// Twice: the second read is served by b's near-cache.
+		for range 2 {
+			v, seq := b.get(t, "u1")
+			require.Equal(t, i, seq, "b missed a write acknowledged before its read")
+			require.InDelta(t, float64(60+i-1), v["heart_rate_bpm"].Value, 0)
+		}
+		_, err := a.cache.Apply(ctx, []record.UserChange{{UserID: "u1", Seq: i + 1, Prev: i, Set: []record.Latest{val("heart_rate_bpm", float64(60+i), at.Add(time.Duration(i)*time.Minute))}}})
+		require.NoError(t, err)
+	}
+	require.GreaterOrEqual(t, b.count("hit"), 10, "the near-cache served the repeated reads")
+}
+
+// TestStrictNearCacheSharesBarriers: concurrent strict reads share PINGs
+// rather than sending one each.
+func TestStrictNearCacheSharesBarriers(t *testing.T) {
+	t.Parallel()
+	url, prefix := testpg.NewRedis(t)
+	r := newReplicaWith(t, url, slowRepliesURL(t, url, 20*time.Millisecond), prefix, false, 0)
+	fill(t, r.cache, "u1", 1, 60)
+	_, _ = r.get(t, "u1")
+	before := r.near.Barriers()
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Go(func() { _, _ = r.get(t, "u1") })
+	}
+	wg.Wait()
+	require.Equal(t, 50+1, r.count("hit")+r.count("miss"))
+	// 50 reads within a few 40ms round trips: a handful of barriers.
+	require.LessOrEqual(t, r.near.Barriers()-before, int64(10))
+}
+
+// slowRepliesURL returns a redis URL for a proxy to url that holds every
+// reply 'delay' before passing it on (requests go through at once; order
+// is kept).
+func slowRepliesURL(t testing.TB, url string, delay time.Duration) string {
+	t.Helper()
+	opts, err := redis.ParseURL(url)
+	require.NoError(t, err)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", opts.Addr)
+			if err != nil {
+				_ = c.Close()
+				continue
+			}
+			t.Cleanup(func() { _ = c.Close(); _ = s.Close() })
+			go func() { _, _ = io.Copy(s, c) }()
+			go func() {
+				type chunk struct {
+					b  []byte
+					at time.Time
+				}
+				q := make(chan chunk, 1024)
+				go func() {
+					for ch := range q {
+						time.Sleep(time.Until(ch.at))
+						if _, err := c.Write(ch.b); err != nil {
+							return
+						}
+					}
+				}()
+				defer close(q)
+				for {
+					buf := make([]byte, 64<<10)
+					n, err := s.Read(buf)
+					if n > 0 {
+						q <- chunk{buf[:n], time.Now().Add(delay)}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	u := *opts
+	return "redis://" + ln.Addr().String() + "/" + strconv.Itoa(u.DB)
 }
 
 func TestNearCacheWriterMarksAreReadFromRedisUntilABarrier(t *testing.T) {
