@@ -63,6 +63,11 @@ type Near struct {
 	next   *flight
 	// pings counts the barriers sent (tests).
 	pings atomic.Int64
+	// failed is set when a shared barrier of strict reads failed and no
+	// barrier has succeeded since: strict reads go around the near-cache
+	// at once instead of each waiting for a barrier of its own (Run's
+	// background barrier clears it when Redis answers again).
+	failed atomic.Bool
 
 	client atomic.Pointer[rueidis.Client]
 	// clock is the time since base (monotonic), replaceable by tests.
@@ -95,8 +100,10 @@ type flight struct {
 // (reads run their own barriers; this one only reconnects).
 const strictInterval = 250 * time.Millisecond
 
-// barrierTimeout bounds a shared barrier of strict reads.
-const barrierTimeout = time.Second
+// barrierTimeout bounds a shared barrier of strict reads: the read
+// timeout persistence gives its Redis client, so a stalled Redis costs a
+// read no more through the near-cache than around it.
+const barrierTimeout = 500 * time.Millisecond
 
 // maxRetryWait is the longest wait between tries while Redis is down.
 const maxRetryWait = 2 * time.Second
@@ -245,6 +252,7 @@ func (n *Near) barrierFrom(ctx context.Context, start time.Duration) error {
 	if err := (*c).Do(ctx, (*c).B().Ping().Build()).Error(); err != nil {
 		return err
 	}
+	n.failed.Store(false)
 	for {
 		old := n.barrier.Load()
 		if int64(start) <= old || n.barrier.CompareAndSwap(old, int64(start)) {
@@ -301,6 +309,9 @@ func (n *Near) fly(f *flight) {
 		ctx, cancel := context.WithTimeout(context.Background(), barrierTimeout)
 		f.err = n.barrierFrom(ctx, f.start)
 		cancel()
+		if f.err != nil {
+			n.failed.Store(true)
+		}
 		close(f.done)
 		n.fmu.Lock()
 		f = n.next
@@ -384,6 +395,9 @@ func (n *Near) hgetall(ctx context.Context, key string) (h map[string]string, hi
 		return nil, false, errNearUnusable
 	}
 	if n.maxStale == 0 {
+		if n.failed.Load() {
+			return nil, false, errNearUnusable
+		}
 		if err := n.fresh(ctx); err != nil {
 			if ctx.Err() != nil {
 				return nil, false, ctx.Err()

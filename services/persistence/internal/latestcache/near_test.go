@@ -183,10 +183,23 @@ func TestStrictNearCacheSharesBarriers(t *testing.T) {
 // is kept).
 func slowRepliesURL(t testing.TB, url string, delay time.Duration) string {
 	t.Helper()
+	return newReplyProxy(t, url, delay).url
+}
+
+// replyProxy is a TCP proxy to Redis that delays replies, or holds them
+// all while stalled (a Redis that stopped answering).
+type replyProxy struct {
+	url   string
+	stall atomic.Bool
+}
+
+func newReplyProxy(t testing.TB, url string, delay time.Duration) *replyProxy {
+	t.Helper()
 	opts, err := redis.ParseURL(url)
 	require.NoError(t, err)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
+	p := &replyProxy{url: "redis://" + ln.Addr().String() + "/" + strconv.Itoa(opts.DB)}
 	t.Cleanup(func() { _ = ln.Close() })
 	go func() {
 		for {
@@ -210,6 +223,9 @@ func slowRepliesURL(t testing.TB, url string, delay time.Duration) string {
 				go func() {
 					for ch := range q {
 						time.Sleep(time.Until(ch.at))
+						for p.stall.Load() {
+							time.Sleep(time.Millisecond)
+						}
 						if _, err := c.Write(ch.b); err != nil {
 							return
 						}
@@ -229,8 +245,41 @@ func slowRepliesURL(t testing.TB, url string, delay time.Duration) string {
 			}()
 		}
 	}()
-	u := *opts
-	return "redis://" + ln.Addr().String() + "/" + strconv.Itoa(u.DB)
+	return p
+}
+
+// TestStrictNearCacheGoesAroundAStalledRedis: once a shared barrier timed
+// out, strict reads go to Redis without the near-cache at once, rather
+// than each waiting for a barrier of its own; a barrier that succeeds
+// brings the near-cache back.
+func TestStrictNearCacheGoesAroundAStalledRedis(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url, prefix := testpg.NewRedis(t)
+	p := newReplyProxy(t, url, 0)
+	r := newReplicaWith(t, url, p.url, prefix, false, 0)
+	fill(t, r.cache, "u1", 1, 60)
+	_, _ = r.get(t, "u1")
+	_, _ = r.get(t, "u1")
+	require.Positive(t, r.count("hit"))
+
+	// The near-cache's connection stops answering (the cache's own
+	// client, which reads around it, still reaches Redis).
+	p.stall.Store(true)
+	before, bypass := r.near.Barriers(), r.count("bypass")
+	for range 10 {
+		_, seq := r.get(t, "u1")
+		require.EqualValues(t, 1, seq)
+	}
+	require.Equal(t, bypass+10, r.count("bypass"), "every read went around the stalled near-cache")
+	require.LessOrEqual(t, r.near.Barriers()-before, int64(1), "one barrier timed out; the later reads did not wait for their own")
+
+	p.stall.Store(false)
+	require.Eventually(t, func() bool { return r.near.Barrier(ctx) == nil }, 10*time.Second, 10*time.Millisecond)
+	hits := r.count("hit")
+	_, _ = r.get(t, "u1")
+	_, _ = r.get(t, "u1")
+	require.Greater(t, r.count("hit"), hits, "served by the near-cache again")
 }
 
 func TestNearCacheWriterMarksAreReadFromRedisUntilABarrier(t *testing.T) {
