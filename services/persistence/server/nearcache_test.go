@@ -46,6 +46,13 @@ func TestStrictNearCacheReadsEveryAcknowledgedWrite(t *testing.T) {
 		}
 	}
 	require.Positive(t, counter(t, b.srv.Registry(), "biobridge_persistence_near_cache_reads_total", "result", "hit"), "repeated reads are served by the near-cache")
+
+	// An erasure acknowledged by a: b serves nothing of the user at once.
+	_, err := a.persistence.DeleteUserData(a.ingestCtx(), &persistencev1.DeleteUserDataRequest{UserId: user})
+	require.NoError(t, err)
+	for _, e := range []*env{b, b, a} {
+		require.Empty(t, e.latest(user), "erased values served after the erasure was acknowledged")
+	}
 }
 
 func (e *env) barrier() {
