@@ -283,9 +283,16 @@ func (n *Near) fresh(ctx context.Context) error {
 	var f *flight
 	switch {
 	case n.flying == nil:
+		// Nothing in flight: send the PING from this goroutine (no
+		// hand-off when reads do not overlap); a flight the reads that
+		// arrive meanwhile need goes on in a goroutine of its own.
 		f = &flight{start: n.clock(), done: make(chan struct{})}
 		n.flying = f
-		go n.fly(f)
+		n.fmu.Unlock()
+		if next := n.land(f); next != nil {
+			go n.fly(next)
+		}
+		return f.err
 	case n.flying.start >= at:
 		f = n.flying
 	default:
@@ -306,23 +313,31 @@ func (n *Near) fresh(ctx context.Context) error {
 // fly runs f's barrier, then the next flight's while callers wait for one.
 func (n *Near) fly(f *flight) {
 	for f != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), barrierTimeout)
-		f.err = n.barrierFrom(ctx, f.start)
-		cancel()
-		if f.err != nil {
-			n.failed.Store(true)
-		}
-		close(f.done)
-		n.fmu.Lock()
-		f = n.next
-		n.next = nil
-		if f != nil {
-			// Later than every waiting caller's call.
-			f.start = n.clock()
-		}
-		n.flying = f
-		n.fmu.Unlock()
+		f = n.land(f)
 	}
+}
+
+// land runs f's barrier and releases its callers; it returns the next
+// flight (now the one in flight, to be run by the caller) when callers
+// wait for one.
+func (n *Near) land(f *flight) *flight {
+	ctx, cancel := context.WithTimeout(context.Background(), barrierTimeout)
+	f.err = n.barrierFrom(ctx, f.start)
+	cancel()
+	if f.err != nil {
+		n.failed.Store(true)
+	}
+	close(f.done)
+	n.fmu.Lock()
+	defer n.fmu.Unlock()
+	next := n.next
+	n.next = nil
+	if next != nil {
+		// Later than every waiting caller's call.
+		next.start = n.clock()
+	}
+	n.flying = next
+	return next
 }
 
 // Sync makes this replica's later reads of keys see what Redis holds now:
