@@ -61,6 +61,7 @@ type options struct {
 	samples     int
 	latestFor   time.Duration
 	latestUsers int
+	nearCache   bool
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) (err error) {
@@ -77,6 +78,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	fs.IntVar(&o.samples, "samples", 1000, "samples per HealthKit push")
 	fs.DurationVar(&o.latestFor, "latest-duration", 2*time.Second, "GetLatest load per level and side, in 4 turns with the baseline")
 	fs.IntVar(&o.latestUsers, "latest-users", 500, "users GetLatest picks from at random")
+	fs.BoolVar(&o.nearCache, "near-cache", true, "run persistence with its per-replica near-cache (the default); -near-cache=false sets LATEST_NEAR_CACHE_ENABLED=false, to compare")
 	replot := fs.Bool("replot", false, "draw the plots again from <out>/concurrency.json without measuring")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
@@ -120,6 +122,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		"REDIS_URL":        o.redisURL,
 		"REDIS_KEY_PREFIX": prefix,
 		"LOG_LEVEL":        "error",
+	}
+	if !o.nearCache {
+		env["LATEST_NEAR_CACHE_ENABLED"] = "false"
 	}
 	s, err := stack.Start(ctx, stack.Options{
 		Getenv:    func(k string) string { return env[k] },
