@@ -174,6 +174,9 @@ func TestDeadJobsCanBeRetried(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, int32(1), resp.GetRequeued())
 	e.waitLatest("user-d", map[string]float64{"strain": 9}, 20*time.Second)
+	// The value is readable once persistence acknowledged the write; the
+	// worker marks its job done after that acknowledgment.
+	e.waitJobsSettled(10 * time.Second)
 	assert.Equal(t, map[string]int{"done": 1}, e.jobCounts())
 }
 
