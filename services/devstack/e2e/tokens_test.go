@@ -86,6 +86,9 @@ func TestRejectedAccessTokensRefreshOnce(t *testing.T) {
 	after := w.s.Emulator.Counters().Whoop
 	assert.EqualValues(t, 1, after.TokenRefreshes-before.TokenRefreshes, "refreshes at the vendor")
 	assert.Zero(t, after.RefreshTokenReuseViolations, "refresh token reuse violations")
+	// A record is stored once persistence acknowledged it; its job is
+	// marked done after that acknowledgment.
+	require.Eventually(t, func() bool { st, _ := w.jobStates(); return st[3] == 50 }, 20*time.Second, 50*time.Millisecond)
 	states, attempts := w.jobStates()
 	assert.Equal(t, map[int]int{3: 50}, states, "all 50 webhook jobs done, none dead")
 	assert.Equal(t, 1, attempts, "a rejected token costs no attempt")
@@ -141,6 +144,7 @@ func TestRevokedGrantParksJobsUntilReconnect(t *testing.T) {
 	}, 30*time.Second, 100*time.Millisecond)
 	got, _ := w.stored("pat")
 	require.Equal(t, want, got, "every parked record arrived")
+	require.Eventually(t, func() bool { st, _ := w.jobStates(); return st[3] == len(want) }, 20*time.Second, 50*time.Millisecond)
 	states, _ = w.jobStates()
 	assert.Equal(t, map[int]int{3: len(want)}, states)
 	assert.Equal(t, "CONNECTION_STATUS_ACTIVE", w.connections("pat")["whoop"].Status)
