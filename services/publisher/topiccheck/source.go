@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
+	"github.com/biobridge/bridge/pkg/outboxrun"
 	"github.com/biobridge/bridge/services/publisher/kafka"
 )
 
@@ -137,20 +138,37 @@ func LoadCommitted(ctx context.Context, db Querier, since time.Time, topic strin
 	if err != nil {
 		return nil, nil, fmt.Errorf("read events: %w", err)
 	}
-	rows, err = db.Query(ctx, `SELECT payload FROM biometrics.outbox WHERE topic = $1`, topic)
+	// A run (package outboxrun) is its events from the first one not yet
+	// acknowledged as published.
+	rows, err = db.Query(ctx, `SELECT payload_type, payload, sent FROM biometrics.outbox WHERE topic = $1`, topic)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read outbox: %w", err)
 	}
-	payloads, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
-	if err != nil {
-		return nil, nil, fmt.Errorf("read outbox: %w", err)
-	}
-	for _, p := range payloads {
-		var ev biometricsv1.BiometricEvent
-		if err := proto.Unmarshal(p, &ev); err != nil {
-			return nil, nil, errors.Join(errors.New("decode outbox payload"), err)
+	var (
+		typ     int16
+		payload []byte
+		sent    int32
+	)
+	_, err = pgx.ForEachRow(rows, []any{&typ, &payload, &sent}, func() error {
+		events := [][]byte{payload}
+		if typ == outboxrun.PayloadType {
+			all, err := outboxrun.Split(payload)
+			if err != nil {
+				return err
+			}
+			events = all[min(int(sent), len(all)):]
 		}
-		pending = append(pending, ev.GetEventId())
+		for _, p := range events {
+			var ev biometricsv1.BiometricEvent
+			if err := proto.Unmarshal(p, &ev); err != nil {
+				return errors.Join(errors.New("decode outbox payload"), err)
+			}
+			pending = append(pending, ev.GetEventId())
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("read outbox: %w", err)
 	}
 	return committed, pending, nil
 }

@@ -36,7 +36,7 @@ var eventColumns = []string{"event_id", "received_at", "user_id", "source", "ven
 var recordColumns = []string{"user_id", "source", "vendor_record_id", "kind", "version", "content_hash", "event_id",
 	"deleted", "metrics", "observed_min", "observed_max", "occurred_at", "deleted_at", "created_at", "updated_at"}
 
-var outboxColumns = []string{"topic", "key", "payload_type", "payload", "traceparent"}
+var outboxColumns = []string{"topic", "key", "payload_type", "payload", "traceparent", "event_count"}
 
 // recordRows accumulates records upserts column by column.
 type recordRows struct {

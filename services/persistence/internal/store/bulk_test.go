@@ -14,6 +14,7 @@ import (
 
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
+	"github.com/biobridge/bridge/pkg/outboxrun"
 	"github.com/biobridge/bridge/services/persistence/internal/record"
 	"github.com/biobridge/bridge/services/persistence/internal/store"
 )
@@ -111,7 +112,7 @@ func TestBulkAndSmallWritesStoreTheSameRows(t *testing.T) {
 		 FROM events e JOIN records c USING (user_id, source, vendor_record_id) ORDER BY 1, 2, 3, 5`,
 		`SELECT ` + "user_id, metric, observed_at, source, vendor_record_id, seq, value" + ` FROM latest ORDER BY 1, 2`,
 		`SELECT user_id, seq FROM user_commits ORDER BY 1`,
-		`SELECT topic, key, payload_type, traceparent FROM outbox ORDER BY id`,
+		`SELECT topic, key, payload_type, traceparent, event_count FROM outbox ORDER BY id`,
 	}
 	for _, q := range queries {
 		require.Equal(t, dump(t, small, q), dump(t, bulk, q), q)
@@ -145,16 +146,34 @@ func dump(t *testing.T, st *store.Store, q string) []string {
 
 func outboxEvents(t *testing.T, st *store.Store) []string {
 	t.Helper()
-	rows, err := st.Pool().Query(context.Background(), `SELECT payload FROM outbox ORDER BY id`)
-	require.NoError(t, err)
-	payloads, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
-	require.NoError(t, err)
-	out := make([]string, len(payloads))
-	for i, p := range payloads {
+	var out []string
+	for _, p := range outboxPayloads(t, st) {
 		var ev biometricsv1.BiometricEvent
 		require.NoError(t, proto.Unmarshal(p, &ev))
 		ev.EventId, ev.ReceivedAt = "", nil
-		out[i] = fmt.Sprint(&ev)
+		out = append(out, fmt.Sprint(&ev))
 	}
+	return out
+}
+
+// outboxPayloads returns the stored event payloads of the outbox in id
+// order, each run's events in their order.
+func outboxPayloads(t *testing.T, st *store.Store) [][]byte {
+	t.Helper()
+	rows, err := st.Pool().Query(context.Background(), `SELECT payload_type, payload FROM outbox ORDER BY id`)
+	require.NoError(t, err)
+	var out [][]byte
+	var typ int16
+	var payload []byte
+	_, err = pgx.ForEachRow(rows, []any{&typ, &payload}, func() error {
+		if typ != outboxrun.PayloadType {
+			out = append(out, payload)
+			return nil
+		}
+		events, err := outboxrun.Split(payload)
+		out = append(out, events...)
+		return err
+	})
+	require.NoError(t, err)
 	return out
 }

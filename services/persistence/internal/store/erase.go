@@ -123,7 +123,7 @@ func (s *Store) EraseUser(ctx context.Context, userID, requestedBy string) (_ Er
 	var ob outboxRows
 	ob.add(topics.Connections, userID, payloadConnection, payload, "")
 	b := &pgx.Batch{}
-	b.Queue(insertOutboxSQL, ob.topics, ob.keys, ob.types, ob.payloads, ob.traceparents)
+	b.Queue(insertOutboxSQL, ob.args()...)
 	b.Queue(notifySQL)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return Erasure{}, fmt.Errorf("erase user: outbox: %w", err)

@@ -14,3 +14,6 @@ const LeaseHeadsSQL = leaseHeadsSQL
 
 // SetCopyThreshold sets the number of rows from which a write COPYs.
 func SetCopyThreshold(s *Store, n int) { s.copyThreshold = n }
+
+// RunIDStride is exported for the run tests.
+const RunIDStride = runIDStride

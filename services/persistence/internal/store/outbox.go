@@ -17,6 +17,7 @@ import (
 
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
+	"github.com/biobridge/bridge/pkg/outboxrun"
 	"github.com/biobridge/bridge/pkg/topics"
 )
 
@@ -36,7 +37,7 @@ const leasable = `(lease_expires_at IS NULL OR lease_expires_at <= now()) AND (r
 // leased elsewhere or waiting for its retry is never handed out, so a
 // key's entries are published in commit order.
 const leaseHeadsSQL = `
-SELECT o.id, o.key
+SELECT o.id, o.key, o.event_count - o.sent
 FROM outbox_heads h
 JOIN outbox o ON o.id = h.head_id
 WHERE (o.lease_expires_at IS NULL OR o.lease_expires_at <= now())
@@ -48,22 +49,24 @@ FOR UPDATE OF o SKIP LOCKED`
 // runsSQL lists the entries following each locked head, so one lease can
 // carry a run of a key's entries (still in order, still to one holder).
 const runsSQL = `
-SELECT x.id, x.key, x.ok
+SELECT x.id, x.key, x.ok, x.n
 FROM unnest($1::text[], $2::int8[]) AS h(key, head)
 CROSS JOIN LATERAL (
-  SELECT id, key, ` + leasable + ` AS ok
+  SELECT id, key, ` + leasable + ` AS ok, event_count - sent AS n
   FROM outbox o WHERE o.key = h.key AND o.id > h.head ORDER BY id LIMIT $3
 ) x`
 
-// leaseSQL takes the planned entries. attempts is not touched: a lease is
+// leaseSQL takes the planned rows. attempts is not touched: a lease is
 // not a publish attempt (an entry behind a slow head may be leased many
 // times before it is ever sent); NackOutbox counts the sends that failed.
+// lease_upto records how much of each row's run the lease hands out: all
+// of it, except the part of row $5 beyond its first $6 unsent events.
 const leaseSQL = `
 UPDATE outbox SET lease_token = $2, lease_holder = $3, lease_expires_at = now() + $4::float8 * interval '1 second',
-  retry_after = NULL
+  retry_after = NULL, lease_upto = CASE WHEN id = $5 THEN sent + $6 ELSE event_count END
 WHERE id = ANY($1) AND ` + leasable + `
 RETURNING id, topic, key, payload_type, payload, traceparent, created_at, attempts, last_error,
-  extract(epoch FROM (lease_expires_at - clock_timestamp()))::float8`
+  event_count, sent, lease_upto, extract(epoch FROM (lease_expires_at - clock_timestamp()))::float8`
 
 // OutboxLease is a leased batch.
 type OutboxLease struct {
@@ -124,12 +127,13 @@ func (s *Store) lease(ctx context.Context, holder string, max int, d time.Durati
 		return OutboxLease{}, fmt.Errorf("lease outbox: find heads: %w", err)
 	}
 	type head struct {
-		id  int64
-		key string
+		id   int64
+		key  string
+		left int // events not yet acknowledged
 	}
 	heads, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (head, error) {
 		var h head
-		err := r.Scan(&h.id, &h.key)
+		err := r.Scan(&h.id, &h.key, &h.left)
 		return h, err
 	})
 	if err != nil {
@@ -138,16 +142,36 @@ func (s *Store) lease(ctx context.Context, holder string, max int, d time.Durati
 	if len(heads) == 0 {
 		return OutboxLease{}, tx.Commit(ctx)
 	}
-	ids := make([]int64, 0, max)
-	runLen := map[string]int{}
+	// max counts entries, and a run is as many entries as it has events
+	// left. Heads are taken oldest first while they fit; the oldest is
+	// always taken, only part of it when it alone is larger than max (the
+	// rest stays with the row, leased until this lease is acknowledged or
+	// runs out). A head that does not fit is left for the next lease,
+	// where it is older than any head taken after it.
+	ids := make([]int64, 0, len(heads))
+	var partial int64
+	var partialTake int
+	room := max
+	var taken []head
 	for _, h := range heads {
+		switch {
+		case h.left <= room:
+			room -= h.left
+		case len(taken) == 0:
+			partial, partialTake, room = h.id, room, 0
+		default:
+			continue
+		}
 		ids = append(ids, h.id)
-		runLen[h.key] = 1
+		taken = append(taken, h)
+		if room == 0 {
+			break
+		}
 	}
-	if room := max - len(ids); room > 0 && !headsOnly {
-		keys := make([]string, len(heads))
-		headIDs := make([]int64, len(heads))
-		for i, h := range heads {
+	if room > 0 && !headsOnly && partial == 0 {
+		keys := make([]string, len(taken))
+		headIDs := make([]int64, len(taken))
+		for i, h := range taken {
 			keys[i], headIDs[i] = h.key, h.id
 		}
 		rows, err := tx.Query(ctx, runsSQL, keys, headIDs, room)
@@ -155,20 +179,21 @@ func (s *Store) lease(ctx context.Context, holder string, max int, d time.Durati
 			return OutboxLease{}, fmt.Errorf("lease outbox: find runs: %w", err)
 		}
 		type follower struct {
-			id  int64
-			key string
-			ok  bool
+			id   int64
+			key  string
+			ok   bool
+			left int
 		}
 		followers, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (follower, error) {
 			var f follower
-			err := r.Scan(&f.id, &f.key, &f.ok)
+			err := r.Scan(&f.id, &f.key, &f.ok, &f.left)
 			return f, err
 		})
 		if err != nil {
 			return OutboxLease{}, fmt.Errorf("lease outbox: find runs: %w", err)
 		}
 		// Fill the room oldest first; a key's run stops at its first entry
-		// that is not leasable, so it stays contiguous.
+		// that is not leasable or does not fit, so it stays contiguous.
 		slices.SortFunc(followers, func(a, b follower) int { return cmp.Compare(a.id, b.id) })
 		stopped := map[string]bool{}
 		for _, f := range followers {
@@ -178,18 +203,17 @@ func (s *Store) lease(ctx context.Context, holder string, max int, d time.Durati
 			if stopped[f.key] {
 				continue
 			}
-			if !f.ok {
+			if !f.ok || f.left > room {
 				stopped[f.key] = true
 				continue
 			}
 			ids = append(ids, f.id)
-			runLen[f.key]++
-			room--
+			room -= f.left
 		}
 	}
 
 	token := uuid.New()
-	rows, err = tx.Query(ctx, leaseSQL, ids, pgtype.UUID{Bytes: token, Valid: true}, holder, d.Seconds())
+	rows, err = tx.Query(ctx, leaseSQL, ids, pgtype.UUID{Bytes: token, Valid: true}, holder, d.Seconds(), partial, partialTake)
 	if err != nil {
 		return OutboxLease{}, fmt.Errorf("lease outbox: %w", err)
 	}
@@ -197,16 +221,20 @@ func (s *Store) lease(ctx context.Context, holder string, max int, d time.Durati
 	// at the moment it was updated (clock_timestamp, not the transaction's
 	// start); the smallest is the one to count on.
 	remaining := math.Inf(1)
-	entries, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (*persistencev1.OutboxEntry, error) {
+	var leased int
+	entries := make([]*persistencev1.OutboxEntry, 0, max-room)
+	err = forEachRow(rows, func(r pgx.Rows) error {
 		var left float64
-		e, err := scanOutboxEntry(r, raw, &left)
+		es, err := scanOutboxRow(r, raw, &left)
 		remaining = min(remaining, left)
-		return e, err
+		leased++
+		entries = append(entries, es...)
+		return err
 	})
 	if err != nil {
 		return OutboxLease{}, fmt.Errorf("lease outbox: %w", err)
 	}
-	if len(entries) != len(ids) {
+	if leased != len(ids) {
 		// A run lost an entry in the middle: leasing the rest would let a
 		// later entry overtake it. Plan again.
 		return OutboxLease{}, errRunChanged
@@ -218,58 +246,209 @@ func (s *Store) lease(ctx context.Context, holder string, max int, d time.Durati
 	return OutboxLease{Entries: entries, Token: token.String(), Remaining: secondsDuration(remaining)}, nil
 }
 
-// scanOutboxEntry reads a row of leaseSQL's RETURNING list; extra receives
-// its columns after the entry's. raw keeps the payload as stored instead of
-// decoding it.
-func scanOutboxEntry(r pgx.CollectableRow, raw bool, extra ...any) (*persistencev1.OutboxEntry, error) {
+// forEachRow calls fn for each row and closes rows.
+func forEachRow(rows pgx.Rows, fn func(pgx.Rows) error) error {
+	defer rows.Close()
+	for rows.Next() {
+		if err := fn(rows); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+// scanOutboxRow reads a row of leaseSQL's RETURNING list as its entries:
+// one, or for a run the events from the first unacknowledged one up to
+// what the lease hands out, event i of the run in row r being entry
+// r + 1 + i. extra receives the columns after the entry's. raw keeps the
+// payloads as stored instead of decoding them.
+func scanOutboxRow(r pgx.Rows, raw bool, extra ...any) ([]*persistencev1.OutboxEntry, error) {
 	var (
-		e       persistencev1.OutboxEntry
-		typ     int16
-		payload []byte
-		created time.Time
+		e                   persistencev1.OutboxEntry
+		typ                 int16
+		payload             []byte
+		created             time.Time
+		count, sent, leased int32
 	)
-	if err := r.Scan(append([]any{&e.Id, &e.Topic, &e.Key, &typ, &payload, &e.Traceparent, &created, &e.Attempts, &e.LastError}, extra...)...); err != nil {
+	if err := r.Scan(append([]any{&e.Id, &e.Topic, &e.Key, &typ, &payload, &e.Traceparent, &created, &e.Attempts, &e.LastError,
+		&count, &sent, &leased}, extra...)...); err != nil {
 		return nil, err
 	}
 	e.CreatedAt = timestamppb.New(created)
+	if typ != payloadEventRun {
+		if err := setPayload(&e, typ, payload, raw); err != nil {
+			return nil, err
+		}
+		return []*persistencev1.OutboxEntry{&e}, nil
+	}
+	events, err := outboxrun.Split(payload)
+	if err == nil && len(events) != int(count) {
+		err = fmt.Errorf("event run: %d events, event_count %d", len(events), count)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("outbox entry %d: %w", e.Id, err)
+	}
+	out := make([]*persistencev1.OutboxEntry, 0, leased-sent)
+	for i := sent; i < leased; i++ {
+		x := &persistencev1.OutboxEntry{Id: e.Id + 1 + int64(i), Topic: e.Topic, Key: e.Key, Traceparent: e.Traceparent, CreatedAt: e.CreatedAt}
+		if i == sent {
+			// The row's attempts and error are its first unacknowledged
+			// event's (acknowledging events resets them).
+			x.Attempts, x.LastError = e.Attempts, e.LastError
+		}
+		if err := setPayload(x, payloadEvent, events[i], raw); err != nil {
+			return nil, err
+		}
+		out = append(out, x)
+	}
+	return out, nil
+}
+
+// setPayload sets e's payload of type typ: as stored when raw, else
+// decoded.
+func setPayload(e *persistencev1.OutboxEntry, typ int16, payload []byte, raw bool) error {
 	switch {
 	case raw && typ == payloadEvent:
 		e.Payload = &persistencev1.OutboxEntry_EventBytes{EventBytes: payload}
-		return &e, nil
+		return nil
 	case raw && typ == payloadConnection:
 		e.Payload = &persistencev1.OutboxEntry_ConnectionEventBytes{ConnectionEventBytes: payload}
-		return &e, nil
+		return nil
 	}
 	switch typ {
 	case payloadEvent:
 		var ev biometricsv1.BiometricEvent
 		if err := proto.Unmarshal(payload, &ev); err != nil {
-			return nil, fmt.Errorf("decode outbox entry %d: %w", e.Id, err)
+			return fmt.Errorf("decode outbox entry %d: %w", e.Id, err)
 		}
 		e.Payload = &persistencev1.OutboxEntry_Event{Event: &ev}
 	case payloadConnection:
 		var ev biometricsv1.ConnectionEvent
 		if err := proto.Unmarshal(payload, &ev); err != nil {
-			return nil, fmt.Errorf("decode outbox entry %d: %w", e.Id, err)
+			return fmt.Errorf("decode outbox entry %d: %w", e.Id, err)
 		}
 		e.Payload = &persistencev1.OutboxEntry_ConnectionEvent{ConnectionEvent: &ev}
 	default:
-		return nil, fmt.Errorf("outbox entry %d: unknown payload type %d", e.Id, typ)
+		return fmt.Errorf("outbox entry %d: unknown payload type %d", e.Id, typ)
 	}
-	return &e, nil
+	return nil
 }
 
 // Ack deletes published entries held under token. Entries whose lease was
 // taken over by someone else (a different token) are not touched or counted;
-// an expired lease that nobody took over can still be acknowledged.
+// an expired lease that nobody took over can still be acknowledged. For a
+// run, acknowledging its first unacknowledged events moves the run on past
+// them (the row goes with its last event); see ackRuns.
 func (s *Store) Ack(ctx context.Context, token uuid.UUID, ids []int64) (int, error) {
-	ct, err := s.pool.Exec(ctx, `DELETE FROM outbox WHERE lease_token = $1 AND id = ANY($2)`,
-		pgtype.UUID{Bytes: token, Valid: true}, ids)
+	tok := pgtype.UUID{Bytes: token, Valid: true}
+	// A run's row id is never an entry id: only single rows match here.
+	ct, err := s.pool.Exec(ctx, `DELETE FROM outbox WHERE lease_token = $1 AND id = ANY($2) AND event_count = 1`, tok, ids)
 	if err != nil {
 		return 0, fmt.Errorf("ack outbox: %w", err)
 	}
-	s.m.OutboxAcked.Add(float64(ct.RowsAffected()))
-	return int(ct.RowsAffected()), nil
+	n := int(ct.RowsAffected())
+	if n < len(ids) {
+		m, err := s.ackRuns(ctx, tok, ids)
+		if err != nil {
+			return n, err
+		}
+		n += m
+	}
+	s.m.OutboxAcked.Add(float64(n))
+	return n, nil
+}
+
+// ackRuns applies an ack to the runs held under tok. A run moves on over
+// the acknowledged events that directly follow its last acknowledged one
+// (an ack that skipped one is applied up to the gap; the rest is sent
+// again); its attempts and error, which were that event's, start again.
+// A run acknowledged to its end is deleted; one acknowledged up to what
+// this lease handed out, but not to its end, is released so the next lease
+// takes its remaining events at once.
+func (s *Store) ackRuns(ctx context.Context, tok pgtype.UUID, ids []int64) (_ int, err error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("ack outbox runs: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+		}
+	}()
+	rows, err := tx.Query(ctx, `SELECT id, event_count, sent, lease_upto FROM outbox
+		WHERE lease_token = $1 AND event_count > 1 ORDER BY id FOR UPDATE`, tok)
+	if err != nil {
+		return 0, fmt.Errorf("ack outbox runs: %w", err)
+	}
+	type runRow struct {
+		id                  int64
+		count, sent, leased int32
+	}
+	runs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (runRow, error) {
+		var x runRow
+		err := r.Scan(&x.id, &x.count, &x.sent, &x.leased)
+		return x, err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("ack outbox runs: %w", err)
+	}
+	if len(runs) == 0 {
+		return 0, tx.Commit(ctx)
+	}
+	acked := make(map[int64]bool, len(ids))
+	for _, id := range ids {
+		acked[id] = true
+	}
+	var (
+		n        int
+		done     []int64
+		moved    []int64
+		sent     []int32
+		released []bool
+		freed    bool
+	)
+	for _, r := range runs {
+		i := r.sent
+		for i < r.leased && acked[r.id+1+int64(i)] {
+			i++
+		}
+		if i == r.sent {
+			continue
+		}
+		n += int(i - r.sent)
+		if i == r.count {
+			done = append(done, r.id)
+			continue
+		}
+		moved, sent, released = append(moved, r.id), append(sent, i), append(released, i == r.leased)
+		freed = freed || i == r.leased
+	}
+	if len(done) > 0 {
+		if _, err := tx.Exec(ctx, `DELETE FROM outbox WHERE lease_token = $1 AND id = ANY($2)`, tok, done); err != nil {
+			return 0, fmt.Errorf("ack outbox runs: %w", err)
+		}
+	}
+	if len(moved) > 0 {
+		if _, err := tx.Exec(ctx, `
+			UPDATE outbox o SET sent = u.sent, attempts = 0, last_error = '',
+			  lease_token = CASE WHEN u.release THEN NULL ELSE o.lease_token END,
+			  lease_holder = CASE WHEN u.release THEN NULL ELSE o.lease_holder END,
+			  lease_expires_at = CASE WHEN u.release THEN NULL ELSE o.lease_expires_at END
+			FROM unnest($2::int8[], $3::int4[], $4::bool[]) AS u(id, sent, release)
+			WHERE o.id = u.id AND o.lease_token = $1`, tok, moved, sent, released); err != nil {
+			return 0, fmt.Errorf("ack outbox runs: %w", err)
+		}
+	}
+	if freed {
+		// Wake long-polling leasers: the rest of a run is available.
+		if _, err := tx.Exec(ctx, notifySQL); err != nil {
+			return 0, fmt.Errorf("ack outbox runs: notify: %w", err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("ack outbox runs: commit: %w", err)
+	}
+	return n, nil
 }
 
 // renewSQL extends a lease that is still held: not expired by the
@@ -278,9 +457,9 @@ const renewSQL = `
 WITH renewed AS (
   UPDATE outbox SET lease_expires_at = now() + $2::float8 * interval '1 second'
   WHERE lease_token = $1 AND lease_expires_at > now()
-  RETURNING 1
+  RETURNING greatest(lease_upto - sent, 1) AS n
 )
-SELECT count(*), extract(epoch FROM (now() + $2::float8 * interval '1 second' - clock_timestamp()))::float8 FROM renewed`
+SELECT coalesce(sum(n), 0), extract(epoch FROM (now() + $2::float8 * interval '1 second' - clock_timestamp()))::float8 FROM renewed`
 
 // Renew extends the lease held under token to d from now, by the
 // database's clock. It returns how many entries were renewed (0: the lease
@@ -319,17 +498,37 @@ WITH failed AS (
   WHERE o.lease_token = $1 AND o.key = f.key AND o.id >= f.first_id
   RETURNING o.id
 )
-SELECT count(*) FILTER (WHERE id = ANY($2)) FROM released`
+SELECT id FROM released WHERE id = ANY($2)`
 
 // Nack returns entries held under token to the pool, not to be leased
 // again before retryAfter. When attempted, the first of ids per key was
 // sent and failed, and its attempt count grows by one. It returns how many
 // of ids were released.
 func (s *Store) Nack(ctx context.Context, token uuid.UUID, ids []int64, reason string, retryAfter time.Duration, attempted bool) (int, error) {
-	var n int
-	err := s.pool.QueryRow(ctx, nackSQL, pgtype.UUID{Bytes: token, Valid: true}, ids, reason, retryAfter.Seconds(), attempted).Scan(&n)
+	tok := pgtype.UUID{Bytes: token, Valid: true}
+	rowOf, err := s.entryRows(ctx, tok, ids)
 	if err != nil {
 		return 0, fmt.Errorf("nack outbox: %w", err)
+	}
+	rowIDs := make([]int64, 0, len(ids))
+	for _, id := range ids {
+		if r := rowOf(id); !slices.Contains(rowIDs, r) {
+			rowIDs = append(rowIDs, r)
+		}
+	}
+	rows, err := s.pool.Query(ctx, nackSQL, tok, rowIDs, reason, retryAfter.Seconds(), attempted)
+	if err != nil {
+		return 0, fmt.Errorf("nack outbox: %w", err)
+	}
+	released, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return 0, fmt.Errorf("nack outbox: %w", err)
+	}
+	n := 0
+	for _, id := range ids {
+		if slices.Contains(released, rowOf(id)) {
+			n++
+		}
 	}
 	if n > 0 {
 		// Wake long-polling leasers: the entries are available again (or
@@ -342,6 +541,33 @@ func (s *Store) Nack(ctx context.Context, token uuid.UUID, ids []int64, reason s
 	return n, nil
 }
 
+// entryRows returns the row of each entry id held under tok: a run's
+// events map to the run's row, every other entry is its row.
+func (s *Store) entryRows(ctx context.Context, tok pgtype.UUID, ids []int64) (func(int64) int64, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, event_count FROM outbox WHERE lease_token = $1 AND event_count > 1`, tok)
+	if err != nil {
+		return nil, err
+	}
+	type span struct{ first, last int64 }
+	runs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (span, error) {
+		var id int64
+		var n int32
+		err := r.Scan(&id, &n)
+		return span{id, id + int64(n)}, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return func(id int64) int64 {
+		for _, r := range runs {
+			if id > r.first && id <= r.last {
+				return r.first
+			}
+		}
+		return id
+	}, nil
+}
+
 // OutboxStats describes the backlog.
 type OutboxStats struct {
 	Pending, Leased int64
@@ -352,7 +578,8 @@ type OutboxStats struct {
 func (s *Store) Stats(ctx context.Context) (OutboxStats, error) {
 	var st OutboxStats
 	var oldest pgtype.Timestamptz
-	err := s.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE lease_expires_at > now()), min(created_at) FROM outbox`).
+	err := s.pool.QueryRow(ctx, `SELECT coalesce(sum(event_count - sent), 0), coalesce(sum(event_count - sent) FILTER (WHERE lease_expires_at > now()), 0),
+		min(created_at) FROM outbox`).
 		Scan(&st.Pending, &st.Leased, &oldest)
 	if err != nil {
 		return st, fmt.Errorf("outbox stats: %w", err)
@@ -477,7 +704,7 @@ func (s *Store) AppendConnectionEvents(ctx context.Context, events []ConnectionE
 	}
 	if len(out.keys) > 0 {
 		b := &pgx.Batch{}
-		b.Queue(insertOutboxSQL, out.topics, out.keys, out.types, out.payloads, out.traceparents)
+		b.Queue(insertOutboxSQL, out.args()...)
 		b.Queue(notifySQL)
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return nil, fmt.Errorf("append connection events: outbox: %w", err)

@@ -199,7 +199,9 @@ func TestStaleAndDeletedUpsertsInOneTransaction(t *testing.T) {
 	require.Equal(t, persistencev1.DeleteStatus_DELETE_STATUS_DELETED, res[1].DeleteStatus)
 	require.Equal(t, 1, count(t, st, `SELECT count(*) FROM readings WHERE user_id = 'u1'`))
 	require.Equal(t, 1, count(t, st, `SELECT count(*) FROM latest WHERE user_id = 'u1' AND value = 63`))
-	require.Equal(t, 5, count(t, st, `SELECT count(*) FROM outbox WHERE key = 'u1'`))
+	// u1's five events, in one run.
+	require.Equal(t, 5, count(t, st, `SELECT sum(event_count) FROM outbox WHERE key = 'u1'`))
+	require.Equal(t, 1, count(t, st, `SELECT count(*) FROM outbox WHERE key = 'u1' AND payload_type = 3`))
 	require.Equal(t, 1, count(t, st, `SELECT count(*) FROM records WHERE vendor_record_id = 'x' AND deleted AND deleted_at IS NOT NULL`))
 	require.Equal(t, 1, count(t, st, `SELECT count(*) FROM records WHERE vendor_record_id = 'w' AND NOT deleted
 		AND deleted_at IS NULL AND occurred_at = $1`, at.Add(3*time.Hour)))

@@ -18,6 +18,7 @@ import (
 
 	biometricsv1 "github.com/biobridge/bridge/gen/go/biobridge/biometrics/v1"
 	persistencev1 "github.com/biobridge/bridge/gen/go/biobridge/persistence/v1"
+	"github.com/biobridge/bridge/pkg/outboxrun"
 	"github.com/biobridge/bridge/pkg/topics"
 	"github.com/biobridge/bridge/services/persistence/internal/record"
 )
@@ -26,6 +27,20 @@ import (
 const (
 	payloadEvent      = 1
 	payloadConnection = 2
+	// payloadEventRun is a run of one key's events written by one
+	// transaction, in commit order, each as a payloadEvent row stores it
+	// (package outboxrun). Leases hand it out as one entry per event (see
+	// migration 0006).
+	payloadEventRun = outboxrun.PayloadType
+)
+
+// Runs: row ids are drawn runIDStride apart (migration 0006), event i of
+// the run in row r is entry r + 1 + i, so a run holds at most
+// runIDStride - 1 events. maxRunBytes bounds a run's payload.
+const (
+	runIDStride  = 1024
+	maxRunEvents = runIDStride - 1
+	maxRunBytes  = 1 << 20
 )
 
 // Event operations as stored in events.operation.
@@ -261,8 +276,8 @@ ON CONFLICT (user_id) DO UPDATE SET seq = c.seq + 1
 RETURNING user_id, seq`
 
 const insertOutboxSQL = `
-INSERT INTO outbox (topic, key, payload_type, payload, traceparent)
-SELECT * FROM unnest($1::text[], $2::text[], $3::int2[], $4::bytea[], $5::text[])`
+INSERT INTO outbox (topic, key, payload_type, payload, traceparent, event_count)
+SELECT * FROM unnest($1::text[], $2::text[], $3::int2[], $4::bytea[], $5::text[], $6::int4[])`
 
 const notifySQL = `SELECT pg_notify('` + NotifyChannel + `', '')`
 
@@ -271,6 +286,8 @@ type outboxRows struct {
 	topics, keys, traceparents []string
 	types                      []int16
 	payloads                   [][]byte
+	// counts are the rows' event counts (nil: 1 each).
+	counts []int32
 }
 
 func (o *outboxRows) add(topic, key string, typ int16, payload []byte, traceparent string) {
@@ -279,6 +296,78 @@ func (o *outboxRows) add(topic, key string, typ int16, payload []byte, tracepare
 	o.types = append(o.types, typ)
 	o.payloads = append(o.payloads, payload)
 	o.traceparents = append(o.traceparents, traceparent)
+	if o.counts != nil {
+		o.counts = append(o.counts, 1)
+	}
+}
+
+func (o *outboxRows) count(i int) int32 {
+	if o.counts == nil {
+		return 1
+	}
+	return o.counts[i]
+}
+
+// args are the insertOutboxSQL arguments.
+func (o *outboxRows) args() []any {
+	counts := o.counts
+	if counts == nil {
+		counts = make([]int32, len(o.keys))
+		for i := range counts {
+			counts[i] = 1
+		}
+	}
+	return []any{o.topics, o.keys, o.types, o.payloads, o.traceparents, counts}
+}
+
+// runs folds each key's consecutive events of the same topic and
+// traceparent into runs (payloadEventRun rows), at most maxRunEvents
+// events and maxRunBytes of payload each; a run of one event stays a
+// payloadEvent row. A key's rows keep their order (a run is the key's last
+// row when it grows), which is all the outbox promises: order per key.
+func (o *outboxRows) runs() *outboxRows {
+	type run struct {
+		row      int // index in out
+		payloads [][]byte
+		size     int
+	}
+	out := &outboxRows{counts: []int32{}}
+	out.grow(len(o.keys))
+	var open map[string]*run
+	var all []*run
+	for i, key := range o.keys {
+		payload := o.payloads[i]
+		if o.types[i] != payloadEvent {
+			delete(open, key)
+			out.add(o.topics[i], key, o.types[i], payload, o.traceparents[i])
+			continue
+		}
+		r := open[key]
+		if r != nil && out.topics[r.row] == o.topics[i] && out.traceparents[r.row] == o.traceparents[i] &&
+			len(r.payloads) < maxRunEvents && r.size+outboxrun.Size(len(payload)) <= maxRunBytes {
+			r.payloads = append(r.payloads, payload)
+			r.size += outboxrun.Size(len(payload))
+			continue
+		}
+		if open == nil {
+			open = map[string]*run{}
+		}
+		r = &run{row: len(out.keys), payloads: [][]byte{payload}, size: outboxrun.Size(len(payload))}
+		open[key] = r
+		all = append(all, r)
+		out.add(o.topics[i], key, payloadEvent, payload, o.traceparents[i])
+	}
+	for _, r := range all {
+		if len(r.payloads) == 1 {
+			continue
+		}
+		b := make([]byte, 0, r.size)
+		for _, p := range r.payloads {
+			b = outboxrun.Append(b, p)
+		}
+		out.types[r.row], out.payloads[r.row], out.counts[r.row] = payloadEventRun, b, int32(len(r.payloads))
+	}
+	return out
 }
 
 // grow makes room for n more entries.
@@ -297,6 +386,7 @@ func (o *outboxRows) copyRow(c *copyRows, i int) {
 	c.int2(o.types[i])
 	c.bytea(o.payloads[i])
 	c.text(o.traceparents[i])
+	c.int4(o.count(i))
 }
 
 // eventRows accumulates events inserts.
@@ -551,9 +641,11 @@ func opKeys(ops []Op) (map[record.Key]*recState, []record.Key, []string, error) 
 // op, the events and outbox rows to insert, and the users whose data
 // changed.
 type decisions struct {
-	results         []OpResult
-	evRows          eventRows
-	outbox          outboxRows
+	results []OpResult
+	evRows  eventRows
+	outbox  outboxRows
+	// outboxRows is how many outbox rows the events took (runs).
+	outboxRows      int
 	changedUsers    map[string]bool
 	changedUserList []string
 	events          eventEncoder
@@ -861,7 +953,11 @@ func collectRows(keys []record.Key, states map[record.Key]*recState) *rowSets {
 // users' new commit sequence numbers.
 func (s *Store) writeRows(ctx context.Context, tx pgx.Tx, d *decisions, rows *rowSets, bump bumpRows, now time.Time) (map[string]map[string]*record.Latest, map[string]int64, error) {
 	del, replaced, recs, readings, latestRows := &rows.del, &rows.replaced, &rows.recs, rows.readings, &rows.latestRows
-	evRows, outbox := &d.evRows, &d.outbox
+	evRows := &d.evRows
+	// A key's events become one row per run (a push of a thousand samples
+	// of one user is one outbox row).
+	outbox := d.outbox.runs()
+	d.outboxRows = len(outbox.keys)
 
 	// Readings of replaced versions go first: the new version may reuse
 	// their primary keys.
@@ -936,7 +1032,7 @@ func (s *Store) writeRows(ctx context.Context, tx pgx.Tx, d *decisions, rows *ro
 		return rows.Err()
 	})
 	if !bulk {
-		b.Queue(insertOutboxSQL, outbox.topics, outbox.keys, outbox.types, outbox.payloads, outbox.traceparents)
+		b.Queue(insertOutboxSQL, outbox.args()...)
 	}
 	b.Queue(notifySQL)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
@@ -955,7 +1051,7 @@ func (s *Store) observeWrite(keys []record.Key, states map[record.Key]*recState,
 		}
 	}
 	s.m.RowsWritten.WithLabelValues("events").Add(float64(len(d.evRows.ids)))
-	s.m.RowsWritten.WithLabelValues("outbox").Add(float64(len(d.outbox.keys)))
+	s.m.RowsWritten.WithLabelValues("outbox").Add(float64(d.outboxRows))
 	s.m.OutboxWritten.WithLabelValues(topics.Events).Add(float64(len(d.outbox.keys)))
 }
 

@@ -310,3 +310,55 @@ func TestFollowerBehindRetriedHeadKeepsItsAttempts(t *testing.T) {
 	require.Zero(t, dlq.Distinct(), "the follower's one failure is not its MaxAttempts-th")
 	require.Positive(t, r.Counters().Failed)
 }
+
+// TestRunPublishedInPartsAndAcrossAFailure: a write of one user's events
+// is one outbox row (a run) that leases hand out in parts smaller than the
+// run. A send in the middle of the run fails: the events before it were
+// acknowledged, so the retry starts at the failed one. Every event arrives
+// once, in order.
+func TestRunPublishedInPartsAndAcrossAFailure(t *testing.T) {
+	t.Parallel()
+	env := testenv.New(t, testenv.Options{})
+	k := connectKafka(t, env, time.Second) // its lease is 3s
+	user := "run-user"
+	events := make([]*persistencev1.EventInput, 30)
+	for i := range events {
+		events[i] = env.Writer.Event(user, 1)
+	}
+	ids, err := env.Writer.Write(t.Context(), events)
+	require.NoError(t, err)
+	carries := func(id string) func(kmsg.Request) bool {
+		return func(req kmsg.Request) bool {
+			for _, tp := range req.(*kmsg.ProduceRequest).Topics {
+				for _, p := range tp.Partitions {
+					if bytes.Contains(p.Records, []byte(id)) {
+						return true
+					}
+				}
+			}
+			return false
+		}
+	}
+	// Sarama tries a message three times: one failed send of event 11.
+	fault := env.Broker().Cluster().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: kafka.TopicEvents,
+		Err: kerr.NotEnoughReplicas, Count: 3, When: carries(ids[10])})
+	c, err := testenv.Collect([]string{env.BrokerAddr()}, kafka.TopicEvents, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+
+	r := newRelay(t, env.Conn, k, relay.Config{
+		BatchSize: 8, WaitTimeout: time.Second, LeaseDuration: 3 * time.Second,
+		BackoffInitial: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
+	})
+	run(t, r)
+	require.Eventually(t, func() bool { return c.Distinct() == 30 }, 60*time.Second, 10*time.Millisecond)
+	require.NoError(t, testenv.CheckOrder(c.Messages(), map[string]int{user: 30}))
+	require.Equal(t, 3, fault.Hits())
+	require.Positive(t, r.Counters().Failed)
+	require.Zero(t, c.Duplicates(), "the events published before the failure were not sent again")
+	ob := outbox.New(env.Conn)
+	require.Eventually(t, func() bool {
+		st, err := ob.Stats(t.Context())
+		return err == nil && st.Pending == 0
+	}, 30*time.Second, 50*time.Millisecond)
+}

@@ -814,7 +814,10 @@ func (x *AppendConnectionEventsResponse) GetEventIds() []string {
 // OutboxEntry is one leased message to publish.
 type OutboxEntry struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Outbox row id.
+	// Entry id, unique among pending entries and, within a key, increasing in
+	// commit order: the outbox row id, or for the events of a run (one row
+	// holding a transaction's events of one user) the row id plus the event's
+	// position from 1. Ack and nack take these ids.
 	Id int64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
 	// Kafka topic.
 	Topic string `protobuf:"bytes,2,opt,name=topic,proto3" json:"topic,omitempty"`
@@ -1005,7 +1008,9 @@ type LeaseOutboxRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Identifies the publisher instance (for observability).
 	Holder string `protobuf:"bytes,1,opt,name=holder,proto3" json:"holder,omitempty"`
-	// Maximum entries (default 500, at most 5000).
+	// Maximum entries (default 500, at most 5000). A run's events count one
+	// each; a lease whose oldest entry is a run larger than this gets its first
+	// max_entries events.
 	MaxEntries int32 `protobuf:"varint,2,opt,name=max_entries,json=maxEntries,proto3" json:"max_entries,omitempty"`
 	// How long the lease lasts before the entries return to the pool (default 30s).
 	LeaseDuration *durationpb.Duration `protobuf:"bytes,3,opt,name=lease_duration,json=leaseDuration,proto3" json:"lease_duration,omitempty"`
