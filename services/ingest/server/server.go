@@ -361,9 +361,13 @@ func (s *Server) closeClients(ctx context.Context) error {
 // shared transactions. No window: a webhook that finds a transaction slot
 // free starts at once (no added latency when traffic is light); while every
 // slot is busy, webhooks queue and the next transaction takes all of them,
-// so batches grow with the load by themselves. Four slots leave the rest of
-// the connection pool to the workers.
-var webhookGroupCommit = groupcommit.Config{Window: 0, MaxOps: 500, Concurrency: 4, TxTimeout: 10 * time.Second}
+// so batches grow with the load by themselves. Two slots: fewer, larger
+// transactions cost PostgreSQL less per webhook than four (on two cores,
+// 64 senders: about 11 webhooks a transaction instead of 6, a quarter more
+// webhooks a second and a lower p99; BENCHMARKS.md), and a transaction
+// that stalls (a lock wait) still leaves one slot to the others. One slot
+// measured faster still, but would hold every webhook behind such a stall.
+var webhookGroupCommit = groupcommit.Config{Window: 0, MaxOps: 500, Concurrency: 2, TxTimeout: 10 * time.Second}
 
 func webhookGroupMetrics(reg prometheus.Registerer) groupcommit.Metrics {
 	f := promauto.With(reg)
