@@ -272,18 +272,6 @@ func TestFollowerBehindRetriedHeadKeepsItsAttempts(t *testing.T) {
 		require.NoError(t, err)
 		ids = append(ids, got[0])
 	}
-	carries := func(id string) func(kmsg.Request) bool {
-		return func(req kmsg.Request) bool {
-			for _, tp := range req.(*kmsg.ProduceRequest).Topics {
-				for _, p := range tp.Partitions {
-					if bytes.Contains(p.Records, []byte(id)) {
-						return true
-					}
-				}
-			}
-			return false
-		}
-	}
 	cluster := env.Broker().Cluster()
 	slowHead := cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: kafka.TopicEvents,
 		Err: kerr.NotEnoughReplicas, Count: -1, When: carries(ids[0])})
@@ -327,18 +315,6 @@ func TestRunPublishedInPartsAndAcrossAFailure(t *testing.T) {
 	}
 	ids, err := env.Writer.Write(t.Context(), events)
 	require.NoError(t, err)
-	carries := func(id string) func(kmsg.Request) bool {
-		return func(req kmsg.Request) bool {
-			for _, tp := range req.(*kmsg.ProduceRequest).Topics {
-				for _, p := range tp.Partitions {
-					if bytes.Contains(p.Records, []byte(id)) {
-						return true
-					}
-				}
-			}
-			return false
-		}
-	}
 	// Sarama tries a message three times: one failed send of event 11.
 	fault := env.Broker().Cluster().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: kafka.TopicEvents,
 		Err: kerr.NotEnoughReplicas, Count: 3, When: carries(ids[10])})
@@ -361,4 +337,19 @@ func TestRunPublishedInPartsAndAcrossAFailure(t *testing.T) {
 		st, err := ob.Stats(t.Context())
 		return err == nil && st.Pending == 0
 	}, 30*time.Second, 50*time.Millisecond)
+}
+
+// carries matches produce requests whose records contain id (a fault's
+// When: fail only the sends of one event).
+func carries(id string) func(kmsg.Request) bool {
+	return func(req kmsg.Request) bool {
+		for _, tp := range req.(*kmsg.ProduceRequest).Topics {
+			for _, p := range tp.Partitions {
+				if bytes.Contains(p.Records, []byte(id)) {
+					return true
+				}
+			}
+		}
+		return false
+	}
 }
