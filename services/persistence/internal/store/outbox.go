@@ -79,9 +79,11 @@ type OutboxLease struct {
 
 // Lease leases up to max entries for d to holder: the heads of the keys
 // with pending entries, extended by each key's following entries while
-// room remains. It returns the entries in id order (per key, commit order)
-// and the lease token, or no entries when nothing is available. Payloads
-// are decoded (OutboxEntry event or connection_event).
+// room remains. A run (a row holding a transaction's events of one key)
+// is one entry per event not yet acknowledged. It returns the entries in
+// id order (per key, commit order) and the lease token, or no entries when
+// nothing is available. Payloads are decoded (OutboxEntry event or
+// connection_event).
 func (s *Store) Lease(ctx context.Context, holder string, max int, d time.Duration) (OutboxLease, error) {
 	return s.leaseRetrying(ctx, holder, max, d, false)
 }
@@ -568,7 +570,8 @@ func (s *Store) entryRows(ctx context.Context, tok pgtype.UUID, ids []int64) (fu
 	}, nil
 }
 
-// OutboxStats describes the backlog.
+// OutboxStats describes the backlog, in entries (a run's events not yet
+// acknowledged count one each).
 type OutboxStats struct {
 	Pending, Leased int64
 	OldestPending   time.Time
