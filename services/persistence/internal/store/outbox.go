@@ -223,20 +223,16 @@ func (s *Store) lease(ctx context.Context, holder string, max int, d time.Durati
 	// at the moment it was updated (clock_timestamp, not the transaction's
 	// start); the smallest is the one to count on.
 	remaining := math.Inf(1)
-	var leased int
-	entries := make([]*persistencev1.OutboxEntry, 0, max-room)
-	err = forEachRow(rows, func(r pgx.Rows) error {
+	leased, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([]*persistencev1.OutboxEntry, error) {
 		var left float64
 		es, err := scanOutboxRow(r, raw, &left)
 		remaining = min(remaining, left)
-		leased++
-		entries = append(entries, es...)
-		return err
+		return es, err
 	})
 	if err != nil {
 		return OutboxLease{}, fmt.Errorf("lease outbox: %w", err)
 	}
-	if leased != len(ids) {
+	if len(leased) != len(ids) {
 		// A run lost an entry in the middle: leasing the rest would let a
 		// later entry overtake it. Plan again.
 		return OutboxLease{}, errRunChanged
@@ -244,19 +240,9 @@ func (s *Store) lease(ctx context.Context, holder string, max int, d time.Durati
 	if err := tx.Commit(ctx); err != nil {
 		return OutboxLease{}, fmt.Errorf("lease outbox: commit: %w", err)
 	}
+	entries := slices.Concat(leased...)
 	slices.SortFunc(entries, func(a, b *persistencev1.OutboxEntry) int { return cmp.Compare(a.GetId(), b.GetId()) })
 	return OutboxLease{Entries: entries, Token: token.String(), Remaining: secondsDuration(remaining)}, nil
-}
-
-// forEachRow calls fn for each row and closes rows.
-func forEachRow(rows pgx.Rows, fn func(pgx.Rows) error) error {
-	defer rows.Close()
-	for rows.Next() {
-		if err := fn(rows); err != nil {
-			return err
-		}
-	}
-	return rows.Err()
 }
 
 // scanOutboxRow reads a row of leaseSQL's RETURNING list as its entries:
@@ -264,7 +250,7 @@ func forEachRow(rows pgx.Rows, fn func(pgx.Rows) error) error {
 // what the lease hands out, event i of the run in row r being entry
 // r + 1 + i. extra receives the columns after the entry's. raw keeps the
 // payloads as stored instead of decoding them.
-func scanOutboxRow(r pgx.Rows, raw bool, extra ...any) ([]*persistencev1.OutboxEntry, error) {
+func scanOutboxRow(r pgx.CollectableRow, raw bool, extra ...any) ([]*persistencev1.OutboxEntry, error) {
 	var (
 		e                   persistencev1.OutboxEntry
 		typ                 int16
@@ -407,7 +393,6 @@ func (s *Store) ackRuns(ctx context.Context, tok pgtype.UUID, ids []int64) (_ in
 		moved    []int64
 		sent     []int32
 		released []bool
-		freed    bool
 	)
 	for _, r := range runs {
 		i := r.sent
@@ -423,7 +408,6 @@ func (s *Store) ackRuns(ctx context.Context, tok pgtype.UUID, ids []int64) (_ in
 			continue
 		}
 		moved, sent, released = append(moved, r.id), append(sent, i), append(released, i == r.leased)
-		freed = freed || i == r.leased
 	}
 	if len(done) > 0 {
 		if _, err := tx.Exec(ctx, `DELETE FROM outbox WHERE lease_token = $1 AND id = ANY($2)`, tok, done); err != nil {
@@ -441,7 +425,7 @@ func (s *Store) ackRuns(ctx context.Context, tok pgtype.UUID, ids []int64) (_ in
 			return 0, fmt.Errorf("ack outbox runs: %w", err)
 		}
 	}
-	if freed {
+	if slices.Contains(released, true) {
 		// Wake long-polling leasers: the rest of a run is available.
 		if _, err := tx.Exec(ctx, notifySQL); err != nil {
 			return 0, fmt.Errorf("ack outbox runs: notify: %w", err)
@@ -508,7 +492,7 @@ SELECT id FROM released WHERE id = ANY($2)`
 // of ids were released.
 func (s *Store) Nack(ctx context.Context, token uuid.UUID, ids []int64, reason string, retryAfter time.Duration, attempted bool) (int, error) {
 	tok := pgtype.UUID{Bytes: token, Valid: true}
-	rowOf, err := s.entryRows(ctx, tok, ids)
+	rowOf, err := s.entryRows(ctx, tok)
 	if err != nil {
 		return 0, fmt.Errorf("nack outbox: %w", err)
 	}
@@ -545,7 +529,7 @@ func (s *Store) Nack(ctx context.Context, token uuid.UUID, ids []int64, reason s
 
 // entryRows returns the row of each entry id held under tok: a run's
 // events map to the run's row, every other entry is its row.
-func (s *Store) entryRows(ctx context.Context, tok pgtype.UUID, ids []int64) (func(int64) int64, error) {
+func (s *Store) entryRows(ctx context.Context, tok pgtype.UUID) (func(int64) int64, error) {
 	rows, err := s.pool.Query(ctx, `SELECT id, event_count FROM outbox WHERE lease_token = $1 AND event_count > 1`, tok)
 	if err != nil {
 		return nil, err

@@ -286,7 +286,7 @@ type outboxRows struct {
 	topics, keys, traceparents []string
 	types                      []int16
 	payloads                   [][]byte
-	// counts are the rows' event counts (nil: 1 each).
+	// counts are the rows' event counts (1, or a run's length).
 	counts []int32
 }
 
@@ -296,28 +296,12 @@ func (o *outboxRows) add(topic, key string, typ int16, payload []byte, tracepare
 	o.types = append(o.types, typ)
 	o.payloads = append(o.payloads, payload)
 	o.traceparents = append(o.traceparents, traceparent)
-	if o.counts != nil {
-		o.counts = append(o.counts, 1)
-	}
-}
-
-func (o *outboxRows) count(i int) int32 {
-	if o.counts == nil {
-		return 1
-	}
-	return o.counts[i]
+	o.counts = append(o.counts, 1)
 }
 
 // args are the insertOutboxSQL arguments.
 func (o *outboxRows) args() []any {
-	counts := o.counts
-	if counts == nil {
-		counts = make([]int32, len(o.keys))
-		for i := range counts {
-			counts[i] = 1
-		}
-	}
-	return []any{o.topics, o.keys, o.types, o.payloads, o.traceparents, counts}
+	return []any{o.topics, o.keys, o.types, o.payloads, o.traceparents, o.counts}
 }
 
 // runs folds each key's consecutive events of the same topic and
@@ -331,9 +315,9 @@ func (o *outboxRows) runs() *outboxRows {
 		payloads [][]byte
 		size     int
 	}
-	out := &outboxRows{counts: []int32{}}
+	out := &outboxRows{}
 	out.grow(len(o.keys))
-	var open map[string]*run
+	open := map[string]*run{}
 	var all []*run
 	for i, key := range o.keys {
 		payload := o.payloads[i]
@@ -348,9 +332,6 @@ func (o *outboxRows) runs() *outboxRows {
 			r.payloads = append(r.payloads, payload)
 			r.size += outboxrun.Size(len(payload))
 			continue
-		}
-		if open == nil {
-			open = map[string]*run{}
 		}
 		r = &run{row: len(out.keys), payloads: [][]byte{payload}, size: outboxrun.Size(len(payload))}
 		open[key] = r
@@ -377,6 +358,7 @@ func (o *outboxRows) grow(n int) {
 	o.traceparents = slices.Grow(o.traceparents, n)
 	o.types = slices.Grow(o.types, n)
 	o.payloads = slices.Grow(o.payloads, n)
+	o.counts = slices.Grow(o.counts, n)
 }
 
 // copyRow writes the COPY row i of outboxColumns.
@@ -386,7 +368,7 @@ func (o *outboxRows) copyRow(c *copyRows, i int) {
 	c.int2(o.types[i])
 	c.bytea(o.payloads[i])
 	c.text(o.traceparents[i])
-	c.int4(o.count(i))
+	c.int4(o.counts[i])
 }
 
 // eventRows accumulates events inserts.
