@@ -112,9 +112,12 @@ func TestOutcomes(t *testing.T) {
 				return tt.handler(int(calls.Add(1)))
 			})}, fast, reg, slog.New(slog.DiscardHandler))
 			id := enqueue(t, s, "k")
-			run(t, p)
+			stop := run(t, p)
 			p.Wake()
 			j := waitState(t, s, id, tt.state)
+			// The worker counts the outcome after the store has it: wait
+			// for the pool to stop before reading the counters.
+			stop()
 			assert.Equal(t, tt.attempts, j.Attempts)
 			assert.Equal(t, tt.outcome, j.Outcome)
 			assert.Equal(t, tt.lastErr, j.LastError)
